@@ -160,3 +160,470 @@ def assign_folds(primary_labels, n_folds, seed):
         folds[idx] = (start + np.arange(len(idx))) % n_folds
         start = (start + len(idx)) % n_folds
     return folds
+
+
+# ----------------------------------------------------------------------------------------------------------
+# mel front end
+
+
+def mel_filterbank(n_freqs, n_mels, f_min, f_max, sample_rate):
+    """(n_freqs, n_mels) triangular filters on the HTK mel scale, peak 1, over the rfft bin frequencies."""
+    def hz_to_mel(f):
+        return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+    def mel_to_hz(m):
+        return 700.0 * (10.0 ** (np.asarray(m) / 2595.0) - 1.0)
+
+    bins = np.linspace(0, sample_rate / 2, n_freqs)
+    edges = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
+    rising = (bins[:, None] - edges[None, :-2]) / (edges[1:-1] - edges[:-2])[None, :]
+    falling = (edges[None, 2:] - bins[:, None]) / (edges[2:] - edges[1:-1])[None, :]
+    return np.clip(np.minimum(rising, falling), 0.0, None).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class MelSettings:
+    """What decides a mel image; models with equal settings share one mel computation at inference."""
+    n_mels: int = 128
+    hop_length: int = 512
+    n_fft: int = 2048
+    f_min: float = 20.0
+    f_max: float = 16000.0
+    sample_rate: int = SAMPLE_RATE
+    top_db: float = 80.0
+
+    @property
+    def key(self):
+        return f"mel{self.n_mels}_hop{self.hop_length}_fft{self.n_fft}_{self.f_min:g}-{self.f_max:g}Hz"
+
+    @property
+    def frames(self):  # frames of one centred 5-s window
+        return WINDOW_SAMPLES // self.hop_length + 1
+
+
+class MelFrontEnd(nn.Module):
+    """(B, samples) waveform -> (B, 1, n_mels, frames) mel power in dB, scaled to [0, 1] per sample.
+
+    torch.stft (centred, Hann window) -> |X|^2 -> mel filterbank -> 10*log10 -> floor at max - top_db ->
+    per-sample min-max. Always float32 (under AMP too): dB of fp16 power underflows.
+    """
+
+    def __init__(self, settings=MelSettings()):
+        super().__init__()
+        self.settings = settings
+        self.register_buffer("window", torch.hann_window(settings.n_fft), persistent=False)
+        fb = mel_filterbank(settings.n_fft // 2 + 1, settings.n_mels, settings.f_min, settings.f_max,
+                            settings.sample_rate)
+        self.register_buffer("filterbank", torch.from_numpy(fb.T.copy()), persistent=False)  # (n_mels, n_freqs)
+
+    def forward(self, wave):
+        s = self.settings
+        spec = torch.stft(wave.float(), s.n_fft, s.hop_length, window=self.window, center=True,
+                          return_complex=True)
+        power = spec.real ** 2 + spec.imag ** 2                       # (B, n_freqs, frames)
+        db = 10.0 * torch.log10(torch.clamp(torch.matmul(self.filterbank, power), min=1e-10))
+        top = db.amax(dim=(1, 2), keepdim=True)
+        db = torch.maximum(db, top - s.top_db)
+        low = db.amin(dim=(1, 2), keepdim=True)
+        return ((db - low) / (top - low + 1e-6)).unsqueeze(1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# model
+
+
+class GeM(nn.Module):
+    """Generalised mean pooling with learnable exponent p: (B, C, H, W) -> (B, C). p=1 is average pooling."""
+
+    def __init__(self, p=3.0, eps=1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.ones(1) * p)
+        self.eps = eps
+
+    def forward(self, x):
+        return x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+
+
+class BirdNet(nn.Module):
+    """(B, 1, n_mels, frames) mel -> (B, n_classes) logits.
+
+    The mel is resized to (image_height, image_width) and repeated to 3 channels inside the network, so models
+    that differ only in image size share one mel. EfficientNet-B0 features -> GeM -> 5 dropout heads: in
+    training the logits are the mean of one classifier applied to 5 differently dropped copies; in eval the
+    dropouts are the identity and the 5 copies agree.
+    """
+
+    def __init__(self, n_classes, image_height=256, image_width=256, pretrained=None,
+                 dropout_rates=(0.1, 0.2, 0.3, 0.4, 0.5), gem_p=3.0):
+        super().__init__()
+        import timm
+        kwargs = dict(num_classes=0, global_pool="")
+        if pretrained:  # a local file only: pretrained_cfg_overlay points timm at it, nothing is downloaded
+            if not os.path.isfile(pretrained):
+                raise UserError(f"pretrained weights file not found: {pretrained}")
+            kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=os.path.abspath(pretrained)))
+        self.backbone = timm.create_model(BACKBONE, **kwargs)
+        self.image_size = (image_height, image_width)
+        self.pool = GeM(gem_p)
+        self.dropouts = nn.ModuleList(nn.Dropout(r) for r in dropout_rates)
+        self.head = nn.Linear(self.backbone.num_features, n_classes)
+        self.channels_last = False  # set on CUDA: NHWC convolutions are faster there
+
+    def forward(self, mel):
+        x = F.interpolate(mel, size=self.image_size, mode="bilinear", align_corners=False)
+        x = x.expand(-1, 3, -1, -1)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        features = self.pool(self.backbone(x))
+        if self.training:
+            return torch.stack([self.head(d(features)) for d in self.dropouts]).mean(0)
+        return self.head(features)
+
+
+def bce_focal_loss(logits, targets, gamma=2.0):
+    """Mean of BCE-with-logits and focal loss (gamma 2) on soft targets in [0, 1]."""
+    logits = logits.float()
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p = torch.sigmoid(logits)
+    p_true = p * targets + (1 - p) * (1 - targets)
+    focal = bce * (1 - p_true) ** gamma
+    return 0.5 * (bce.mean() + focal.mean())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# augmentations on mel batches (B, 1, n_mels, frames); each is the identity at probability 0
+
+
+def _chosen(n, p, generator):
+    return torch.rand(n, generator=generator) < p
+
+
+def horizontal_flip(mel, p, generator=None):
+    """Reverse time for each sample with probability p."""
+    chosen = _chosen(len(mel), p, generator).to(mel.device)
+    if not chosen.any():
+        return mel
+    return torch.where(chosen[:, None, None, None], mel.flip(-1), mel)
+
+
+def coarse_dropout(mel, p, generator=None, max_holes=4, max_fraction=0.15):
+    """Zero 1..max_holes random rectangles (each side up to max_fraction of the image) per chosen sample."""
+    chosen = _chosen(len(mel), p, generator)
+    if not chosen.any():
+        return mel
+    mel = mel.clone()
+    h, w = mel.shape[-2:]
+    for i in torch.nonzero(chosen).flatten().tolist():
+        for _ in range(int(torch.randint(1, max_holes + 1, (1,), generator=generator))):
+            dh = int(torch.randint(1, max(2, int(h * max_fraction) + 1), (1,), generator=generator))
+            dw = int(torch.randint(1, max(2, int(w * max_fraction) + 1), (1,), generator=generator))
+            y = int(torch.randint(0, h - dh + 1, (1,), generator=generator))
+            x = int(torch.randint(0, w - dw + 1, (1,), generator=generator))
+            mel[i, :, y:y + dh, x:x + dw] = 0.0
+    return mel
+
+
+def mixup(mel, targets, p, generator=None, alpha=0.5):
+    """With probability p per sample, blend it with another sample of the batch; targets blend alike."""
+    chosen = _chosen(len(mel), p, generator)
+    if not chosen.any():
+        return mel, targets
+    partner = torch.randperm(len(mel), generator=generator)
+    beta_seed = int(torch.randint(0, 2**31, (1,), generator=generator))  # torch's Beta takes no generator
+    lam = torch.from_numpy(np.random.default_rng(beta_seed).beta(alpha, alpha, len(mel))).float()
+    lam = torch.where(chosen, lam, torch.ones_like(lam)).to(mel.device)
+    mel = lam[:, None, None, None] * mel + (1 - lam[:, None, None, None]) * mel[partner.to(mel.device)]
+    targets = lam[:, None] * targets + (1 - lam[:, None]) * targets[partner.to(targets.device)]
+    return mel, targets
+
+
+def _resize_axis(x, length, axis):
+    """Resize (C, H, W) along axis -1 (time) or -2 (frequency) to `length` bins, linearly."""
+    size = list(x.shape[-2:])
+    size[axis] = max(1, length)
+    return F.interpolate(x[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+
+
+def _fit_axis(x, length, axis):
+    """Crop or zero-pad (C, H, W) along axis to `length`."""
+    current = x.shape[axis]
+    if current >= length:
+        return x.narrow(axis, 0, length)
+    pad = [0, 0, 0, 0]
+    pad[1 if axis == -1 else 3] = length - current
+    return F.pad(x, pad)
+
+
+def stretch(mel, p, generator=None, local=False, factors=(0.9, 1.1), max_segments=4):
+    """Time and frequency stretching by resizing, then cropping or padding back to the original size.
+
+    global: the whole image is resized along each axis by one random factor. local: the axis is cut into
+    2..max_segments random segments and each is resized by its own factor.
+    """
+    chosen = _chosen(len(mel), p, generator)
+    if not chosen.any():
+        return mel
+    mel = mel.clone()
+
+    def factor():
+        return factors[0] + (factors[1] - factors[0]) * float(torch.rand(1, generator=generator))
+
+    for i in torch.nonzero(chosen).flatten().tolist():
+        x = mel[i]
+        for axis in (-1, -2):
+            length = x.shape[axis]
+            if local:
+                n = int(torch.randint(2, max_segments + 1, (1,), generator=generator))
+                cuts = sorted(torch.randint(1, length, (n - 1,), generator=generator).tolist())
+                bounds = [0] + cuts + [length]
+                parts = [_resize_axis(x.narrow(axis, a, b - a), round((b - a) * factor()), axis)
+                         for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+                x = torch.cat(parts, dim=axis)
+            else:
+                x = _resize_axis(x, round(length * factor()), axis)
+            x = _fit_axis(x, length, axis)
+        mel[i] = x
+    return mel
+
+
+@dataclass
+class AugmentChances:
+    """Probability of each augmentation per sample (seed: flip, coarse dropout, mixup, time/freq stretch)."""
+    flip: float = 0.5
+    coarse_dropout: float = 0.3
+    mixup: float = 0.5
+    local_stretch: float = 0.3
+    global_stretch: float = 0.3
+
+
+def augment(mel, targets, chances, generator=None):
+    mel = stretch(mel, chances.global_stretch, generator, local=False)
+    mel = stretch(mel, chances.local_stretch, generator, local=True)
+    mel = horizontal_flip(mel, chances.flip, generator)
+    mel = coarse_dropout(mel, chances.coarse_dropout, generator)
+    return mixup(mel, targets, chances.mixup, generator)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# training data: cached first-5-s waveforms, optionally mixed with pseudo-labelled soundscape windows
+
+
+def mix_pseudo(wave, target, window, pseudo_target, gain_wave, gain_window):
+    """The seed's pseudo-label mixing: gain_wave * wave + gain_window * window, target = max(target, pseudo)."""
+    return gain_wave * wave + gain_window * window, np.maximum(target, pseudo_target)
+
+
+class PseudoWindows:
+    """Cached unlabeled 5-s windows (prep.py) joined with one round's pseudo labels (pseudo.py).
+
+    audio: (M, WINDOW_SAMPLES) float16 memmap; targets: (M, n_classes) float32.
+    """
+
+    def __init__(self, cache_dir, pseudo_path, classes):
+        paths = CachePaths(cache_dir)
+        table = pd.read_csv(paths.unlabeled_windows)
+        labels = np.load(pseudo_path, allow_pickle=False)
+        if list(labels["classes"]) != list(classes):
+            raise UserError(f"{pseudo_path}: pseudo-label classes differ from the cache's class list")
+        row_of = {(p, int(e)): i for i, (p, e) in enumerate(zip(labels["paths"], labels["end_seconds"]))}
+        rows = [row_of.get((p, int(e)), -1) for p, e in zip(table["path"], table["end_second"])]
+        keep = np.flatnonzero(np.asarray(rows) >= 0)
+        if len(keep) == 0:
+            raise UserError(f"{pseudo_path} labels none of the cached unlabeled windows")
+        self.audio = np.load(paths.unlabeled_audio, mmap_mode="r")
+        self.index = keep  # rows of the audio cache that have a pseudo label
+        self.targets = labels["probs"][np.asarray(rows)[keep]].astype(np.float32)
+
+    def __len__(self):
+        return len(self.index)
+
+
+class TrainingSet:
+    """Batches of (waveform, target) from the cache. Row i: first 5 s of recording i, its multi-hot target.
+
+    With `pseudo` given, each sample is mixed with a random pseudo-labelled window with chance
+    `pseudo_mix_chance`, each part scaled by 10**uniform(*amp_exp_range) (seed: ampExpMin, ampExpMax).
+    Randomness comes from (seed, epoch, batch), so an epoch is the same after a resume.
+    """
+
+    def __init__(self, audio, targets, rows, pseudo=None, pseudo_mix_chance=0.0, amp_exp_range=(-0.5, 0.1),
+                 seed=0):
+        self.audio, self.targets, self.rows = audio, targets, np.asarray(rows)
+        self.pseudo, self.pseudo_mix_chance, self.amp_exp_range, self.seed = pseudo, pseudo_mix_chance, \
+            amp_exp_range, seed
+
+    def __len__(self):
+        return len(self.rows)
+
+    def batch(self, rows, rng):
+        order = np.argsort(rows)  # sorted reads from the memmap, then back to the batch's order
+        waves = np.empty((len(rows), WINDOW_SAMPLES), dtype=np.float32)
+        waves[order] = self.audio[np.asarray(rows)[order]]
+        targets = self.targets[rows].copy()
+        if self.pseudo is not None and self.pseudo_mix_chance > 0:
+            lo, hi = self.amp_exp_range
+            for i in np.flatnonzero(rng.random(len(rows)) < self.pseudo_mix_chance):
+                j = rng.integers(len(self.pseudo))
+                gains = 10.0 ** rng.uniform(lo, hi, size=2)
+                waves[i], targets[i] = mix_pseudo(waves[i], targets[i],
+                                                  self.pseudo.audio[self.pseudo.index[j]].astype(np.float32),
+                                                  self.pseudo.targets[j], gains[0], gains[1])
+        return torch.from_numpy(waves), torch.from_numpy(targets)
+
+    def epoch(self, epoch, batch_size, rank=0, world_size=1):
+        """Yield the epoch's shuffled batches; under torchrun each rank takes its own share."""
+        rng = np.random.default_rng((self.seed, epoch))
+        order = rng.permutation(self.rows)
+        order = order[rank::world_size]
+        # every rank runs the same number of batches (DDP); the last partial batch is dropped (BatchNorm)
+        n_batches = max(1, len(self.rows) // world_size // batch_size)
+        for b in range(n_batches):
+            rows = order[b * batch_size:(b + 1) * batch_size]
+            yield self.batch(rows, np.random.default_rng((self.seed, epoch, b, rank)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# metrics (numpy/scipy only; tests check each against scikit-learn)
+
+
+def _positive_classes(y_true):
+    positives = y_true.sum(0)
+    return np.flatnonzero((positives > 0) & (positives < len(y_true)))
+
+
+def macro_roc_auc(y_true, y_score):
+    """Macro ROC-AUC over classes with at least one positive (and one negative), as Kaggle scored BirdCLEF 2024."""
+    from scipy.stats import rankdata
+    y_true, y_score = np.asarray(y_true) > 0.5, np.asarray(y_score, dtype=np.float64)
+    aucs = []
+    for c in _positive_classes(y_true):
+        ranks = rankdata(y_score[:, c])
+        n_pos = y_true[:, c].sum()
+        n_neg = len(y_true) - n_pos
+        aucs.append((ranks[y_true[:, c]].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def average_precision(y_true, y_score):
+    """Average precision of one class: sum over score thresholds of (recall step) * precision."""
+    order = np.argsort(-y_score, kind="mergesort")
+    y, s = y_true[order], y_score[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # tied scores form one threshold
+    tps = np.cumsum(y)[last_of_tie]
+    precision = tps / (last_of_tie + 1)
+    recall = tps / y.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def cmap(y_true, y_score):
+    """Mean average precision over the classes that have a positive."""
+    y_true, y_score = np.asarray(y_true) > 0.5, np.asarray(y_score, dtype=np.float64)
+    scores = [average_precision(y_true[:, c], y_score[:, c]) for c in np.flatnonzero(y_true.sum(0) > 0)]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def lrap(y_true, y_score):
+    """Label ranking average precision (a sample with no or all labels true scores 1, as in scikit-learn)."""
+    y_true, y_score = np.asarray(y_true) > 0.5, np.asarray(y_score, dtype=np.float64)
+    total = 0.0
+    for truth, score in zip(y_true, y_score):
+        relevant = score[truth]
+        if len(relevant) in (0, len(score)):
+            total += 1.0
+            continue
+        rank_all = (score[None, :] >= relevant[:, None]).sum(1)
+        rank_relevant = (relevant[None, :] >= relevant[:, None]).sum(1)
+        total += float(np.mean(rank_relevant / rank_all))
+    return total / len(y_true)
+
+
+F1_THRESHOLD = 0.5  # on sigmoid probabilities
+
+
+def micro_f1(y_true, y_score, threshold=F1_THRESHOLD):
+    """Micro-averaged F1 of the predictions y_score >= threshold."""
+    y_true, y_pred = np.asarray(y_true) > 0.5, np.asarray(y_score) >= threshold
+    tp = float((y_true & y_pred).sum())
+    denominator = y_true.sum() + y_pred.sum()
+    return 2 * tp / denominator if denominator else 1.0
+
+
+def all_metrics(y_true, y_prob):
+    return dict(lrap=lrap(y_true, y_prob), cmap=cmap(y_true, y_prob), f1=micro_f1(y_true, y_prob),
+                auc=macro_roc_auc(y_true, y_prob))
+
+
+TRACKED_METRICS = ("lrap", "cmap", "f1", "auc")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# files: atomic writes, model configs, the inference artifact
+
+
+def atomic_write(path, write):
+    """Call write(tmp_path), then rename tmp_path to path: a reader never sees half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_json(obj, path):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+    atomic_write(path, write)
+
+
+MODEL_COLUMNS = ("id", "seed", "n_folds", "fold", "dataset", "n_mels", "hop_length", "image_height",
+                 "image_width", "pseudoLabelChance", "ampExpMin", "ampExpMax")
+
+
+def read_models_table(path):
+    """models.csv -> DataFrame indexed by model id, checked for the seed's columns."""
+    table = read_table(path)
+    missing = [c for c in MODEL_COLUMNS if c not in table.columns]
+    if missing:
+        raise UserError(f"{path} lacks column(s): {', '.join(missing)}")
+    return table.set_index("id", drop=False)
+
+
+def read_table(path):
+    if not os.path.isfile(path):
+        raise UserError(f"file not found: {path}")
+    return pd.read_csv(path, comment="#", skipinitialspace=True)
+
+
+def export_artifact(model, mel_settings, classes, out_dir, name, value=float("nan")):
+    """Write what infer.py needs for one model into out_dir: <name>.pt2 (the network, mel -> logits),
+    mel_<key>.pt2 (the mel front end that trained it) and <name>.json (settings, classes, value and cost).
+
+    Both programs come from torch.export with a dynamic batch size; they load with torch.export.load
+    alone, so infer.py needs no project code.
+    """
+    from torch.export import Dim, export
+    import warnings
+    model = model.float().cpu().eval()
+    model.channels_last = False
+    mel = MelFrontEnd(mel_settings).eval()
+    batch = Dim("batch", min=1, max=4096)
+    waves = torch.randn(2, WINDOW_SAMPLES)
+    os.makedirs(out_dir, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.export's notes about non-persistent buffers
+        mel_file = f"mel_{mel_settings.key}.pt2"
+        if not os.path.exists(os.path.join(out_dir, mel_file)):
+            program = export(mel, (waves,), dynamic_shapes=({0: batch},))
+            atomic_write(os.path.join(out_dir, mel_file), lambda tmp: torch.export.save(program, tmp + ".pt2")
+                         or os.replace(tmp + ".pt2", tmp))
+        program = export(model, (mel(waves),), dynamic_shapes=({0: batch},))
+        atomic_write(os.path.join(out_dir, f"{name}.pt2"), lambda tmp: torch.export.save(program, tmp + ".pt2")
+                     or os.replace(tmp + ".pt2", tmp))
+    h, w = model.image_size
+    save_json(dict(name=name, network=f"{name}.pt2", mel=mel_file, mel_key=mel_settings.key,
+                   mel_settings=asdict(mel_settings), image_height=h, image_width=w, classes=list(classes),
+                   value=value, cost=h * w), os.path.join(out_dir, f"{name}.json"))
