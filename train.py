@@ -11,8 +11,10 @@ last.pt (everything needed to resume), config.json, and train_done.json when fin
 resumes from the last complete epoch; a finished run is not redone.
 """
 import argparse
+import json
 import math
 import os
+import shutil
 import time
 
 import numpy as np
@@ -132,14 +134,41 @@ def load_split(cache_dir, config, max_train_files=None):
     return dict(rows=rows, classes=classes, audio=audio, targets=targets, train=np.sort(train), valid=valid)
 
 
+def input_signature(args, config):
+    """What a finished run depends on: settings and the identity (size, mtime) of the cache and pseudo labels.
+
+    A rerun with the same signature is skipped; a changed one (new pseudo labels from `make`) trains again.
+    """
+    def identity(path):
+        return [os.path.abspath(path), os.path.getsize(path), os.stat(path).st_mtime_ns] if path else None
+    settings = {k: v for k, v in vars(args).items() if k not in ("threads", "device", "out_dir", "work")}
+    return json.loads(json.dumps(dict(config=config, settings=settings, cache=identity(CachePaths(args.cache).rows),
+                                      pseudo=identity(args.pseudo)), default=str))
+
+
+def clear_run(out_dir, keep_last=True):
+    """Remove a previous run's results (not last.pt unless asked: it may be a resumable run of these inputs)."""
+    for name in ("train_done.json", "metrics.csv", "soup.json") + (() if keep_last else ("last.pt",)):
+        if os.path.exists(os.path.join(out_dir, name)):
+            os.remove(os.path.join(out_dir, name))
+    if not keep_last:
+        shutil.rmtree(os.path.join(out_dir, "epochs"), ignore_errors=True)
+
+
 def main(argv=None):
     args = parse_args(argv)
     config = model_config(args)
     out_dir = args.out_dir or os.path.join(args.work, f"round{args.round}", f"model{args.model}")
     done_path = os.path.join(out_dir, "train_done.json")
+    inputs = input_signature(args, config)
     if os.path.exists(done_path):
-        print(f"{out_dir}: already trained ({done_path} exists)")
-        return
+        with open(done_path) as f:
+            if json.load(f).get("inputs") == inputs:
+                print(f"{out_dir}: already trained on the same inputs ({done_path})")
+                return
+        print(f"{out_dir}: inputs changed since the last run; training again")
+        clear_run(out_dir, keep_last=False)
+    clear_run(out_dir)
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank, world_size = 0, 1
@@ -181,8 +210,12 @@ def main(argv=None):
 
     start_epoch, history = 1, []
     last_path = os.path.join(out_dir, "last.pt")
-    if os.path.exists(last_path):  # resume after the last complete epoch
-        state = torch.load(last_path, map_location=device, weights_only=False)
+    state = torch.load(last_path, map_location=device, weights_only=False) if os.path.exists(last_path) else None
+    if state is not None and state.get("inputs") != inputs:
+        print(f"{out_dir}: last.pt was trained on other inputs; starting over")
+        clear_run(out_dir, keep_last=False)
+        state = None
+    if state is not None:  # resume after the last complete epoch
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -235,9 +268,9 @@ def main(argv=None):
         atomic_write(os.path.join(out_dir, "metrics.csv"), lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
         atomic_write(last_path, lambda tmp: torch.save(dict(
             model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict(), epoch=epoch, history=history), tmp))
+            scaler=scaler.state_dict(), epoch=epoch, history=history, inputs=inputs), tmp))
     if rank == 0:
-        save_json(dict(epochs=args.epochs, soup_start=soup_start, best=max(history, key=lambda r: r["auc"]) if
+        save_json(dict(inputs=inputs, epochs=args.epochs, soup_start=soup_start, best=max(history, key=lambda r: r["auc"]) if
                        history else None), done_path)
         if os.path.exists(last_path):
             os.remove(last_path)  # optimizer state is only needed to resume; the epochs stay for the soup

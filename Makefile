@@ -1,0 +1,98 @@
+# The whole cycle of the BirdCLEF 2024 2nd-place recipe. Steps talk through files; an interrupted cycle resumes
+# where it stopped and a finished step is not redone.
+#
+#   make demo                                   # everything on the embedded demo data, scored
+#   make test                                   # the test suite
+#   make round1 DATA=/data/birdclef-2024 THREADS=16 DEVICE=cuda
+#   make ensemble DATA=/data/birdclef-2024      # round1 -> pseudo1 -> round2 -> pseudo2 -> round3 -> ensemble
+#   make submission DATA=/data/birdclef-2024    # infer.py on DATA/test_soundscapes
+#   make prep DATA=... WORK=... PY=python       # PY=python reuses an existing environment (Kaggle, Colab)
+
+PY      ?= .venv/bin/python
+DATA    ?= data/birdclef-2024
+WORK    ?= work
+MODELS  ?= models.csv
+EPOCHS  ?= 50
+THREADS ?= $(shell nproc 2>/dev/null || echo 2)
+DEVICE  ?= auto
+TRAIN_ARGS ?=
+PREP_ARGS  ?=
+
+# the venv is made only when PY is the default one
+SETUP := $(if $(filter .venv/bin/python,$(PY)),.venv/.installed,)
+IDS   := $(shell grep -v '^\#' $(MODELS) 2>/dev/null | tail -n +2 | cut -d, -f1)
+CACHE := $(WORK)/cache
+CACHED := $(CACHE)/train_rows.csv
+PSEUDO_1 :=
+PSEUDO_2 := $(WORK)/pseudo1.npz
+PSEUDO_3 := $(WORK)/pseudo2.npz
+
+.PHONY: setup prep round1 pseudo1 round2 pseudo2 round3 ensemble submission demo demo-data test bench-train bench-infer clean-demo
+.DELETE_ON_ERROR:
+.SECONDARY:
+
+setup: $(SETUP)
+.venv/.installed: requirements.txt requirements-dev.txt
+	test -x .venv/bin/python || python3 -m venv .venv
+	.venv/bin/pip install -q -r requirements-dev.txt
+	touch $@
+
+prep: $(CACHED)
+$(CACHED): | $(SETUP)
+	$(PY) prep.py --data $(DATA) --out $(CACHE) --threads $(THREADS) $(PREP_ARGS)
+
+# round R, model ID: train (resumable) then soup + export; a round's ensemble bundles its soups
+define ROUND
+$(WORK)/round$(1)/model%/soup.json: $(CACHED) $(PSEUDO_$(1)) $(MODELS) | $(SETUP)
+	$(PY) train.py --model $$* --round $(1) --models $(MODELS) --cache $(CACHE) --work $(WORK) --epochs $(EPOCHS) \
+		--threads $(THREADS) --device $(DEVICE) $(if $(PSEUDO_$(1)),--pseudo $(PSEUDO_$(1))) $(TRAIN_ARGS)
+	$(PY) soup.py --model-dir $(WORK)/round$(1)/model$$* --cache $(CACHE) --threads $(THREADS)
+$(WORK)/round$(1)/ensemble/manifest.json: $(foreach i,$(IDS),$(WORK)/round$(1)/model$(i)/soup.json)
+	$(PY) soup.py bundle --out $(WORK)/round$(1)/ensemble $(foreach i,$(IDS),$(WORK)/round$(1)/model$(i))
+round$(1): $(WORK)/round$(1)/ensemble/manifest.json
+endef
+$(eval $(call ROUND,1))
+$(eval $(call ROUND,2))
+$(eval $(call ROUND,3))
+
+$(WORK)/pseudo%.npz: $(WORK)/round%/ensemble/manifest.json $(CACHED)
+	$(PY) pseudo.py --models $(WORK)/round$*/ensemble --cache $(CACHE) --out $@ --threads $(THREADS)
+pseudo1: $(WORK)/pseudo1.npz
+pseudo2: $(WORK)/pseudo2.npz
+
+# the final round's ensemble, the folder to upload as a Kaggle dataset next to infer.py
+ensemble: $(WORK)/ensemble/manifest.json
+$(WORK)/ensemble/manifest.json: $(WORK)/round3/ensemble/manifest.json
+	rm -rf $(WORK)/ensemble.tmp && cp -r $(WORK)/round3/ensemble $(WORK)/ensemble.tmp
+	rm -rf $(WORK)/ensemble && mv $(WORK)/ensemble.tmp $(WORK)/ensemble
+
+submission: $(WORK)/submission.csv
+$(WORK)/submission.csv: $(WORK)/ensemble/manifest.json
+	$(PY) infer.py --models $(WORK)/ensemble --audio $(DATA)/test_soundscapes --out $@ --threads $(THREADS)
+
+# ---- the demo: synthetic data, small models, the whole cycle, then the score table
+DEMO_DATA := data/demo
+DEMO_WORK := work/demo
+DEMO_VARS := DATA=$(DEMO_DATA) WORK=$(DEMO_WORK) MODELS=models-demo.csv EPOCHS=20 \
+	TRAIN_ARGS="--batch-size 32 --lr 2e-3" PY=$(PY)
+
+demo-data: $(DEMO_DATA)/train_metadata.csv
+$(DEMO_DATA)/train_metadata.csv: | $(SETUP)
+	$(PY) prep.py demo --out $(DEMO_DATA)
+
+demo: $(DEMO_DATA)/train_metadata.csv | $(SETUP)
+	$(MAKE) --no-print-directory $(DEMO_VARS) ensemble
+	$(PY) bench/score_demo.py --work $(DEMO_WORK) --audio $(DEMO_DATA)/test_soundscapes \
+		--labels $(DEMO_DATA)-test-labels.csv --threads $(THREADS)
+
+clean-demo:
+	rm -rf $(DEMO_WORK) $(DEMO_DATA) $(DEMO_DATA)-test-labels.csv
+
+test: | $(SETUP)
+	$(PY) -m pytest -q tests
+
+bench-train: | $(SETUP)
+	$(PY) bench/train_speed.py --threads $(THREADS)
+
+bench-infer: | $(SETUP)
+	$(PY) bench/infer_speed.py --threads $(THREADS)

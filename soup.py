@@ -1,0 +1,147 @@
+"""Checkpoint soup of one trained model, validated and exported for infer.py; or bundle soups into an ensemble.
+
+    python soup.py --model-dir work/round1/model4 --cache work/cache
+    python soup.py bundle --out work/round1/ensemble work/round1/model1 work/round1/model2
+
+The soup (seed, chapter 2): candidates are the saved epochs from the soup start (13 of 50 in the seed); walk
+them in order and keep an epoch when it beats the best value so far of any tracked metric (LRAP, cMAP, F1,
+AUC); average the kept epochs' weights (float tensors averaged, integer buffers such as num_batches_tracked
+from the last kept epoch). Writes soup.pt, export/ (the artifact infer.py loads: network, mel front end,
+settings, classes) and, last, soup.json (kept epochs, soup metrics, best single epoch).
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pandas as pd
+import torch
+
+from common import (TRACKED_METRICS, BirdNet, MelFrontEnd, MelSettings, UserError, all_metrics, atomic_write,
+                    export_artifact, run_main, save_json)
+from train import load_split, predict
+
+# defaults
+threads = os.cpu_count() or 2
+
+
+def choose_epochs(metrics, soup_start, tracked=TRACKED_METRICS):
+    """Epochs (from soup_start on, in order) that improve the best-so-far value of any tracked metric."""
+    best = {m: -np.inf for m in tracked}
+    kept = []
+    for _, row in metrics[metrics["epoch"] >= soup_start].sort_values("epoch").iterrows():
+        improved = [m for m in tracked if np.isfinite(row[m]) and row[m] > best[m]]
+        for m in improved:
+            best[m] = row[m]
+        if improved:
+            kept.append(int(row["epoch"]))
+    return kept
+
+
+def average_state_dicts(states):
+    """Mean of floating-point tensors; other tensors (integer counters) from the last state."""
+    soup = {}
+    for key, last in states[-1].items():
+        if torch.is_floating_point(last):
+            soup[key] = torch.stack([s[key].float() for s in states]).mean(0).to(last.dtype)
+        else:
+            soup[key] = last.clone()
+    return soup
+
+
+def export_onnx(model, mel_settings, path):
+    """Also write the network as ONNX (for --backend onnx / OpenVINO) when the onnx package is installed."""
+    try:
+        import onnx  # noqa: F401  (the legacy exporter needs it)
+    except ImportError:
+        return False
+    import warnings
+    example = MelFrontEnd(mel_settings)(torch.randn(2, 160000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        atomic_write(path, lambda tmp: torch.onnx.export(
+            model.eval(), (example,), tmp, dynamo=False, input_names=["mel"], output_names=["logits"],
+            dynamic_axes={"mel": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17))
+    return True
+
+
+def make_soup(model_dir, cache, n_threads=threads, soup_start=None):
+    torch.set_num_threads(max(1, n_threads))
+    config_path, metrics_path = os.path.join(model_dir, "config.json"), os.path.join(model_dir, "metrics.csv")
+    if not os.path.isfile(os.path.join(model_dir, "train_done.json")):
+        raise UserError(f"{model_dir}: training is not finished (no train_done.json)")
+    with open(config_path) as f:
+        config = json.load(f)
+    metrics = pd.read_csv(metrics_path)
+    kept = choose_epochs(metrics, soup_start or config["soup_start"])
+    if not kept:
+        raise UserError(f"{model_dir}: no saved epoch from the soup start {config['soup_start']} on")
+    states = [torch.load(os.path.join(model_dir, "epochs", f"epoch_{e:03d}.pt"), map_location="cpu")
+              for e in kept]
+    mel_settings = MelSettings(**config["mel_settings"])
+    model = BirdNet(len(config["classes"]), config["image_height"], config["image_width"])
+    model.load_state_dict(average_state_dicts(states))
+    data = load_split(cache, config)
+    if data["classes"] != config["classes"]:
+        raise UserError(f"{model_dir}: the cache's classes differ from the ones the model was trained on")
+    probs = predict(model, MelFrontEnd(mel_settings), data["audio"][data["valid"]], torch.device("cpu"))
+    soup_metrics = all_metrics(data["targets"][data["valid"]], probs)
+    best = metrics.loc[metrics["auc"].idxmax()]
+    atomic_write(os.path.join(model_dir, "soup.pt"), lambda tmp: torch.save(model.state_dict(), tmp))
+    name = f"model{config['id']}"
+    export_dir = os.path.join(model_dir, "export")
+    export_artifact(model, mel_settings, config["classes"], export_dir, name, value=soup_metrics["auc"])
+    export_onnx(model, mel_settings, os.path.join(export_dir, f"{name}.onnx"))
+    report = dict(kept_epochs=kept, soup=soup_metrics,
+                  best_single_epoch=dict(epoch=int(best["epoch"]), **{m: float(best[m]) for m in TRACKED_METRICS}),
+                  export=export_dir, name=name)
+    save_json(report, os.path.join(model_dir, "soup.json"))
+    print(f"{model_dir}: soup of epochs {kept}: " + " ".join(f"{k}={v:.4f}" for k, v in soup_metrics.items())
+          + f" (best single epoch {int(best['epoch'])}: auc={best['auc']:.4f})")
+    return report
+
+
+def bundle(out, model_dirs):
+    """Copy the exported models into one folder with a manifest.json: what infer.py and pseudo.py load."""
+    tmp = out.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    names = []
+    for model_dir in model_dirs:
+        report_path = os.path.join(model_dir, "soup.json")
+        if not os.path.isfile(report_path):
+            raise UserError(f"{model_dir}: no soup.json (run soup.py --model-dir {model_dir} first)")
+        with open(report_path) as f:
+            report = json.load(f)
+        for item in os.listdir(report["export"]):
+            shutil.copy2(os.path.join(report["export"], item), os.path.join(tmp, item))
+        names.append(report["name"])
+    if len(set(names)) != len(names):
+        raise UserError(f"model names collide in the bundle: {names}")
+    save_json(dict(models=names, sources=[os.path.abspath(d) for d in model_dirs]),
+              os.path.join(tmp, "manifest.json"))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    print(f"ensemble {out}: {', '.join(names)}")
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "bundle":
+        p = argparse.ArgumentParser(prog="soup.py bundle", description="Bundle exported soups into an ensemble.")
+        p.add_argument("--out", required=True, help="ensemble folder to write (replaced atomically)")
+        p.add_argument("model_dirs", nargs="+", help="model folders with a soup.json")
+        args = p.parse_args(sys.argv[2:])
+        return bundle(args.out, args.model_dirs)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", required=True, help="train.py's output folder of one model")
+    p.add_argument("--cache", default="work/cache", help="prep.py's cache (for validating the soup)")
+    p.add_argument("--soup-start", type=int, help="first candidate epoch (default: the one train.py used)")
+    p.add_argument("--threads", type=int, default=threads)
+    args = p.parse_args()
+    make_soup(args.model_dir, args.cache, args.threads, args.soup_start)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny demo dataset, its cache and a tiny exported ensemble, made once per session."""
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import common  # noqa: E402
+import prep  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("data") / "demo")
+    prep.make_demo(out, demo_seed=1, per_species=3, n_unlabeled=3, n_test=2, soundscape_s=12)
+    return out
+
+
+@pytest.fixture(scope="session")
+def cache_dir(demo_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("work") / "cache")
+    prep.prepare(demo_dir, out, n_threads=2)
+    return out
+
+
+def export_tiny_ensemble(folder, classes, specs):
+    """Random-weight models exported as soup.py does; specs: (name, n_mels, hop, height, width, value)."""
+    names = []
+    for name, n_mels, hop, h, w, value in specs:
+        torch.manual_seed(len(names))
+        model = common.BirdNet(len(classes), h, w)
+        common.export_artifact(model, common.MelSettings(n_mels=n_mels, hop_length=hop), classes, folder, name,
+                               value=value)
+        names.append(name)
+    common.save_json(dict(models=names), os.path.join(folder, "manifest.json"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_ensemble(cache_dir, tmp_path_factory):
+    classes = common.load_classes(common.CachePaths(cache_dir).classes)
+    folder = str(tmp_path_factory.mktemp("ensemble"))
+    return export_tiny_ensemble(folder, classes, [("modelA", 32, 1024, 32, 64, 0.8), ("modelB", 48, 512, 32, 32, 0.7)])

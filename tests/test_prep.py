@@ -1,0 +1,182 @@
+"""prep.py: the cache of the demo data, the 2025 layout, bad input, atomic writes, folds."""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+import common
+import prep
+from common import WINDOW_SAMPLES, CachePaths, assign_folds, target_matrix
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_prep(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "prep.py"), *args], capture_output=True, text=True)
+
+
+def test_demo_cache_contents(demo_dir, cache_dir):
+    paths = CachePaths(cache_dir)
+    meta = pd.read_csv(os.path.join(demo_dir, "train_metadata.csv"))
+    rows = pd.read_csv(paths.rows)
+    audio = np.load(paths.audio, mmap_mode="r")
+    classes = common.load_classes(paths.classes)
+    assert classes == [c for c in pd.read_csv(os.path.join(demo_dir, "sample_submission.csv")).columns if c != "row_id"]
+    assert audio.shape == (len(meta), WINDOW_SAMPLES) and audio.dtype == np.float16
+    assert list(rows["filename"]) == list(meta["filename"]) and set(rows["source"]) == {"base"}
+    # row i holds the first 5 s of file i, resampled to 32 kHz mono
+    for i in (0, len(rows) // 2, len(rows) - 1):
+        expected = common.first_five_seconds(common.read_audio(os.path.join(demo_dir, "train_audio", rows["filename"][i]),
+                                                               max_seconds=5))
+        assert np.abs(audio[i].astype(np.float32) - expected).max() < 2e-3
+    # a recording shorter than 5 s is zero-padded
+    durations = [sf.info(os.path.join(demo_dir, "train_audio", f)).duration for f in rows["filename"]]
+    short = int(np.argmin(durations))
+    assert durations[short] < 5
+    n_audio = int(durations[short] * 32000)
+    assert np.all(audio[short, n_audio + 10:] == 0) and np.any(audio[short, :n_audio] != 0)
+    # targets: primary and secondary species
+    y = target_matrix(rows, classes)
+    for i, (primary, secondary) in enumerate(zip(rows["primary_label"], rows["secondary_labels"])):
+        expected = {primary, *common.parse_label_list(secondary)}
+        assert {classes[c] for c in np.flatnonzero(y[i])} == expected
+    # unlabeled index: every soundscape with its window count; the window cache matches the audio
+    unlabeled = pd.read_csv(paths.unlabeled)
+    assert len(unlabeled) == 3 and (unlabeled["n_windows"] == 3).all()
+    windows = pd.read_csv(paths.unlabeled_windows)
+    cached = np.load(paths.unlabeled_audio, mmap_mode="r")
+    assert len(windows) == len(cached) == 9
+    full = common.read_audio(windows["path"][4])
+    end = int(windows["end_second"][4]) * 32000
+    assert np.abs(cached[4].astype(np.float32) - full[end - WINDOW_SAMPLES:end]).max() < 2e-3
+    assert len(pd.read_csv(paths.bad_files)) == 0
+
+
+def test_folds_are_stratified_and_reproducible(cache_dir):
+    rows = pd.read_csv(CachePaths(cache_dir).rows)
+    a = assign_folds(rows["primary_label"], 3, 42)
+    assert np.array_equal(a, assign_folds(rows["primary_label"], 3, 42))
+    assert not np.array_equal(a, assign_folds(rows["primary_label"], 3, 70))
+    for label in set(rows["primary_label"]):  # 3 files per species, 3 folds: one in each
+        assert sorted(a[rows["primary_label"].values == label]) == [0, 1, 2]
+
+
+def test_rerun_gives_identical_cache(demo_dir, cache_dir, tmp_path):
+    out = str(tmp_path / "cache2")
+    prep.prepare(demo_dir, out, n_threads=2)
+    assert np.array_equal(np.load(CachePaths(out).audio), np.load(CachePaths(cache_dir).audio))
+    pd.testing.assert_frame_equal(pd.read_csv(CachePaths(out).rows), pd.read_csv(CachePaths(cache_dir).rows))
+
+
+def make_layout_2025(root, demo_dir):
+    """A tiny 2025-layout dataset: train.csv, taxonomy.csv, train_soundscapes/ (no sample_submission)."""
+    meta = pd.read_csv(os.path.join(demo_dir, "train_metadata.csv")).head(6)
+    os.makedirs(os.path.join(root, "train_soundscapes"))
+    for f in meta["filename"]:
+        os.makedirs(os.path.join(root, "train_audio", os.path.dirname(f)), exist_ok=True)
+        shutil.copy(os.path.join(demo_dir, "train_audio", f), os.path.join(root, "train_audio", f))
+    meta[["primary_label", "secondary_labels", "filename", "rating"]].assign(collection="XC").to_csv(
+        os.path.join(root, "train.csv"), index=False)
+    taxonomy = sorted(set(meta["primary_label"])) + ["zzextra"]
+    pd.DataFrame({"primary_label": taxonomy, "class_name": "Aves"}).to_csv(os.path.join(root, "taxonomy.csv"), index=False)
+    soundscape = sorted(os.listdir(os.path.join(demo_dir, "unlabeled_soundscapes")))[0]
+    shutil.copy(os.path.join(demo_dir, "unlabeled_soundscapes", soundscape), os.path.join(root, "train_soundscapes"))
+    return meta, taxonomy
+
+
+def test_layout_2025(demo_dir, tmp_path):
+    meta, taxonomy = make_layout_2025(str(tmp_path / "bc25"), demo_dir)
+    out = str(tmp_path / "cache")
+    prep.prepare(str(tmp_path / "bc25"), out, n_threads=2)
+    paths = CachePaths(out)
+    assert common.load_classes(paths.classes) == taxonomy
+    assert np.load(paths.audio, mmap_mode="r").shape == (6, WINDOW_SAMPLES)
+    assert len(pd.read_csv(paths.unlabeled)) == 1
+
+
+def test_extra_recordings_are_marked(demo_dir, tmp_path):
+    meta = pd.read_csv(os.path.join(demo_dir, "train_metadata.csv")).head(2)
+    extra_dir = tmp_path / "xc"
+    os.makedirs(extra_dir / "audio")
+    for i, f in enumerate(meta["filename"]):
+        shutil.copy(os.path.join(demo_dir, "train_audio", f), extra_dir / "audio" / f"x{i}.ogg")
+    meta.assign(filename=["audio/x0.ogg", "audio/x1.ogg"]).to_csv(extra_dir / "extra.csv", index=False)
+    out = str(tmp_path / "cache")
+    prep.prepare(demo_dir, out, extra=str(extra_dir / "extra.csv"), n_threads=2)
+    rows = pd.read_csv(CachePaths(out).rows)
+    assert list(rows["source"].value_counts().sort_index()) == [len(rows) - 2, 2]
+
+
+@pytest.fixture()
+def damaged_dataset(demo_dir, tmp_path):
+    """A copy of the demo data with a corrupt, an empty and a truncated train file and a corrupt soundscape."""
+    root = str(tmp_path / "damaged")
+    shutil.copytree(demo_dir, root)
+    meta = pd.read_csv(os.path.join(root, "train_metadata.csv"))
+    files = [os.path.join(root, "train_audio", f) for f in meta["filename"][:3]]
+    with open(files[0], "wb") as f:
+        f.write(b"OggS" + bytes(range(256)) * 20)          # corrupt
+    open(files[1], "wb").close()                          # empty
+    with open(files[2], "rb") as f:
+        head = f.read(120)
+    with open(files[2], "wb") as f:
+        f.write(head)                                     # truncated inside the header
+    soundscape = sorted(os.listdir(os.path.join(root, "unlabeled_soundscapes")))[0]
+    with open(os.path.join(root, "unlabeled_soundscapes", soundscape), "wb") as f:
+        f.write(b"not audio at all")
+    return root, meta, files
+
+
+def test_bad_files_are_skipped_and_listed(damaged_dataset, tmp_path):
+    root, meta, files = damaged_dataset
+    out = str(tmp_path / "cache")
+    result = run_prep("--data", root, "--out", out, "--threads", "2")
+    assert result.returncode == 0, result.stderr
+    bad = pd.read_csv(CachePaths(out).bad_files)
+    assert set(files) <= set(bad["path"]) and len(bad) == 4
+    assert all(isinstance(r, str) and r for r in bad["reason"])
+    rows = pd.read_csv(CachePaths(out).rows)
+    assert len(rows) == len(meta) - 3 and not set(meta["filename"][:3]) & set(rows["filename"])
+    assert len(pd.read_csv(CachePaths(out).unlabeled)) == 2
+
+
+def one_line_error(result):
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    return result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.stderr
+
+
+def test_bad_input_stops_with_one_line(demo_dir, tmp_path):
+    out = str(tmp_path / "cache")
+    assert one_line_error(run_prep("--data", str(tmp_path / "nowhere"), "--out", out))
+    root = str(tmp_path / "copy")
+    shutil.copytree(demo_dir, root)
+    meta_path = os.path.join(root, "train_metadata.csv")
+    meta = pd.read_csv(meta_path)
+    meta.drop(columns=["filename"]).to_csv(meta_path, index=False)
+    result = run_prep("--data", root, "--out", out)
+    assert one_line_error(result) and "filename" in result.stderr
+    meta.assign(primary_label=["notabird"] + list(meta["primary_label"][1:])).to_csv(meta_path, index=False)
+    result = run_prep("--data", root, "--out", out)
+    assert one_line_error(result) and "notabird" in result.stderr
+    os.remove(meta_path)
+    assert one_line_error(run_prep("--data", root, "--out", out))
+    assert not os.path.exists(out)
+
+
+def test_interrupted_run_leaves_old_cache_whole(demo_dir, cache_dir, tmp_path, monkeypatch):
+    out = str(tmp_path / "cache")
+    shutil.copytree(cache_dir, out)
+    before = np.load(CachePaths(out).audio)
+
+    def crash(*_args, **_kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prep, "index_unlabeled", crash)  # dies after the training audio was written
+    with pytest.raises(KeyboardInterrupt):
+        prep.prepare(demo_dir, out, n_threads=2)
+    assert np.array_equal(np.load(CachePaths(out).audio), before)
+    assert sorted(os.listdir(out)) == sorted(os.listdir(cache_dir))
