@@ -17,6 +17,7 @@ THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 DEVICE  ?= auto
 TRAIN_ARGS ?=
 PREP_ARGS  ?=
+PL_NORM ?= none
 
 # the venv is made only when PY is the default one
 SETUP := $(if $(filter .venv/bin/python,$(PY)),.venv/.installed,)
@@ -29,7 +30,6 @@ PSEUDO_3 := $(WORK)/pseudo2.npz
 
 .PHONY: setup prep round1 pseudo1 round2 pseudo2 round3 ensemble submission demo demo-data test bench-train bench-infer clean-demo
 .DELETE_ON_ERROR:
-.SECONDARY:
 
 setup: $(SETUP)
 .venv/.installed: requirements.txt requirements-dev.txt
@@ -55,10 +55,15 @@ $(eval $(call ROUND,1))
 $(eval $(call ROUND,2))
 $(eval $(call ROUND,3))
 
-$(WORK)/pseudo%.npz: $(WORK)/round%/ensemble/manifest.json $(CACHED)
-	$(PY) pseudo.py --models $(WORK)/round$*/ensemble --cache $(CACHE) --out $@ --threads $(THREADS)
-pseudo1: $(WORK)/pseudo1.npz
-pseudo2: $(WORK)/pseudo2.npz
+# pseudo labels of round R's ensemble (explicit rules: a missing one is rebuilt, never treated as intermediate)
+define PSEUDO
+$(WORK)/pseudo$(1).npz: $(WORK)/round$(1)/ensemble/manifest.json $(CACHED)
+	$(PY) pseudo.py --models $(WORK)/round$(1)/ensemble --cache $(CACHE) --out $$@ --threads $(THREADS) \
+		--pl-norm $(PL_NORM)
+pseudo$(1): $(WORK)/pseudo$(1).npz
+endef
+$(eval $(call PSEUDO,1))
+$(eval $(call PSEUDO,2))
 
 # the final round's ensemble, the folder to upload as a Kaggle dataset next to infer.py
 ensemble: $(WORK)/ensemble/manifest.json
@@ -73,8 +78,8 @@ $(WORK)/submission.csv: $(WORK)/ensemble/manifest.json
 # ---- the demo: synthetic data, small models, the whole cycle, then the score table
 DEMO_DATA := data/demo
 DEMO_WORK := work/demo
-DEMO_VARS := DATA=$(DEMO_DATA) WORK=$(DEMO_WORK) MODELS=models-demo.csv EPOCHS=20 \
-	TRAIN_ARGS="--batch-size 32 --lr 2e-3" PY=$(PY)
+DEMO_VARS := DATA=$(DEMO_DATA) WORK=$(DEMO_WORK) MODELS=models-demo.csv EPOCHS=16 \
+	TRAIN_ARGS="--batch-size 32 --lr 2e-3 --soup-start 12" PY=$(PY)
 
 demo-data: $(DEMO_DATA)/train_metadata.csv
 $(DEMO_DATA)/train_metadata.csv: | $(SETUP)

@@ -377,15 +377,15 @@ def demo_soundscape(rng, duration_s, species_weights):
     sr = SAMPLE_RATE
     n = int(duration_s * sr)
     t = np.arange(n) / sr
-    track = coloured_noise(rng, n, rng.uniform(1.0, 2.0)) * rng.uniform(0.03, 0.08)
+    track = coloured_noise(rng, n, rng.uniform(1.0, 2.0)) * rng.uniform(0.01, 0.04)
     for _ in range(rng.integers(1, 4)):  # insects: tonal bands pulsing at tens of Hz, in the birds' range
         f0 = rng.uniform(2500, 9000)
         pulse = (np.sin(2 * np.pi * rng.uniform(15, 60) * t) > rng.uniform(-0.5, 0.5)).astype(np.float32)
         slow = np.clip(np.sin(2 * np.pi * t / rng.uniform(8, 30) + rng.uniform(0, 6.3)) + 0.3, 0, 1)
-        track += np.sin(2 * np.pi * f0 * t + 0.3 * np.sin(2 * np.pi * 3 * t)) * pulse * slow * rng.uniform(0.01, 0.05)
+        track += np.sin(2 * np.pi * f0 * t + 0.3 * np.sin(2 * np.pi * 3 * t)) * pulse * slow * rng.uniform(0.005, 0.03)
     if rng.random() < 0.6:  # wind: low-frequency noise gusts
         gust = np.clip(np.sin(2 * np.pi * t / rng.uniform(3, 9) + rng.uniform(0, 6.3)), 0, 1) ** 2
-        track += coloured_noise(rng, n, 2.5) * gust * rng.uniform(0.05, 0.2)
+        track += coloured_noise(rng, n, 2.5) * gust * rng.uniform(0.02, 0.1)
     if rng.random() < 0.4:  # rain: sparse clicks
         clicks = np.zeros(n, dtype=np.float32)
         idx = rng.integers(0, n, int(duration_s * rng.uniform(20, 80)))
@@ -401,7 +401,7 @@ def demo_soundscape(rng, duration_s, species_weights):
             if t0 > duration_s - 0.3:
                 break
             phrase = render_phrase(rng, *DEMO_SPECIES[s][1:])
-            start, end = place(calls, phrase, int(t0 * sr), rng.uniform(0.02, 0.15))
+            start, end = place(calls, phrase, int(t0 * sr), rng.uniform(0.08, 0.5))
             for w in range(start // WINDOW_SAMPLES, (end - 1) // WINDOW_SAMPLES + 1):
                 overlap = min(end, (w + 1) * WINDOW_SAMPLES) - max(start, w * WINDOW_SAMPLES)
                 if overlap >= 0.2 * sr:

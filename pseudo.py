@@ -1,12 +1,13 @@
 """Pseudo-label every 5-s window of the unlabeled soundscapes with one round's ensemble.
 
     python pseudo.py --models work/round1/ensemble --cache work/cache --out work/pseudo1.npz
-    python pseudo.py --models work/round2/ensemble --out work/pseudo2.npz --pl-norm none --threads 4
+    python pseudo.py --models work/round2/ensemble --out work/pseudo2.npz --pl-norm minmax --threads 4
 
 The ensemble (a folder from `soup.py bundle`) runs through infer.py's engine: each distinct mel setting is
 computed once per file and shared by the models using it; the label of a window is the mean of the models'
-sigmoid probabilities. --pl-norm minmax (default) rescales each class over all windows to [0, 1], the
-normalisation the seed added in stage 2 because the pseudo labels' floor values had grown too large.
+sigmoid probabilities, kept raw by default (--pl-norm none). --pl-norm minmax rescales each class over all
+windows to [0, 1], the normalisation the seed added in stage 2 because the pseudo labels' floor values had
+grown too large; on the demo it hurt (an uncertain model's top guesses of ~0.3 become 1.0; see README).
 
 Output (.npz, written atomically): paths (soundscape of each row), end_seconds (5, 10, ...), probs
 (rows x classes, float32), classes.
@@ -23,7 +24,7 @@ from common import CachePaths, UserError, WINDOW_SECONDS, atomic_write, load_cla
 
 # defaults
 threads = os.cpu_count() or 2
-pl_norm = "minmax"
+pl_norm = "none"           # measured on the demo: minmax flattens uncertain labels (README)
 
 
 def normalise(probs, how):
@@ -72,7 +73,8 @@ def main():
     p.add_argument("--models", required=True, help="ensemble folder (soup.py bundle)")
     p.add_argument("--cache", default="work/cache", help="prep.py's cache (lists the unlabeled soundscapes)")
     p.add_argument("--out", required=True, help="pseudo-label file to write (.npz)")
-    p.add_argument("--pl-norm", default=pl_norm, choices=["minmax", "none"], help="per-class normalisation")
+    p.add_argument("--pl-norm", default=pl_norm, choices=["minmax", "none"],
+                   help="minmax: each class rescaled to [0, 1] over all windows; none: raw probabilities")
     p.add_argument("--threads", type=int, default=threads)
     p.add_argument("--backend", default="torch", choices=["auto", "openvino", "onnx", "torch"])
     args = p.parse_args()

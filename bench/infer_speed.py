@@ -1,0 +1,116 @@
+"""End-to-end inference speed of the six-model ensemble of models.csv (random weights) on synthetic 4-minute
+soundscapes: infer.py (decode + shared mels in a thread pool, fastest backend, post-processing) against a
+plain eager-PyTorch loop over the same six models (each model computes its own mel, fp32, no sharing).
+
+    python bench/infer_speed.py --threads 2 --files 4
+    make bench-infer
+
+Prints a per-model table and ends with:
+ensemble_s_per_soundscape=X eager_s_per_soundscape=Y speedup=Z
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import infer  # noqa: E402
+import soup  # noqa: E402
+from common import BirdNet, MelFrontEnd, MelSettings, export_artifact, read_models_table, save_json  # noqa: E402
+
+N_CLASSES = 182
+SECONDS = 240
+
+
+def build_ensemble(folder, table, with_onnx):
+    models = {}
+    for model_id, row in table.iterrows():
+        torch.manual_seed(int(model_id))
+        model = BirdNet(N_CLASSES, int(row["image_height"]), int(row["image_width"])).eval()
+        settings = MelSettings(n_mels=int(row["n_mels"]), hop_length=int(row["hop_length"]))
+        name = f"model{model_id}"
+        export_artifact(model, settings, [f"c{i}" for i in range(N_CLASSES)], folder, name, value=0.7)
+        if with_onnx:
+            soup.export_onnx(model, settings, os.path.join(folder, f"{name}.onnx"))
+        models[name] = (model, settings)
+    save_json(dict(models=list(models)), os.path.join(folder, "manifest.json"))
+    return models
+
+
+def eager_loop(paths, models):
+    """The naive way: per file, per model, its own mel and an eager fp32 forward pass."""
+    per_model = {name: 0.0 for name in models}
+    began = time.perf_counter()
+    with torch.no_grad():
+        for path in paths:
+            audio, _ = sf.read(path, dtype="float32")
+            windows = torch.from_numpy(infer.windows_of(audio))
+            for name, (model, settings) in models.items():
+                t = time.perf_counter()
+                torch.sigmoid(model(MelFrontEnd(settings)(windows)))
+                per_model[name] += time.perf_counter() - t
+    return (time.perf_counter() - began) / len(paths), {k: v / len(paths) for k, v in per_model.items()}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--files", type=int, default=4, help="synthetic 4-minute soundscapes")
+    p.add_argument("--backend", default="auto", choices=["auto", "openvino", "onnx", "torch"])
+    p.add_argument("--models", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                    "models.csv"))
+    p.add_argument("--no-eager", action="store_true", help="skip the eager baseline")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    table = read_models_table(args.models)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        audio_dir, ensemble_dir = os.path.join(tmp, "test_soundscapes"), os.path.join(tmp, "ensemble")
+        os.makedirs(audio_dir)
+        for k in range(args.files):
+            sf.write(os.path.join(audio_dir, f"bench{k}.ogg"),
+                     (rng.standard_normal(SECONDS * 32000) * 0.05).astype(np.float32), 32000)
+        try:
+            import onnx  # noqa: F401
+            with_onnx = True
+        except ImportError:
+            with_onnx = False
+        models = build_ensemble(ensemble_dir, table, with_onnx)
+        paths = infer.list_audio(audio_dir)
+
+        began = time.perf_counter()
+        networks, mels, classes, backend = infer.load_ensemble(ensemble_dir, args.backend, args.threads)
+        load_s = time.perf_counter() - began
+        infer.predict_files(paths[:1], networks, mels, log=False)  # warm-up (first-call allocations)
+        began = time.perf_counter()
+        results, n_windows_of, _, network_s = infer.predict_files(paths, networks, mels, log=False)
+        frame = infer.submission_frame(paths, results, n_windows_of, classes)
+        frame.to_csv(os.path.join(tmp, "submission.csv"), index=False)
+        ensemble_s = (time.perf_counter() - began) / len(paths)
+        assert len(frame) == len(paths) * SECONDS // 5
+
+        eager_s, eager_per_model = (float("nan"), {}) if args.no_eager else eager_loop(paths, models)
+
+    rows = []
+    for name, (model, settings) in models.items():
+        rows.append(dict(model=name, mel=f"{settings.n_mels}/{settings.hop_length}",
+                         image="x".join(map(str, model.image_size)),
+                         eager_s=eager_per_model.get(name, float("nan")),
+                         **{f"{backend}_s": network_s[name] / len(paths)}))
+    print(f"\n{len(paths)} synthetic {SECONDS}-s soundscapes, {args.threads} threads, backend {backend}, "
+          f"torch {torch.__version__}; seconds per soundscape (network only per model; load+compile {load_s:.1f} s)")
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"projection for 1,100 soundscapes: {ensemble_s * 1100 / 60:.1f} min (infer.py), "
+          f"{eager_s * 1100 / 60:.1f} min (eager)")
+    print(f"ensemble_s_per_soundscape={ensemble_s:.3f} eager_s_per_soundscape={eager_s:.3f} "
+          f"speedup={eager_s / ensemble_s:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""The cycle: soup rule and averaging, pseudo labels, the mixing rule, and the Makefile's dependencies."""
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import common
+import pseudo
+import soup
+from common import CachePaths, PseudoWindows, TrainingSet, mix_pseudo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_soup_averages_floats_and_keeps_last_integers():
+    states = [{"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)},
+              {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(7)},
+              {"w": torch.tensor([5.0, 1.0]), "n": torch.tensor(9)}]
+    soup_state = soup.average_state_dicts(states)
+    assert torch.equal(soup_state["w"], torch.tensor([3.0, 3.0]))
+    assert soup_state["n"].item() == 9 and soup_state["n"].dtype == torch.int64
+
+
+def test_epoch_keeping_rule():
+    metrics = pd.DataFrame({
+        "epoch": [1, 2, 3, 4, 5, 6, 7],
+        "lrap": [0.9, 0.50, 0.60, 0.55, 0.55, 0.70, 0.60],
+        "cmap": [0.9, 0.40, 0.30, 0.45, 0.42, 0.41, 0.40],
+        "f1":   [0.9, 0.20, 0.10, 0.20, 0.25, 0.20, 0.20],
+        "auc":  [0.9, 0.80, 0.70, 0.75, 0.79, 0.80, 0.81],
+    })
+    # epoch 1 precedes the soup start; 2 sets the bests; 3 lrap; 4 cmap; 5 f1; 6 lrap; 7 auc
+    assert soup.choose_epochs(metrics, soup_start=2) == [2, 3, 4, 5, 6, 7]
+    metrics.loc[metrics.epoch == 5, "f1"] = 0.1
+    metrics.loc[metrics.epoch == 7, "auc"] = 0.5
+    assert soup.choose_epochs(metrics, soup_start=2) == [2, 3, 4, 6]
+    assert soup.choose_epochs(metrics, soup_start=8) == []
+
+
+def test_mixing_rule_is_exact():
+    wave, window = np.array([0.1, -0.2, 0.3]), np.array([0.5, 0.5, -0.5])
+    target, pseudo_target = np.array([1.0, 0.0, 0.0]), np.array([0.2, 0.7, 0.0])
+    mixed, mixed_target = mix_pseudo(wave, target, window, pseudo_target, 2.0, 0.5)
+    assert np.allclose(mixed, [0.45, -0.15, 0.35])
+    assert np.array_equal(mixed_target, [1.0, 0.7, 0.0])
+
+
+@pytest.fixture(scope="module")
+def pseudo_file(cache_dir, tiny_ensemble, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("pseudo") / "pseudo1.npz")
+    pseudo.pseudo_label(tiny_ensemble, cache_dir, out, "minmax", 2)
+    return out
+
+
+def test_pseudo_labels_cover_every_window(cache_dir, pseudo_file):
+    unlabeled = pd.read_csv(CachePaths(cache_dir).unlabeled)
+    labels = np.load(pseudo_file)
+    expected = {(p, 5 * (w + 1)) for p, n in zip(unlabeled["path"], unlabeled["n_windows"]) for w in range(n)}
+    got = list(zip(labels["paths"], labels["end_seconds"].tolist()))
+    assert len(got) == len(expected) and set(got) == expected
+    probs = labels["probs"]
+    assert probs.shape == (len(expected), len(common.load_classes(CachePaths(cache_dir).classes)))
+    # minmax per class: floor 0, top 1 (a class the random models score constant becomes all 0)
+    assert np.allclose(probs.min(0), 0) and np.all(np.isclose(probs.max(0), 1) | np.isclose(probs.max(0), 0))
+    assert list(labels["classes"]) == common.load_classes(CachePaths(cache_dir).classes)
+
+
+def test_pl_norm():
+    probs = np.array([[0.2, 0.5], [0.4, 0.5], [0.3, 0.5]], dtype=np.float32)
+    assert np.allclose(pseudo.normalise(probs, "minmax"), [[0, 0], [1, 0], [0.5, 0]])
+    assert np.array_equal(pseudo.normalise(probs, "none"), probs)
+
+
+def test_training_set_mixing(cache_dir, pseudo_file):
+    paths = CachePaths(cache_dir)
+    classes = common.load_classes(paths.classes)
+    audio = np.load(paths.audio, mmap_mode="r")
+    targets = common.target_matrix(pd.read_csv(paths.rows), classes)
+    windows = PseudoWindows(cache_dir, pseudo_file, classes)
+    rows = np.arange(8)
+    plain = TrainingSet(audio, targets, rows).batch(rows, np.random.default_rng(0))
+    never = TrainingSet(audio, targets, rows, windows, 0.0).batch(rows, np.random.default_rng(0))
+    assert torch.equal(plain[0], never[0]) and torch.equal(plain[1], never[1])
+    assert torch.equal(plain[0], torch.from_numpy(audio[rows].astype(np.float32)))
+    # chance 1 with a fixed gain exponent: every sample is 10**e * (wave + window), target the max
+    always = TrainingSet(audio, targets, rows, windows, 1.0, amp_exp_range=(-0.3, -0.3))
+    rng = np.random.default_rng(5)
+    waves, mixed_targets = always.batch(rows, rng)
+    replay = np.random.default_rng(5)
+    replay.random(len(rows))
+    for i in range(len(rows)):
+        j = replay.integers(len(windows))
+        replay.uniform(-0.3, -0.3, size=2)
+        window = windows.audio[windows.index[j]].astype(np.float32)
+        expected = 10 ** -0.3 * (audio[i].astype(np.float32) + window)
+        assert np.allclose(waves[i].numpy(), expected, atol=1e-6)
+        assert np.array_equal(mixed_targets[i].numpy(), np.maximum(targets[i], windows.targets[j]))
+
+
+def make_dry_run(work, target="ensemble"):
+    models = os.path.join(work, "models.csv")
+    if not os.path.exists(models):  # a models table older than every artifact
+        os.makedirs(work, exist_ok=True)
+        shutil.copy(os.path.join(ROOT, "models-demo.csv"), models)
+        os.utime(models, (1_600_000_000, 1_600_000_000))
+    result = subprocess.run(["make", "-n", "-C", ROOT, target, f"WORK={work}", f"MODELS={models}",
+                             "PY=python", "DATA=nowhere"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_make_rebuilds_only_what_depends_on_a_deleted_artifact(tmp_path):
+    work = str(tmp_path / "work")
+    ids = [1, 2, 3]
+    files = [f"{work}/cache/train_rows.csv"]
+    for r in (1, 2, 3):
+        files += [f"{work}/round{r}/model{i}/soup.json" for i in ids] + [f"{work}/round{r}/ensemble/manifest.json"]
+        if r < 3:
+            files.append(f"{work}/pseudo{r}.npz")
+    files.append(f"{work}/ensemble/manifest.json")
+    for age, path in enumerate(files):  # each artifact newer than what it was built from
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "w").close()
+        os.utime(path, (1_700_000_000 + age, 1_700_000_000 + age))
+    assert "train.py" not in make_dry_run(work) and "pseudo.py" not in make_dry_run(work)
+
+    os.remove(f"{work}/pseudo1.npz")
+    plan = make_dry_run(work)
+    assert "prep.py" not in plan and "--round 1" not in plan
+    assert plan.count("pseudo.py") == 2  # pseudo1 again, then pseudo2 from the new round 2
+    assert all(plan.count(f"--model {i} --round {r}") == 1 for i in ids for r in (2, 3))
+
+    open(f"{work}/pseudo1.npz", "w").close()
+    for age, path in enumerate(files):  # as if rebuilt, then delete one soup of round 3
+        os.utime(path, (1_800_000_000 + age,) * 2)
+    assert "train.py" not in make_dry_run(work)
+    os.remove(f"{work}/round3/model2/soup.json")
+    plan = make_dry_run(work)
+    assert plan.count("train.py") == 1 and "--model 2 --round 3" in plan
+    assert "pseudo.py" not in plan and "bundle" in plan

@@ -1,0 +1,160 @@
+"""infer.py: pasted alone it writes a valid submission; post-processing, backends, budget, odd input."""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+import common
+import infer
+import prep
+import soup
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def audio_dir(demo_dir, tmp_path_factory):
+    """Demo test soundscapes (12 s), a 62-s stereo file at 44.1 kHz and a sample_submission beside the folder."""
+    root = tmp_path_factory.mktemp("kaggle")
+    folder = root / "test_soundscapes"
+    shutil.copytree(os.path.join(demo_dir, "test_soundscapes"), folder)
+    rng = np.random.default_rng(0)
+    prep.write_ogg(str(folder / "long62.ogg"), rng.standard_normal((62 * 44100, 2)).astype(np.float32) * 0.05, 44100)
+    classes = list(pd.read_csv(os.path.join(demo_dir, "sample_submission.csv")).columns[1:])
+    pd.DataFrame(columns=["row_id"] + classes[::-1]).to_csv(root / "sample_submission.csv", index=False)
+    return str(folder)
+
+
+def run_alone(tmp_path, *args):
+    """infer.py copied into an empty folder and run there, with nothing of the project importable."""
+    kernel = tmp_path / "kernel"
+    kernel.mkdir(exist_ok=True)
+    shutil.copy(os.path.join(ROOT, "infer.py"), kernel / "infer.py")
+    env = dict(os.environ, PYTHONPATH="")
+    return subprocess.run([sys.executable, "infer.py", *args], cwd=kernel, capture_output=True, text=True, env=env)
+
+
+def expected_ids(audio_dir):
+    ids = []
+    for path in infer.list_audio(audio_dir):
+        n = int(np.ceil(sf.info(path).duration / 5))
+        ids += [f"{os.path.splitext(os.path.basename(path))[0]}_{5 * (w + 1)}" for w in range(n)]
+    return ids
+
+
+def test_pasted_alone_writes_a_valid_submission(tiny_ensemble, audio_dir, tmp_path):
+    out = tmp_path / "submission.csv"
+    result = run_alone(tmp_path, "--models", tiny_ensemble, "--audio", audio_dir, "--out", str(out),
+                       "--threads", "2", "--backend", "torch")
+    assert result.returncode == 0, result.stderr
+    sub = pd.read_csv(out)
+    assert list(sub["row_id"]) == expected_ids(audio_dir)
+    assert sum(r.startswith("long62_") for r in sub["row_id"]) == 13 and "long62_65" in set(sub["row_id"])
+    sample_columns = list(pd.read_csv(os.path.join(os.path.dirname(audio_dir), "sample_submission.csv")).columns)
+    assert list(sub.columns) == sample_columns  # the class order of sample_submission.csv
+    values = sub.iloc[:, 1:].values
+    assert np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
+    assert values.std() > 0
+
+
+def test_neighbour_smoothing_math():
+    p = np.array([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [0.2, 0.0]])
+    got = infer.smooth_neighbours(p, 0.5)
+    by_hand = np.array([[0 + 0.5 * 1.0, 1 + 0.5 * 0.0],
+                        [1 + 0.5 * (0.0 + 0.5), 0 + 0.5 * (1.0 + 0.5)],
+                        [0.5 + 0.5 * (1.0 + 0.2), 0.5 + 0.5 * (0.0 + 0.0)],
+                        [0.2 + 0.5 * 0.5, 0.0 + 0.5 * 0.5]]) / 2.0
+    assert np.allclose(got, by_hand)
+    assert np.array_equal(infer.smooth_neighbours(p, 0.0), p)
+    assert np.allclose(infer.smooth_neighbours(p[:1], 0.5), p[:1] / 2)
+
+
+def test_exported_model_equals_training_model(tmp_path, cache_dir):
+    classes = common.load_classes(common.CachePaths(cache_dir).classes)
+    torch.manual_seed(3)
+    model = common.BirdNet(len(classes), 32, 64)
+    model.eval()
+    settings = common.MelSettings(n_mels=48, hop_length=1024)
+    common.export_artifact(model, settings, classes, str(tmp_path), "m")
+    common.save_json(dict(models=["m"]), str(tmp_path / "manifest.json"))
+    networks, mels, _, _ = infer.load_ensemble(str(tmp_path), "torch", 2)
+    waves = torch.from_numpy(np.random.default_rng(0).standard_normal((5, common.WINDOW_SAMPLES)).astype(np.float32))
+    with torch.no_grad():
+        expected = model(common.MelFrontEnd(settings)(waves)).numpy()
+        got = networks[0].run(mels[settings.key](waves))
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def installed(name):
+    try:
+        __import__(name)
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not (installed("openvino") or installed("onnxruntime")), reason="no optional backend installed")
+def test_backends_agree(tmp_path, cache_dir, demo_dir):
+    classes = common.load_classes(common.CachePaths(cache_dir).classes)
+    torch.manual_seed(4)
+    model = common.BirdNet(len(classes), 32, 64).eval()
+    settings = common.MelSettings(n_mels=32, hop_length=1024)
+    common.export_artifact(model, settings, classes, str(tmp_path), "m")
+    soup.export_onnx(model, settings, str(tmp_path / "m.onnx"))
+    common.save_json(dict(models=["m"]), str(tmp_path / "manifest.json"))
+    paths = infer.list_audio(os.path.join(demo_dir, "test_soundscapes"))
+    outputs = {}
+    for backend in infer.available_backends(str(tmp_path), [dict(name="m")]):
+        networks, mels, _, _ = infer.load_ensemble(str(tmp_path), backend, 2)
+        results, _, _, _ = infer.predict_files(paths, networks, mels, pp=0.5, log=False)
+        outputs[backend] = np.concatenate([results[p] for p in paths])
+    assert len(outputs) >= 2
+    for backend, values in outputs.items():
+        assert np.abs(values - outputs["torch"]).max() < 1e-3, backend
+
+
+def test_tiny_budget_drops_models_and_writes_every_row(tiny_ensemble, audio_dir, tmp_path):
+    out = tmp_path / "sub.csv"
+    result = run_alone(tmp_path, "--models", tiny_ensemble, "--audio", audio_dir, "--out", str(out),
+                       "--threads", "2", "--backend", "torch", "--budget-min", "0.0001")
+    assert result.returncode == 0, result.stderr
+    assert "dropping model" in result.stderr
+    sub = pd.read_csv(out)
+    assert list(sub["row_id"]) == expected_ids(audio_dir)
+    assert sub.iloc[:, 1:].notna().all().all()
+
+
+def test_corrupt_file_warns_and_gets_neutral_rows(tiny_ensemble, audio_dir, tmp_path):
+    folder = tmp_path / "audio"
+    shutil.copytree(audio_dir, folder)
+    (folder / "broken.ogg").write_bytes(b"OggS" + bytes(range(256)) * 10)
+    out = tmp_path / "sub.csv"
+    result = run_alone(tmp_path, "--models", tiny_ensemble, "--audio", str(folder), "--out", str(out),
+                       "--threads", "2", "--backend", "torch")
+    assert result.returncode == 0, result.stderr
+    assert "broken.ogg" in result.stderr and "unreadable" in result.stderr
+    sub = pd.read_csv(out).set_index("row_id")
+    broken = sub[sub.index.str.startswith("broken_")]
+    assert len(broken) == 48  # unknown length: a standard 4-min file's windows
+    assert np.allclose(broken.values, broken.values[0]) and sub.notna().all().all()
+
+
+def test_empty_folder_writes_a_valid_file(tiny_ensemble, tmp_path):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "sub.csv"
+    result = run_alone(tmp_path, "--models", tiny_ensemble, "--audio", str(tmp_path / "empty"), "--out", str(out),
+                       "--backend", "torch")
+    assert result.returncode == 0, result.stderr
+    sub = pd.read_csv(out)
+    assert len(sub) == 0 and sub.columns[0] == "row_id" and len(sub.columns) == 13
+
+
+def test_missing_models_is_one_line_error(tmp_path):
+    result = run_alone(tmp_path, "--models", str(tmp_path / "nothing"), "--audio", str(tmp_path))
+    assert result.returncode != 0 and "Traceback" not in result.stderr and "manifest.json" in result.stderr
