@@ -228,7 +228,8 @@ def predict_files(paths, networks, mels, budget_s=None, pp=pp_weight, prefetch=2
             with torch.no_grad():
                 for net in active:
                     t = time.time()
-                    per_model[net.name][path] = 1 / (1 + np.exp(-net.run(mel_batches[net.mel_key])))
+                    logits = torch.from_numpy(np.asarray(net.run(mel_batches[net.mel_key]), dtype=np.float32))
+                    per_model[net.name][path] = torch.sigmoid(logits).numpy()
                     seconds[net.name] += time.time() - t
             if budget_s is not None:
                 done = i + 1

@@ -341,20 +341,22 @@ def demo_train_recording(rng, species_id, others, duration_s):
     """A Xeno-canto-like focal recording: one primary species, maybe a secondary one, light noise."""
     sr = SAMPLE_RATE
     n = int(duration_s * sr)
-    track = coloured_noise(rng, n, rng.uniform(0.0, 1.0)) * rng.uniform(0.003, 0.02)
+    # recording levels vary widely between uploads; the focal bird is far above the recording's own noise
+    level = 10 ** rng.uniform(np.log10(0.03), np.log10(0.6))
+    track = coloured_noise(rng, n, rng.uniform(0.0, 1.0)) * level * rng.uniform(0.01, 0.04)
     # the primary calls in the first 5 s most of the time, but not always
     late_start = duration_s > 8 and rng.random() < 0.15
     t = rng.uniform(5.5, min(duration_s - 1, 8.0)) if late_start else rng.uniform(0.0, 2.5)
     while t < duration_s - 0.3:
         phrase = render_phrase(rng, *DEMO_SPECIES[species_id][1:])
-        place(track, phrase, int(t * sr), rng.uniform(0.3, 0.9))
+        place(track, phrase, int(t * sr), level * rng.uniform(0.6, 1.0))
         t += len(phrase) / sr + rng.uniform(0.5, 3.0)
     secondary = []
     if rng.random() < 0.25:
         other = int(rng.choice(others))
         secondary.append(DEMO_SPECIES[other][0])
         t = rng.uniform(0.0, max(0.1, duration_s - 1))
-        place(track, render_phrase(rng, *DEMO_SPECIES[other][1:]), int(t * sr), rng.uniform(0.1, 0.4))
+        place(track, render_phrase(rng, *DEMO_SPECIES[other][1:]), int(t * sr), level * rng.uniform(0.2, 0.6))
     return track, secondary
 
 
@@ -421,42 +423,64 @@ def write_ogg(path, audio, sr=SAMPLE_RATE):
             f.write(audio[start:start + sr])
 
 
-def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=24, soundscape_s=60):
-    """Write the demo dataset (BirdCLEF 2024 layout) to `out` and its test labels beside it."""
+def _demo_train_file(job):
+    """Render and write one train recording; its randomness depends only on (seed, species, index)."""
     from scipy.signal import resample_poly
-    rng = np.random.default_rng(demo_seed)
+    tmp, demo_seed, s, k = job
+    rng = np.random.default_rng([demo_seed, 0, s, k])
+    name = DEMO_SPECIES[s][0]
+    others = [o for o in range(len(DEMO_SPECIES)) if o != s]
+    duration = rng.uniform(2, 5) if rng.random() < 0.15 else float(np.clip(rng.lognormal(2.3, 0.6), 5, 60))
+    audio, secondary = demo_train_recording(rng, s, others, duration)
+    audio = np.clip(audio, -1, 1)
+    rate = SAMPLE_RATE
+    if rng.random() < 0.1:  # a few recordings at 48 kHz stereo, as real uploads are
+        audio = resample_poly(audio, 3, 2).astype(np.float32)
+        audio = np.stack([audio, audio * 0.8], axis=1)
+        rate = 48000
+    filename = f"{name}/XC{demo_seed:02d}{s:02d}{k:03d}.ogg"
+    write_ogg(os.path.join(tmp, "train_audio", filename), audio, rate)
+    return (name, str(secondary), "['call']", filename, round(float(rng.uniform(2.5, 5)), 1), "demo", "demo-license")
+
+
+def _demo_soundscape_file(job):
+    """Render and write one soundscape; returns its test-label rows."""
+    tmp, demo_seed, folder, prefix, kind, k, seconds, weights = job
+    rng = np.random.default_rng([demo_seed, kind, k])
+    audio, present = demo_soundscape(rng, seconds, weights)
+    stem = f"{prefix}{demo_seed:02d}{k:04d}"
+    write_ogg(os.path.join(tmp, folder, f"{stem}.ogg"), audio)
+    return [[f"{stem}_{(w + 1) * WINDOW_SECONDS}"] + [int(s[0] in species) for s in DEMO_SPECIES]
+            for w, species in enumerate(present)]
+
+
+def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=60, soundscape_s=60, processes=None):
+    """Write the demo dataset (BirdCLEF 2024 layout) to `out` and its test labels beside it.
+
+    Files are rendered in parallel; each one's randomness comes from (seed, file), so the result does not
+    depend on the number of processes.
+    """
+    from multiprocessing import get_context
     tmp = out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     names = [s[0] for s in DEMO_SPECIES]
-    meta = []
-    for s, name in enumerate(tqdm(names, desc="demo train audio", unit="species")):
-        others = [o for o in range(len(names)) if o != s]
-        for k in range(per_species):
-            duration = rng.uniform(2, 5) if rng.random() < 0.15 else float(np.clip(rng.lognormal(2.3, 0.6), 5, 60))
-            audio, secondary = demo_train_recording(rng, s, others, duration)
-            audio = np.clip(audio, -1, 1)
-            rate = SAMPLE_RATE
-            if rng.random() < 0.1:  # a few recordings at 48 kHz stereo, as real uploads are
-                audio = resample_poly(audio, 3, 2).astype(np.float32)
-                audio = np.stack([audio, audio * 0.8], axis=1)
-                rate = 48000
-            filename = f"{name}/XC{demo_seed:02d}{s:02d}{k:03d}.ogg"
-            write_ogg(os.path.join(tmp, "train_audio", filename), audio, rate)
-            meta.append((name, str(secondary), "['call']", filename, round(float(rng.uniform(2.5, 5)), 1),
-                         "demo", "demo-license"))
+    # the target site favours some species over others
+    weights = np.random.default_rng([demo_seed, 1]).dirichlet(np.full(len(names), 2.0))
+    train_jobs = [(tmp, demo_seed, s, k) for s in range(len(names)) for k in range(per_species)]
+    soundscape_jobs = [(tmp, demo_seed, "unlabeled_soundscapes", "U", 2, k, soundscape_s, weights)
+                       for k in range(n_unlabeled)]
+    test_jobs = [(tmp, demo_seed, "test_soundscapes", "T", 3, k, soundscape_s, weights) for k in range(n_test)]
+    for folder in ("unlabeled_soundscapes", "test_soundscapes"):
+        os.makedirs(os.path.join(tmp, folder), exist_ok=True)
+    with get_context("fork").Pool(processes or os.cpu_count() or 1) as pool:
+        meta = list(tqdm(pool.imap(_demo_train_file, train_jobs), total=len(train_jobs), desc="demo train audio",
+                         unit="file"))
+        list(tqdm(pool.imap(_demo_soundscape_file, soundscape_jobs), total=len(soundscape_jobs),
+                  desc="demo unlabeled soundscapes", unit="file"))
+        labels = [row for rows in tqdm(pool.imap(_demo_soundscape_file, test_jobs), total=len(test_jobs),
+                                       desc="demo test soundscapes", unit="file") for row in rows]
     pd.DataFrame(meta, columns=["primary_label", "secondary_labels", "type", "filename", "rating", "author",
                                 "license"]).to_csv(os.path.join(tmp, "train_metadata.csv"), index=False)
-    # the target site favours some species and lacks others
-    weights = rng.dirichlet(np.full(len(names), 0.7))
-    labels = []
-    for folder, count, prefix in (("unlabeled_soundscapes", n_unlabeled, "U"), ("test_soundscapes", n_test, "T")):
-        for k in tqdm(range(count), desc=f"demo {folder}", unit="file"):
-            audio, present = demo_soundscape(rng, soundscape_s, weights)
-            stem = f"{prefix}{demo_seed:02d}{k:04d}"
-            write_ogg(os.path.join(tmp, folder, f"{stem}.ogg"), audio)
-            if folder == "test_soundscapes":
-                for w, species in enumerate(present):
-                    labels.append([f"{stem}_{(w + 1) * WINDOW_SECONDS}"] + [int(n in species) for n in names])
     pd.DataFrame([[f"soundscape_0_{(w + 1) * 5}"] + [1.0 / len(names)] * len(names) for w in range(3)],
                  columns=["row_id"] + names).to_csv(os.path.join(tmp, "sample_submission.csv"), index=False)
     # test labels live next to the dataset, never inside it
@@ -476,7 +500,7 @@ def demo_main(argv):
     parser.add_argument("--seed", type=int, default=0, help="generator seed (the dataset is deterministic)")
     parser.add_argument("--per-species", type=int, default=30, help="train recordings per species")
     parser.add_argument("--unlabeled", type=int, default=60, help="unlabeled soundscapes")
-    parser.add_argument("--test", type=int, default=24, help="test soundscapes")
+    parser.add_argument("--test", type=int, default=60, help="test soundscapes")
     parser.add_argument("--soundscape-seconds", type=float, default=60, help="length of each soundscape")
     args = parser.parse_args(argv)
     make_demo(args.out, args.seed, args.per_species, args.unlabeled, args.test, args.soundscape_seconds)
