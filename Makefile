@@ -17,7 +17,7 @@ THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 DEVICE  ?= auto
 TRAIN_ARGS ?=
 PREP_ARGS  ?=
-PL_NORM ?= none
+PL_NORM ?= floor
 
 # the venv is made only when PY is the default one
 SETUP := $(if $(filter .venv/bin/python,$(PY)),.venv/.installed,)

@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from infer import list_audio, read_audio, windows_of  # noqa: F401  (one decoder for training and inference)
+
 SAMPLE_RATE = 32000
 WINDOW_SECONDS = 5
 WINDOW_SAMPLES = SAMPLE_RATE * WINDOW_SECONDS
@@ -41,41 +43,9 @@ def run_main(main):
 # audio
 
 
-def read_audio(path, max_seconds=None, sample_rate=SAMPLE_RATE):
-    """Decode an audio file (ogg, wav, flac, mp3: whatever libsndfile reads) to mono float32 at `sample_rate`.
-
-    Only the first `max_seconds` are read when given. Raises ValueError with a short reason for an empty or
-    truncated file; soundfile's own errors (corrupt data) propagate as they are.
-    """
-    import soundfile as sf
-    from scipy.signal import resample_poly
-
-    with sf.SoundFile(path) as f:
-        native_rate = f.samplerate
-        expected = f.frames
-        if expected <= 0:
-            raise ValueError("empty (no audio frames)")
-        wanted = expected if max_seconds is None else min(expected, int(math.ceil(max_seconds * native_rate)))
-        audio = f.read(wanted, dtype="float32", always_2d=True)
-    if len(audio) == 0:
-        raise ValueError("empty (no audio frames)")
-    if len(audio) < wanted:
-        raise ValueError(f"truncated (decoded {len(audio)} of {wanted} frames)")
-    audio = audio.mean(axis=1)
-    if native_rate != sample_rate:
-        g = math.gcd(native_rate, sample_rate)
-        audio = resample_poly(audio, sample_rate // g, native_rate // g).astype(np.float32)
-    if max_seconds is not None:
-        audio = audio[: int(max_seconds * sample_rate)]
-    return audio
-
-
 def first_five_seconds(audio):
     """The first 5-s window of a waveform, zero-padded at the end when the recording is shorter."""
-    out = np.zeros(WINDOW_SAMPLES, dtype=np.float32)
-    n = min(len(audio), WINDOW_SAMPLES)
-    out[:n] = audio[:n]
-    return out
+    return windows_of(audio, 1)[0]
 
 
 def parse_label_list(text):

@@ -58,25 +58,40 @@ def find_models_dir():
 # audio
 
 
-def read_audio(path):
-    """Whole file -> mono float32 at 32 kHz."""
+def read_audio(path, max_seconds=None):
+    """Decode a file (ogg, wav, flac, mp3: whatever libsndfile reads) to mono float32 at 32 kHz.
+
+    Only the first `max_seconds` are read when given. Raises ValueError for an empty file or one that decodes
+    to fewer frames than its header promises; soundfile's own errors (corrupt data) propagate as they are.
+    """
     import soundfile as sf
-    audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    with sf.SoundFile(path) as f:
+        rate, expected = f.samplerate, f.frames
+        if expected <= 0:
+            raise ValueError("empty (no audio frames)")
+        wanted = expected if max_seconds is None else min(expected, int(math.ceil(max_seconds * rate)))
+        audio = f.read(wanted, dtype="float32", always_2d=True)
     if len(audio) == 0:
-        raise ValueError("no audio frames")
+        raise ValueError("empty (no audio frames)")
+    if len(audio) < wanted:
+        raise ValueError(f"truncated (decoded {len(audio)} of {wanted} frames)")
     audio = audio.mean(axis=1)
     if rate != SAMPLE_RATE:
         from scipy.signal import resample_poly
         g = math.gcd(rate, SAMPLE_RATE)
         audio = resample_poly(audio, SAMPLE_RATE // g, rate // g).astype(np.float32)
-    return audio
+    return audio if max_seconds is None else audio[:int(max_seconds * SAMPLE_RATE)]
 
 
-def windows_of(audio):
-    """(n_windows, WINDOW_SAMPLES): consecutive 5-s windows, the last partial one zero-padded."""
-    n = max(1, math.ceil(len(audio) / WINDOW_SAMPLES))
+def windows_of(audio, n_windows=None):
+    """(n_windows, WINDOW_SAMPLES): consecutive 5-s windows, the last partial one zero-padded.
+
+    n_windows defaults to as many as the audio needs; a given count pads or cuts to it.
+    """
+    n = n_windows or max(1, math.ceil(len(audio) / WINDOW_SAMPLES))
     padded = np.zeros(n * WINDOW_SAMPLES, dtype=np.float32)
-    padded[:len(audio)] = audio
+    kept = min(len(audio), len(padded))
+    padded[:kept] = audio[:kept]
     return padded.reshape(n, WINDOW_SAMPLES)
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from common import (SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, CachePaths, UserError, first_five_seconds,
-                    parse_label_list, read_audio, run_main)
+                    list_audio, parse_label_list, read_audio, run_main, windows_of)
 
 # defaults
 threads = os.cpu_count() or 2
@@ -150,15 +150,6 @@ def soundscape_info(path):
         return None, f"{type(err).__name__}: {err}".replace("\n", " ")
 
 
-AUDIO_EXTENSIONS = (".ogg", ".wav", ".flac", ".mp3", ".oga", ".opus")
-
-
-def list_audio(folder):
-    if not os.path.isdir(folder):
-        return []
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(AUDIO_EXTENSIONS))
-
-
 def index_unlabeled(folder, n_threads):
     """Every unlabeled soundscape with its duration and number of 5-s windows (the last may be partial)."""
     paths = list_audio(folder)
@@ -171,14 +162,6 @@ def index_unlabeled(folder, n_threads):
             else:
                 records.append((path, round(info[0], 3), info[1]))
     return pd.DataFrame(records, columns=["path", "duration_s", "n_windows"]), bad
-
-
-def soundscape_windows(audio, n_windows):
-    """(n_windows, WINDOW_SAMPLES) 5-s windows of a soundscape; the last partial one is zero-padded."""
-    padded = np.zeros(n_windows * WINDOW_SAMPLES, dtype=np.float32)
-    n = min(len(audio), len(padded))
-    padded[:n] = audio[:n]
-    return padded.reshape(n_windows, WINDOW_SAMPLES)
 
 
 def write_unlabeled_windows(unlabeled, audio_path, table_path, cap, rng, n_threads):
@@ -194,7 +177,7 @@ def write_unlabeled_windows(unlabeled, audio_path, table_path, cap, rng, n_threa
     def load(item):
         path, windows = item
         try:
-            return soundscape_windows(read_audio(path), max(windows) + 1)[windows], None
+            return windows_of(read_audio(path), max(windows) + 1)[windows], None
         except Exception as err:
             return None, f"{type(err).__name__}: {err}".replace("\n", " ")
 

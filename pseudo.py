@@ -1,13 +1,14 @@
 """Pseudo-label every 5-s window of the unlabeled soundscapes with one round's ensemble.
 
     python pseudo.py --models work/round1/ensemble --cache work/cache --out work/pseudo1.npz
-    python pseudo.py --models work/round2/ensemble --out work/pseudo2.npz --pl-norm minmax --threads 4
+    python pseudo.py --models work/round2/ensemble --out work/pseudo2.npz --pl-norm none --threads 4
 
 The ensemble (a folder from `soup.py bundle`) runs through infer.py's engine: each distinct mel setting is
 computed once per file and shared by the models using it; the label of a window is the mean of the models'
-sigmoid probabilities, kept raw by default (--pl-norm none). --pl-norm minmax rescales each class over all
-windows to [0, 1], the normalisation the seed added in stage 2 because the pseudo labels' floor values had
-grown too large; on the demo it hurt (an uncertain model's top guesses of ~0.3 become 1.0; see README).
+sigmoid probabilities, then normalised per class over all windows (the seed added a normalisation in stage 2
+because the pseudo labels' floor values had grown too large): --pl-norm floor (default) maps each class's
+median to 0 and keeps 1 at 1; minmax rescales each class to [0, 1]; none keeps raw probabilities. On the demo,
+floor gave the best rounds 2 and 3 and minmax the worst (an unsure model's top guesses of ~0.3 become 1.0).
 
 Output (.npz, written atomically): paths (soundscape of each row), end_seconds (5, 10, ...), probs
 (rows x classes, float32), classes.
@@ -24,13 +25,21 @@ from common import CachePaths, UserError, WINDOW_SECONDS, atomic_write, load_cla
 
 # defaults
 threads = os.cpu_count() or 2
-pl_norm = "none"           # measured on the demo: minmax flattens uncertain labels (README)
+pl_norm = "floor"          # removes the floor that grows from round to round (README: measured on the demo)
 
 
 def normalise(probs, how):
-    """minmax: each class rescaled over all windows to [0, 1] (a constant class becomes 0); none: as is."""
+    """Per-class normalisation over all windows.
+
+    none: as is. minmax: each class rescaled to [0, 1] (a constant class becomes 0). floor: each class's
+    median (its floor: most windows hold no call of a given species) becomes 0 and 1 stays 1, so the
+    floor that grows from round to round is removed without turning weak guesses into confident ones.
+    """
     if how == "none":
         return probs
+    if how == "floor":
+        floor = np.median(probs, axis=0, keepdims=True)
+        return np.clip((probs - floor) / np.maximum(1 - floor, 1e-6), 0, 1).astype(np.float32)
     low, high = probs.min(0, keepdims=True), probs.max(0, keepdims=True)
     return np.where(high > low, (probs - low) / np.maximum(high - low, 1e-12), 0.0).astype(np.float32)
 
@@ -73,7 +82,7 @@ def main():
     p.add_argument("--models", required=True, help="ensemble folder (soup.py bundle)")
     p.add_argument("--cache", default="work/cache", help="prep.py's cache (lists the unlabeled soundscapes)")
     p.add_argument("--out", required=True, help="pseudo-label file to write (.npz)")
-    p.add_argument("--pl-norm", default=pl_norm, choices=["minmax", "none"],
+    p.add_argument("--pl-norm", default=pl_norm, choices=["none", "floor", "minmax"],
                    help="minmax: each class rescaled to [0, 1] over all windows; none: raw probabilities")
     p.add_argument("--threads", type=int, default=threads)
     p.add_argument("--backend", default="torch", choices=["auto", "openvino", "onnx", "torch"])

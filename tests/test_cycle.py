@@ -73,6 +73,9 @@ def test_pl_norm():
     probs = np.array([[0.2, 0.5], [0.4, 0.5], [0.3, 0.5]], dtype=np.float32)
     assert np.allclose(pseudo.normalise(probs, "minmax"), [[0, 0], [1, 0], [0.5, 0]])
     assert np.array_equal(pseudo.normalise(probs, "none"), probs)
+    # floor: the class median goes to 0, 1 stays 1, below the median clips to 0
+    floor = pseudo.normalise(np.array([[0.2, 1.0], [0.6, 0.5], [0.4, 0.0]], dtype=np.float32), "floor")
+    assert np.allclose(floor, [[0, 1], [(0.6 - 0.4) / 0.6, 0], [0, 0]])
 
 
 def test_training_set_mixing(cache_dir, pseudo_file):
