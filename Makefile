@@ -32,7 +32,7 @@ PSEUDO_3 := $(WORK)/pseudo2.npz
 .DELETE_ON_ERROR:
 
 setup: $(SETUP)
-.venv/.installed: requirements.txt requirements-dev.txt
+.venv/.installed: requirements.txt requirements-dev.txt requirements-speed.txt
 	test -x .venv/bin/python || python3 -m venv .venv
 	.venv/bin/pip install -q -r requirements-dev.txt
 	touch $@
