@@ -241,7 +241,7 @@ class BirdNet(nn.Module):
 
     def forward(self, mel):
         x = F.interpolate(mel, size=self.image_size, mode="bilinear", align_corners=False)
-        x = x.expand(-1, 3, -1, -1)
+        x = torch.cat([x, x, x], dim=1)  # 3 channels (expand breaks OpenVINO conversion of the program)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         features = self.pool(self.backbone(x))

@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import infer  # noqa: E402
 import soup  # noqa: E402
+from prep import write_ogg  # noqa: E402
 from common import BirdNet, MelFrontEnd, MelSettings, export_artifact, read_models_table, save_json  # noqa: E402
 
 N_CLASSES = 182
@@ -65,6 +66,7 @@ def main():
     p.add_argument("--backend", default="auto", choices=["auto", "openvino", "onnx", "torch"])
     p.add_argument("--models", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                     "models.csv"))
+    p.add_argument("--precision", default="f32", choices=["f32", "bf16"], help="OpenVINO precision")
     p.add_argument("--no-eager", action="store_true", help="skip the eager baseline")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -74,8 +76,8 @@ def main():
         audio_dir, ensemble_dir = os.path.join(tmp, "test_soundscapes"), os.path.join(tmp, "ensemble")
         os.makedirs(audio_dir)
         for k in range(args.files):
-            sf.write(os.path.join(audio_dir, f"bench{k}.ogg"),
-                     (rng.standard_normal(SECONDS * 32000) * 0.05).astype(np.float32), 32000)
+            write_ogg(os.path.join(audio_dir, f"bench{k}.ogg"),
+                      (rng.standard_normal(SECONDS * 32000) * 0.05).astype(np.float32))
         try:
             import onnx  # noqa: F401
             with_onnx = True
@@ -85,7 +87,8 @@ def main():
         paths = infer.list_audio(audio_dir)
 
         began = time.perf_counter()
-        networks, mels, classes, backend = infer.load_ensemble(ensemble_dir, args.backend, args.threads)
+        networks, mels, classes, backend = infer.load_ensemble(ensemble_dir, args.backend, args.threads,
+                                                                      args.precision)
         load_s = time.perf_counter() - began
         infer.predict_files(paths[:1], networks, mels, log=False)  # warm-up (first-call allocations)
         began = time.perf_counter()
@@ -104,7 +107,7 @@ def main():
                          eager_s=eager_per_model.get(name, float("nan")),
                          **{f"{backend}_s": network_s[name] / len(paths)}))
     print(f"\n{len(paths)} synthetic {SECONDS}-s soundscapes, {args.threads} threads, backend {backend}, "
-          f"torch {torch.__version__}; seconds per soundscape (network only per model; load+compile {load_s:.1f} s)")
+          f"precision {args.precision}, torch {torch.__version__}; seconds per soundscape (network only per model; load+compile {load_s:.1f} s)")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"projection for 1,100 soundscapes: {ensemble_s * 1100 / 60:.1f} min (infer.py), "
           f"{eager_s * 1100 / 60:.1f} min (eager)")
