@@ -5,6 +5,7 @@ Everything here is used by prep.py, train.py, soup.py and pseudo.py. infer.py st
 networks it runs are exported from the modules defined here (see `export_model`), so the mel that trained a
 model is the mel that scores it.
 """
+import argparse
 import ast
 import json
 import math
@@ -24,6 +25,10 @@ SAMPLE_RATE = 32000
 WINDOW_SECONDS = 5
 WINDOW_SAMPLES = SAMPLE_RATE * WINDOW_SECONDS
 BACKBONE = "tf_efficientnet_b0.ns_jft_in1k"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the docstring's examples and shows every default."""
 
 
 class UserError(Exception):

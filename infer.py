@@ -292,8 +292,12 @@ def list_audio(folder):
     return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(extensions))
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the docstring's examples and shows every default."""
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--models", default=None, help="exported ensemble folder (default: the first attached "
                    "/kaggle/input/*/ folder with a manifest.json, else work/ensemble)")
     p.add_argument("--audio", default=audio_dir, help="folder of soundscapes to score")

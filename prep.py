@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common import (SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, CachePaths, UserError, first_five_seconds,
-                    list_audio, parse_label_list, read_audio, run_main, windows_of)
+from common import (SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, CachePaths, HelpFormatter, UserError,
+                    first_five_seconds, list_audio, parse_label_list, read_audio, run_main, windows_of)
 
 # defaults
 threads = os.cpu_count() or 2
@@ -477,7 +477,7 @@ def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=60, sound
 
 
 def demo_main(argv):
-    parser = argparse.ArgumentParser(prog="prep.py demo", description="Generate the embedded demo dataset "
+    parser = argparse.ArgumentParser(prog="prep.py demo", formatter_class=HelpFormatter, description="Generate the embedded demo dataset "
                                      "(BirdCLEF 2024 layout) and its test labels (<out>-test-labels.csv).")
     parser.add_argument("--out", default="data/demo", help="dataset folder to write")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (the dataset is deterministic)")
@@ -492,7 +492,7 @@ def demo_main(argv):
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "demo":
         return demo_main(sys.argv[2:])
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--data", required=True, help="dataset folder in BirdCLEF 2024 or 2025/2026 layout")
     parser.add_argument("--out", required=True, help="cache folder to write (replaced atomically)")
     parser.add_argument("--extra", help="CSV of extra recordings (same columns; filename relative to the CSV)")

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 import infer
-from common import CachePaths, UserError, WINDOW_SECONDS, atomic_write, load_classes, run_main
+from common import HelpFormatter, CachePaths, UserError, WINDOW_SECONDS, atomic_write, load_classes, run_main
 
 # defaults
 threads = os.cpu_count() or 2
@@ -78,14 +78,15 @@ def pseudo_label(models_dir, cache, out, how=pl_norm, n_threads=threads, backend
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--models", required=True, help="ensemble folder (soup.py bundle)")
     p.add_argument("--cache", default="work/cache", help="prep.py's cache (lists the unlabeled soundscapes)")
     p.add_argument("--out", required=True, help="pseudo-label file to write (.npz)")
     p.add_argument("--pl-norm", default=pl_norm, choices=["none", "floor", "minmax"],
                    help="minmax: each class rescaled to [0, 1] over all windows; none: raw probabilities")
-    p.add_argument("--threads", type=int, default=threads)
-    p.add_argument("--backend", default="torch", choices=["auto", "openvino", "onnx", "torch"])
+    p.add_argument("--threads", type=int, default=threads, help="CPU threads")
+    p.add_argument("--backend", default="torch", choices=["auto", "openvino", "onnx", "torch"],
+                   help="inference backend (infer.py's)")
     args = p.parse_args()
     pseudo_label(args.models, args.cache, args.out, args.pl_norm, args.threads, args.backend)
 

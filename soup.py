@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import (TRACKED_METRICS, BirdNet, MelFrontEnd, MelSettings, UserError, all_metrics, atomic_write,
+from common import (HelpFormatter, TRACKED_METRICS, BirdNet, MelFrontEnd, MelSettings, UserError, all_metrics, atomic_write,
                     export_artifact, run_main, save_json)
 from train import load_split, predict
 
@@ -134,11 +134,11 @@ def main():
         p.add_argument("model_dirs", nargs="+", help="model folders with a soup.json")
         args = p.parse_args(sys.argv[2:])
         return bundle(args.out, args.model_dirs)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model-dir", required=True, help="train.py's output folder of one model")
     p.add_argument("--cache", default="work/cache", help="prep.py's cache (for validating the soup)")
     p.add_argument("--soup-start", type=int, help="first candidate epoch (default: the one train.py used)")
-    p.add_argument("--threads", type=int, default=threads)
+    p.add_argument("--threads", type=int, default=threads, help="CPU threads")
     args = p.parse_args()
     make_soup(args.model_dir, args.cache, args.threads, args.soup_start)
 

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from common import (AugmentChances, BirdNet, CachePaths, MelFrontEnd, MelSettings, PseudoWindows, TrainingSet,
+from common import (HelpFormatter, AugmentChances, BirdNet, CachePaths, MelFrontEnd, MelSettings, PseudoWindows, TrainingSet,
                     UserError, all_metrics, assign_folds, atomic_write, augment, bce_focal_loss, load_classes,
                     read_models_table, run_main, save_json, target_matrix)
 
@@ -41,7 +41,7 @@ threads = os.cpu_count() or 2
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", type=int, required=True, help="id of the row in the models table")
     p.add_argument("--round", type=int, default=1, help="cycle round (names the default output folder)")
     p.add_argument("--models", default=models, help="models table (the seed's 2nd-stage table)")
@@ -49,11 +49,11 @@ def parse_args(argv=None):
     p.add_argument("--work", default=work, help="root of the default output folder")
     p.add_argument("--out-dir", help="output folder (default <work>/round<R>/model<ID>)")
     p.add_argument("--pseudo", help="pseudo-label file from pseudo.py (rounds 2 and 3)")
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--epochs", type=int, default=epochs, help="training epochs (no early stopping)")
+    p.add_argument("--batch-size", type=int, default=batch_size, help="samples per step (per process)")
     p.add_argument("--lr", type=float, default=lr, help="peak learning rate")
-    p.add_argument("--warmup-epochs", type=float, default=warmup_epochs)
-    p.add_argument("--weight-decay", type=float, default=weight_decay)
+    p.add_argument("--warmup-epochs", type=float, default=warmup_epochs, help="linear warm-up, then cosine")
+    p.add_argument("--weight-decay", type=float, default=weight_decay, help="AdamW weight decay")
     p.add_argument("--soup-start", type=int, help=f"first epoch saved for the soup (default: {soup_start_of_50} "
                    "of 50, scaled to --epochs)")
     p.add_argument("--threads", type=int, default=threads, help="CPU threads for torch")

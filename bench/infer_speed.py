@@ -20,6 +20,7 @@ import soundfile as sf
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import HelpFormatter  # noqa: E402
 import infer  # noqa: E402
 import soup  # noqa: E402
 from prep import write_ogg  # noqa: E402
@@ -60,10 +61,10 @@ def eager_loop(paths, models):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads")
     p.add_argument("--files", type=int, default=4, help="synthetic 4-minute soundscapes")
-    p.add_argument("--backend", default="auto", choices=["auto", "openvino", "onnx", "torch"])
+    p.add_argument("--backend", default="auto", choices=["auto", "openvino", "onnx", "torch"], help="infer.py backend")
     p.add_argument("--models", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                     "models.csv"))
     p.add_argument("--precision", default="f32", choices=["f32", "bf16"], help="OpenVINO precision")

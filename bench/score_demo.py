@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import HelpFormatter  # noqa: E402
 import infer  # noqa: E402
 from common import macro_roc_auc  # noqa: E402
 
@@ -38,13 +39,13 @@ def score_round(ensemble_dir, paths, labels, pp_weight):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", default="work/demo")
-    p.add_argument("--audio", default="data/demo/test_soundscapes")
-    p.add_argument("--labels", default="data/demo-test-labels.csv")
-    p.add_argument("--rounds", default="1,2,3")
-    p.add_argument("--pp-weight", type=float, default=0.5)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--work", default="work/demo", help="WORK of the finished cycle")
+    p.add_argument("--audio", default="data/demo/test_soundscapes", help="labelled soundscapes")
+    p.add_argument("--labels", default="data/demo-test-labels.csv", help="labels, sample_submission format")
+    p.add_argument("--rounds", default="1,2,3", help="rounds to score")
+    p.add_argument("--pp-weight", type=float, default=0.5, help="neighbour smoothing weight")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     labels = pd.read_csv(args.labels)

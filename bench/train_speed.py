@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import HelpFormatter  # noqa: E402
 from common import (WINDOW_SAMPLES, AugmentChances, BirdNet, MelFrontEnd, MelSettings, TrainingSet,  # noqa: E402
                     augment, bce_focal_loss)
 
@@ -78,8 +79,8 @@ def loader_speed(folder, batch, batches, n_classes=182):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads")
     p.add_argument("--steps", type=int, default=5, help="timed training steps per model")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
