@@ -80,3 +80,17 @@ def test_lr_schedule_warms_up_then_anneals():
 def test_bad_model_id_is_a_user_error(cache_dir, tmp_path):
     with pytest.raises(train.UserError):
         train.main(["--model", "99", "--cache", cache_dir, "--out-dir", str(tmp_path / "x"), *TINY])
+
+
+def test_torchrun_two_processes_on_cpu(cache_dir, tmp_path):
+    """The same train.py under torchrun (gloo on CPU): each rank trains its share, rank 0 writes."""
+    import subprocess
+    import sys
+    out = str(tmp_path / "ddp")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             os.path.join(root, "train.py"), "--model", "1", "--cache", cache_dir, "--out-dir", out,
+                             *TINY, "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list(pd.read_csv(os.path.join(out, "metrics.csv"))["epoch"]) == [1, 2]
+    assert sorted(os.listdir(os.path.join(out, "epochs"))) == ["epoch_001.pt", "epoch_002.pt"]
