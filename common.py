@@ -538,7 +538,8 @@ TRACKED_METRICS = ("lrap", "cmap", "f1", "auc")
 def atomic_write(path, write):
     """Call write(tmp_path), then rename tmp_path to path: a reader never sees half a file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
+    root, extension = os.path.splitext(path)
+    tmp = f"{root}.tmp{os.getpid()}{extension}"  # keeps the extension: some writers check it (.pt2, .onnx)
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -593,11 +594,9 @@ def export_artifact(model, mel_settings, classes, out_dir, name, value=float("na
         mel_file = f"mel_{mel_settings.key}.pt2"
         if not os.path.exists(os.path.join(out_dir, mel_file)):
             program = export(mel, (waves,), dynamic_shapes=({0: batch},))
-            atomic_write(os.path.join(out_dir, mel_file), lambda tmp: torch.export.save(program, tmp + ".pt2")
-                         or os.replace(tmp + ".pt2", tmp))
+            atomic_write(os.path.join(out_dir, mel_file), lambda tmp: torch.export.save(program, tmp))
         program = export(model, (mel(waves),), dynamic_shapes=({0: batch},))
-        atomic_write(os.path.join(out_dir, f"{name}.pt2"), lambda tmp: torch.export.save(program, tmp + ".pt2")
-                     or os.replace(tmp + ".pt2", tmp))
+        atomic_write(os.path.join(out_dir, f"{name}.pt2"), lambda tmp: torch.export.save(program, tmp))
     h, w = model.image_size
     save_json(dict(name=name, network=f"{name}.pt2", mel=mel_file, mel_key=mel_settings.key,
                    mel_settings=asdict(mel_settings), image_height=h, image_width=w, classes=list(classes),
