@@ -118,6 +118,11 @@ def test_backends_agree(tmp_path, cache_dir, demo_dir):
         outputs[backend] = np.concatenate([results[p] for p in paths])
     assert len(outputs) >= 2
     assert 0.02 < outputs["torch"].std() and 0.05 < outputs["torch"].mean() < 0.95  # not saturated
+    if installed("openvino"):  # OpenVINO also converts the torch.export program when there is no .onnx
+        os.remove(tmp_path / "m.onnx")
+        networks, mels, _, _ = infer.load_ensemble(str(tmp_path), "openvino", 2)
+        results, _, _, _ = infer.predict_files(paths, networks, mels, pp=0.5, log=False)
+        outputs["openvino-from-pt2"] = np.concatenate([results[p] for p in paths])
     for backend, values in outputs.items():
         assert np.abs(values - outputs["torch"]).max() < 1e-3, backend
 
