@@ -180,3 +180,19 @@ def test_interrupted_run_leaves_old_cache_whole(demo_dir, cache_dir, tmp_path, m
         prep.prepare(demo_dir, out, n_threads=2)
     assert np.array_equal(np.load(CachePaths(out).audio), before)
     assert sorted(os.listdir(out)) == sorted(os.listdir(cache_dir))
+
+
+@pytest.mark.parametrize("extension,rate,channels", [(".wav", 44100, 2), (".mp3", 22050, 1), (".flac", 16000, 1)])
+def test_other_formats_and_rates_become_32k_mono(tmp_path, extension, rate, channels):
+    t = np.arange(int(rate * 3.2)) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    data = np.stack([tone] * channels, axis=1) if channels > 1 else tone
+    path = str(tmp_path / f"rec{extension}")
+    sf.write(path, data, rate)
+    audio = common.read_audio(path)
+    assert abs(len(audio) - int(3.2 * 32000)) < 64
+    # the 440 Hz tone survives resampling: its spectrum peaks at 440 Hz
+    spectrum = np.abs(np.fft.rfft(audio[:32000]))
+    assert abs(np.argmax(spectrum) - 440) <= 2
+    first = common.first_five_seconds(common.read_audio(path, max_seconds=5))
+    assert first.shape == (WINDOW_SAMPLES,) and np.all(first[int(3.3 * 32000):] == 0)
