@@ -128,7 +128,11 @@ def write_training_audio(rows, out_path, n_threads):
                 audio[len(good)] = wave
                 good.append(i)
     audio.flush()
-    # compact to the good rows (bad files are rare; copying in chunks keeps memory flat)
+    if not bad:  # the usual case: every row decoded, the array is already the final one
+        del audio
+        os.replace(out_path + ".all", out_path)
+        return rows.reset_index(drop=True), bad
+    # compact to the good rows (copying in chunks keeps memory flat)
     final = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float16, shape=(len(good), WINDOW_SAMPLES))
     for start in range(0, len(good), 4096):
         final[start:start + 4096] = audio[start:min(start + 4096, len(good))]

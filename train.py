@@ -11,6 +11,7 @@ last.pt (everything needed to resume), config.json, and train_done.json when fin
 resumes from the last complete epoch; a finished run is not redone.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -149,7 +150,7 @@ def input_signature(args, config):
 def clear_run(out_dir, keep_last=True):
     """Remove a previous run's results (not last.pt unless asked: it may be a resumable run of these inputs)."""
     for name in ("train_done.json", "metrics.csv", "soup.json") + (() if keep_last else ("last.pt",)):
-        if os.path.exists(os.path.join(out_dir, name)):
+        with contextlib.suppress(FileNotFoundError):  # under torchrun every rank clears
             os.remove(os.path.join(out_dir, name))
     if not keep_last:
         shutil.rmtree(os.path.join(out_dir, "epochs"), ignore_errors=True)
@@ -168,7 +169,8 @@ def main(argv=None):
                 return
         print(f"{out_dir}: inputs changed since the last run; training again")
         clear_run(out_dir, keep_last=False)
-    clear_run(out_dir)
+    else:
+        clear_run(out_dir)
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank, world_size = 0, 1
