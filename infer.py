@@ -39,6 +39,7 @@ budget_min = 110.0        # Kaggle stops at 120 minutes; the seed set a 2-hour g
 pp_weight = 0.5           # neighbour smoothing weight (0 disables)
 threads = 4               # Kaggle's CPU kernels have 4 vCPUs
 default_seconds = 240     # windows written for a file whose length cannot even be read
+mel_chunk = 4             # windows per mel call: a few windows' spectra stay in cache (~3x faster than 48 at once)
 
 
 def warn(message):
@@ -209,7 +210,8 @@ def prepare(path, mels):
     try:
         windows = torch.from_numpy(windows_of(read_audio(path)))
         with torch.no_grad():
-            return len(windows), {key: mel(windows).contiguous() for key, mel in mels.items()}, None
+            return len(windows), {key: torch.cat([mel(chunk) for chunk in windows.split(mel_chunk)])
+                                  for key, mel in mels.items()}, None
     except Exception as err:
         return count_windows(path), None, f"{type(err).__name__}: {err}"
 
