@@ -67,7 +67,7 @@ def main():
     p.add_argument("--backend", default="auto", choices=["auto", "openvino", "onnx", "torch"], help="infer.py backend")
     p.add_argument("--models", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                     "models.csv"))
-    p.add_argument("--precision", default="f32", choices=["f32", "bf16"], help="OpenVINO precision")
+    p.add_argument("--precision", default="auto", choices=["auto", "f32", "bf16"], help="infer.py --precision")
     p.add_argument("--no-eager", action="store_true", help="skip the eager baseline")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -108,7 +108,7 @@ def main():
                          eager_s=eager_per_model.get(name, float("nan")),
                          **{f"{backend}_s": network_s[name] / len(paths)}))
     print(f"\n{len(paths)} synthetic {SECONDS}-s soundscapes, {args.threads} threads, backend {backend}, "
-          f"precision {args.precision}, torch {torch.__version__}; seconds per soundscape (network only per model; load+compile {load_s:.1f} s)")
+          f"precision {networks[0].precision}, torch {torch.__version__}; seconds per soundscape (network only per model; load+compile {load_s:.1f} s)")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"projection for 1,100 soundscapes: {ensemble_s * 1100 / 60:.1f} min (infer.py), "
           f"{eager_s * 1100 / 60:.1f} min (eager)")

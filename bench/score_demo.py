@@ -19,8 +19,8 @@ import infer  # noqa: E402
 from common import macro_roc_auc  # noqa: E402
 
 
-def score_round(ensemble_dir, paths, labels, pp_weight):
-    networks, mels, classes, _ = infer.load_ensemble(ensemble_dir, "torch", torch.get_num_threads())
+def score_round(ensemble_dir, paths, labels, pp_weight, backend="torch", precision="f32"):
+    networks, mels, classes, _ = infer.load_ensemble(ensemble_dir, backend, torch.get_num_threads(), precision)
     truth = labels.set_index("row_id")[classes]
     raw = {}
     for net in sorted(networks, key=lambda n: n.name):
@@ -45,6 +45,8 @@ def main():
     p.add_argument("--labels", default="data/demo-test-labels.csv", help="labels, sample_submission format")
     p.add_argument("--rounds", default="1,2,3", help="rounds to score")
     p.add_argument("--pp-weight", type=float, default=0.5, help="neighbour smoothing weight")
+    p.add_argument("--backend", default="torch", choices=["auto", "openvino", "onnx", "torch"], help="infer.py's")
+    p.add_argument("--precision", default="f32", choices=["auto", "f32", "bf16"], help="infer.py's (OpenVINO)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -52,13 +54,15 @@ def main():
     paths = infer.list_audio(args.audio)
     rows = []
     for r in args.rounds.split(","):
-        scores = score_round(os.path.join(args.work, f"round{r}", "ensemble"), paths, labels, args.pp_weight)
+        scores = score_round(os.path.join(args.work, f"round{r}", "ensemble"), paths, labels, args.pp_weight,
+                             args.backend, args.precision)
         for (name, pp), auc in scores.items():
             rows.append(dict(round=int(r), model=name, post_processing=pp, macro_auc=auc))
     table = pd.DataFrame(rows)
     table.to_csv(os.path.join(args.work, "scores.csv"), index=False)
     wide = table.pivot_table(index=["round"], columns=["model", "post_processing"], values="macro_auc")
-    print(f"\nmacro ROC-AUC on {len(labels)} test windows ({len(paths)} soundscapes); "
+    print(f"\nmacro ROC-AUC on {len(labels)} test windows ({len(paths)} soundscapes), {args.backend} "
+          f"{args.precision}; "
           f"pp = neighbour post-processing (weight {args.pp_weight})")
     header = "| round | " + " | ".join(f"{m}{' +pp' if pp else ''}" for m, pp in wide.columns) + " |"
     print(header)

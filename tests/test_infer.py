@@ -125,6 +125,14 @@ def test_backends_agree(tmp_path, cache_dir, demo_dir):
         outputs["openvino-from-pt2"] = np.concatenate([results[p] for p in paths])
     for backend, values in outputs.items():
         assert np.abs(values - outputs["torch"]).max() < 1e-3, backend
+    if installed("openvino"):  # infer.py's default precision: bf16 where the CPU has it natively, else f32
+        import openvino
+        native = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        networks, mels, _, _ = infer.load_ensemble(str(tmp_path), "openvino", 2, "auto")
+        assert networks[0].precision == ("bf16" if native else "f32")
+        results, _, _, _ = infer.predict_files(paths, networks, mels, pp=0.5, log=False)
+        auto = np.concatenate([results[p] for p in paths])
+        assert np.abs(auto - outputs["torch"]).max() < (2e-2 if native else 1e-3)
 
 
 def test_tiny_budget_drops_models_and_writes_every_row(tiny_ensemble, audio_dir, tmp_path):
