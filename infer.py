@@ -40,6 +40,7 @@ pp_weight = 0.5           # neighbour smoothing weight (0 disables)
 threads = 4               # Kaggle's CPU kernels have 4 vCPUs
 default_seconds = 240     # windows written for a file whose length cannot even be read
 mel_chunk = 4             # windows per mel call: a few windows' spectra stay in cache (~3x faster than 48 at once)
+network_pixels = 8 * 256 * 256  # image pixels per network call: 8 windows of 256x256 beat 48 by ~10% (cache)
 
 
 def warn(message):
@@ -130,6 +131,7 @@ class Network:
     def __init__(self, folder, spec, backend, n_threads, precision="f32"):
         self.name, self.mel_key, self.classes = spec["name"], spec["mel_key"], spec["classes"]
         self.value, self.cost = float(spec.get("value") or 0.0), float(spec.get("cost") or 1.0)
+        self.windows_per_call = max(1, network_pixels // (int(spec["image_height"]) * int(spec["image_width"])))
         if math.isnan(self.value):
             self.value = 0.0
         self.backend, self.precision = backend, "f32"   # the precision it computes in
@@ -254,7 +256,8 @@ def predict_files(paths, networks, mels, budget_s=None, pp=pp_weight, prefetch=2
             with torch.no_grad():
                 for net in active:
                     t = time.time()
-                    logits = torch.from_numpy(np.asarray(net.run(mel_batches[net.mel_key]), dtype=np.float32))
+                    logits = torch.from_numpy(np.concatenate(
+                        [net.run(part) for part in mel_batches[net.mel_key].split(net.windows_per_call)]).astype(np.float32))
                     per_model[net.name][path] = torch.sigmoid(logits).numpy()
                     seconds[net.name] += time.time() - t
             if budget_s is not None:
