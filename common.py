@@ -172,35 +172,65 @@ class MelSettings:
         return f"mel{self.n_mels}_hop{self.hop_length}_fft{self.n_fft}_{self.f_min:g}-{self.f_max:g}Hz"
 
     @property
+    def spectrogram_key(self):
+        return f"fft{self.n_fft}_hop{self.hop_length}"
+
+    @property
     def frames(self):  # frames of one centred 5-s window
         return WINDOW_SAMPLES // self.hop_length + 1
 
 
-class MelFrontEnd(nn.Module):
-    """(B, samples) waveform -> (B, 1, n_mels, frames) mel power in dB, scaled to [0, 1] per sample.
+class PowerSpectrogram(nn.Module):
+    """(B, samples) waveform -> (B, n_fft // 2 + 1, frames) power |STFT|^2, centred, Hann window.
 
-    torch.stft (centred, Hann window) -> |X|^2 -> mel filterbank -> 10*log10 -> floor at max - top_db ->
-    per-sample min-max. Always float32 (under AMP too): dB of fp16 power underflows.
+    Frame k is centred on sample k * hop_length, so the spectrogram at a hop m times longer is frames [::m] of
+    this one: at inference, mels that share n_fft share one STFT (infer.py's FrontEnd).
+    """
+
+    def __init__(self, n_fft, hop_length):
+        super().__init__()
+        self.n_fft, self.hop_length = n_fft, hop_length
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+
+    def forward(self, wave):
+        spec = torch.stft(wave.float(), self.n_fft, self.hop_length, window=self.window, center=True,
+                          return_complex=True)
+        return spec.real ** 2 + spec.imag ** 2
+
+
+class MelImage(nn.Module):
+    """(B, n_fft // 2 + 1, frames) power -> (B, 1, n_mels, frames): mel filterbank -> 10*log10 -> floor at
+    max - top_db -> per-sample min-max to [0, 1]."""
+
+    def __init__(self, settings):
+        super().__init__()
+        self.top_db = settings.top_db
+        fb = mel_filterbank(settings.n_fft // 2 + 1, settings.n_mels, settings.f_min, settings.f_max,
+                            settings.sample_rate)
+        self.register_buffer("filterbank", torch.from_numpy(fb.T.copy()), persistent=False)  # (n_mels, n_freqs)
+
+    def forward(self, power):
+        db = 10.0 * torch.log10(torch.clamp(torch.matmul(self.filterbank, power), min=1e-10))
+        top = db.amax(dim=(1, 2), keepdim=True)
+        db = torch.maximum(db, top - self.top_db)
+        low = db.amin(dim=(1, 2), keepdim=True)
+        return ((db - low) / (top - low + 1e-6)).unsqueeze(1)
+
+
+class MelFrontEnd(nn.Module):
+    """(B, samples) waveform -> (B, 1, n_mels, frames) mel power in dB, scaled to [0, 1] per sample:
+    PowerSpectrogram then MelImage (exported as two programs so that inference can share the STFT).
+    Always float32 (under AMP too): dB of fp16 power underflows.
     """
 
     def __init__(self, settings=MelSettings()):
         super().__init__()
         self.settings = settings
-        self.register_buffer("window", torch.hann_window(settings.n_fft), persistent=False)
-        fb = mel_filterbank(settings.n_fft // 2 + 1, settings.n_mels, settings.f_min, settings.f_max,
-                            settings.sample_rate)
-        self.register_buffer("filterbank", torch.from_numpy(fb.T.copy()), persistent=False)  # (n_mels, n_freqs)
+        self.spectrogram = PowerSpectrogram(settings.n_fft, settings.hop_length)
+        self.image = MelImage(settings)
 
     def forward(self, wave):
-        s = self.settings
-        spec = torch.stft(wave.float(), s.n_fft, s.hop_length, window=self.window, center=True,
-                          return_complex=True)
-        power = spec.real ** 2 + spec.imag ** 2                       # (B, n_freqs, frames)
-        db = 10.0 * torch.log10(torch.clamp(torch.matmul(self.filterbank, power), min=1e-10))
-        top = db.amax(dim=(1, 2), keepdim=True)
-        db = torch.maximum(db, top - s.top_db)
-        low = db.amin(dim=(1, 2), keepdim=True)
-        return ((db - low) / (top - low + 1e-6)).unsqueeze(1)
+        return self.image(self.spectrogram(wave))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -575,11 +605,12 @@ def read_table(path):
 
 
 def export_artifact(model, mel_settings, classes, out_dir, name, value=float("nan")):
-    """Write what infer.py needs for one model into out_dir: <name>.pt2 (the network, mel -> logits),
-    mel_<key>.pt2 (the mel front end that trained it) and <name>.json (settings, classes, value and cost).
+    """Write what infer.py needs for one model into out_dir: <name>.pt2 (the network, mel -> logits), the mel
+    front end that trained it as spectrogram_<fft/hop>.pt2 (wave -> power) and mel_<key>.pt2 (power -> mel),
+    and <name>.json (settings, classes, value and cost).
 
-    Both programs come from torch.export with a dynamic batch size; they load with torch.export.load
-    alone, so infer.py needs no project code.
+    The programs come from torch.export with a dynamic batch size; they load with torch.export.load alone, so
+    infer.py needs no project code. Front-end programs another model already wrote are kept.
     """
     from torch.export import Dim, export
     import warnings
@@ -589,15 +620,17 @@ def export_artifact(model, mel_settings, classes, out_dir, name, value=float("na
     batch = Dim("batch", min=1, max=4096)
     waves = torch.randn(2, WINDOW_SAMPLES)
     os.makedirs(out_dir, exist_ok=True)
+    spectrogram_file = f"spectrogram_{mel_settings.spectrogram_key}.pt2"
+    mel_file = f"mel_{mel_settings.key}.pt2"
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.export's notes about non-persistent buffers
-        mel_file = f"mel_{mel_settings.key}.pt2"
-        if not os.path.exists(os.path.join(out_dir, mel_file)):
-            program = export(mel, (waves,), dynamic_shapes=({0: batch},))
-            atomic_write(os.path.join(out_dir, mel_file), lambda tmp: torch.export.save(program, tmp))
-        program = export(model, (mel(waves),), dynamic_shapes=({0: batch},))
-        atomic_write(os.path.join(out_dir, f"{name}.pt2"), lambda tmp: torch.export.save(program, tmp))
+        for file, module, example in ((spectrogram_file, mel.spectrogram, waves),
+                                      (mel_file, mel.image, mel.spectrogram(waves)),
+                                      (f"{name}.pt2", model, mel(waves))):
+            if file == f"{name}.pt2" or not os.path.exists(os.path.join(out_dir, file)):
+                program = export(module, (example,), dynamic_shapes=({0: batch},))
+                atomic_write(os.path.join(out_dir, file), lambda tmp: torch.export.save(program, tmp))
     h, w = model.image_size
-    save_json(dict(name=name, network=f"{name}.pt2", mel=mel_file, mel_key=mel_settings.key,
-                   mel_settings=asdict(mel_settings), image_height=h, image_width=w, classes=list(classes),
-                   value=value, cost=h * w), os.path.join(out_dir, f"{name}.json"))
+    save_json(dict(name=name, network=f"{name}.pt2", spectrogram=spectrogram_file, mel=mel_file,
+                   mel_key=mel_settings.key, mel_settings=asdict(mel_settings), image_height=h, image_width=w,
+                   classes=list(classes), value=value, cost=h * w), os.path.join(out_dir, f"{name}.json"))

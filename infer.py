@@ -182,8 +182,40 @@ def available_backends(folder, specs):
     return found  # fastest first: OpenVINO, ONNX Runtime, torch
 
 
+class FrontEnd:
+    """Every distinct mel of an ensemble from one batch of 5-s windows, each STFT computed once.
+
+    Exported per model: spectrogram_<fft/hop>.pt2 (wave -> power) and mel_<key>.pt2 (power -> mel image), from
+    the code that trained it. A mel whose hop is a multiple m of another's with the same n_fft takes frames [::m]
+    of that power spectrogram (frame k is centred on sample k * hop): the same numbers, one STFT.
+    __call__((B, samples) tensor) -> {mel_key: (B, 1, n_mels, frames) tensor}.
+    """
+
+    def __init__(self, folder, specs):
+        distinct = {s["mel_key"]: s for s in specs}
+        self.spectrograms, self.mels = {}, {}   # file -> program; mel_key -> (spectrogram file, stride, program)
+        for key, spec in distinct.items():
+            n_fft, hop = spec["mel_settings"]["n_fft"], spec["mel_settings"]["hop_length"]
+            source = min((s for s in distinct.values() if s["mel_settings"]["n_fft"] == n_fft
+                          and hop % s["mel_settings"]["hop_length"] == 0),
+                         key=lambda s: s["mel_settings"]["hop_length"])
+            if source["spectrogram"] not in self.spectrograms:
+                self.spectrograms[source["spectrogram"]] = load_program(os.path.join(folder, source["spectrogram"]))
+            self.mels[key] = (source["spectrogram"], hop // source["mel_settings"]["hop_length"],
+                              load_program(os.path.join(folder, spec["mel"])))
+
+    def __call__(self, windows):
+        parts = {key: [] for key in self.mels}
+        with torch.no_grad():
+            for chunk in windows.split(mel_chunk):
+                powers = {file: program(chunk) for file, program in self.spectrograms.items()}
+                for key, (file, stride, mel) in self.mels.items():
+                    parts[key].append(mel(powers[file][..., ::stride]))
+        return {key: torch.cat(p) for key, p in parts.items()}
+
+
 def load_ensemble(folder, backend, n_threads, precision="f32"):
-    """manifest.json -> (networks sorted by value for cost, {mel_key: mel program}, classes)."""
+    """manifest.json -> (networks sorted by value for cost, their FrontEnd, classes, backend)."""
     manifest_path = os.path.join(folder or "", "manifest.json")
     if not folder or not os.path.isfile(manifest_path):
         raise SystemExit(f"error: no ensemble found (manifest.json) in {folder!r}; pass --models DIR")
@@ -205,27 +237,25 @@ def load_ensemble(folder, backend, n_threads, precision="f32"):
         warn(f"--precision {precision} applies to OpenVINO only; {backend} runs in f32")
     networks = [Network(folder, s, backend, n_threads, precision) for s in specs]
     networks.sort(key=lambda n: n.value / n.cost, reverse=True)
-    mels = {s["mel_key"]: load_program(os.path.join(folder, s["mel"])) for s in specs}
+    front_end = FrontEnd(folder, specs)
     print(f"{len(networks)} models ({backend}, {networks[0].precision}): " + ", ".join(n.name for n in networks), flush=True)
-    return networks, mels, classes, backend
+    return networks, front_end, classes, backend
 
 
 # ----------------------------------------------------------------------------------------------------------
 # the run
 
 
-def prepare(path, mels):
+def prepare(path, front_end):
     """Decode one file and compute each distinct mel once: (n_windows, {mel_key: mel tensor}) or an error."""
     try:
         windows = torch.from_numpy(windows_of(read_audio(path)))
-        with torch.no_grad():
-            return len(windows), {key: torch.cat([mel(chunk) for chunk in windows.split(mel_chunk)])
-                                  for key, mel in mels.items()}, None
+        return len(windows), front_end(windows), None
     except Exception as err:
         return count_windows(path), None, f"{type(err).__name__}: {err}"
 
 
-def predict_files(paths, networks, mels, budget_s=None, pp=pp_weight, prefetch=2, log=True):
+def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefetch=2, log=True):
     """Ensemble probabilities for each file: {path: (n_windows, classes) array, or None if unreadable}.
 
     Decoding and mels run in a thread pool ahead of the networks. When `budget_s` is given and the projected
@@ -241,13 +271,13 @@ def predict_files(paths, networks, mels, budget_s=None, pp=pp_weight, prefetch=2
     seconds = {n.name: 0.0 for n in networks}   # network time so far
     prep_seconds, n_windows_of, results = 0.0, {}, {}
     with ThreadPoolExecutor(max(1, prefetch)) as pool:
-        futures = [pool.submit(prepare, p, mels) for p in paths[:prefetch]]
+        futures = [pool.submit(prepare, p, front_end) for p in paths[:prefetch]]
         for i, path in enumerate(tqdm(paths, desc="soundscapes", unit="file", disable=not log)):
             began = time.time()
             n_windows, mel_batches, error = futures[i].result()
             futures[i] = None
             if i + prefetch < len(paths):
-                futures.append(pool.submit(prepare, paths[i + prefetch], mels))
+                futures.append(pool.submit(prepare, paths[i + prefetch], front_end))
             prep_seconds += time.time() - began
             n_windows_of[path] = n_windows
             if error:
@@ -327,12 +357,12 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     torch.set_num_threads(max(1, args.threads))
-    networks, mels, classes, _ = load_ensemble(args.models or find_models_dir(), args.backend, args.threads,
+    networks, front_end, classes, _ = load_ensemble(args.models or find_models_dir(), args.backend, args.threads,
                                                args.precision)
     paths = list_audio(args.audio)
     if not paths:
         warn(f"no audio files in {args.audio}; writing a submission with no rows")
-    results, n_windows_of, used, seconds = predict_files(paths, networks, mels, args.budget_min * 60,
+    results, n_windows_of, used, seconds = predict_files(paths, networks, front_end, args.budget_min * 60,
                                                          args.pp_weight)
     frame = submission_frame(paths, results, n_windows_of, classes)
     sample = args.sample_submission or os.path.join(os.path.dirname(os.path.abspath(args.audio)),

@@ -83,12 +83,33 @@ def test_exported_model_equals_training_model(tmp_path, cache_dir):
     settings = common.MelSettings(n_mels=48, hop_length=1024)
     common.export_artifact(model, settings, classes, str(tmp_path), "m")
     common.save_json(dict(models=["m"]), str(tmp_path / "manifest.json"))
-    networks, mels, _, _ = infer.load_ensemble(str(tmp_path), "torch", 2)
+    networks, front_end, _, _ = infer.load_ensemble(str(tmp_path), "torch", 2)
     waves = torch.from_numpy(np.random.default_rng(0).standard_normal((5, common.WINDOW_SAMPLES)).astype(np.float32))
     with torch.no_grad():
         expected = model(common.MelFrontEnd(settings)(waves)).numpy()
-        got = networks[0].run(mels[settings.key](waves))
+        got = networks[0].run(front_end(waves)[settings.key])
     assert np.abs(got - expected).max() < 1e-4
+
+
+def test_mels_that_share_n_fft_share_one_stft(tmp_path):
+    """hop 1024 = every other frame of hop 512: one STFT serves both, with the training front end's numbers."""
+    settings = [common.MelSettings(n_mels=32, hop_length=512), common.MelSettings(n_mels=32, hop_length=1024),
+                common.MelSettings(n_mels=48, hop_length=1024), common.MelSettings(n_mels=32, hop_length=512, n_fft=1024)]
+    for i, s in enumerate(settings):
+        common.export_artifact(common.BirdNet(3, 32, 32), s, ["a", "b", "c"], str(tmp_path), f"m{i}")
+    common.save_json(dict(models=[f"m{i}" for i in range(len(settings))]), str(tmp_path / "manifest.json"))
+    _, front_end, _, _ = infer.load_ensemble(str(tmp_path), "torch", 2)
+    assert sorted(front_end.spectrograms) == ["spectrogram_fft1024_hop512.pt2", "spectrogram_fft2048_hop512.pt2"]
+    assert [stride for _, stride, _ in front_end.mels.values()] == [1, 2, 2, 1]
+    rng = np.random.default_rng(1)
+    waves = torch.from_numpy(rng.standard_normal((6, common.WINDOW_SAMPLES)).astype(np.float32))
+    waves[:, :50000] *= 0.01  # a quiet start, so the per-window dB range matters
+    got = front_end(waves)
+    with torch.no_grad():
+        for s in settings:
+            expected = common.MelFrontEnd(s)(waves)
+            assert got[s.key].shape == expected.shape == (6, 1, s.n_mels, s.frames)
+            assert torch.abs(got[s.key] - expected).max() < 1e-5, s.key
 
 
 def installed(name):
