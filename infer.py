@@ -225,6 +225,10 @@ def load_ensemble(folder, backend, n_threads, precision="f32"):
     for name in manifest["models"]:
         with open(os.path.join(folder, f"{name}.json")) as f:
             specs.append(json.load(f))
+    for s in specs:
+        if "spectrogram" not in s:
+            raise SystemExit(f"error: {s['name']}.json comes from an older export (no spectrogram program); "
+                             f"export it again with this version's soup.py")
     backends = available_backends(folder, specs)
     if backend == "auto":
         backend = backends[0]

@@ -5,7 +5,8 @@ plain eager-PyTorch loop over the same six models (each model computes its own m
     python bench/infer_speed.py --threads 2 --files 4
     make bench-infer
 
-Prints a per-model table and ends with:
+Both run --repeats times, interleaved; the medians are reported. Prints a per-model table (last run) and
+ends with:
 ensemble_s_per_soundscape=X eager_s_per_soundscape=Y speedup=Z
 """
 import argparse
@@ -68,6 +69,7 @@ def main():
     p.add_argument("--models", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                     "models.csv"))
     p.add_argument("--precision", default="auto", choices=["auto", "f32", "bf16"], help="infer.py --precision")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved runs of both; medians are reported")
     p.add_argument("--no-eager", action="store_true", help="skip the eager baseline")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -92,14 +94,20 @@ def main():
                                                                       args.precision)
         load_s = time.perf_counter() - began
         infer.predict_files(paths[:1], networks, mels, log=False)  # warm-up (first-call allocations)
-        began = time.perf_counter()
-        results, n_windows_of, _, network_s = infer.predict_files(paths, networks, mels, log=False)
-        frame = infer.submission_frame(paths, results, n_windows_of, classes)
-        frame.to_csv(os.path.join(tmp, "submission.csv"), index=False)
-        ensemble_s = (time.perf_counter() - began) / len(paths)
-        assert len(frame) == len(paths) * SECONDS // 5
-
-        eager_s, eager_per_model = (float("nan"), {}) if args.no_eager else eager_loop(paths, models)
+        ensemble_runs, eager_runs = [], []
+        for _ in range(args.repeats):  # interleaved, so that both see the same machine
+            began = time.perf_counter()
+            results, n_windows_of, _, network_s = infer.predict_files(paths, networks, mels, log=False)
+            frame = infer.submission_frame(paths, results, n_windows_of, classes)
+            frame.to_csv(os.path.join(tmp, "submission.csv"), index=False)
+            ensemble_runs.append((time.perf_counter() - began) / len(paths))
+            assert len(frame) == len(paths) * SECONDS // 5
+            if not args.no_eager:
+                eager_s, eager_per_model = eager_loop(paths, models)
+                eager_runs.append(eager_s)
+        ensemble_s = float(np.median(ensemble_runs))
+        eager_s = float(np.median(eager_runs)) if eager_runs else float("nan")
+        eager_per_model = {} if args.no_eager else eager_per_model
 
     rows = []
     for name, (model, settings) in models.items():
@@ -108,8 +116,10 @@ def main():
                          eager_s=eager_per_model.get(name, float("nan")),
                          **{f"{backend}_s": network_s[name] / len(paths)}))
     print(f"\n{len(paths)} synthetic {SECONDS}-s soundscapes, {args.threads} threads, backend {backend}, "
-          f"precision {networks[0].precision}, torch {torch.__version__}; seconds per soundscape (network only per model; load+compile {load_s:.1f} s)")
+          f"precision {networks[0].precision}, torch {torch.__version__}; seconds per soundscape (network only per model, last run; load+compile {load_s:.1f} s)")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("runs (s per soundscape): infer.py " + " ".join(f"{v:.3f}" for v in ensemble_runs)
+          + "; eager " + " ".join(f"{v:.3f}" for v in eager_runs))
     print(f"projection for 1,100 soundscapes: {ensemble_s * 1100 / 60:.1f} min (infer.py), "
           f"{eager_s * 1100 / 60:.1f} min (eager)")
     print(f"ensemble_s_per_soundscape={ensemble_s:.3f} eager_s_per_soundscape={eager_s:.3f} "
