@@ -6,7 +6,9 @@ paste this file alone into a Kaggle kernel (needs torch, numpy, soundfile, panda
     python infer.py --models work/ensemble --audio my_recordings --backend torch --pp-weight 0 --budget-min 30
 
 --models is a folder written by `make ensemble` (soup.py's export): manifest.json, and per model <name>.json,
-<name>.pt2 (torch.export program: mel -> logits), optionally <name>.onnx, and the mel_<key>.pt2 programs it uses.
+<name>.pt2 (torch.export program: mel -> logits), optionally <name>.onnx, and the front-end programs it uses:
+spectrogram_fft<n>_hop<h>.pt2 (wave -> power) and mel_<key>.pt2 (power -> mel). One STFT per n_fft serves
+every mel whose hop is a multiple of the shortest; networks run in bf16 on CPUs that have it (--precision).
 Each soundscape is cut into 5-s windows (the last one zero-padded); row_id is <file stem>_<end second>.
 The ensemble is the mean of the models' sigmoid probabilities; then per file
 p[t] + w * (p[t-1] + p[t+1]), divided by 1 + 2w (the seed's post-processing with w = 0.5; the constant divisor

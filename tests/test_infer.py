@@ -1,4 +1,5 @@
 """infer.py: pasted alone it writes a valid submission; post-processing, backends, budget, odd input."""
+import json
 import os
 import shutil
 import subprocess
@@ -195,3 +196,13 @@ def test_empty_folder_writes_a_valid_file(tiny_ensemble, tmp_path):
 def test_missing_models_is_one_line_error(tmp_path):
     result = run_alone(tmp_path, "--models", str(tmp_path / "nothing"), "--audio", str(tmp_path))
     assert result.returncode != 0 and "Traceback" not in result.stderr and "manifest.json" in result.stderr
+
+
+def test_ensemble_from_an_older_export_is_one_line_error(tiny_ensemble, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(tiny_ensemble, old)
+    spec = json.loads((old / "modelA.json").read_text())
+    del spec["spectrogram"]  # exports before the front end was split carried one wave -> mel program
+    (old / "modelA.json").write_text(json.dumps(spec))
+    result = run_alone(tmp_path, "--models", str(old), "--audio", str(tmp_path), "--backend", "torch")
+    assert result.returncode != 0 and "Traceback" not in result.stderr and "older export" in result.stderr
