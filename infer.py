@@ -357,7 +357,7 @@ def main(argv=None):
                    help="auto takes the fastest installed: openvino, then onnx (if .onnx files), then torch")
     p.add_argument("--precision", default="auto", choices=["auto", "f32", "bf16"],
                    help="OpenVINO's float precision. auto: bf16 on CPUs that compute it natively (AVX512-BF16, "
-                   "AMX; on the demo it changed the ensemble's AUC by 0.0002), else f32; f32: exact")
+                   "AMX; on the demo it changed the ensemble's AUC by less than 0.001), else f32; f32: exact")
     p.add_argument("--budget-min", type=float, default=budget_min, help="time budget in minutes")
     p.add_argument("--pp-weight", type=float, default=pp_weight, help="neighbour smoothing weight; 0 disables")
     args = p.parse_args(argv)
