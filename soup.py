@@ -59,10 +59,11 @@ def export_onnx(model, mel_settings, path):
         return False
     import warnings
     example = MelFrontEnd(mel_settings)(torch.randn(2, 160000))
+    model = model.inference_form((mel_settings.n_mels, mel_settings.frames))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         atomic_write(path, lambda tmp: torch.onnx.export(
-            model.eval(), (example,), tmp, dynamo=False, input_names=["mel"], output_names=["logits"],
+            model, (example,), tmp, dynamo=False, input_names=["mel"], output_names=["logits"],
             dynamic_axes={"mel": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17))
     return True
 

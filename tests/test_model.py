@@ -87,3 +87,17 @@ def test_pretrained_loads_local_file(tmp_path):
     assert not torch.equal(fresh.backbone.state_dict()[key], donor.state_dict()[key])
     with pytest.raises(common.UserError):
         BirdNet(3, 32, 32, pretrained=str(tmp_path / "missing.pth"))
+
+
+def test_inference_form_equals_the_model_and_leaves_it_unchanged():
+    torch.manual_seed(0)
+    model = BirdNet(5, 48, 80).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    mel = torch.rand(3, 1, 40, 157)
+    twin = model.inference_form((40, 157))
+    assert twin.backbone.conv_stem.weight.shape[1] == 1 and model.backbone.conv_stem.weight.shape[1] == 3
+    with torch.no_grad():
+        expected, got = model(mel), twin(mel)
+    assert torch.abs(got - expected).max() < 1e-4
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.resize_rows is None
