@@ -204,7 +204,7 @@ class MelImage(nn.Module):
     max - top_db -> per-sample min-max to [0, 1].
 
     The filterbank is applied in bands of 16 mel filters, each only over the frequency bins its filters cover
-    (a triangular filter is zero elsewhere): the same sums, a quarter of a dense matmul's work at 128 mels.
+    (a triangular filter is zero elsewhere): the same sums, about an eighth of a dense matmul's work.
     """
 
     band = 16
@@ -235,7 +235,7 @@ class MelImage(nn.Module):
 class MelFrontEnd(nn.Module):
     """(B, samples) waveform -> (B, 1, n_mels, frames) mel power in dB, scaled to [0, 1] per sample:
     PowerSpectrogram then MelImage (exported as two programs so that inference can share the STFT).
-    Always float32 (under AMP too): dB of fp16 power underflows.
+    Call it outside autocast: it must run in float32 (fp16 power overflows, and its dB underflows).
     """
 
     def __init__(self, settings=MelSettings()):

@@ -110,8 +110,9 @@ def predict(model, mel, waves, device, batch=64, amp=False):
     with torch.no_grad():
         for start in range(0, len(waves), batch):
             x = torch.as_tensor(np.asarray(waves[start:start + batch], dtype=np.float32)).to(device)
+            images = mel(x)  # float32 outside autocast: fp16 power overflows (as in training)
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                out.append(torch.sigmoid(model(mel(x)).float()).cpu())
+                out.append(torch.sigmoid(model(images).float()).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, model.head.out_features), np.float32)
 
 

@@ -94,3 +94,18 @@ def test_torchrun_two_processes_on_cpu(cache_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert list(pd.read_csv(os.path.join(out, "metrics.csv"))["epoch"]) == [1, 2]
     assert sorted(os.listdir(os.path.join(out, "epochs"))) == ["epoch_001.pt", "epoch_002.pt"]
+
+
+def test_predict_under_amp_keeps_the_mel_in_float32():
+    """A loud window's power passes fp16's 65504: the mel must stay outside autocast (CUDA AMP; here CPU's)."""
+    from common import BirdNet, MelFrontEnd, MelSettings
+    torch.manual_seed(0)
+    model = BirdNet(4, 32, 32)
+    mel = MelFrontEnd(MelSettings(n_mels=32, hop_length=1024))
+    t = np.arange(160000) / 32000
+    noise = np.random.default_rng(0).uniform(-0.1, 0.1, (3, 160000))
+    waves = (0.9 * np.sin(2 * np.pi * np.array([[500.0], [1000.0], [3000.0]]) * t) + noise).astype(np.float32)
+    assert mel.spectrogram(torch.from_numpy(waves)).max() > 65504
+    exact = train.predict(model, mel, waves, torch.device("cpu"))
+    amp = train.predict(model, mel, waves, torch.device("cpu"), amp=True)
+    assert np.isfinite(amp).all() and np.abs(amp - exact).max() < 0.02
