@@ -79,7 +79,7 @@ def read_audio(path, max_seconds=None):
         raise ValueError("empty (no audio frames)")
     if len(audio) < wanted:
         raise ValueError(f"truncated (decoded {len(audio)} of {wanted} frames)")
-    audio = audio.mean(axis=1)
+    audio = audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1)  # no copy for mono
     if rate != SAMPLE_RATE:
         from scipy.signal import resample_poly
         g = math.gcd(rate, SAMPLE_RATE)
