@@ -167,6 +167,10 @@ class Network:
             program = load_program(os.path.join(folder, spec["network"]))
             self.run = lambda mel: program(mel).numpy()
 
+    def logits(self, mel):
+        """(B, classes) float32 logits, computed windows_per_call windows at a time."""
+        return np.concatenate([self.run(part) for part in mel.split(self.windows_per_call)]).astype(np.float32)
+
 
 def available_backends(folder, specs):
     found = ["torch"]
@@ -244,7 +248,8 @@ def load_ensemble(folder, backend, n_threads, precision="f32"):
     networks = [Network(folder, s, backend, n_threads, precision) for s in specs]
     networks.sort(key=lambda n: n.value / n.cost, reverse=True)
     front_end = FrontEnd(folder, specs)
-    print(f"{len(networks)} models ({backend}, {networks[0].precision}): " + ", ".join(n.name for n in networks), flush=True)
+    print(f"{len(networks)} models ({backend}, {networks[0].precision}): " + ", ".join(n.name for n in networks),
+          flush=True)
     return networks, front_end, classes, backend
 
 
@@ -292,8 +297,7 @@ def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefe
             with torch.no_grad():
                 for net in active:
                     t = time.time()
-                    logits = torch.from_numpy(np.concatenate(
-                        [net.run(part) for part in mel_batches[net.mel_key].split(net.windows_per_call)]).astype(np.float32))
+                    logits = torch.from_numpy(net.logits(mel_batches[net.mel_key]))
                     per_model[net.name][path] = torch.sigmoid(logits).numpy()
                     seconds[net.name] += time.time() - t
             if budget_s is not None:

@@ -116,7 +116,8 @@ def main():
                          eager_s=eager_per_model.get(name, float("nan")),
                          **{f"{backend}_s": network_s[name] / len(paths)}))
     print(f"\n{len(paths)} synthetic {SECONDS}-s soundscapes, {args.threads} threads, backend {backend}, "
-          f"precision {networks[0].precision}, torch {torch.__version__}; seconds per soundscape (network only per model, last run; load+compile {load_s:.1f} s)")
+          f"precision {networks[0].precision}, torch {torch.__version__}; seconds per soundscape "
+          f"(network only per model, last run; load+compile {load_s:.1f} s)")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print("runs (s per soundscape): infer.py " + " ".join(f"{v:.3f}" for v in ensemble_runs)
           + "; eager " + " ".join(f"{v:.3f}" for v in eager_runs))

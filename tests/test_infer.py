@@ -95,7 +95,8 @@ def test_exported_model_equals_training_model(tmp_path, cache_dir):
 def test_mels_that_share_n_fft_share_one_stft(tmp_path):
     """hop 1024 = every other frame of hop 512: one STFT serves both, with the training front end's numbers."""
     settings = [common.MelSettings(n_mels=32, hop_length=512), common.MelSettings(n_mels=32, hop_length=1024),
-                common.MelSettings(n_mels=48, hop_length=1024), common.MelSettings(n_mels=32, hop_length=512, n_fft=1024)]
+                common.MelSettings(n_mels=48, hop_length=1024),
+                common.MelSettings(n_mels=32, hop_length=512, n_fft=1024)]
     for i, s in enumerate(settings):
         common.export_artifact(common.BirdNet(3, 32, 32), s, ["a", "b", "c"], str(tmp_path), f"m{i}")
     common.save_json(dict(models=[f"m{i}" for i in range(len(settings))]), str(tmp_path / "manifest.json"))
