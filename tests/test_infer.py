@@ -135,10 +135,19 @@ def test_backends_agree(tmp_path, cache_dir, demo_dir):
     common.save_json(dict(models=["m"]), str(tmp_path / "manifest.json"))
     paths = infer.list_audio(os.path.join(demo_dir, "test_soundscapes"))
     outputs = {}
+    torch.set_num_threads(2)
     for backend in infer.available_backends(str(tmp_path), [dict(name="m")]):
         networks, mels, _, _ = infer.load_ensemble(str(tmp_path), backend, 2)
-        results, _, _, _ = infer.predict_files(paths, networks, mels, pp=0.5, log=False)
+        threads_seen = []
+
+        def counting_mels(windows):
+            threads_seen.append(torch.get_num_threads())
+            return mels(windows)
+        results, _, _, _ = infer.predict_files(paths, networks, counting_mels, pp=0.5, log=False)
         outputs[backend] = np.concatenate([results[p] for p in paths])
+        # torch computes the mels with 1 thread while OpenVINO / ONNX Runtime threads run the networks
+        assert set(threads_seen) == {2 if backend == "torch" else 1}, backend
+        assert torch.get_num_threads() == 2  # and as before afterwards
     assert len(outputs) >= 2
     assert 0.02 < outputs["torch"].std() and 0.05 < outputs["torch"].mean() < 0.95  # not saturated
     if installed("openvino"):  # OpenVINO also converts the torch.export program when there is no .onnx
