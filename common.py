@@ -5,11 +5,9 @@ Everything here is used by prep.py, train.py, soup.py and pseudo.py. infer.py st
 networks it runs are exported from the modules defined here (see `export_model`), so the mel that trained a
 model is the mel that scores it.
 """
-import argparse
 import ast
 import copy
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass, asdict
@@ -20,16 +18,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from infer import list_audio, read_audio, windows_of  # noqa: F401  (one decoder for training and inference)
+# one decoder (and one --help style) for training and inference
+from infer import HelpFormatter, list_audio, read_audio, windows_of  # noqa: F401
 
 SAMPLE_RATE = 32000
 WINDOW_SECONDS = 5
 WINDOW_SAMPLES = SAMPLE_RATE * WINDOW_SECONDS
 BACKBONE = "tf_efficientnet_b0.ns_jft_in1k"
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """--help keeps the docstring's examples and shows every default."""
 
 
 class UserError(Exception):

@@ -156,7 +156,7 @@ class Network:
                                                          "INFERENCE_PRECISION_HINT": float_precision})
             self.precision = float_precision
             self.request = compiled.create_infer_request()
-            self.run = lambda mel: self.request.infer([mel.numpy()])[0].copy()
+            self.run = lambda mel: self.request.infer([mel.numpy()])[0]  # logits() copies it out
         elif backend == "onnx":
             import onnxruntime as ort
             options = ort.SessionOptions()
@@ -170,7 +170,8 @@ class Network:
 
     def logits(self, mel):
         """(B, classes) float32 logits, computed windows_per_call windows at a time."""
-        return np.concatenate([self.run(part) for part in mel.split(self.windows_per_call)]).astype(np.float32)
+        parts = [self.run(part) for part in mel.split(self.windows_per_call)]
+        return np.concatenate(parts).astype(np.float32, copy=False)
 
 
 def available_backends(folder, specs):
@@ -383,7 +384,7 @@ def main(argv=None):
 
     torch.set_num_threads(max(1, args.threads))
     networks, front_end, classes, _ = load_ensemble(args.models or find_models_dir(), args.backend, args.threads,
-                                               args.precision)
+                                                    args.precision)
     paths = list_audio(args.audio)
     if not paths:
         warn(f"no audio files in {args.audio}; writing a submission with no rows")

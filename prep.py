@@ -481,8 +481,9 @@ def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=60, sound
 
 
 def demo_main(argv):
-    parser = argparse.ArgumentParser(prog="prep.py demo", formatter_class=HelpFormatter, description="Generate the embedded demo dataset "
-                                     "(BirdCLEF 2024 layout) and its test labels (<out>-test-labels.csv).")
+    parser = argparse.ArgumentParser(prog="prep.py demo", formatter_class=HelpFormatter,
+                                     description="Generate the embedded demo dataset (BirdCLEF 2024 layout) and "
+                                     "its test labels (<out>-test-labels.csv).")
     parser.add_argument("--out", default="data/demo", help="dataset folder to write")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (the dataset is deterministic)")
     parser.add_argument("--per-species", type=int, default=30, help="train recordings per species")

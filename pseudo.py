@@ -83,7 +83,8 @@ def main():
     p.add_argument("--cache", default="work/cache", help="prep.py's cache (lists the unlabeled soundscapes)")
     p.add_argument("--out", required=True, help="pseudo-label file to write (.npz)")
     p.add_argument("--pl-norm", default=pl_norm, choices=["none", "floor", "minmax"],
-                   help="minmax: each class rescaled to [0, 1] over all windows; none: raw probabilities")
+                   help="per class over all windows: floor maps the median to 0 and keeps 1 at 1; minmax rescales "
+                   "to [0, 1]; none keeps raw probabilities")
     p.add_argument("--threads", type=int, default=threads, help="CPU threads")
     p.add_argument("--backend", default="torch", choices=["auto", "openvino", "onnx", "torch"],
                    help="inference backend (infer.py's)")

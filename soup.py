@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import (HelpFormatter, TRACKED_METRICS, BirdNet, MelFrontEnd, MelSettings, UserError, all_metrics, atomic_write,
-                    export_artifact, run_main, save_json)
+from common import (TRACKED_METRICS, BirdNet, HelpFormatter, MelFrontEnd, MelSettings, UserError, all_metrics,
+                    atomic_write, export_artifact, run_main, save_json)
 from train import load_split, predict
 
 # defaults

@@ -24,9 +24,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from common import (HelpFormatter, AugmentChances, BirdNet, CachePaths, MelFrontEnd, MelSettings, PseudoWindows, TrainingSet,
-                    UserError, all_metrics, assign_folds, atomic_write, augment, bce_focal_loss, load_classes,
-                    read_models_table, run_main, save_json, target_matrix)
+from common import (AugmentChances, BirdNet, CachePaths, HelpFormatter, MelFrontEnd, MelSettings, PseudoWindows,
+                    TrainingSet, UserError, all_metrics, assign_folds, atomic_write, augment, bce_focal_loss,
+                    load_classes, read_models_table, run_main, save_json, target_matrix)
 
 # defaults: the seed's recipe
 models = "models.csv"
@@ -81,7 +81,8 @@ def model_config(args):
             config[key] = getattr(args, key)
     config = {k: (v.item() if hasattr(v, "item") else v) for k, v in config.items()}
     if config["dataset"] not in ("bc24", "bc24+"):
-        raise UserError(f"dataset must be bc24 (competition data) or bc24+ (plus --extra files), not {config['dataset']}")
+        raise UserError(f"dataset must be bc24 (competition data) or bc24+ (plus --extra files), "
+                        f"not {config['dataset']}")
     chance = float(config["pseudoLabelChance"])
     config["pseudoLabelChance"] = chance / 100 if chance > 1 else chance  # the table says 35 (%)
     return config
@@ -273,8 +274,8 @@ def main(argv=None):
             model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
             scaler=scaler.state_dict(), epoch=epoch, history=history, inputs=inputs), tmp))
     if rank == 0:
-        save_json(dict(inputs=inputs, epochs=args.epochs, soup_start=soup_start, best=max(history, key=lambda r: r["auc"]) if
-                       history else None), done_path)
+        best = max(history, key=lambda r: r["auc"]) if history else None
+        save_json(dict(inputs=inputs, epochs=args.epochs, soup_start=soup_start, best=best), done_path)
         if os.path.exists(last_path):
             os.remove(last_path)  # optimizer state is only needed to resume; the epochs stay for the soup
     if distributed:

@@ -21,11 +21,11 @@ import soundfile as sf
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import HelpFormatter  # noqa: E402
 import infer  # noqa: E402
 import soup  # noqa: E402
 from prep import write_ogg  # noqa: E402
-from common import BirdNet, MelFrontEnd, MelSettings, export_artifact, read_models_table, save_json  # noqa: E402
+from common import (BirdNet, HelpFormatter, MelFrontEnd, MelSettings, export_artifact, read_models_table,  # noqa: E402
+                    save_json)
 
 N_CLASSES = 182
 SECONDS = 240
@@ -91,10 +91,10 @@ def main():
 
         began = time.perf_counter()
         networks, mels, classes, backend = infer.load_ensemble(ensemble_dir, args.backend, args.threads,
-                                                                      args.precision)
+                                                               args.precision)
         load_s = time.perf_counter() - began
         infer.predict_files(paths[:1], networks, mels, log=False)  # warm-up (first-call allocations)
-        ensemble_runs, eager_runs = [], []
+        ensemble_runs, eager_runs, eager_per_model = [], [], {}
         for _ in range(args.repeats):  # interleaved, so that both see the same machine
             began = time.perf_counter()
             results, n_windows_of, _, network_s = infer.predict_files(paths, networks, mels, log=False)
@@ -107,7 +107,6 @@ def main():
                 eager_runs.append(eager_s)
         ensemble_s = float(np.median(ensemble_runs))
         eager_s = float(np.median(eager_runs)) if eager_runs else float("nan")
-        eager_per_model = {} if args.no_eager else eager_per_model
 
     rows = []
     for name, (model, settings) in models.items():

@@ -14,9 +14,8 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import HelpFormatter  # noqa: E402
 import infer  # noqa: E402
-from common import macro_roc_auc  # noqa: E402
+from common import HelpFormatter, macro_roc_auc  # noqa: E402
 
 
 def score_round(ensemble_dir, paths, labels, pp_weight, backend="torch", precision="f32"):

@@ -17,9 +17,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import HelpFormatter  # noqa: E402
-from common import (WINDOW_SAMPLES, AugmentChances, BirdNet, MelFrontEnd, MelSettings, TrainingSet,  # noqa: E402
-                    augment, bce_focal_loss)
+from common import (WINDOW_SAMPLES, AugmentChances, BirdNet, HelpFormatter, MelFrontEnd, MelSettings,  # noqa: E402
+                    TrainingSet, augment, bce_focal_loss)
 
 
 class FakePseudo:
