@@ -6,6 +6,7 @@
 #   make round1 DATA=/data/birdclef-2024 THREADS=16 DEVICE=cuda
 #   make ensemble DATA=/data/birdclef-2024      # round1 -> pseudo1 -> round2 -> pseudo2 -> round3 -> ensemble
 #   make submission DATA=/data/birdclef-2024    # infer.py on DATA/test_soundscapes
+#   make kaggle                                 # WORK/kaggle: the folder to upload, with KERNEL.md's cells
 #   make prep DATA=... WORK=... PY=python       # PY=python reuses an existing environment (Kaggle, Colab)
 
 PY      ?= .venv/bin/python
@@ -18,6 +19,11 @@ DEVICE  ?= auto
 TRAIN_ARGS ?=
 PREP_ARGS  ?=
 PL_NORM ?= floor
+PRETRAINED ?=
+
+ifneq ($(words $(WORK)),1)
+$(error WORK may not contain spaces ("$(WORK)"); DATA may)
+endif
 
 # the venv is made only when PY is the default one
 SETUP := $(if $(filter .venv/bin/python,$(PY)),.venv/.installed,)
@@ -28,7 +34,27 @@ PSEUDO_1 :=
 PSEUDO_2 := $(WORK)/pseudo1.npz
 PSEUDO_3 := $(WORK)/pseudo2.npz
 
-.PHONY: setup prep round1 pseudo1 round2 pseudo2 round3 ensemble submission demo demo-data test bench-train bench-infer clean-demo
+# Settings reach make through stamps: one small file per step holding the settings that change its result,
+# rewritten only when they change (a new stamp is dated 1970: "as before"), so a changed EPOCHS, TRAIN_ARGS,
+# PRETRAINED, models-table row, PL_NORM or PREP_ARGS reruns exactly the steps that depend on it. THREADS and
+# DEVICE change no result and are in no stamp. Stamps are written when make reads this file (even under -n).
+STAMPS := $(WORK)/.settings
+define stamp
+$(shell mkdir -p $(STAMPS) && printf '%s\n' '$(2)' > $(STAMPS)/$(1).new && \
+	if [ ! -f $(STAMPS)/$(1) ]; then mv $(STAMPS)/$(1).new $(STAMPS)/$(1) && touch -d @0 $(STAMPS)/$(1); \
+	elif cmp -s $(STAMPS)/$(1).new $(STAMPS)/$(1); then rm $(STAMPS)/$(1).new; \
+	else mv $(STAMPS)/$(1).new $(STAMPS)/$(1); fi)
+endef
+MODEL_ROW = $(shell grep -E '^$(1) *,' $(MODELS))
+CYCLE_GOALS := prep round% pseudo% ensemble kaggle submission $(WORK)/%
+ifneq ($(filter $(CYCLE_GOALS),$(MAKECMDGOALS)),)
+$(call stamp,prep,$(DATA) $(PREP_ARGS))
+$(foreach r,1 2 3,$(foreach i,$(IDS),$(call stamp,round$(r)-model$(i),$(call MODEL_ROW,$(i)) \
+	epochs=$(EPOCHS) pretrained=$(PRETRAINED) $(TRAIN_ARGS))))
+$(call stamp,pseudo,$(PL_NORM))
+endif
+
+.PHONY: setup prep round1 pseudo1 round2 pseudo2 round3 ensemble kaggle submission demo demo-data test bench-train bench-infer clean-demo
 .DELETE_ON_ERROR:
 
 setup: $(SETUP)
@@ -38,14 +64,15 @@ setup: $(SETUP)
 	touch $@
 
 prep: $(CACHED)
-$(CACHED): | $(SETUP)
-	$(PY) prep.py --data $(DATA) --out $(CACHE) --threads $(THREADS) $(PREP_ARGS)
+$(CACHED): $(STAMPS)/prep | $(SETUP)
+	$(PY) prep.py --data "$(DATA)" --out $(CACHE) --threads $(THREADS) $(PREP_ARGS)
 
 # round R, model ID: train (resumable) then soup + export; a round's ensemble bundles its soups
 define ROUND
-$(WORK)/round$(1)/model%/soup.json: $(CACHED) $(PSEUDO_$(1)) $(MODELS) | $(SETUP)
+$(WORK)/round$(1)/model%/soup.json: $(CACHED) $(PSEUDO_$(1)) $(STAMPS)/round$(1)-model% | $(SETUP)
 	$(PY) train.py --model $$* --round $(1) --models $(MODELS) --cache $(CACHE) --work $(WORK) --epochs $(EPOCHS) \
-		--threads $(THREADS) --device $(DEVICE) $(if $(PSEUDO_$(1)),--pseudo $(PSEUDO_$(1))) $(TRAIN_ARGS)
+		--threads $(THREADS) --device $(DEVICE) $(if $(PSEUDO_$(1)),--pseudo $(PSEUDO_$(1))) \
+		$(if $(PRETRAINED),--pretrained "$(PRETRAINED)") $(TRAIN_ARGS)
 	$(PY) soup.py --model-dir $(WORK)/round$(1)/model$$* --cache $(CACHE) --threads $(THREADS)
 $(WORK)/round$(1)/ensemble/manifest.json: $(foreach i,$(IDS),$(WORK)/round$(1)/model$(i)/soup.json)
 	$(PY) soup.py bundle --out $(WORK)/round$(1)/ensemble $(foreach i,$(IDS),$(WORK)/round$(1)/model$(i))
@@ -57,7 +84,7 @@ $(eval $(call ROUND,3))
 
 # pseudo labels of round R's ensemble (explicit rules: a missing one is rebuilt, never treated as intermediate)
 define PSEUDO
-$(WORK)/pseudo$(1).npz: $(WORK)/round$(1)/ensemble/manifest.json $(CACHED)
+$(WORK)/pseudo$(1).npz: $(WORK)/round$(1)/ensemble/manifest.json $(CACHED) $(STAMPS)/pseudo
 	$(PY) pseudo.py --models $(WORK)/round$(1)/ensemble --cache $(CACHE) --out $$@ --threads $(THREADS) \
 		--pl-norm $(PL_NORM)
 pseudo$(1): $(WORK)/pseudo$(1).npz
@@ -71,9 +98,17 @@ $(WORK)/ensemble/manifest.json: $(WORK)/round3/ensemble/manifest.json
 	rm -rf $(WORK)/ensemble.tmp && cp -r $(WORK)/round3/ensemble $(WORK)/ensemble.tmp
 	rm -rf $(WORK)/ensemble && mv $(WORK)/ensemble.tmp $(WORK)/ensemble
 
+# the folder to upload to Kaggle: the ensemble, infer.py, the backends' wheels for the kernel's Python, KERNEL.md
+KAGGLE_WHEELS ?= openvino onnxruntime
+KAGGLE_PYTHON ?= 3.11
+KAGGLE_PLATFORM ?= manylinux2014_x86_64
+kaggle: $(WORK)/ensemble/manifest.json | $(SETUP)
+	$(PY) kaggle.py --models $(WORK)/ensemble --out $(WORK)/kaggle --wheels "$(or $(KAGGLE_WHEELS),none)" \
+		--python-version $(KAGGLE_PYTHON) --platform $(KAGGLE_PLATFORM)
+
 submission: $(WORK)/submission.csv
 $(WORK)/submission.csv: $(WORK)/ensemble/manifest.json
-	$(PY) infer.py --models $(WORK)/ensemble --audio $(DATA)/test_soundscapes --out $@ --threads $(THREADS)
+	$(PY) infer.py --models $(WORK)/ensemble --audio "$(DATA)/test_soundscapes" --out $@ --threads $(THREADS)
 
 # ---- the demo: synthetic data, small models, the whole cycle, then the score table
 DEMO_DATA := data/demo

@@ -1,14 +1,15 @@
 """Shared pieces of the BirdCLEF 2024 2nd-place recipe: audio reading, mel front end, model, losses,
 augmentations, training dataset, folds and metrics.
 
-Everything here is used by prep.py, train.py, soup.py and pseudo.py. infer.py stays self-contained: the
-networks it runs are exported from the modules defined here (see `export_model`), so the mel that trained a
-model is the mel that scores it.
+Everything here is used by prep.py, train.py, soup.py and pseudo.py. infer.py stays self-contained: it holds
+the audio reader and the mel front end, which this file imports from it, and runs the networks exported here
+(see `export_artifact`), so the mel that trained a model is the mel that scores it.
 """
 import ast
 import copy
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass, asdict
 
@@ -18,12 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# one decoder (and one --help style) for training and inference
-from infer import HelpFormatter, list_audio, read_audio, windows_of  # noqa: F401
-
-SAMPLE_RATE = 32000
-WINDOW_SECONDS = 5
-WINDOW_SAMPLES = SAMPLE_RATE * WINDOW_SECONDS
+# one decoder, one mel front end, one set of audio constants (and one --help style) for training and inference:
+# infer.py must stay self-contained, so it holds them and training imports them
+from infer import (SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, EXPORT_FORMAT, HelpFormatter, MelFrontEnd,  # noqa: F401
+                   MelImage, MelSettings, PowerSpectrogram, list_audio, mel_filterbank, read_audio, windows_of)
 BACKBONE = "tf_efficientnet_b0.ns_jft_in1k"
 
 
@@ -98,6 +97,15 @@ class CachePaths:
         return os.path.join(self.root, "bad_files.csv")
 
 
+LABEL_COLUMNS = {"filename": str, "primary_label": str, "secondary_labels": str}
+
+
+def read_rows(path):
+    """prep.py's train_rows.csv; labels stay strings ("0123" stays "0123", iNat ids are not numbers)."""
+    rows = pd.read_csv(path, dtype=LABEL_COLUMNS, keep_default_na=False, na_values={"rating": [""]})
+    return rows
+
+
 def load_classes(path):
     with open(path) as f:
         return [line.strip() for line in f if line.strip()]
@@ -116,10 +124,12 @@ def target_matrix(rows, classes):
 
 
 def assign_folds(primary_labels, n_folds, seed):
-    """Stratified fold of each row, reproducible from (n_folds, seed) alone.
+    """Stratified fold of each row, reproducible from (n_folds, seed) alone; -1 (never validation) for the only
+    row of a label, so that every class trains in every model.
 
     Rows of each label are shuffled with the seed and dealt round-robin, starting each label where the last
-    one stopped so that small classes do not all land in fold 0.
+    one stopped so that small classes do not all land in fold 0. Dealt so, a label with 2 or more rows keeps
+    at least one outside any single fold.
     """
     labels = np.asarray(primary_labels).astype(str)
     rng = np.random.default_rng(seed)
@@ -128,119 +138,9 @@ def assign_folds(primary_labels, n_folds, seed):
     for label in sorted(set(labels)):
         idx = np.flatnonzero(labels == label)
         idx = idx[rng.permutation(len(idx))]
-        folds[idx] = (start + np.arange(len(idx))) % n_folds
+        folds[idx] = (start + np.arange(len(idx))) % n_folds if len(idx) > 1 else -1
         start = (start + len(idx)) % n_folds
     return folds
-
-
-# ----------------------------------------------------------------------------------------------------------
-# mel front end
-
-
-def mel_filterbank(n_freqs, n_mels, f_min, f_max, sample_rate):
-    """(n_freqs, n_mels) triangular filters on the HTK mel scale, peak 1, over the rfft bin frequencies."""
-    def hz_to_mel(f):
-        return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
-
-    def mel_to_hz(m):
-        return 700.0 * (10.0 ** (np.asarray(m) / 2595.0) - 1.0)
-
-    bins = np.linspace(0, sample_rate / 2, n_freqs)
-    edges = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
-    rising = (bins[:, None] - edges[None, :-2]) / (edges[1:-1] - edges[:-2])[None, :]
-    falling = (edges[None, 2:] - bins[:, None]) / (edges[2:] - edges[1:-1])[None, :]
-    return np.clip(np.minimum(rising, falling), 0.0, None).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class MelSettings:
-    """What decides a mel image; models with equal settings share one mel computation at inference."""
-    n_mels: int = 128
-    hop_length: int = 512
-    n_fft: int = 2048
-    f_min: float = 20.0
-    f_max: float = 16000.0
-    sample_rate: int = SAMPLE_RATE
-    top_db: float = 80.0
-
-    @property
-    def key(self):
-        return f"mel{self.n_mels}_hop{self.hop_length}_fft{self.n_fft}_{self.f_min:g}-{self.f_max:g}Hz"
-
-    @property
-    def spectrogram_key(self):
-        return f"fft{self.n_fft}_hop{self.hop_length}"
-
-    @property
-    def frames(self):  # frames of one centred 5-s window
-        return WINDOW_SAMPLES // self.hop_length + 1
-
-
-class PowerSpectrogram(nn.Module):
-    """(B, samples) waveform -> (B, n_fft // 2 + 1, frames) power |STFT|^2, centred, Hann window.
-
-    Frame k is centred on sample k * hop_length, so the spectrogram at a hop m times longer is frames [::m] of
-    this one: at inference, mels that share n_fft share one STFT (infer.py's FrontEnd).
-    """
-
-    def __init__(self, n_fft, hop_length):
-        super().__init__()
-        self.n_fft, self.hop_length = n_fft, hop_length
-        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
-
-    def forward(self, wave):
-        spec = torch.stft(wave.float(), self.n_fft, self.hop_length, window=self.window, center=True,
-                          return_complex=True)
-        return spec.real ** 2 + spec.imag ** 2
-
-
-class MelImage(nn.Module):
-    """(B, n_fft // 2 + 1, frames) power -> (B, 1, n_mels, frames): mel filterbank -> 10*log10 -> floor at
-    max - top_db -> per-sample min-max to [0, 1].
-
-    The filterbank is applied in bands of 16 mel filters, each only over the frequency bins its filters cover
-    (a triangular filter is zero elsewhere): the same sums, about an eighth of a dense matmul's work.
-    """
-
-    band = 16
-
-    def __init__(self, settings):
-        super().__init__()
-        self.top_db = settings.top_db
-        fb = mel_filterbank(settings.n_fft // 2 + 1, settings.n_mels, settings.f_min, settings.f_max,
-                            settings.sample_rate).T  # (n_mels, n_freqs)
-        self.bins = []  # (first, end) frequency bin of each band
-        for k, start in enumerate(range(0, len(fb), self.band)):
-            rows = fb[start:start + self.band]
-            used = np.flatnonzero(rows.any(axis=0))
-            first, end = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 1)
-            self.bins.append((first, end))
-            self.register_buffer(f"filters{k}", torch.from_numpy(rows[:, first:end].copy()), persistent=False)
-
-    def forward(self, power):
-        mel = torch.cat([torch.matmul(getattr(self, f"filters{k}"), power[:, first:end])
-                         for k, (first, end) in enumerate(self.bins)], dim=1)
-        db = 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
-        top = db.amax(dim=(1, 2), keepdim=True)
-        db = torch.maximum(db, top - self.top_db)
-        low = db.amin(dim=(1, 2), keepdim=True)
-        return ((db - low) / (top - low + 1e-6)).unsqueeze(1)
-
-
-class MelFrontEnd(nn.Module):
-    """(B, samples) waveform -> (B, 1, n_mels, frames) mel power in dB, scaled to [0, 1] per sample:
-    PowerSpectrogram then MelImage (exported as two programs so that inference can share the STFT).
-    Call it outside autocast: it must run in float32 (fp16 power overflows, and its dB underflows).
-    """
-
-    def __init__(self, settings=MelSettings()):
-        super().__init__()
-        self.settings = settings
-        self.spectrogram = PowerSpectrogram(settings.n_fft, settings.hop_length)
-        self.image = MelImage(settings)
-
-    def forward(self, wave):
-        return self.image(self.spectrogram(wave))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -589,6 +489,9 @@ def micro_f1(y_true, y_score, threshold=F1_THRESHOLD):
 
 
 def all_metrics(y_true, y_prob):
+    """The tracked metrics; NaN for all of them when there is nothing to validate on (fold 'all')."""
+    if len(y_true) == 0:
+        return {m: float("nan") for m in TRACKED_METRICS}
     return dict(lrap=lrap(y_true, y_prob), cmap=cmap(y_true, y_prob), f1=micro_f1(y_true, y_prob),
                 auc=macro_roc_auc(y_true, y_prob))
 
@@ -604,13 +507,27 @@ def atomic_write(path, write):
     """Call write(tmp_path), then rename tmp_path to path: a reader never sees half a file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     root, extension = os.path.splitext(path)
-    tmp = f"{root}.tmp{os.getpid()}{extension}"  # keeps the extension: some writers check it (.pt2, .onnx)
+    tmp = f"{root}.tmp{os.getpid()}{extension}"  # keeps the extension: some writers check it (.onnx)
     try:
         write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def swap_in(tmp, final):
+    """Replace folder `final` by the finished folder `tmp`. The old one is renamed aside first and removed only
+    after the swap, so `final` is always either the old folder or the new one."""
+    final = final.rstrip("/")
+    if os.path.exists(final):
+        old = final + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
 
 
 def save_json(obj, path):
@@ -630,6 +547,9 @@ def read_models_table(path):
     missing = [c for c in MODEL_COLUMNS if c not in table.columns]
     if missing:
         raise UserError(f"{path} lacks column(s): {', '.join(missing)}")
+    unknown = [c for c in table.columns if c not in MODEL_COLUMNS]
+    if unknown:
+        raise UserError(f"{path} has unknown column(s): {', '.join(unknown)} (known: {', '.join(MODEL_COLUMNS)})")
     return table.set_index("id", drop=False)
 
 
@@ -639,32 +559,42 @@ def read_table(path):
     return pd.read_csv(path, comment="#", skipinitialspace=True)
 
 
-def export_artifact(model, mel_settings, classes, out_dir, name, value=float("nan")):
-    """Write what infer.py needs for one model into out_dir: <name>.pt2 (the network, mel -> logits), the mel
-    front end that trained it as spectrogram_<fft/hop>.pt2 (wave -> power) and mel_<key>.pt2 (power -> mel),
-    and <name>.json (settings, classes, value and cost).
+def onnx_installed():
+    """torch's ONNX exporter needs the onnx package, an optional extra (requirements-speed.txt)."""
+    try:
+        import onnx  # noqa: F401
+        return True
+    except ImportError:
+        return False
 
-    The programs come from torch.export with a dynamic batch size; they load with torch.export.load alone, so
-    infer.py needs no project code. Front-end programs another model already wrote are kept.
+
+def export_artifact(model, mel_settings, classes, out_dir, name, value=float("nan")):
+    """Write what infer.py needs for one model into out_dir: <name>.onnx (OpenVINO and ONNX Runtime),
+    <name>.ts (TorchScript, for infer.py's torch backend) and <name>.json (mel settings, image size, classes,
+    value and cost). infer.py builds the mel front end from the settings with the code that trained the model.
+
+    Both network files load in other torch versions than the one that wrote them (TorchScript files load in
+    older and newer torch; torch.export's .pt2 files do not), so an ensemble exported under today's torch
+    runs in a Kaggle kernel's older one (bench/compat.sh checks it).
     """
-    from torch.export import Dim, export
+    import inspect
     import warnings
     model = model.inference_form((mel_settings.n_mels, mel_settings.frames))
-    mel = MelFrontEnd(mel_settings).eval()
-    batch = Dim("batch", min=1, max=4096)
-    waves = torch.randn(2, WINDOW_SAMPLES)
+    example = MelFrontEnd(mel_settings)(torch.randn(2, WINDOW_SAMPLES))
     os.makedirs(out_dir, exist_ok=True)
-    spectrogram_file = f"spectrogram_{mel_settings.spectrogram_key}.pt2"
-    mel_file = f"mel_{mel_settings.key}.pt2"
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.export's notes about non-persistent buffers
-        for file, module, example in ((spectrogram_file, mel.spectrogram, waves),
-                                      (mel_file, mel.image, mel.spectrogram(waves)),
-                                      (f"{name}.pt2", model, mel(waves))):
-            if file == f"{name}.pt2" or not os.path.exists(os.path.join(out_dir, file)):
-                program = export(module, (example,), dynamic_shapes=({0: batch},))
-                atomic_write(os.path.join(out_dir, file), lambda tmp: torch.export.save(program, tmp))
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notes, tracer notes on constant shapes
+        traced = torch.jit.trace(model, (example,), check_trace=False)
+        atomic_write(os.path.join(out_dir, f"{name}.ts"), lambda tmp: torch.jit.save(traced, tmp))
+        if onnx_installed():
+            legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+            atomic_write(os.path.join(out_dir, f"{name}.onnx"), lambda tmp: torch.onnx.export(
+                model, (example,), tmp, input_names=["mel"], output_names=["logits"],
+                dynamic_axes={"mel": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, **legacy))
+        else:
+            print(f"note: {name}: no .onnx written (pip install onnx): infer.py can then use its torch backend "
+                  f"only, not OpenVINO or ONNX Runtime", file=sys.stderr)
     h, w = model.image_size
-    save_json(dict(name=name, network=f"{name}.pt2", spectrogram=spectrogram_file, mel=mel_file,
-                   mel_key=mel_settings.key, mel_settings=asdict(mel_settings), image_height=h, image_width=w,
-                   classes=list(classes), value=value, cost=h * w), os.path.join(out_dir, f"{name}.json"))
+    save_json(dict(format=EXPORT_FORMAT, name=name, onnx=f"{name}.onnx", torchscript=f"{name}.ts",
+                   mel_settings=asdict(mel_settings), image_height=h, image_width=w, classes=list(classes),
+                   value=value, cost=h * w), os.path.join(out_dir, f"{name}.json"))

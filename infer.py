@@ -1,19 +1,23 @@
 """Score soundscapes with an exported ensemble and write a BirdCLEF submission. CPU only, self-contained:
-paste this file alone into a Kaggle kernel (needs torch, numpy, soundfile, pandas; scipy only to resample).
+paste this file alone into a Kaggle notebook cell, or run it as a script (needs torch >= 2.1, numpy, soundfile,
+pandas; scipy only to resample; OpenVINO or ONNX Runtime when installed).
 
-    python infer.py --threads 4
+    python infer.py --threads 4                       # Kaggle: finds the attached ensemble and competition
     python infer.py --models work/ensemble --audio data/demo/test_soundscapes --out submission.csv
     python infer.py --models work/ensemble --audio my_recordings --backend torch --pp-weight 0 --budget-min 30
+    main(["--budget-min", "60"])                      # from a later notebook cell
 
---models is a folder written by `make ensemble` (soup.py's export): manifest.json, and per model <name>.json,
-<name>.pt2 (torch.export program: mel -> logits), optionally <name>.onnx, and the front-end programs it uses:
-spectrogram_fft<n>_hop<h>.pt2 (wave -> power) and mel_<key>.pt2 (power -> mel). One STFT per n_fft serves
-every mel whose hop is a multiple of the shortest; networks run in bf16 on CPUs that have it (--precision).
-Each soundscape is cut into 5-s windows (the last one zero-padded); row_id is <file stem>_<end second>.
-The ensemble is the mean of the models' sigmoid probabilities; then per file
-p[t] + w * (p[t-1] + p[t+1]), divided by 1 + 2w (the seed's post-processing with w = 0.5; the constant divisor
-keeps values in [0, 1] and changes no ranking). Models run in order of value for cost and are dropped, with a
-warning, when the projected time would pass --budget-min; a complete submission is always written.
+In a notebook cell (a Jupyter kernel) the kernel's own argv is ignored: the file runs with the defaults below.
+Reads: --models, a folder written by `make ensemble`: manifest.json and, per model, <name>.json (mel settings,
+image size, classes, value, cost), <name>.onnx (for OpenVINO / ONNX Runtime) and <name>.ts (TorchScript, for
+--backend torch); nothing in it needs torch.export, so an ensemble exported under a newer torch loads here.
+The mel front end is defined in this file (common.py imports it for training): one STFT per n_fft serves every
+mel whose hop is a multiple of the shortest. Each soundscape is cut into 5-s windows (the last zero-padded);
+row_id is <file stem>_<end second>. The ensemble is the mean of the models' sigmoid probabilities; then per
+file p[t] + w * (p[t-1] + p[t+1]), divided by 1 + 2w (the seed's post-processing with w = 0.5; the divisor keeps
+values in [0, 1] and changes no ranking). Models run in order of value for cost and are dropped, with a
+warning, when the projected time would pass --budget-min. Writes --out: a complete submission, always, with
+the columns of the sample_submission.csv beside the audio folder.
 """
 import argparse
 import contextlib
@@ -21,42 +25,90 @@ import glob
 import json
 import math
 import os
+import re
 import sys
 import time
 import warnings
+from collections import Counter, namedtuple
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn as nn
 
-STARTED = time.time()
 SAMPLE_RATE = 32000
 WINDOW_SECONDS = 5
 WINDOW_SAMPLES = SAMPLE_RATE * WINDOW_SECONDS
+EXPORT_FORMAT = 2         # <name>.json's "format": 2 = ONNX + TorchScript networks, mel settings (no .pt2)
 
 # defaults: a Kaggle kernel with the competition data and the exported ensemble attached
-audio_dir = "/kaggle/input/birdclef-2024/test_soundscapes"
+# searched for the ensemble (any manifest.json) and the competition's audio; the variable serves tests and
+# other hosts, where the file is pasted unchanged
+kaggle_root = os.environ.get("BIRDCLEF_KAGGLE_ROOT", "/kaggle/input")
 out_file = "submission.csv"
-budget_min = 110.0        # Kaggle stops at 120 minutes; the seed set a 2-hour guard
+budget_min = 80.0         # Kaggle stops at 90 minutes from BirdCLEF 2025 on (120 in 2024); leaves 10 for the rest
 pp_weight = 0.5           # neighbour smoothing weight (0 disables)
 threads = 4               # Kaggle's CPU kernels have 4 vCPUs
-default_seconds = 240     # windows written for a file whose length cannot even be read
+fallback_seconds = 60     # rows of an unreadable file when neither its header nor other files tell its length
 mel_chunk = 4             # windows per mel call: a few windows' spectra stay in cache (~3x faster than 48 at once)
 network_pixels = 8 * 256 * 256  # image pixels per network call: 8 windows of 256x256 beat 48 by ~10% (cache)
+
+
+class InferError(Exception):
+    """Bad input (no ensemble, a class mismatch, an old export): main prints one line and exits 2."""
 
 
 def warn(message):
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def find_models_dir():
-    """The first attached folder holding a manifest.json (Kaggle datasets live under /kaggle/input)."""
-    for pattern in ("/kaggle/input/*/manifest.json", "/kaggle/input/*/*/manifest.json", "work/ensemble/manifest.json"):
-        found = sorted(glob.glob(pattern))
-        if found:
-            return os.path.dirname(found[0])
-    return None
+def in_notebook():
+    """True in a Jupyter kernel's cell, where sys.argv holds the kernel's own flags (-f kernel.json), not ours.
+    (`%run infer.py ...` sets argv[0] to this file and keeps its arguments.)"""
+    return "ipykernel" in sys.modules and "kernel" in os.path.basename(sys.argv[0] if sys.argv else "")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what is attached: the ensemble and the competition under the Kaggle root
+
+
+def find_models_dir(root=kaggle_root):
+    """The folder of the one manifest.json under root (Kaggle datasets and Models, at any depth), else
+    work/ensemble. Several found: an InferError listing them."""
+    found = []
+    if os.path.isdir(root):
+        for folder, subfolders, files in os.walk(root, followlinks=True):
+            if "manifest.json" in files:
+                found.append(folder)
+            subfolders[:] = [s for s in sorted(subfolders) if not s.endswith("_audio")]  # skip big audio trees
+    if len(found) > 1:
+        raise InferError(f"{len(found)} ensembles attached ({', '.join(sorted(found))}); pass --models DIR")
+    if found:
+        return found[0]
+    return "work/ensemble" if os.path.isfile("work/ensemble/manifest.json") else None
+
+
+def find_audio_dir(root=kaggle_root):
+    """test_soundscapes of the newest attached competition (birdclef-2026 before birdclef-2025), or None."""
+    def year(folder):
+        numbers = re.findall(r"\d+", os.path.basename(os.path.dirname(folder)))
+        return (int(numbers[-1]) if numbers else -1, folder)
+    found = glob.glob(os.path.join(root, "birdclef*", "test_soundscapes"))
+    return max(found, key=year) if found else None
+
+
+def sample_submission_columns(audio_dir, given=None):
+    """(class columns or None when there is no file, path) of sample_submission.csv: given, else the one
+    beside the audio folder."""
+    path = given or os.path.join(os.path.dirname(os.path.abspath(audio_dir)), "sample_submission.csv")
+    if not os.path.isfile(path):
+        if given:
+            raise InferError(f"sample submission not found: {given}")
+        return None, path
+    columns = list(pd.read_csv(path, nrows=0, dtype=str).columns)
+    return [c for c in columns if c != "row_id"], path
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -101,13 +153,15 @@ def windows_of(audio, n_windows=None):
 
 
 def count_windows(path):
-    """Number of windows of a file from its header alone (for the rows of an undecodable file)."""
+    """Number of windows of a file from its header alone (the rows of an undecodable file), None if unreadable."""
     try:
         import soundfile as sf
         info = sf.info(path)
-        return max(1, math.ceil(info.frames / info.samplerate / WINDOW_SECONDS))
+        if info.frames > 0 and info.samplerate > 0:
+            return max(1, math.ceil(info.frames / info.samplerate / WINDOW_SECONDS - 1e-9))
     except Exception:
-        return default_seconds // WINDOW_SECONDS
+        pass
+    return None
 
 
 def smooth_neighbours(probs, weight=pp_weight):
@@ -118,42 +172,169 @@ def smooth_neighbours(probs, weight=pp_weight):
     return (probs + weight * (padded[:-2] + padded[2:])) / (1 + 2 * weight)
 
 
+
+
+# ----------------------------------------------------------------------------------------------------------
+# mel front end: the one implementation, used by training (common.py imports it) and here
+
+
+def mel_filterbank(n_freqs, n_mels, f_min, f_max, sample_rate):
+    """(n_freqs, n_mels) triangular filters on the HTK mel scale, peak 1, over the rfft bin frequencies."""
+    def hz_to_mel(f):
+        return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+    def mel_to_hz(m):
+        return 700.0 * (10.0 ** (np.asarray(m) / 2595.0) - 1.0)
+
+    bins = np.linspace(0, sample_rate / 2, n_freqs)
+    edges = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
+    rising = (bins[:, None] - edges[None, :-2]) / (edges[1:-1] - edges[:-2])[None, :]
+    falling = (edges[None, 2:] - bins[:, None]) / (edges[2:] - edges[1:-1])[None, :]
+    return np.clip(np.minimum(rising, falling), 0.0, None).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class MelSettings:
+    """What decides a mel image; models with equal settings share one mel computation at inference."""
+    n_mels: int = 128
+    hop_length: int = 512
+    n_fft: int = 2048
+    f_min: float = 20.0
+    f_max: float = 16000.0
+    sample_rate: int = SAMPLE_RATE
+    top_db: float = 80.0
+
+    @property
+    def key(self):
+        return f"mel{self.n_mels}_hop{self.hop_length}_fft{self.n_fft}_{self.f_min:g}-{self.f_max:g}Hz"
+
+    @property
+    def frames(self):  # frames of one centred 5-s window
+        return WINDOW_SAMPLES // self.hop_length + 1
+
+
+class PowerSpectrogram(nn.Module):
+    """(B, samples) waveform -> (B, n_fft // 2 + 1, frames) power |STFT|^2, centred, Hann window.
+
+    Frame k is centred on sample k * hop_length, so the spectrogram at a hop m times longer is frames [::m] of
+    this one: at inference, mels that share n_fft share one STFT (FrontEnd).
+    """
+
+    def __init__(self, n_fft, hop_length):
+        super().__init__()
+        self.n_fft, self.hop_length = n_fft, hop_length
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+
+    def forward(self, wave):
+        spec = torch.stft(wave.float(), self.n_fft, self.hop_length, window=self.window, center=True,
+                          return_complex=True)
+        return spec.real ** 2 + spec.imag ** 2
+
+
+class MelImage(nn.Module):
+    """(B, n_fft // 2 + 1, frames) power -> (B, 1, n_mels, frames): mel filterbank -> 10*log10 -> floor at
+    max - top_db -> per-sample min-max to [0, 1].
+
+    The filterbank is applied in bands of 16 mel filters, each only over the frequency bins its filters cover
+    (a triangular filter is zero elsewhere): the same sums, about an eighth of a dense matmul's work.
+    """
+
+    band = 16
+
+    def __init__(self, settings):
+        super().__init__()
+        self.top_db = settings.top_db
+        fb = mel_filterbank(settings.n_fft // 2 + 1, settings.n_mels, settings.f_min, settings.f_max,
+                            settings.sample_rate).T  # (n_mels, n_freqs)
+        self.bins = []  # (first, end) frequency bin of each band
+        for k, start in enumerate(range(0, len(fb), self.band)):
+            rows = fb[start:start + self.band]
+            used = np.flatnonzero(rows.any(axis=0))
+            first, end = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 1)
+            self.bins.append((first, end))
+            self.register_buffer(f"filters{k}", torch.from_numpy(rows[:, first:end].copy()), persistent=False)
+
+    def forward(self, power):
+        mel = torch.cat([torch.matmul(getattr(self, f"filters{k}"), power[:, first:end])
+                         for k, (first, end) in enumerate(self.bins)], dim=1)
+        db = 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
+        top = db.amax(dim=(1, 2), keepdim=True)
+        db = torch.maximum(db, top - self.top_db)
+        low = db.amin(dim=(1, 2), keepdim=True)
+        return ((db - low) / (top - low + 1e-6)).unsqueeze(1)
+
+
+class MelFrontEnd(nn.Module):
+    """(B, samples) waveform -> (B, 1, n_mels, frames) mel power in dB, scaled to [0, 1] per sample:
+    PowerSpectrogram then MelImage. Call it outside autocast: it must run in float32 (fp16 power overflows,
+    and its dB underflows).
+    """
+
+    def __init__(self, settings=MelSettings()):
+        super().__init__()
+        self.settings = settings
+        self.spectrogram = PowerSpectrogram(settings.n_fft, settings.hop_length)
+        self.image = MelImage(settings)
+
+    def forward(self, wave):
+        return self.image(self.spectrogram(wave))
+
+
+class FrontEnd:
+    """Every distinct mel of an ensemble from one batch of 5-s windows, each STFT computed once.
+
+    Built from the models' mel settings. A mel whose hop is a multiple m of another's with the same n_fft
+    takes frames [::m] of that power spectrogram (frame k is centred on sample k * hop): the same numbers,
+    one STFT. __call__((B, samples) tensor) -> {mel_key: (B, 1, n_mels, frames) tensor}.
+    """
+
+    def __init__(self, settings):
+        distinct = {s.key: s for s in settings}
+        self.spectrograms, self.mels = {}, {}   # (n_fft, hop) -> module; mel_key -> ((n_fft, hop), stride, module)
+        for key, s in distinct.items():
+            hop = min(o.hop_length for o in distinct.values() if o.n_fft == s.n_fft and s.hop_length % o.hop_length == 0)
+            if (s.n_fft, hop) not in self.spectrograms:
+                self.spectrograms[(s.n_fft, hop)] = PowerSpectrogram(s.n_fft, hop).eval()
+            self.mels[key] = ((s.n_fft, hop), s.hop_length // hop, MelImage(s).eval())
+
+    def __call__(self, windows):
+        parts = {key: [] for key in self.mels}
+        with torch.no_grad():
+            for chunk in windows.split(mel_chunk):
+                powers = {source: module(chunk) for source, module in self.spectrograms.items()}
+                for key, (source, stride, mel) in self.mels.items():
+                    parts[key].append(mel(powers[source][..., ::stride]))
+        return {key: torch.cat(p) for key, p in parts.items()}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # models
-
-
-def load_program(path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.export.load(path).module()
 
 
 class Network:
     """One exported model: run(mel (B, 1, n_mels, frames) float32 tensor) -> (B, classes) logits numpy."""
 
     def __init__(self, folder, spec, backend, n_threads, precision="f32"):
-        self.name, self.mel_key, self.classes = spec["name"], spec["mel_key"], spec["classes"]
+        self.name, self.classes = spec["name"], spec["classes"]
+        self.mel_settings = MelSettings(**spec["mel_settings"])
+        self.mel_key = self.mel_settings.key
         self.value, self.cost = float(spec.get("value") or 0.0), float(spec.get("cost") or 1.0)
         self.windows_per_call = max(1, network_pixels // (int(spec["image_height"]) * int(spec["image_width"])))
         if math.isnan(self.value):
             self.value = 0.0
         self.backend, self.precision = backend, "f32"   # the precision it computes in
-        onnx_path = os.path.join(folder, spec["name"] + ".onnx")
+        onnx_path = os.path.join(folder, spec["onnx"])
         if backend == "openvino":
             import openvino as ov
             core = ov.Core()
-            if os.path.exists(onnx_path):
-                model = core.read_model(onnx_path)
-            else:
-                model = ov.convert_model(torch.export.load(os.path.join(folder, spec["network"])))
             # explicit, since OpenVINO would pick bf16 by itself on some CPUs; bf16 only where it is native
             native_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
             if precision == "bf16" and not native_bf16:
                 warn("this CPU has no native bf16; running in f32")
             float_precision = "bf16" if precision in ("bf16", "auto") and native_bf16 else "f32"
-            compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": n_threads,
-                                                         "PERFORMANCE_HINT": "LATENCY",
-                                                         "INFERENCE_PRECISION_HINT": float_precision})
+            compiled = core.compile_model(core.read_model(onnx_path), "CPU", {
+                "INFERENCE_NUM_THREADS": n_threads, "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_PRECISION_HINT": float_precision})
             self.precision = float_precision
             self.request = compiled.create_infer_request()
             self.run = lambda mel: self.request.infer([mel.numpy()])[0]  # logits() copies it out
@@ -165,8 +346,14 @@ class Network:
             name = session.get_inputs()[0].name
             self.run = lambda mel: session.run(None, {name: mel.numpy()})[0]
         else:
-            program = load_program(os.path.join(folder, spec["network"]))
-            self.run = lambda mel: program(mel).numpy()
+            with warnings.catch_warnings():  # newer torch notes that TorchScript is deprecated; it loads
+                warnings.simplefilter("ignore")
+                module = torch.jit.load(os.path.join(folder, spec["torchscript"]), map_location="cpu").eval()
+
+            def run(mel):
+                with torch.no_grad():
+                    return module(mel).numpy()
+            self.run = run
 
     def logits(self, mel):
         """(B, classes) float32 logits, computed windows_per_call windows at a time."""
@@ -175,92 +362,70 @@ class Network:
 
 
 def available_backends(folder, specs):
+    """Installed backends that can run these models, fastest first: OpenVINO, ONNX Runtime, torch."""
     found = ["torch"]
-    try:
-        import openvino  # noqa: F401
-        found.insert(0, "openvino")
-    except ImportError:
-        pass
-    try:
-        import onnxruntime  # noqa: F401
-        if all(os.path.exists(os.path.join(folder, s["name"] + ".onnx")) for s in specs):
-            found.insert(1 if found[0] == "openvino" else 0, "onnx")
-    except ImportError:
-        pass
-    return found  # fastest first: OpenVINO, ONNX Runtime, torch
+    has_onnx = all(os.path.exists(os.path.join(folder, s["onnx"])) for s in specs)
+    for module, backend in (("onnxruntime", "onnx"), ("openvino", "openvino")):
+        try:
+            __import__(module)
+        except ImportError:
+            continue
+        if has_onnx:
+            found.insert(0, backend)
+    return found
 
 
-class FrontEnd:
-    """Every distinct mel of an ensemble from one batch of 5-s windows, each STFT computed once.
-
-    Exported per model: spectrogram_<fft/hop>.pt2 (wave -> power) and mel_<key>.pt2 (power -> mel image), from
-    the code that trained it. A mel whose hop is a multiple m of another's with the same n_fft takes frames [::m]
-    of that power spectrogram (frame k is centred on sample k * hop): the same numbers, one STFT.
-    __call__((B, samples) tensor) -> {mel_key: (B, 1, n_mels, frames) tensor}.
-    """
-
-    def __init__(self, folder, specs):
-        distinct = {s["mel_key"]: s for s in specs}
-        self.spectrograms, self.mels = {}, {}   # file -> program; mel_key -> (spectrogram file, stride, program)
-        for key, spec in distinct.items():
-            n_fft, hop = spec["mel_settings"]["n_fft"], spec["mel_settings"]["hop_length"]
-            source = min((s for s in distinct.values() if s["mel_settings"]["n_fft"] == n_fft
-                          and hop % s["mel_settings"]["hop_length"] == 0),
-                         key=lambda s: s["mel_settings"]["hop_length"])
-            if source["spectrogram"] not in self.spectrograms:
-                self.spectrograms[source["spectrogram"]] = load_program(os.path.join(folder, source["spectrogram"]))
-            self.mels[key] = (source["spectrogram"], hop // source["mel_settings"]["hop_length"],
-                              load_program(os.path.join(folder, spec["mel"])))
-
-    def __call__(self, windows):
-        parts = {key: [] for key in self.mels}
-        with torch.no_grad():
-            for chunk in windows.split(mel_chunk):
-                powers = {file: program(chunk) for file, program in self.spectrograms.items()}
-                for key, (file, stride, mel) in self.mels.items():
-                    parts[key].append(mel(powers[file][..., ::stride]))
-        return {key: torch.cat(p) for key, p in parts.items()}
+Ensemble = namedtuple("Ensemble", "networks front_end classes backend")
 
 
-def load_ensemble(folder, backend, n_threads, precision="f32"):
-    """manifest.json -> (networks sorted by value for cost, their FrontEnd, classes, backend)."""
+def read_specs(folder):
+    """manifest.json and each model's <name>.json -> [spec]; an export of an older version is an InferError."""
     manifest_path = os.path.join(folder or "", "manifest.json")
     if not folder or not os.path.isfile(manifest_path):
-        raise SystemExit(f"error: no ensemble found (manifest.json) in {folder!r}; pass --models DIR")
+        raise InferError(f"no ensemble found (manifest.json) in {folder!r}; pass --models DIR")
     with open(manifest_path) as f:
         manifest = json.load(f)
     specs = []
     for name in manifest["models"]:
         with open(os.path.join(folder, f"{name}.json")) as f:
             specs.append(json.load(f))
-    for s in specs:
-        if "spectrogram" not in s:
-            raise SystemExit(f"error: {s['name']}.json comes from an older export (no spectrogram program); "
-                             f"export it again with this version's soup.py")
+    old = [s["name"] for s in specs if s.get("format") != EXPORT_FORMAT]
+    if old:
+        sources = " ".join(manifest.get("sources") or ["<model dir>"])
+        raise InferError(f"{folder} was exported by an older version of this project (model {', '.join(old)}); "
+                         f"re-export it with this version: for each model dir, python soup.py --model-dir DIR, "
+                         f"then python soup.py bundle --out {folder} {sources}")
+    return specs
+
+
+def load_ensemble(folder, backend, n_threads, precision="f32"):
+    """manifest.json -> Ensemble(networks sorted by value for cost, their FrontEnd, classes, backend)."""
+    specs = read_specs(folder)
     backends = available_backends(folder, specs)
     if backend == "auto":
         backend = backends[0]
     elif backend not in backends:
-        raise SystemExit(f"error: backend {backend} is not available here (available: {', '.join(backends)})")
-    classes = specs[0]["classes"]
-    if any(s["classes"] != classes for s in specs):
-        raise SystemExit("error: the ensemble's models disagree on the class list")
+        raise InferError(f"backend {backend} is not available here (available: {', '.join(backends)})")
+    classes = [str(c) for c in specs[0]["classes"]]
+    if any([str(c) for c in s["classes"]] != classes for s in specs):
+        raise InferError("the ensemble's models disagree on the class list")
     if backend != "openvino" and precision == "bf16":
         warn(f"--precision {precision} applies to OpenVINO only; {backend} runs in f32")
     networks = [Network(folder, s, backend, n_threads, precision) for s in specs]
     networks.sort(key=lambda n: n.value / n.cost, reverse=True)
-    front_end = FrontEnd(folder, specs)
+    front_end = FrontEnd([n.mel_settings for n in networks])
     print(f"{len(networks)} models ({backend}, {networks[0].precision}): " + ", ".join(n.name for n in networks),
           flush=True)
-    return networks, front_end, classes, backend
+    return Ensemble(networks, front_end, classes, backend)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # the run
 
 
-def prepare(path, front_end):
-    """Decode one file and compute each distinct mel once: (n_windows, {mel_key: mel tensor}) or an error."""
+def decode_and_mel(path, front_end):
+    """Decode one file and compute each distinct mel once: (n_windows, {mel_key: mel tensor}, None), or
+    (n_windows from the header or None, None, error) when it cannot be decoded."""
     try:
         windows = torch.from_numpy(windows_of(read_audio(path)))
         return len(windows), front_end(windows), None
@@ -279,36 +444,54 @@ def torch_threads(n):
         torch.set_num_threads(before)
 
 
-def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefetch=2, log=True):
-    """Ensemble probabilities for each file: {path: (n_windows, classes) array, or None if unreadable}.
+def drop_over_budget(active, per_model, seconds_so_far, done, remaining, elapsed, budget_s):
+    """Drop the least valuable-for-cost models (from the end of `active`) while the projected end, at the
+    measured seconds per file, passes budget_s. seconds_so_far: {name or "prep": seconds over `done` files}."""
+    while len(active) > 1 and elapsed + remaining * (
+            seconds_so_far["prep"] + sum(seconds_so_far[n.name] for n in active)) / done > budget_s:
+        dropped = active.pop()
+        per_model.pop(dropped.name)
+        warn(f"time budget: dropping model {dropped.name} (projected end past {budget_s / 60:.0f} min)")
+
+
+Predictions = namedtuple("Predictions", "probs n_windows used seconds")
+
+
+def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefetch=2, log=True, started=None):
+    """Ensemble probabilities of each file, as Predictions:
+    probs {path: (n_windows, classes) array, or None if unreadable}, n_windows {path: rows, None if unknown},
+    used (names of the models kept), seconds {name: network seconds}.
 
     Decoding and mels run in a thread pool ahead of the networks. When `budget_s` is given and the projected
-    end passes it, the least valuable-for-cost models are dropped (their predictions discarded everywhere).
+    end (counted from `started`, default now) passes it, the least valuable-for-cost models are dropped
+    (their predictions discarded everywhere); past the budget the remaining files get no prediction.
     """
     try:
         from tqdm import tqdm
     except ImportError:
         def tqdm(x, **_):
             return x
+    started = time.time() if started is None else started
     active = list(networks)
     per_model = {n.name: {} for n in networks}   # name -> {path: probs}
     seconds = {n.name: 0.0 for n in networks}   # network time so far
-    prep_seconds, n_windows_of, results = 0.0, {}, {}
+    seconds["prep"] = 0.0
+    n_windows_of, results = {}, {}
     # OpenVINO and ONNX Runtime have thread pools of their own; torch then only computes mels, one file per
     # prefetching worker, and more torch threads would contend with the networks' (~6% slower, measured)
     mel_threads = torch.get_num_threads() if any(n.backend == "torch" for n in networks) else 1
     with ThreadPoolExecutor(max(1, prefetch)) as pool, torch_threads(mel_threads):
-        futures = [pool.submit(prepare, p, front_end) for p in paths[:prefetch]]
+        futures = [pool.submit(decode_and_mel, p, front_end) for p in paths[:prefetch]]
         for i, path in enumerate(tqdm(paths, desc="soundscapes", unit="file", disable=not log)):
             began = time.time()
             n_windows, mel_batches, error = futures[i].result()
             futures[i] = None
             if i + prefetch < len(paths):
-                futures.append(pool.submit(prepare, paths[i + prefetch], front_end))
-            prep_seconds += time.time() - began
+                futures.append(pool.submit(decode_and_mel, paths[i + prefetch], front_end))
+            seconds["prep"] += time.time() - began
             n_windows_of[path] = n_windows
             if error:
-                warn(f"{path}: unreadable ({error}); its {n_windows} rows get neutral values")
+                warn(f"{path}: unreadable ({error}); its rows get neutral values")
                 continue
             with torch.no_grad():
                 for net in active:
@@ -317,38 +500,36 @@ def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefe
                     per_model[net.name][path] = torch.sigmoid(logits).numpy()
                     seconds[net.name] += time.time() - t
             if budget_s is not None:
-                done = i + 1
-                remaining = len(paths) - done
-                elapsed = time.time() - STARTED
-                while len(active) > 1 and elapsed + remaining * (
-                        prep_seconds + sum(seconds[n.name] for n in active)) / done > budget_s:
-                    dropped = active.pop()
-                    per_model.pop(dropped.name)
-                    warn(f"time budget: dropping model {dropped.name} (projected end past {budget_s / 60:.0f} min)")
+                done, elapsed = i + 1, time.time() - started
+                drop_over_budget(active, per_model, seconds, done, len(paths) - done, elapsed, budget_s)
                 if elapsed > budget_s:
-                    warn(f"time budget spent after {done} files; the remaining {remaining} get neutral rows")
+                    warn(f"time budget spent after {done} files; the remaining {len(paths) - done} get neutral rows")
                     for rest in paths[done:]:
                         n_windows_of[rest] = count_windows(rest)
                     break
     for path in paths:
         preds = [per_model[n.name][path] for n in active if path in per_model[n.name]]
         results[path] = smooth_neighbours(np.mean(preds, axis=0), pp) if len(preds) == len(active) else None
-    return results, n_windows_of, [n.name for n in active], seconds
+    seconds.pop("prep")
+    return Predictions(results, n_windows_of, [n.name for n in active], seconds)
 
 
 def submission_frame(paths, results, n_windows_of, classes):
-    """Rows <stem>_<end second> for every window of every file; unreadable files get the mean prediction."""
+    """Rows <stem>_<end second> for every window of every file. A file without predictions gets the mean
+    prediction, on as many rows as its header gives, else as the most common file length here."""
     known = [r for r in results.values() if r is not None]
     neutral = np.concatenate(known).mean(0) if known else np.full(len(classes), 0.5)
+    counts = [len(r) for r in known] + [n for n in n_windows_of.values() if n]
+    usual = Counter(counts).most_common(1)[0][0] if counts else fallback_seconds // WINDOW_SECONDS
     row_ids, blocks = [], []
     for path in paths:
         stem = os.path.splitext(os.path.basename(path))[0]
         probs = results.get(path)
-        n = len(probs) if probs is not None else n_windows_of.get(path, default_seconds // WINDOW_SECONDS)
+        n = len(probs) if probs is not None else (n_windows_of.get(path) or usual)
         blocks.append(probs if probs is not None else np.tile(neutral, (n, 1)))
         row_ids += [f"{stem}_{(w + 1) * WINDOW_SECONDS}" for w in range(n)]
     values = np.concatenate(blocks).astype(np.float32) if blocks else np.zeros((0, len(classes)), np.float32)
-    frame = pd.DataFrame(np.clip(values, 0, 1), columns=classes)
+    frame = pd.DataFrame(np.clip(values, 0, 1), columns=list(classes))
     frame.insert(0, "row_id", row_ids)
     return frame
 
@@ -360,50 +541,85 @@ def list_audio(folder):
     return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(extensions))
 
 
+def check_columns(classes, columns, sample_path):
+    """The submission's class order: the sample submission's when it has the models' classes; else an
+    InferError naming the differences (raised before any audio is read)."""
+    if columns is None:
+        return list(classes)
+    missing, extra = sorted(set(columns) - set(classes)), sorted(set(classes) - set(columns))
+    if missing or extra:
+        def few(names):
+            return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+        raise InferError(f"{sample_path} and the ensemble's classes differ: "
+                         + "; ".join(part for part in (
+                             f"{len(missing)} not in the models: {few(missing)}" if missing else "",
+                             f"{len(extra)} not in the sample submission: {few(extra)}" if extra else "") if part))
+    return columns
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """--help keeps the docstring's examples and shows every default."""
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--models", default=None, help="exported ensemble folder (default: the first attached "
-                   "/kaggle/input/*/ folder with a manifest.json, else work/ensemble)")
-    p.add_argument("--audio", default=audio_dir, help="folder of soundscapes to score")
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="infer.py", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--kaggle-root", default=kaggle_root, help="where attached datasets, models and the "
+                   "competition are looked for")
+    p.add_argument("--models", default=None, help="exported ensemble folder (default: the one folder with a "
+                   "manifest.json under --kaggle-root, at any depth, else work/ensemble)")
+    p.add_argument("--audio", default=None, help="folder of soundscapes to score (default: test_soundscapes of "
+                   "the newest <kaggle-root>/birdclef-*)")
     p.add_argument("--out", default=out_file, help="submission CSV to write")
     p.add_argument("--sample-submission", help="its columns give the class order (default: "
                    "sample_submission.csv beside the audio folder, if there)")
     p.add_argument("--threads", type=int, default=threads, help="CPU threads")
     p.add_argument("--backend", default="auto", choices=["auto", "openvino", "onnx", "torch"],
-                   help="auto takes the fastest installed: openvino, then onnx (if .onnx files), then torch")
+                   help="auto takes the fastest installed: openvino, then onnx, then torch (TorchScript)")
     p.add_argument("--precision", default="auto", choices=["auto", "f32", "bf16"],
                    help="OpenVINO's float precision. auto: bf16 on CPUs that compute it natively (AVX512-BF16, "
                    "AMX; on the demo it changed the ensemble's AUC by less than 0.001), else f32; f32: exact")
-    p.add_argument("--budget-min", type=float, default=budget_min, help="time budget in minutes")
+    p.add_argument("--budget-min", type=float, default=budget_min, help="time budget in minutes, counted "
+                   "from the start of main")
     p.add_argument("--pp-weight", type=float, default=pp_weight, help="neighbour smoothing weight; 0 disables")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def run(args, started):
     torch.set_num_threads(max(1, args.threads))
-    networks, front_end, classes, _ = load_ensemble(args.models or find_models_dir(), args.backend, args.threads,
-                                                    args.precision)
-    paths = list_audio(args.audio)
+    audio = args.audio or find_audio_dir(args.kaggle_root)
+    if audio is None:
+        raise InferError(f"no {args.kaggle_root}/birdclef-*/test_soundscapes found; pass --audio DIR")
+    models = args.models or find_models_dir(args.kaggle_root)
+    columns, sample_path = sample_submission_columns(audio, args.sample_submission)
+    order = check_columns([str(c) for c in read_specs(models)[0]["classes"]], columns, sample_path)
+    networks, front_end, classes, _ = load_ensemble(models, args.backend, args.threads, args.precision)
+    paths = list_audio(audio)
     if not paths:
-        warn(f"no audio files in {args.audio}; writing a submission with no rows")
-    results, n_windows_of, used, seconds = predict_files(paths, networks, front_end, args.budget_min * 60,
-                                                         args.pp_weight)
-    frame = submission_frame(paths, results, n_windows_of, classes)
-    sample = args.sample_submission or os.path.join(os.path.dirname(os.path.abspath(args.audio)),
-                                                    "sample_submission.csv")
-    if os.path.isfile(sample):
-        order = [c for c in pd.read_csv(sample, nrows=0).columns if c != "row_id"]
-        if set(order) == set(classes):
-            frame = frame[["row_id"] + order]
-        else:
-            warn(f"{sample}: its columns differ from the models' classes; keeping the models' order")
+        warn(f"no audio files in {audio}; writing a submission with no rows")
+    predictions = predict_files(paths, networks, front_end, args.budget_min * 60, args.pp_weight,
+                                started=started)
+    frame = submission_frame(paths, predictions.probs, predictions.n_windows, classes)[["row_id"] + order]
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = args.out + ".tmp"
     frame.to_csv(tmp, index=False)
     os.replace(tmp, args.out)
-    print(f"wrote {args.out}: {len(frame)} rows, {len(paths)} files, models {', '.join(used)}, "
-          f"{time.time() - STARTED:.1f} s", flush=True)
+    print(f"wrote {args.out}: {len(frame)} rows, {len(paths)} files, models {', '.join(predictions.used)}, "
+          f"{time.time() - started:.1f} s", flush=True)
+    return frame
+
+
+def main(argv=None):
+    """Run with argv (a list of flags); None means the command line, or no flags inside a notebook kernel.
+    Bad input: one line on stderr and SystemExit(2). Returns the submission frame."""
+    started = time.time()
+    if argv is None:
+        argv = [] if in_notebook() else sys.argv[1:]
+    args = parse_args(argv)
+    try:
+        return run(args, started)
+    except InferError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":

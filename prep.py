@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common import (SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, CachePaths, HelpFormatter, UserError,
-                    first_five_seconds, list_audio, parse_label_list, read_audio, run_main, windows_of)
+from common import (LABEL_COLUMNS, SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, CachePaths, HelpFormatter, UserError,
+                    first_five_seconds, list_audio, parse_label_list, read_audio, run_main, swap_in, windows_of)
 
 # defaults
 threads = os.cpu_count() or 2
@@ -35,18 +35,18 @@ seed = 42
 REQUIRED_COLUMNS = ("primary_label", "filename")
 
 
-def read_csv(path, what):
+def read_csv(path, what, **options):
     if not os.path.isfile(path):
         raise UserError(f"missing {what}: {path}")
     try:
-        return pd.read_csv(path)
+        return pd.read_csv(path, **options)
     except Exception as err:  # pandas raises many kinds of parse errors
         raise UserError(f"cannot read {what} {path}: {err}")
 
 
 def read_metadata(path, audio_root, source):
     """A metadata CSV -> rows with absolute audio paths and the cache's columns."""
-    meta = read_csv(path, "metadata CSV")
+    meta = read_csv(path, "metadata CSV", dtype={c: str for c in LABEL_COLUMNS})  # "0123" stays "0123"
     missing = [c for c in REQUIRED_COLUMNS if c not in meta.columns]
     if missing:
         raise UserError(f"{path} lacks required column(s): {', '.join(missing)}")
@@ -84,7 +84,7 @@ def class_list(data, rows):
         return [c for c in pd.read_csv(sample, nrows=0).columns if c != "row_id"]
     taxonomy = os.path.join(data, "taxonomy.csv")
     if os.path.isfile(taxonomy):
-        return [str(c) for c in read_csv(taxonomy, "taxonomy")["primary_label"]]
+        return list(read_csv(taxonomy, "taxonomy", dtype={"primary_label": str})["primary_label"])
     return sorted(set(rows["primary_label"]))
 
 
@@ -128,18 +128,31 @@ def write_training_audio(rows, out_path, n_threads):
                 audio[len(good)] = wave
                 good.append(i)
     audio.flush()
-    if not bad:  # the usual case: every row decoded, the array is already the final one
-        del audio
-        os.replace(out_path + ".all", out_path)
-        return rows.reset_index(drop=True), bad
-    # compact to the good rows (copying in chunks keeps memory flat)
-    final = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float16, shape=(len(good), WINDOW_SAMPLES))
-    for start in range(0, len(good), 4096):
-        final[start:start + 4096] = audio[start:min(start + 4096, len(good))]
-    final.flush()
-    del audio, final
-    os.remove(out_path + ".all")
+    del audio
+    if bad:  # the good rows were written densely: drop the unused tail in place, no second array on disk
+        shrink_npy_rows(out_path + ".all", len(good))
+    os.replace(out_path + ".all", out_path)
     return rows.iloc[good].reset_index(drop=True), bad
+
+
+def shrink_npy_rows(path, n_rows):
+    """Keep the first n_rows of a C-order .npy array in place: rewrite the header's shape (padded to its old
+    length, as numpy pads it) and truncate the file. No copy, so neither memory nor disk grows."""
+    with open(path, "r+b") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(f)
+        offset = f.tell()
+        if fortran_order:
+            raise ValueError(f"{path}: not a C-order array")
+        header = repr(dict(descr=np.lib.format.dtype_to_descr(dtype), fortran_order=False,
+                           shape=(n_rows,) + tuple(shape[1:])))
+        prefix = 10 if version == (1, 0) else 12  # magic, version, header length field
+        padded = header.ljust(offset - prefix - 1) + "\n"
+        f.seek(prefix)
+        f.write(padded.encode("latin1"))
+        f.truncate(offset + n_rows * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
 
 
 def soundscape_info(path):
@@ -197,11 +210,8 @@ def write_unlabeled_windows(unlabeled, audio_path, table_path, cap, rng, n_threa
             row += len(windows)
     out.flush()
     del out
-    if row < len(chosen):  # drop the rows of files that failed to decode
-        full = np.load(audio_path, mmap_mode="r")
-        np.save(audio_path + ".tmp.npy", np.asarray(full[:row]))
-        del full
-        os.replace(audio_path + ".tmp.npy", audio_path)
+    if row < len(chosen):  # drop the rows of files that failed to decode (in place: memory stays flat)
+        shrink_npy_rows(audio_path, row)
     pd.DataFrame(table, columns=["path", "end_second"]).to_csv(table_path, index=False)
     return bad
 
@@ -235,15 +245,7 @@ def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_w
     for path, reason in bad:
         print(f"skipped {path}: {reason}", file=sys.stderr)
 
-    # swap the finished cache in; the old one (if any) is removed only after the rename
-    if os.path.exists(out):
-        old = out.rstrip("/") + ".old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out)
+    swap_in(tmp, out)
     print(f"cache {out}: {len(rows)} training files, {len(classes)} classes, {len(unlabeled)} unlabeled "
           f"soundscapes ({unlabeled['n_windows'].sum() if len(unlabeled) else 0} windows), {len(bad)} skipped")
 

@@ -6,8 +6,8 @@
 The soup (seed, chapter 2): candidates are the saved epochs from the soup start (13 of 50 in the seed); walk
 them in order and keep an epoch when it beats the best value so far of any tracked metric (LRAP, cMAP, F1,
 AUC); average the kept epochs' weights (float tensors averaged, integer buffers such as num_batches_tracked
-from the last kept epoch). Writes soup.pt, export/ (the artifact infer.py loads: network, mel front end,
-settings, classes) and, last, soup.json (kept epochs, soup metrics, best single epoch).
+from the last kept epoch). Writes soup.pt, export/ (the artifact infer.py loads: the network as ONNX and
+TorchScript, mel settings, classes; see common.export_artifact) and, last, soup.json (kept epochs, soup metrics, best single epoch).
 """
 import argparse
 import json
@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from common import (TRACKED_METRICS, BirdNet, HelpFormatter, MelFrontEnd, MelSettings, UserError, all_metrics,
-                    atomic_write, export_artifact, run_main, save_json)
+                    atomic_write, export_artifact, run_main, save_json, swap_in)
 from train import load_split, predict
 
 # defaults
@@ -51,23 +51,6 @@ def average_state_dicts(states):
     return soup
 
 
-def export_onnx(model, mel_settings, path):
-    """Also write the network as ONNX (for --backend onnx / OpenVINO) when the onnx package is installed."""
-    try:
-        import onnx  # noqa: F401  (the legacy exporter needs it)
-    except ImportError:
-        return False
-    import warnings
-    example = MelFrontEnd(mel_settings)(torch.randn(2, 160000))
-    model = model.inference_form((mel_settings.n_mels, mel_settings.frames))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        atomic_write(path, lambda tmp: torch.onnx.export(
-            model, (example,), tmp, dynamo=False, input_names=["mel"], output_names=["logits"],
-            dynamic_axes={"mel": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17))
-    return True
-
-
 def make_soup(model_dir, cache, n_threads=threads, soup_start=None):
     torch.set_num_threads(max(1, n_threads))
     config_path, metrics_path = os.path.join(model_dir, "config.json"), os.path.join(model_dir, "metrics.csv")
@@ -76,31 +59,34 @@ def make_soup(model_dir, cache, n_threads=threads, soup_start=None):
     with open(config_path) as f:
         config = json.load(f)
     metrics = pd.read_csv(metrics_path)
-    kept = choose_epochs(metrics, soup_start or config["soup_start"])
+    soup_start = soup_start or config["soup_start"]
+    data = load_split(cache, config)
+    if data["classes"] != config["classes"]:
+        raise UserError(f"{model_dir}: the cache's classes differ from the ones the model was trained on")
+    validated = len(data["valid"]) > 0
+    # without validation (fold 'all') nothing can be chosen: every saved epoch from the soup start on
+    kept = choose_epochs(metrics, soup_start) if validated else \
+        [int(e) for e in metrics["epoch"] if e >= soup_start]
     if not kept:
-        raise UserError(f"{model_dir}: no saved epoch from the soup start {config['soup_start']} on")
+        raise UserError(f"{model_dir}: no saved epoch from the soup start {soup_start} on")
     states = [torch.load(os.path.join(model_dir, "epochs", f"epoch_{e:03d}.pt"), map_location="cpu")
               for e in kept]
     mel_settings = MelSettings(**config["mel_settings"])
     model = BirdNet(len(config["classes"]), config["image_height"], config["image_width"])
     model.load_state_dict(average_state_dicts(states))
-    data = load_split(cache, config)
-    if data["classes"] != config["classes"]:
-        raise UserError(f"{model_dir}: the cache's classes differ from the ones the model was trained on")
     probs = predict(model, MelFrontEnd(mel_settings), data["audio"][data["valid"]], torch.device("cpu"))
     soup_metrics = all_metrics(data["targets"][data["valid"]], probs)
-    best = metrics.loc[metrics["auc"].idxmax()]
+    best = metrics.loc[metrics["auc"].idxmax()] if metrics["auc"].notna().any() else None
     atomic_write(os.path.join(model_dir, "soup.pt"), lambda tmp: torch.save(model.state_dict(), tmp))
     name = f"model{config['id']}"
     export_dir = os.path.join(model_dir, "export")
     export_artifact(model, mel_settings, config["classes"], export_dir, name, value=soup_metrics["auc"])
-    export_onnx(model, mel_settings, os.path.join(export_dir, f"{name}.onnx"))
-    report = dict(kept_epochs=kept, soup=soup_metrics,
-                  best_single_epoch=dict(epoch=int(best["epoch"]), **{m: float(best[m]) for m in TRACKED_METRICS}),
-                  export=export_dir, name=name)
+    report = dict(kept_epochs=kept, soup=soup_metrics, validated=validated, best_single_epoch=None if best is None
+                  else dict(epoch=int(best["epoch"]), **{m: float(best[m]) for m in TRACKED_METRICS}), name=name)
     save_json(report, os.path.join(model_dir, "soup.json"))
     print(f"{model_dir}: soup of epochs {kept}: " + " ".join(f"{k}={v:.4f}" for k, v in soup_metrics.items())
-          + f" (best single epoch {int(best['epoch'])}: auc={best['auc']:.4f})")
+          + (f" (best single epoch {int(best['epoch'])}: auc={best['auc']:.4f})" if best is not None
+             else " (no validation rows: every epoch from the soup start on)"))
     return report
 
 
@@ -116,15 +102,15 @@ def bundle(out, model_dirs):
             raise UserError(f"{model_dir}: no soup.json (run soup.py --model-dir {model_dir} first)")
         with open(report_path) as f:
             report = json.load(f)
-        for item in os.listdir(report["export"]):
-            shutil.copy2(os.path.join(report["export"], item), os.path.join(tmp, item))
+        export_dir = os.path.join(model_dir, "export")  # beside soup.json: a moved work folder bundles its own
+        for item in os.listdir(export_dir):
+            shutil.copy2(os.path.join(export_dir, item), os.path.join(tmp, item))
         names.append(report["name"])
     if len(set(names)) != len(names):
         raise UserError(f"model names collide in the bundle: {names}")
     save_json(dict(models=names, sources=[os.path.abspath(d) for d in model_dirs]),
               os.path.join(tmp, "manifest.json"))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    swap_in(tmp, out)
     print(f"ensemble {out}: {', '.join(names)}")
 
 
@@ -138,7 +124,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model-dir", required=True, help="train.py's output folder of one model")
     p.add_argument("--cache", default="work/cache", help="prep.py's cache (for validating the soup)")
-    p.add_argument("--soup-start", type=int, help="first candidate epoch (default: the one train.py used)")
+    p.add_argument("--soup-start", type=int, help="first candidate epoch (default: the one train.py used); a model "
+                   "trained with fold 'all' has no validation, and its soup averages every epoch from here on")
     p.add_argument("--threads", type=int, default=threads, help="CPU threads")
     args = p.parse_args()
     make_soup(args.model_dir, args.cache, args.threads, args.soup_start)

@@ -11,11 +11,11 @@ last.pt (everything needed to resume), config.json, and train_done.json when fin
 resumes from the last complete epoch; a finished run is not redone.
 """
 import argparse
-import contextlib
+import glob
+import hashlib
 import json
 import math
 import os
-import shutil
 import time
 
 import numpy as np
@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from common import (AugmentChances, BirdNet, CachePaths, HelpFormatter, MelFrontEnd, MelSettings, PseudoWindows,
                     TrainingSet, UserError, all_metrics, assign_folds, atomic_write, augment, bce_focal_loss,
-                    load_classes, read_models_table, run_main, save_json, target_matrix)
+                    load_classes, read_models_table, read_rows, run_main, save_json, target_matrix)
 
 # defaults: the seed's recipe
 models = "models.csv"
@@ -60,11 +60,14 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=threads, help="CPU threads for torch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--pretrained", help="local file of ImageNet weights for the backbone (never downloaded)")
+    p.add_argument("--fold", help="validation fold of the models table's n_folds, or 'all': train on every row, no "
+                   "validation; the soup then averages every epoch from the soup start on")
     p.add_argument("--max-train-files", type=int, help="use only this many training rows (quick runs)")
-    for column, kind in (("seed", int), ("n_folds", int), ("fold", int), ("dataset", str), ("n_mels", int),
+    for column, kind in (("seed", int), ("n_folds", int), ("dataset", str), ("n_mels", int),
                          ("hop_length", int), ("image_height", int), ("image_width", int),
                          ("pseudoLabelChance", float), ("ampExpMin", float), ("ampExpMax", float)):
-        p.add_argument(f"--{column}", type=kind, help="override the models table's value")
+        p.add_argument(f"--{column}", type=kind, help="override the models table's value" + (
+            " (percent, as in the seed's table)" if column == "pseudoLabelChance" else ""))
     for name, value in vars(AugmentChances()).items():
         p.add_argument(f"--aug-{name.replace('_', '-')}", type=float, default=value, help="chance per sample")
     return p.parse_args(argv)
@@ -83,8 +86,13 @@ def model_config(args):
     if config["dataset"] not in ("bc24", "bc24+"):
         raise UserError(f"dataset must be bc24 (competition data) or bc24+ (plus --extra files), "
                         f"not {config['dataset']}")
+    config["fold"] = str(config["fold"]).strip()
+    if config["fold"] != "all" and not (config["fold"].isdigit() and int(config["fold"]) < int(config["n_folds"])):
+        raise UserError(f"fold must be 0..{int(config['n_folds']) - 1} or all, not {config['fold']!r}")
     chance = float(config["pseudoLabelChance"])
-    config["pseudoLabelChance"] = chance / 100 if chance > 1 else chance  # the table says 35 (%)
+    if not 0 <= chance <= 100:
+        raise UserError(f"pseudoLabelChance is a percent (the seed's 35 means 35 %), 0 to 100, not {chance:g}")
+    config["pseudoLabelChance"] = chance / 100
     return config
 
 
@@ -118,44 +126,92 @@ def predict(model, mel, waves, device, batch=64, amp=False):
 
 
 def load_split(cache_dir, config, max_train_files=None):
-    """Training rows, validation rows (the model's fold, competition data only), audio memmap, targets."""
+    """Training rows, validation rows (the model's fold of the competition data; none for fold 'all'), audio
+    memmap, targets. A class's only recording always trains (assign_folds puts it in no fold)."""
     paths = CachePaths(cache_dir)
     for f in (paths.audio, paths.rows, paths.classes):
         if not os.path.isfile(f):
-            raise UserError(f"cache file missing: {f} (run prep.py / make prep first)")
-    rows = pd.read_csv(paths.rows)
+            raise UserError(f"file not found: {f} (run make prep first)")
+    rows = read_rows(paths.rows)
     classes = load_classes(paths.classes)
     audio = np.load(paths.audio, mmap_mode="r")
     targets = target_matrix(rows, classes)
+    if config["dataset"] == "bc24+" and not rows["source"].eq("extra").any():
+        raise UserError(f"dataset bc24+ needs extra recordings, and {paths.rows} has none: run prep.py with "
+                        f"--extra FILE (make prep PREP_ARGS=\"--extra FILE\")")
     usable = np.flatnonzero(rows["source"].eq("base") | (config["dataset"] == "bc24+"))
-    folds = np.full(len(rows), -1)
-    folds[usable] = assign_folds(rows["primary_label"].values[usable], int(config["n_folds"]), int(config["seed"]))
-    valid = np.flatnonzero((folds == int(config["fold"])) & rows["source"].eq("base").values)
+    if config["fold"] == "all":
+        valid = np.zeros(0, dtype=np.int64)
+    else:
+        folds = np.full(len(rows), -1)
+        folds[usable] = assign_folds(rows["primary_label"].values[usable], int(config["n_folds"]),
+                                     int(config["seed"]))
+        valid = np.flatnonzero((folds == int(config["fold"])) & rows["source"].eq("base").values)
     train = np.setdiff1d(usable, valid)
     if max_train_files:
         train = np.random.default_rng(int(config["seed"])).permutation(train)[:max_train_files]
     return dict(rows=rows, classes=classes, audio=audio, targets=targets, train=np.sort(train), valid=valid)
 
 
-def input_signature(args, config):
-    """What a finished run depends on: settings and the identity (size, mtime) of the cache and pseudo labels.
-
-    A rerun with the same signature is skipped; a changed one (new pseudo labels from `make`) trains again.
-    """
-    def identity(path):
-        return [os.path.abspath(path), os.path.getsize(path), os.stat(path).st_mtime_ns] if path else None
-    settings = {k: v for k, v in vars(args).items() if k not in ("threads", "device", "out_dir", "work")}
-    return json.loads(json.dumps(dict(config=config, settings=settings, cache=identity(CachePaths(args.cache).rows),
-                                      pseudo=identity(args.pseudo)), default=str))
+def split_summary(data, config):
+    """One line: classes, those without validation positives, training and validation rows."""
+    no_positives = int((data["targets"][data["valid"]].sum(0) == 0).sum())
+    untrained = int((data["targets"][data["train"]].sum(0) == 0).sum())
+    return (f"model {config['id']} fold {config['fold']}: {len(data['classes'])} classes ({no_positives} without "
+            f"validation positives, {untrained} without training rows), {len(data['train'])} training rows, "
+            f"{len(data['valid'])} validation rows")
 
 
-def clear_run(out_dir, keep_last=True):
-    """Remove a previous run's results (not last.pt unless asked: it may be a resumable run of these inputs)."""
-    for name in ("train_done.json", "metrics.csv", "soup.json") + (() if keep_last else ("last.pt",)):
-        with contextlib.suppress(FileNotFoundError):  # under torchrun every rank clears
-            os.remove(os.path.join(out_dir, name))
-    if not keep_last:
-        shutil.rmtree(os.path.join(out_dir, "epochs"), ignore_errors=True)
+def file_digest(path):
+    """sha256 of a file's content (what a run depends on, wherever the file lies and whenever it was touched)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_signature(args, config, world_size=1):
+    """What a run's results depend on: the settings, the content of the training rows, class list and pseudo
+    labels (digests), and the number of processes (it sets the schedule's step count). Paths, file times,
+    threads and the device are not part of it, so a copied or moved work folder resumes and is reused."""
+    cache = CachePaths(args.cache)
+    where = ("threads", "device", "out_dir", "work", "cache", "pseudo", "models", "round", "pretrained")
+    settings = {k: v for k, v in vars(args).items() if k not in where}
+    pretrained = args.pretrained and (file_digest(args.pretrained) if os.path.isfile(args.pretrained)
+                                      else args.pretrained)
+    signature = dict(config=config, settings=settings, world_size=world_size, pretrained=pretrained,
+                     rows=file_digest(cache.rows), classes=file_digest(cache.classes),
+                     pseudo=args.pseudo and [file_digest(args.pseudo), file_digest(cache.unlabeled_windows)])
+    return json.loads(json.dumps(signature, default=str))
+
+
+TRAINED_FILES = ("train_done.json", "last.pt", "metrics.csv", "epochs", "soup.pt", "soup.json", "export")
+
+
+def run_state(out_dir, inputs):
+    """'done' (finished on these inputs), 'resume' (last.pt of these inputs), 'fresh' (nothing there), or
+    'other' (work of other inputs: it must be moved aside, never deleted)."""
+    done_path, last_path = os.path.join(out_dir, "train_done.json"), os.path.join(out_dir, "last.pt")
+    if os.path.exists(done_path):
+        with open(done_path) as f:
+            return "done" if json.load(f).get("inputs") == inputs else "other"
+    if os.path.exists(last_path):
+        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        return "resume" if state.get("inputs") == inputs else "other"
+    return "other" if any(os.path.exists(os.path.join(out_dir, f)) for f in TRAINED_FILES) else "fresh"
+
+
+def move_aside(out_dir):
+    """Rename a run of other inputs to <out_dir>.replaced-N (the first free N) and say so; returns the name."""
+    n = 1
+    while os.path.exists(f"{out_dir.rstrip('/')}.replaced-{n}"):
+        n += 1
+    aside = f"{out_dir.rstrip('/')}.replaced-{n}"
+    os.replace(out_dir, aside)
+    print(f"{out_dir}: holds a run of other settings or inputs; moved it to {aside} (delete it when you no "
+          f"longer need it)", flush=True)
+    return aside
 
 
 def main(argv=None):
@@ -163,16 +219,6 @@ def main(argv=None):
     config = model_config(args)
     out_dir = args.out_dir or os.path.join(args.work, f"round{args.round}", f"model{args.model}")
     done_path = os.path.join(out_dir, "train_done.json")
-    inputs = input_signature(args, config)
-    if os.path.exists(done_path):
-        with open(done_path) as f:
-            if json.load(f).get("inputs") == inputs:
-                print(f"{out_dir}: already trained on the same inputs ({done_path})")
-                return
-        print(f"{out_dir}: inputs changed since the last run; training again")
-        clear_run(out_dir, keep_last=False)
-    else:
-        clear_run(out_dir)
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank, world_size = 0, 1
@@ -183,16 +229,37 @@ def main(argv=None):
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
+    cache = CachePaths(args.cache)
+    for path in (cache.audio, cache.rows, cache.classes) + ((args.pseudo,) if args.pseudo else ()):
+        if not os.path.isfile(path):
+            raise UserError(f"file not found: {path}" + ("" if path == args.pseudo else " (run make prep first)"))
+    inputs = input_signature(args, config, world_size)
+    state = run_state(out_dir, inputs)  # every rank reads it before rank 0 changes anything
+    if distributed:
+        dist.barrier()
+    if state == "other" and rank == 0:
+        move_aside(out_dir)
+        earlier = [d for d in sorted(glob.glob(f"{out_dir.rstrip('/')}.replaced-*"))
+                   if run_state(d, inputs) in ("done", "resume")]
+        if earlier:  # a run of these very inputs was moved aside before: take it back
+            os.replace(earlier[-1], out_dir)
+            print(f"{out_dir}: took back {earlier[-1]}, a run of these settings and inputs", flush=True)
+    if distributed:
+        dist.barrier()
+    state = run_state(out_dir, inputs)  # after a run was moved aside or taken back
+    if state == "done":
+        print(f"{out_dir}: already trained on the same inputs ({done_path})")
+        if distributed:
+            dist.destroy_process_group()
+        return
     torch.set_num_threads(max(1, args.threads))
     seed = int(config["seed"])
     torch.manual_seed(seed)
 
     data = load_split(args.cache, config, args.max_train_files)
-    pseudo = None
-    if args.pseudo:
-        if not os.path.isfile(args.pseudo):
-            raise UserError(f"pseudo-label file not found: {args.pseudo}")
-        pseudo = PseudoWindows(args.cache, args.pseudo, data["classes"])
+    if rank == 0:
+        print(split_summary(data, config), flush=True)
+    pseudo = PseudoWindows(args.cache, args.pseudo, data["classes"]) if args.pseudo else None
     dataset = TrainingSet(data["audio"], data["targets"], data["train"], pseudo, config["pseudoLabelChance"],
                           (config["ampExpMin"], config["ampExpMax"]), seed)
     chances = AugmentChances(**{k: getattr(args, f"aug_{k}") for k in vars(AugmentChances())})
@@ -209,17 +276,15 @@ def main(argv=None):
     total_steps = steps_per_epoch * args.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, int(args.warmup_epochs * steps_per_epoch), total_steps))
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    # torch.amp.GradScaler("cuda") from torch 2.3 on; torch.cuda.amp's before (deprecated since)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp) if hasattr(torch.amp, "GradScaler") \
+        else torch.cuda.amp.GradScaler(enabled=amp)
     soup_start = args.soup_start or max(1, round(args.epochs * soup_start_of_50 / 50))
 
     start_epoch, history = 1, []
     last_path = os.path.join(out_dir, "last.pt")
-    state = torch.load(last_path, map_location=device, weights_only=False) if os.path.exists(last_path) else None
-    if state is not None and state.get("inputs") != inputs:
-        print(f"{out_dir}: last.pt was trained on other inputs; starting over")
-        clear_run(out_dir, keep_last=False)
-        state = None
-    if state is not None:  # resume after the last complete epoch
+    if state == "resume":  # after the last complete epoch
+        state = torch.load(last_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

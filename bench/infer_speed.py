@@ -22,7 +22,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import infer  # noqa: E402
-import soup  # noqa: E402
 from prep import write_ogg  # noqa: E402
 from common import (BirdNet, HelpFormatter, MelFrontEnd, MelSettings, export_artifact, read_models_table,  # noqa: E402
                     save_json)
@@ -31,7 +30,7 @@ N_CLASSES = 182
 SECONDS = 240
 
 
-def build_ensemble(folder, table, with_onnx):
+def build_ensemble(folder, table):
     models = {}
     for model_id, row in table.iterrows():
         torch.manual_seed(int(model_id))
@@ -39,8 +38,6 @@ def build_ensemble(folder, table, with_onnx):
         settings = MelSettings(n_mels=int(row["n_mels"]), hop_length=int(row["hop_length"]))
         name = f"model{model_id}"
         export_artifact(model, settings, [f"c{i}" for i in range(N_CLASSES)], folder, name, value=0.7)
-        if with_onnx:
-            soup.export_onnx(model, settings, os.path.join(folder, f"{name}.onnx"))
         models[name] = (model, settings)
     save_json(dict(models=list(models)), os.path.join(folder, "manifest.json"))
     return models
@@ -81,12 +78,7 @@ def main():
         for k in range(args.files):
             write_ogg(os.path.join(audio_dir, f"bench{k}.ogg"),
                       (rng.standard_normal(SECONDS * 32000) * 0.05).astype(np.float32))
-        try:
-            import onnx  # noqa: F401
-            with_onnx = True
-        except ImportError:
-            with_onnx = False
-        models = build_ensemble(ensemble_dir, table, with_onnx)
+        models = build_ensemble(ensemble_dir, table)
         paths = infer.list_audio(audio_dir)
 
         began = time.perf_counter()

@@ -1,5 +1,6 @@
 """The cycle: soup rule and averaging, pseudo labels, the mixing rule, and the Makefile's dependencies."""
 import os
+import re
 import shutil
 import subprocess
 
@@ -145,3 +146,100 @@ def test_make_rebuilds_only_what_depends_on_a_deleted_artifact(tmp_path):
     plan = make_dry_run(work)
     assert plan.count("train.py") == 1 and "--model 2 --round 3" in plan
     assert "pseudo.py" not in plan and "bundle" in plan
+
+
+def fake_finished_cycle(work):
+    """Empty artifacts of a whole demo cycle, each newer than what it was built from."""
+    files = [f"{work}/cache/train_rows.csv"]
+    for r in (1, 2, 3):
+        files += [f"{work}/round{r}/model{i}/soup.json" for i in (1, 2, 3)] + [f"{work}/round{r}/ensemble/manifest.json"]
+        if r < 3:
+            files.append(f"{work}/pseudo{r}.npz")
+    files.append(f"{work}/ensemble/manifest.json")
+    for age, path in enumerate(files):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "w").close()
+        os.utime(path, (1_700_000_000 + age, 1_700_000_000 + age))
+
+
+def plan_with(work, *settings, models=None):
+    result = subprocess.run(["make", "-n", "-C", ROOT, "ensemble", f"WORK={work}",
+                             f"MODELS={models or os.path.join(ROOT, 'models-demo.csv')}", "PY=python",
+                             "DATA=nowhere", *settings], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def trained(plan):
+    return sorted(re.findall(r"--model (\d+) --round (\d)", plan))
+
+
+def test_changed_settings_rerun_exactly_what_depends_on_them(tmp_path):
+    work = str(tmp_path / "work")
+    fake_finished_cycle(work)
+    assert "train.py" not in plan_with(work)  # first look: the settings become the stamps, nothing to do
+    assert "train.py" not in plan_with(work, "THREADS=7", "DEVICE=cuda:1")  # change no result
+    everything = [(i, r) for i in "123" for r in "123"]
+    plan = plan_with(work, "EPOCHS=30")
+    assert trained(plan) == everything and "prep.py" not in plan and "--epochs 30" in plan
+
+    work = str(tmp_path / "work2")
+    fake_finished_cycle(work)
+    plan_with(work)
+    assert trained(plan_with(work, 'TRAIN_ARGS=--lr 5e-4')) == everything
+
+    work = str(tmp_path / "work3")
+    fake_finished_cycle(work)
+    table = tmp_path / "models.csv"
+    shutil.copy(os.path.join(ROOT, "models-demo.csv"), table)
+    plan_with(work, models=table)
+    text = table.read_text()
+    row2 = [line for line in text.splitlines() if line.startswith("2,")][0]
+    table.write_text(text.replace(row2, row2.replace(",45,", ",40,")))  # model 2's pseudo-label chance
+    plan = plan_with(work, models=table)
+    # round 1: model 2 alone; its ensemble's pseudo labels change, so rounds 2 and 3 train again
+    assert trained(plan) == sorted([("2", "1")] + [(i, r) for i in "123" for r in "23"])
+    assert plan.count("pseudo.py") == 2 and "prep.py" not in plan and plan.count("--round 1 ") == 1
+
+    work = str(tmp_path / "work4")
+    fake_finished_cycle(work)
+    plan_with(work)
+    plan = plan_with(work, "PL_NORM=none")
+    assert plan.count("pseudo.py") == 2 and trained(plan) == [(i, r) for i in "123" for r in "23"]
+    assert "prep.py" in plan_with(work, "PREP_ARGS=--max-unlabeled-windows 100")
+
+
+def test_numeric_labels_from_prep_to_submission(demo_dir, tmp_path):
+    """iNat-style labels ("0042", "1000003"): strings everywhere, leading zeros kept, as submission columns."""
+    import prep
+    import soup
+    import train
+    from helpers import run_alone
+    root = tmp_path / "numeric"
+    shutil.copytree(demo_dir, root)
+    meta = pd.read_csv(root / "train_metadata.csv", dtype=str)
+    species = sorted(set(meta["primary_label"]))
+    number = {s: f"{i:04d}" if i % 2 == 0 else str(1_000_000 + i) for i, s in enumerate(species)}
+    meta["primary_label"] = meta["primary_label"].map(number)
+    meta["secondary_labels"] = [str([number[s] for s in common.parse_label_list(t)]) for t in meta["secondary_labels"]]
+    meta.to_csv(root / "train_metadata.csv", index=False)
+    sample = pd.read_csv(root / "sample_submission.csv", nrows=0)
+    numeric_columns = ["row_id"] + [number[c] for c in sample.columns[1:]]
+    pd.DataFrame(columns=numeric_columns).to_csv(root / "sample_submission.csv", index=False)
+
+    cache = str(tmp_path / "cache")
+    prep.prepare(str(root), cache, n_threads=2)
+    assert common.load_classes(CachePaths(cache).classes) == numeric_columns[1:]
+    model_dir = str(tmp_path / "model1")
+    train.main(["--model", "1", "--models", os.path.join(ROOT, "models-demo.csv"), "--cache", cache,
+                "--out-dir", model_dir, "--epochs", "1", "--batch-size", "8", "--threads", "2", "--soup-start", "1",
+                "--image_height", "32", "--image_width", "32", "--n_mels", "32", "--max-train-files", "16"])
+    soup.make_soup(model_dir, cache, n_threads=2)
+    ensemble = str(tmp_path / "ensemble")
+    soup.bundle(ensemble, [model_dir])
+    out = tmp_path / "submission.csv"
+    result = run_alone(tmp_path, "--models", ensemble, "--audio", str(root / "test_soundscapes"), "--out", str(out),
+                       "--backend", "torch", "--threads", "2")
+    assert result.returncode == 0, result.stderr
+    with open(out) as f:
+        assert f.readline().strip().split(",") == numeric_columns  # "0000" stays "0000"

@@ -12,6 +12,7 @@ import soundfile as sf
 import common
 import prep
 from common import WINDOW_SAMPLES, CachePaths, assign_folds, target_matrix
+from helpers import one_line_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -145,11 +146,6 @@ def test_bad_files_are_skipped_and_listed(damaged_dataset, tmp_path):
     assert len(pd.read_csv(CachePaths(out).unlabeled)) == 2
 
 
-def one_line_error(result):
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    return result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.stderr
-
-
 def test_bad_input_stops_with_one_line(demo_dir, tmp_path):
     out = str(tmp_path / "cache")
     assert one_line_error(run_prep("--data", str(tmp_path / "nowhere"), "--out", out))
@@ -196,3 +192,43 @@ def test_other_formats_and_rates_become_32k_mono(tmp_path, extension, rate, chan
     assert abs(np.argmax(spectrum) - 440) <= 2
     first = common.first_five_seconds(common.read_audio(path, max_seconds=5))
     assert first.shape == (WINDOW_SAMPLES,) and np.all(first[int(3.3 * 32000):] == 0)
+
+
+def test_a_bad_file_costs_no_second_array(damaged_dataset, cache_dir, tmp_path, monkeypatch):
+    """Failed training files and soundscapes: the arrays shrink in place, never written twice or loaded whole."""
+    root, meta, files = damaged_dataset
+    unlabeled = os.path.join(root, "unlabeled_soundscapes")
+    noise = np.random.default_rng(0).standard_normal(32000 * 20).astype(np.float32) * 0.1
+    sf.write(os.path.join(unlabeled, "cut.flac"), noise, 32000)  # a header of 20 s, then a tenth of the data
+    with open(os.path.join(unlabeled, "cut.flac"), "r+b") as f:
+        f.truncate(os.path.getsize(os.path.join(unlabeled, "cut.flac")) // 10)
+    opened, real_open = [], np.lib.format.open_memmap
+
+    def open_memmap(path, *args, **kwargs):
+        opened.append(os.path.basename(path))
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(np.lib.format, "open_memmap", open_memmap)
+    monkeypatch.setattr(np, "save", lambda *a, **k: pytest.fail("np.save writes a second array"))
+    out = str(tmp_path / "cache")
+    prep.prepare(root, out, n_threads=2, window_cap=10**6)
+    assert sorted(opened) == ["train_audio.npy.all", "unlabeled_windows.npy"]
+    assert np.array_equal(np.load(CachePaths(out).audio), np.load(CachePaths(cache_dir).audio)[3:])
+    windows = pd.read_csv(CachePaths(out).unlabeled_windows)
+    cached = np.load(CachePaths(out).unlabeled_audio)
+    assert len(cached) == len(windows) > 0 and "cut.flac" not in " ".join(windows["path"])
+    assert "cut.flac" in " ".join(pd.read_csv(CachePaths(out).bad_files)["path"])
+    last = len(windows) - 1
+    audio = common.read_audio(windows["path"][last])
+    end = int(windows["end_second"][last]) * 32000
+    expected = common.windows_of(audio, end // WINDOW_SAMPLES)[-1]
+    assert np.abs(cached[last].astype(np.float32) - expected).max() < 2e-3
+
+
+def test_only_recording_of_a_class_always_trains():
+    labels = np.array(["a"] * 7 + ["b"] * 2 + ["rare"] + ["c"] * 5)
+    for seed in (42, 70):
+        for n_folds in (5, 10):
+            folds = assign_folds(labels, n_folds, seed)
+            assert folds[labels == "rare"][0] == -1  # in no fold: never held out
+            for fold in range(n_folds):  # every class keeps a training row, whichever fold is held out
+                assert set(labels[folds != fold]) == set(labels)

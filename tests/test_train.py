@@ -1,6 +1,9 @@
 """train.py on a small slice of the demo data: outputs, resume after a crash, no redo of a finished run."""
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -54,6 +57,9 @@ def test_resume_after_crash_matches_uninterrupted_run(cache_dir, tmp_path, monke
     assert os.path.exists(os.path.join(crashed, "last.pt"))
     assert not os.path.exists(os.path.join(crashed, "train_done.json"))
     monkeypatch.setattr(train, "predict", real_predict)
+    moved = str(tmp_path / "moved")
+    shutil.move(crashed, moved)  # a moved work folder resumes where it stopped
+    crashed = moved
     run(cache_dir, crashed)
     assert "resuming" in capsys.readouterr().out
     assert list(pd.read_csv(os.path.join(crashed, "metrics.csv"))["epoch"]) == [1, 2]
@@ -62,13 +68,43 @@ def test_resume_after_crash_matches_uninterrupted_run(cache_dir, tmp_path, monke
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
 
 
-def test_changed_inputs_train_again(cache_dir, tmp_path, capsys):
+def test_changed_inputs_train_again_and_keep_the_old_run(cache_dir, tmp_path, capsys):
     out = str(tmp_path / "m1")
     run(cache_dir, out)
+    first = {f: open(os.path.join(out, "epochs", f), "rb").read() for f in os.listdir(os.path.join(out, "epochs"))}
     run(cache_dir, out, "--lr", "5e-4")
-    assert "inputs changed" in capsys.readouterr().out
+    assert f"moved it to {out}.replaced-1" in capsys.readouterr().out
     with open(os.path.join(out, "train_done.json")) as f:
         assert json.load(f)["inputs"]["settings"]["lr"] == 5e-4
+    aside = os.path.join(out + ".replaced-1", "epochs")
+    assert {f: open(os.path.join(aside, f), "rb").read() for f in os.listdir(aside)} == first  # nothing lost
+    run(cache_dir, out)  # back to the first settings: that run is taken back, not trained again
+    printed = capsys.readouterr().out
+    assert "took back" in printed and "already trained" in printed and "epoch=" not in printed
+    with open(os.path.join(out, "train_done.json")) as f:
+        assert json.load(f)["inputs"]["settings"]["lr"] == train.lr
+    assert sorted(os.listdir(tmp_path)) == ["m1", "m1.replaced-2"]  # the lr 5e-4 run, kept aside
+
+
+def test_copied_work_folder_is_reused(cache_dir, tmp_path, capsys):
+    """Another place, other file times: a finished model is not trained again, nothing is deleted or moved."""
+    work = tmp_path / "work"
+    shutil.copytree(cache_dir, work / "cache")
+    common_args = ["--model", "1", "--round", "1", *TINY]
+    train.main([*common_args, "--work", str(work), "--cache", str(work / "cache")])
+    copy = tmp_path / "copied"
+    shutil.copytree(work, copy)
+    for folder, _, files in os.walk(copy):  # as a copy without -a would: every file touched now
+        for name in files:
+            os.utime(os.path.join(folder, name))
+    before = {f: os.stat(os.path.join(copy, "round1", "model1", f)).st_mtime_ns
+              for f in os.listdir(copy / "round1" / "model1")}
+    capsys.readouterr()
+    train.main([*common_args, "--work", str(copy), "--cache", str(copy / "cache")])
+    assert "already trained" in capsys.readouterr().out
+    after = {f: os.stat(os.path.join(copy, "round1", "model1", f)).st_mtime_ns
+             for f in os.listdir(copy / "round1" / "model1")}
+    assert after == before and os.listdir(copy / "round1") == ["model1"]
 
 
 def test_lr_schedule_warms_up_then_anneals():
@@ -84,8 +120,6 @@ def test_bad_model_id_is_a_user_error(cache_dir, tmp_path):
 
 def test_torchrun_two_processes_on_cpu(cache_dir, tmp_path):
     """The same train.py under torchrun (gloo on CPU): each rank trains its share, rank 0 writes."""
-    import subprocess
-    import sys
     out = str(tmp_path / "ddp")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
@@ -109,3 +143,37 @@ def test_predict_under_amp_keeps_the_mel_in_float32():
     exact = train.predict(model, mel, waves, torch.device("cpu"))
     amp = train.predict(model, mel, waves, torch.device("cpu"), amp=True)
     assert np.isfinite(amp).all() and np.abs(amp - exact).max() < 0.02
+
+
+def test_fold_all_trains_on_every_row_and_soups(cache_dir, tmp_path, capsys):
+    import soup
+    out = str(tmp_path / "all")
+    run(cache_dir, out, "--fold", "all", "--max-train-files", "0")
+    printed = capsys.readouterr().out
+    rows = len(pd.read_csv(os.path.join(cache_dir, "train_rows.csv")))
+    assert f"{rows} training rows, 0 validation rows" in printed
+    metrics = pd.read_csv(os.path.join(out, "metrics.csv"))
+    assert metrics["auc"].isna().all() and metrics["train_loss"].notna().all()
+    report = soup.make_soup(out, cache_dir, n_threads=2)
+    assert report["kept_epochs"] == [1, 2] and report["validated"] is False
+    assert os.path.exists(os.path.join(out, "export", "model1.onnx"))
+
+
+def run_script(*args):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, os.path.join(root, "train.py"), *args], capture_output=True, text=True)
+
+
+def test_settings_errors_are_one_line(cache_dir, tmp_path):
+    from helpers import one_line_error
+    base = ["--model", "1", "--cache", cache_dir, "--out-dir", str(tmp_path / "x"), *TINY]
+    result = run_script(*base, "--dataset", "bc24+")  # the demo cache has no extra rows
+    assert one_line_error(result) and "--extra" in result.stderr
+    result = run_script(*base, "--pseudoLabelChance", "150")
+    assert one_line_error(result) and "percent" in result.stderr
+    table = pd.read_csv(TINY[1], comment="#")
+    bad_table = tmp_path / "models.csv"
+    table.assign(pseudo_chance=1).to_csv(bad_table, index=False)
+    result = run_script(*base, "--models", str(bad_table))
+    assert one_line_error(result) and "pseudo_chance" in result.stderr
+    assert not os.path.exists(tmp_path / "x")

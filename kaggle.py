@@ -1,0 +1,113 @@
+"""Write the one folder a user uploads to Kaggle (as a Dataset or a Model) to score the competition offline.
+
+    python kaggle.py --models work/ensemble --out work/kaggle
+    python kaggle.py --models work/ensemble --out work/kaggle --python-version 3.10
+    python kaggle.py --models work/ensemble --out work/kaggle --wheels none      # no backend wheels
+    make kaggle
+
+Reads an exported ensemble (`make ensemble`). Writes --out (built under a temporary name, then swapped in):
+ensemble/ (the ensemble as it is), infer.py (this repo's, unchanged), wheels/ (the optional inference backends,
+OpenVINO and ONNX Runtime, with their dependencies, for the kernel's Python and platform, downloaded with pip;
+skipped with --wheels none) and KERNEL.md: the notebook cells to paste, an offline `pip install --no-index` of
+those wheels, then infer.py. Kaggle mounts the upload under /kaggle/input; infer.py finds the ensemble there.
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+
+import infer
+from common import HelpFormatter, UserError, run_main, swap_in
+
+# defaults: Kaggle's CPU notebooks (Python 3.11 on x86_64 Linux in 2025)
+python_version = "3.11"
+platform = "manylinux2014_x86_64"
+wheels = "openvino onnxruntime"
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+INSTALL_CELL = '''import glob, os, subprocess, sys
+packages = {packages}
+# the backends' wheels of the attached folder (a Kaggle Dataset, or a Kaggle Model's version folder)
+root = os.environ.get("BIRDCLEF_KAGGLE_ROOT", "/kaggle/input")
+found = sorted(glob.glob(f"{root}/*/wheels") + glob.glob(f"{root}/*/*/*/*/wheels"))
+if found and packages:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", found[0],
+                    *packages], check=False)
+else:
+    print("no wheels folder attached: infer.py runs on its torch backend")'''
+
+INFER_CELL = '''import glob, os
+root = os.environ.get("BIRDCLEF_KAGGLE_ROOT", "/kaggle/input")
+infer_py = sorted(glob.glob(f"{root}/*/infer.py") + glob.glob(f"{root}/*/*/*/*/infer.py"))[0]
+exec(compile(open(infer_py).read(), infer_py, "exec"))  # as if pasted: writes submission.csv'''
+
+KERNEL_MD = '''# Scoring BirdCLEF offline with this folder
+
+Upload this folder as a Kaggle Dataset (or a Kaggle Model), attach it and the competition to a CPU notebook,
+turn the internet off, and paste the two cells below. infer.py finds the ensemble (the one `manifest.json`
+under /kaggle/input), the newest competition's `test_soundscapes` and its `sample_submission.csv`, and writes
+`submission.csv` within a {budget}-minute budget (Kaggle's limit is 90 minutes from BirdCLEF 2025 on).
+
+Cell 1: install the optional backends offline (OpenVINO is about 10x faster than plain torch on Kaggle's CPUs;
+skip this cell and infer.py runs on torch alone). Wheels for Python {python_version}, {platform}.
+
+```python
+{install_cell}
+```
+
+Cell 2: run infer.py from the attached folder. Pasting the whole of infer.py into the cell instead does the same;
+a later cell can call `main(["--budget-min", "60"])` with any of `python infer.py --help`'s flags.
+
+```python
+{infer_cell}
+```
+'''
+
+
+def download_wheels(packages, folder, python_version, platform):
+    """pip download the packages and their dependencies as binary wheels for another Python and platform."""
+    command = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--platform", platform,
+               "--python-version", python_version, "--implementation", "cp", "-d", folder, *packages]
+    print(" ".join(command), flush=True)
+    if subprocess.run(command).returncode != 0:
+        raise UserError(f"pip could not download wheels of {' '.join(packages)} for Python {python_version} "
+                        f"({platform}); pass --wheels none to skip them")
+
+
+def kernel_markdown(packages, python_version, platform):
+    install = INSTALL_CELL.replace("{packages}", repr(list(packages)))
+    return KERNEL_MD.format(budget=int(infer.budget_min), python_version=python_version, platform=platform,
+                            install_cell=install, infer_cell=INFER_CELL)
+
+
+def write_kaggle_folder(models, out, packages, python_version=python_version, platform=platform):
+    if not os.path.isfile(os.path.join(models, "manifest.json")):
+        raise UserError(f"no ensemble in {models} (manifest.json); run make ensemble first")
+    tmp = out.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(models, os.path.join(tmp, "ensemble"))
+    shutil.copy2(os.path.join(ROOT, "infer.py"), os.path.join(tmp, "infer.py"))
+    if packages:
+        download_wheels(packages, os.path.join(tmp, "wheels"), python_version, platform)
+    with open(os.path.join(tmp, "KERNEL.md"), "w") as f:
+        f.write(kernel_markdown(packages, python_version, platform))
+    swap_in(tmp, out)
+    print(f"{out}: upload this folder to Kaggle; {os.path.join(out, 'KERNEL.md')} has the cells to paste")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--models", default="work/ensemble", help="exported ensemble folder")
+    p.add_argument("--out", default="work/kaggle", help="folder to write (replaced whole)")
+    p.add_argument("--wheels", default=wheels, help="packages to ship as wheels, space-separated; none skips")
+    p.add_argument("--python-version", default=python_version, help="the kernel's Python")
+    p.add_argument("--platform", default=platform, help="the kernel's wheel platform tag")
+    args = p.parse_args()
+    packages = [] if args.wheels.strip() in ("", "none") else args.wheels.split()
+    write_kaggle_folder(args.models, args.out, packages, args.python_version, args.platform)
+
+
+if __name__ == "__main__":
+    run_main(main)
