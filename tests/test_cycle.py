@@ -243,3 +243,13 @@ def test_numeric_labels_from_prep_to_submission(demo_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     with open(out) as f:
         assert f.readline().strip().split(",") == numeric_columns  # "0000" stays "0000"
+
+
+def test_data_with_spaces_is_quoted_and_work_with_spaces_is_one_line(tmp_path):
+    work = str(tmp_path / "work")
+    plan = plan_with(work, "DATA=/data/birdclef 2025")
+    assert '--data "/data/birdclef 2025"' in plan
+    result = subprocess.run(["make", "-n", "-C", ROOT, "ensemble", f"WORK={tmp_path}/my work", "PY=python"],
+                            capture_output=True, text=True)
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and len(errors) == 1 and "WORK may not contain spaces" in errors[0]
