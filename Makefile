@@ -54,7 +54,7 @@ $(foreach r,1 2 3,$(foreach i,$(IDS),$(call stamp,round$(r)-model$(i),$(call MOD
 $(call stamp,pseudo,$(PL_NORM))
 endif
 
-.PHONY: setup prep round1 pseudo1 round2 pseudo2 round3 ensemble kaggle submission demo demo-data test bench-train bench-infer clean-demo
+.PHONY: setup prep round1 pseudo1 round2 pseudo2 round3 ensemble kaggle report submission demo demo-data test bench-train bench-infer bench-scale clean-demo
 .DELETE_ON_ERROR:
 
 setup: $(SETUP)
@@ -86,7 +86,7 @@ $(eval $(call ROUND,3))
 define PSEUDO
 $(WORK)/pseudo$(1).npz: $(WORK)/round$(1)/ensemble/manifest.json $(CACHED) $(STAMPS)/pseudo
 	$(PY) pseudo.py --models $(WORK)/round$(1)/ensemble --cache $(CACHE) --out $$@ --threads $(THREADS) \
-		--pl-norm $(PL_NORM)
+		--device $(DEVICE) --pl-norm $(PL_NORM)
 pseudo$(1): $(WORK)/pseudo$(1).npz
 endef
 $(eval $(call PSEUDO,1))
@@ -106,6 +106,10 @@ kaggle: $(WORK)/ensemble/manifest.json | $(SETUP)
 	$(PY) kaggle.py --models $(WORK)/ensemble --out $(WORK)/kaggle --wheels "$(or $(KAGGLE_WHEELS),none)" \
 		--python-version $(KAGGLE_PYTHON) --platform $(KAGGLE_PLATFORM)
 
+# one HTML page of the cycle (matplotlib, an optional extra)
+report: | $(SETUP)
+	$(PY) report.py --work $(WORK)
+
 submission: $(WORK)/submission.csv
 $(WORK)/submission.csv: $(WORK)/ensemble/manifest.json
 	$(PY) infer.py --models $(WORK)/ensemble --audio "$(DATA)/test_soundscapes" --out $@ --threads $(THREADS)
@@ -118,12 +122,13 @@ DEMO_VARS := DATA=$(DEMO_DATA) WORK=$(DEMO_WORK) MODELS=models-demo.csv EPOCHS=1
 
 demo-data: $(DEMO_DATA)/train_metadata.csv
 $(DEMO_DATA)/train_metadata.csv: | $(SETUP)
-	$(PY) prep.py demo --out $(DEMO_DATA)
+	$(PY) demo_data.py --out $(DEMO_DATA)
 
 demo: $(DEMO_DATA)/train_metadata.csv | $(SETUP)
 	$(MAKE) --no-print-directory $(DEMO_VARS) ensemble
 	$(PY) bench/score_demo.py --work $(DEMO_WORK) --audio $(DEMO_DATA)/test_soundscapes \
 		--labels $(DEMO_DATA)-test-labels.csv --threads $(THREADS)
+	@$(PY) report.py --work $(DEMO_WORK) || echo "(no report: pip install matplotlib)"
 
 clean-demo:
 	rm -rf $(DEMO_WORK) $(DEMO_DATA) $(DEMO_DATA)-test-labels.csv
@@ -136,3 +141,6 @@ bench-train: | $(SETUP)
 
 bench-infer: | $(SETUP)
 	$(PY) bench/infer_speed.py --threads $(THREADS)
+
+bench-scale: | $(SETUP)
+	$(PY) bench/scale.py --threads $(THREADS)

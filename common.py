@@ -30,6 +30,15 @@ class UserError(Exception):
     """Bad input from the user: scripts print the message as one line and exit non-zero."""
 
 
+def pick_device(name):
+    """--device: auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ..."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked, but torch sees no CUDA device")
+    return torch.device(name)
+
+
 def run_main(main):
     """Run a script's main(); a UserError becomes one line on stderr and exit status 2, no traceback."""
     try:
@@ -141,6 +150,60 @@ def assign_folds(primary_labels, n_folds, seed):
         folds[idx] = (start + np.arange(len(idx))) % n_folds if len(idx) > 1 else -1
         start = (start + len(idx)) % n_folds
     return folds
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a model's split of the cache, and its predictions over it (train.py validates with them, soup.py scores the soup)
+
+
+def predict(model, mel, waves, device, batch=64, amp=False):
+    """Sigmoid probabilities of model over (N, samples) float waveforms, in batches."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(waves), batch):
+            x = torch.as_tensor(np.asarray(waves[start:start + batch], dtype=np.float32)).to(device)
+            images = mel(x)  # float32 outside autocast: fp16 power overflows (as in training)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                out.append(torch.sigmoid(model(images).float()).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, model.head.out_features), np.float32)
+
+
+def load_split(cache_dir, config, max_train_files=None):
+    """Training rows, validation rows (the model's fold of the competition data; none for fold 'all'), audio
+    memmap, targets. A class's only recording always trains (assign_folds puts it in no fold)."""
+    paths = CachePaths(cache_dir)
+    for f in (paths.audio, paths.rows, paths.classes):
+        if not os.path.isfile(f):
+            raise UserError(f"file not found: {f} (run make prep first)")
+    rows = read_rows(paths.rows)
+    classes = load_classes(paths.classes)
+    audio = np.load(paths.audio, mmap_mode="r")
+    targets = target_matrix(rows, classes)
+    if config["dataset"] == "bc24+" and not rows["source"].eq("extra").any():
+        raise UserError(f"dataset bc24+ needs extra recordings, and {paths.rows} has none: run prep.py with "
+                        f"--extra FILE (make prep PREP_ARGS=\"--extra FILE\")")
+    usable = np.flatnonzero(rows["source"].eq("base") | (config["dataset"] == "bc24+"))
+    if config["fold"] == "all":
+        valid = np.zeros(0, dtype=np.int64)
+    else:
+        folds = np.full(len(rows), -1)
+        folds[usable] = assign_folds(rows["primary_label"].values[usable], int(config["n_folds"]),
+                                     int(config["seed"]))
+        valid = np.flatnonzero((folds == int(config["fold"])) & rows["source"].eq("base").values)
+    train = np.setdiff1d(usable, valid)
+    if max_train_files:
+        train = np.random.default_rng(int(config["seed"])).permutation(train)[:max_train_files]
+    return dict(rows=rows, classes=classes, audio=audio, targets=targets, train=np.sort(train), valid=valid)
+
+
+def split_summary(data, config):
+    """One line: classes, those without validation positives, training and validation rows."""
+    no_positives = int((data["targets"][data["valid"]].sum(0) == 0).sum())
+    untrained = int((data["targets"][data["train"]].sum(0) == 0).sum())
+    return (f"model {config['id']} fold {config['fold']}: {len(data['classes'])} classes ({no_positives} without "
+            f"validation positives, {untrained} without training rows), {len(data['train'])} training rows, "
+            f"{len(data['valid'])} validation rows")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -500,6 +563,85 @@ TRACKED_METRICS = ("lrap", "cmap", "f1", "auc")
 
 
 # ----------------------------------------------------------------------------------------------------------
+# arrays of rows on disk (.npy), written and read with plain file I/O: a memmap's touched pages would count in
+# the process's memory, which must stay flat whatever the size of the cache
+
+
+def npy_header(f):
+    """(shape, dtype, data offset, format version) of an open .npy file, positioned anywhere."""
+    f.seek(0)
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read(f)
+    if fortran_order:
+        raise ValueError(f"{f.name}: not a C-order array")
+    return shape, dtype, f.tell(), version
+
+
+def shrink_npy_rows(path, n_rows):
+    """Keep the first n_rows of a C-order .npy array in place: rewrite the header's shape (padded to its old
+    length, as numpy pads it) and truncate the file. No copy, so neither memory nor disk grows."""
+    with open(path, "r+b") as f:
+        shape, dtype, offset, version = npy_header(f)
+        header = repr(dict(descr=np.lib.format.dtype_to_descr(dtype), fortran_order=False,
+                           shape=(n_rows,) + tuple(shape[1:])))
+        prefix = 10 if version == (1, 0) else 12  # magic, version, header length field
+        padded = header.ljust(offset - prefix - 1) + "\n"
+        f.seek(prefix)
+        f.write(padded.encode("latin1"))
+        f.truncate(offset + n_rows * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+
+
+class NpyRowWriter:
+    """Write an (n_rows, *row_shape) .npy file block by block, in order; close() keeps the rows written (the
+    unused tail of a run whose files partly failed is cut off in place)."""
+
+    def __init__(self, path, n_rows, row_shape, dtype=np.float16):
+        self.path, self.dtype, self.n_rows, self.written = path, np.dtype(dtype), n_rows, 0
+        self.file = open(path, "wb")
+        np.lib.format.write_array_header_1_0(self.file, dict(
+            descr=np.lib.format.dtype_to_descr(self.dtype), fortran_order=False, shape=(n_rows,) + tuple(row_shape)))
+
+    def write(self, rows):
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if self.written + len(rows) > self.n_rows:
+            raise ValueError(f"{self.path}: more than {self.n_rows} rows")
+        self.file.write(rows.tobytes())
+        self.written += len(rows)
+
+    def close(self):
+        self.file.close()
+        if self.written < self.n_rows:
+            shrink_npy_rows(self.path, self.written)
+        return self.written
+
+
+def read_npy_rows(path, start, stop):
+    """Rows start..stop of a .npy file, read with a file read (not mapped)."""
+    with open(path, "rb") as f:
+        shape, dtype, offset, _ = npy_header(f)
+        row = int(np.prod(shape[1:], dtype=np.int64))
+        stop = min(stop, shape[0])
+        f.seek(offset + start * row * dtype.itemsize)
+        return np.fromfile(f, dtype=dtype, count=max(0, stop - start) * row).reshape((-1,) + tuple(shape[1:]))
+
+
+def ordered_map(function, items, n_threads, ahead=None):
+    """function(item) for each item on a thread pool, yielded in order, with at most `ahead` results waiting
+    (ThreadPoolExecutor.map would run every item ahead and hold all results behind one slow item)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    items, pending = iter(items), deque()
+    with ThreadPoolExecutor(n_threads) as pool:
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= (ahead or 4 * n_threads):
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+# ----------------------------------------------------------------------------------------------------------
 # files: atomic writes, model configs, the inference artifact
 
 
@@ -537,8 +679,15 @@ def save_json(obj, path):
     atomic_write(path, write)
 
 
-MODEL_COLUMNS = ("id", "seed", "n_folds", "fold", "dataset", "n_mels", "hop_length", "image_height",
-                 "image_width", "pseudoLabelChance", "ampExpMin", "ampExpMax")
+# the models table's columns (the seed's names) and their types; fold is a number or "all"
+MODEL_COLUMNS = dict(id=int, seed=int, n_folds=int, fold=str, dataset=str, n_mels=int, hop_length=int,
+                     image_height=int, image_width=int, pseudoLabelChance=float, ampExpMin=float, ampExpMax=float)
+
+
+def kebab(name):
+    """A table column as a command-line flag: pseudoLabelChance -> pseudo-label-chance, n_mels -> n-mels."""
+    import re
+    return re.sub(r"(?<=[a-z])([A-Z])", r"-\1", name).replace("_", "-").lower()
 
 
 def read_models_table(path):

@@ -17,7 +17,8 @@ row_id is <file stem>_<end second>. The ensemble is the mean of the models' sigm
 file p[t] + w * (p[t-1] + p[t+1]), divided by 1 + 2w (the seed's post-processing with w = 0.5; the divisor keeps
 values in [0, 1] and changes no ranking). Models run in order of value for cost and are dropped, with a
 warning, when the projected time would pass --budget-min. Writes --out: a complete submission, always, with
-the columns of the sample_submission.csv beside the audio folder.
+the columns of the sample_submission.csv beside the audio folder; and beside it <out>.timing.json (network
+seconds per soundscape of each model, for report.py).
 """
 import argparse
 import contextlib
@@ -603,6 +604,10 @@ def run(args, started):
     tmp = args.out + ".tmp"
     frame.to_csv(tmp, index=False)
     os.replace(tmp, args.out)
+    scored = sum(p is not None for p in predictions.probs.values())
+    with open(os.path.splitext(args.out)[0] + ".timing.json", "w") as f:  # for report.py; Kaggle ignores it
+        json.dump(dict(files=len(paths), backend=networks[0].backend, seconds_per_soundscape={
+            name: predictions.seconds[name] / max(1, scored) for name in predictions.used}), f, indent=1)
     print(f"wrote {args.out}: {len(frame)} rows, {len(paths)} files, models {', '.join(predictions.used)}, "
           f"{time.time() - started:.1f} s", flush=True)
     return frame

@@ -1,40 +1,58 @@
-"""Pseudo-label every 5-s window of the unlabeled soundscapes with one round's ensemble.
+"""Pseudo-label the unlabeled 5-s windows that training draws from (prep's window cache) with one round's ensemble.
 
     python pseudo.py --models work/round1/ensemble --cache work/cache --out work/pseudo1.npz
-    python pseudo.py --models work/round2/ensemble --out work/pseudo2.npz --pl-norm none --threads 4
+    python pseudo.py --models work/round2/ensemble --cache work/cache --out work/pseudo2.npz --device cuda
+    torchrun --nproc_per_node 4 pseudo.py --models work/round1/ensemble --cache work/cache --out work/pseudo1.npz
+    python pseudo.py --models work/round1/ensemble --soundscapes data/site --out site.npz   # every window of files
 
-The ensemble (a folder from `soup.py bundle`) runs through infer.py's engine: each distinct mel setting is
-computed once per file and shared by the models using it; the label of a window is the mean of the models'
-sigmoid probabilities, then normalised per class over all windows (the seed added a normalisation in stage 2
-because the pseudo labels' floor values had grown too large): --pl-norm floor (default) maps each class's
-median to 0 and keeps 1 at 1; minmax rescales each class to [0, 1]; none keeps raw probabilities. On the demo,
-floor gave the best rounds 2 and 3 and minmax the worst (an unsure model's top guesses of ~0.3 become 1.0).
+Reads the ensemble (a folder from `soup.py bundle`) and the cache's unlabeled_windows.npy/.csv: the audio of the
+windows training mixes in, so nothing is decoded and a round costs what the cache holds, not what the site
+recorded. The label of a window is the mean of the models' sigmoid probabilities, then normalised per class
+over the labelled windows (the seed added a normalisation in stage 2 because the pseudo labels' floor had grown
+too large): --pl-norm floor (default) maps each class's median to 0 and keeps 1 at 1; minmax rescales each
+class to [0, 1]; none keeps raw probabilities. On the demo, floor gave the best rounds 2 and 3 and minmax the
+worst (an unsure model's top guesses of ~0.3 become 1.0).
 
-Output (.npz, written atomically): paths (soundscape of each row), end_seconds (5, 10, ...), probs
-(rows x classes, float32), classes.
+Engines: on CPU, infer.py's (the exported networks, fastest installed backend, one STFT per n_fft); with
+--device cuda (the default where CUDA is available) the round's soups run as torch models on the GPU in large
+batches, with AMP, behind the same mel front end. Under torchrun the windows are split across ranks in whole
+batches, and rank 0 writes the merged file. --soundscapes labels every window of the given files instead (for
+inspection or a user's own use; off the training path).
+
+Writes --out (.npz, atomically): paths (soundscape of each row), end_seconds (5, 10, ...), probs (rows x classes,
+float32), classes, raw_floor (each class's median before normalisation, for report.py). With the cache, one row
+per cached window, in the cache's order.
 """
 import argparse
+import json
 import os
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
+from tqdm import tqdm
 
 import infer
-from common import HelpFormatter, CachePaths, UserError, WINDOW_SECONDS, atomic_write, load_classes, run_main
+from common import (BirdNet, CachePaths, HelpFormatter, MelFrontEnd, MelSettings, UserError, WINDOW_SECONDS,
+                    atomic_write, load_classes, pick_device, read_npy_rows, run_main)
 
 # defaults
 threads = os.cpu_count() or 2
 pl_norm = "floor"          # removes the floor that grows from round to round (README: measured on the demo)
+batch_windows = 256        # windows per batch: a GPU's batch; on CPU infer.py's engine splits it further
+NORMALISATIONS = ("floor", "minmax", "none")
 
 
 def normalise(probs, how):
-    """Per-class normalisation over all windows.
+    """Per-class normalisation over all labelled windows.
 
     none: as is. minmax: each class rescaled to [0, 1] (a constant class becomes 0). floor: each class's
     median (its floor: most windows hold no call of a given species) becomes 0 and 1 stays 1, so the
     floor that grows from round to round is removed without turning weak guesses into confident ones.
     """
+    if how not in NORMALISATIONS:
+        raise UserError(f"unknown pseudo-label normalisation {how!r} ({', '.join(NORMALISATIONS)})")
     if how == "none":
         return probs
     if how == "floor":
@@ -44,52 +62,194 @@ def normalise(probs, how):
     return np.where(high > low, (probs - low) / np.maximum(high - low, 1e-12), 0.0).astype(np.float32)
 
 
-def pseudo_label(models_dir, cache, out, how=pl_norm, n_threads=threads, backend="torch"):
-    paths_of = CachePaths(cache)
-    if not os.path.isfile(paths_of.unlabeled):
-        raise UserError(f"cache file missing: {paths_of.unlabeled} (run prep.py first)")
-    unlabeled = pd.read_csv(paths_of.unlabeled)
-    if len(unlabeled) == 0:
-        raise UserError(f"{paths_of.unlabeled} lists no unlabeled soundscape to pseudo-label")
-    torch.set_num_threads(max(1, n_threads))
-    networks, mels, classes, _ = infer.load_ensemble(models_dir, backend, n_threads)
-    if classes != load_classes(paths_of.classes):
-        raise UserError(f"{models_dir}: the ensemble's classes differ from the cache's")
-    files = list(unlabeled["path"])
-    results, _, _, _ = infer.predict_files(files, networks, mels, budget_s=None, pp=0.0)
-    names, ends, blocks = [], [], []
-    for path in files:
-        probs = results[path]
-        if probs is None:  # unreadable now: infer.py warned; its windows get no pseudo label
-            continue
-        names += [path] * len(probs)
-        ends += [(w + 1) * WINDOW_SECONDS for w in range(len(probs))]
-        blocks.append(probs.astype(np.float32))
-    if not blocks:
-        raise UserError("no unlabeled soundscape could be decoded")
-    probs = normalise(np.concatenate(blocks), how)
+def write_labels(out, paths, end_seconds, raw, classes, how):
+    """Normalise raw (windows x classes) probabilities and write the pseudo-label file, atomically.
+
+    The one writer of the format: every producer of pseudo labels (the ensemble here, a teacher model) calls it.
+    """
+    probs = normalise(np.asarray(raw, dtype=np.float32), how)
 
     def write(tmp):
         with open(tmp, "wb") as f:
-            np.savez(f, paths=np.array(names), end_seconds=np.array(ends, dtype=np.int64), probs=probs,
-                     classes=np.array(classes))
+            np.savez(f, paths=np.asarray(paths, dtype=str), end_seconds=np.asarray(end_seconds, dtype=np.int64),
+                     probs=probs, classes=np.asarray(classes, dtype=str),
+                     raw_floor=np.median(raw, axis=0).astype(np.float32))
     atomic_write(out, write)
-    print(f"{out}: {len(probs)} windows of {len(blocks)} soundscapes, mean label {probs.mean():.4f} ({how})")
+    print(f"{out}: {len(probs)} windows of {len(set(paths))} soundscapes, mean label {probs.mean():.4f} ({how})")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# engines: (B, samples) float32 waveforms -> (B, classes) mean sigmoid probabilities
+
+
+class ExportedEngine:
+    """infer.py's engine on CPU: the exported networks with the fastest installed backend."""
+
+    def __init__(self, models_dir, backend, n_threads):
+        self.networks, self.front_end, self.classes, self.backend = infer.load_ensemble(models_dir, backend,
+                                                                                        n_threads)
+
+    def __call__(self, waves):
+        mels = self.front_end(waves)
+        probs = [torch.sigmoid(torch.from_numpy(n.logits(mels[n.mel_key]))).numpy() for n in self.networks]
+        return np.mean(probs, axis=0)
+
+
+def soup_dirs(models_dir):
+    """The model folders an ensemble was bundled from: beside the ensemble folder (a moved work folder keeps
+    working), else where the manifest says they were."""
+    with open(os.path.join(models_dir, "manifest.json")) as f:
+        manifest = json.load(f)
+    found = []
+    for source, name in zip(manifest.get("sources") or [None] * len(manifest["models"]), manifest["models"]):
+        beside = os.path.join(os.path.dirname(os.path.abspath(models_dir)), name)
+        for folder in (beside, source):
+            if folder and os.path.isfile(os.path.join(folder, "soup.pt")):
+                found.append(folder)
+                break
+        else:
+            raise UserError(f"{models_dir}: the soup of {name} is not beside it nor at {source}; "
+                            f"--device cpu uses the exported networks instead")
+    return found
+
+
+class SoupEngine:
+    """The round's soups as torch models on a device (a GPU; the same code runs on CPU for the tests): one mel
+    per distinct setting, computed in float32, the networks under AMP (float16 autocast) on CUDA."""
+
+    def __init__(self, models_dir, device):
+        self.device, self.amp = device, device.type == "cuda"
+        self.models, self.front_ends = [], {}
+        for folder in soup_dirs(models_dir):
+            with open(os.path.join(folder, "config.json")) as f:
+                config = json.load(f)
+            model = BirdNet(len(config["classes"]), config["image_height"], config["image_width"])
+            model.load_state_dict(torch.load(os.path.join(folder, "soup.pt"), map_location="cpu"))
+            model = model.to(device).eval()
+            if self.amp:  # NHWC convolutions are faster on CUDA
+                model = model.to(memory_format=torch.channels_last)
+                model.channels_last = True
+            settings = MelSettings(**config["mel_settings"])
+            self.front_ends.setdefault(settings.key, MelFrontEnd(settings).to(device).eval())
+            self.models.append((settings.key, model))
+            self.classes = [str(c) for c in config["classes"]]
+
+    def __call__(self, waves):
+        with torch.no_grad():
+            waves = waves.to(self.device, non_blocking=True)
+            mels = {key: front_end(waves) for key, front_end in self.front_ends.items()}  # float32, no autocast
+            total = 0
+            for key, model in self.models:
+                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                    total = total + torch.sigmoid(model(mels[key]).float())
+        return (total / len(self.models)).cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the runs
+
+
+def label_windows(engine, audio_path, rows, batch=batch_windows, show=True):
+    """(len(rows), classes) probabilities of the windows `rows` (ascending, in runs of whole batches) of the
+    (M, samples) float16 .npy file, read and scored a batch at a time: memory holds one batch of audio."""
+    out = []
+    for start in tqdm(range(0, len(rows), batch), desc="pseudo-label batches", unit="batch", disable=not show):
+        part = rows[start:start + batch]
+        waves = read_npy_rows(audio_path, int(part[0]), int(part[-1]) + 1)[part - part[0]]
+        out.append(engine(torch.from_numpy(waves.astype(np.float32))))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def rank_batches(n_rows, batch, rank, world_size):
+    """The rows of this rank: whole batches k with k % world_size == rank, so that every window is scored in
+    the same batch whatever the number of processes (the merged file equals a single process's)."""
+    starts = range(rank * batch, n_rows, world_size * batch)
+    return np.concatenate([np.arange(s, min(s + batch, n_rows)) for s in starts]) if len(starts) \
+        else np.zeros(0, dtype=np.int64)
+
+
+def pseudo_label(models_dir, cache, out, how=pl_norm, n_threads=threads, backend="auto", device="cpu",
+                 batch=batch_windows):
+    """Label every window of the cache's unlabeled_windows.npy and write `out` (see the module docstring)."""
+    paths_of = CachePaths(cache)
+    for path in (paths_of.unlabeled_windows, paths_of.unlabeled_audio, paths_of.classes):
+        if not os.path.isfile(path):
+            raise UserError(f"cache file missing: {path} (run make prep first)")
+    table = pd.read_csv(paths_of.unlabeled_windows)
+    if len(table) == 0:
+        raise UserError(f"{paths_of.unlabeled_windows} lists no unlabeled window to pseudo-label")
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank, world_size = 0, 1
+    device = pick_device(device)
+    if distributed:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+    torch.set_num_threads(max(1, n_threads))
+    engine = SoupEngine(models_dir, device) if device.type == "cuda" else ExportedEngine(models_dir, backend,
+                                                                                          n_threads)
+    if engine.classes != load_classes(paths_of.classes):
+        raise UserError(f"{models_dir}: the ensemble's classes differ from the cache's")
+    n_audio = len(np.load(paths_of.unlabeled_audio, mmap_mode="r"))
+    if n_audio != len(table):
+        raise UserError(f"{paths_of.unlabeled_audio} has {n_audio} windows, its table {len(table)}: run make prep")
+    rows = rank_batches(len(table), batch, rank, world_size)
+    probs = label_windows(engine, paths_of.unlabeled_audio, rows, batch, show=rank == 0)
+    if distributed:
+        parts = [None] * world_size
+        dist.all_gather_object(parts, (rows, probs))
+        dist.destroy_process_group()
+        if rank != 0:
+            return
+        rows = np.concatenate([p[0] for p in parts])
+        probs = np.concatenate([p[1] for p in parts if len(p[1])])[np.argsort(rows, kind="stable")]
+    write_labels(out, table["path"].tolist(), table["end_second"].tolist(), probs, engine.classes, how)
+
+
+def pseudo_label_soundscapes(models_dir, folder, out, how=pl_norm, n_threads=threads, backend="auto"):
+    """Every 5-s window of every audio file in `folder`, through infer.py's run (decoding included)."""
+    files = infer.list_audio(folder)
+    if not files:
+        raise UserError(f"no audio files in {folder}")
+    torch.set_num_threads(max(1, n_threads))
+    engine = ExportedEngine(models_dir, backend, n_threads)
+    results = infer.predict_files(files, engine.networks, engine.front_end, budget_s=None, pp=0.0).probs
+    names, ends, blocks = [], [], []
+    for path in files:
+        if results[path] is None:  # unreadable: infer.py warned; its windows get no pseudo label
+            continue
+        names += [path] * len(results[path])
+        ends += [(w + 1) * WINDOW_SECONDS for w in range(len(results[path]))]
+        blocks.append(results[path])
+    if not blocks:
+        raise UserError(f"no file in {folder} could be decoded")
+    write_labels(out, names, ends, np.concatenate(blocks), engine.classes, how)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--models", required=True, help="ensemble folder (soup.py bundle)")
-    p.add_argument("--cache", default="work/cache", help="prep.py's cache (lists the unlabeled soundscapes)")
+    p.add_argument("--cache", default="work/cache", help="prep.py's cache: the windows to label")
+    p.add_argument("--soundscapes", help="label every window of the audio files in this folder instead of the "
+                   "cache's (CPU engine)")
     p.add_argument("--out", required=True, help="pseudo-label file to write (.npz)")
-    p.add_argument("--pl-norm", default=pl_norm, choices=["none", "floor", "minmax"],
+    p.add_argument("--pl-norm", default=pl_norm, choices=NORMALISATIONS,
                    help="per class over all windows: floor maps the median to 0 and keeps 1 at 1; minmax rescales "
                    "to [0, 1]; none keeps raw probabilities")
     p.add_argument("--threads", type=int, default=threads, help="CPU threads")
-    p.add_argument("--backend", default="torch", choices=["auto", "openvino", "onnx", "torch"],
-                   help="inference backend (infer.py's)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:1; "
+                   "cuda runs the soups as torch models with AMP, cpu the exported networks")
+    p.add_argument("--backend", default="auto", choices=["auto", "openvino", "onnx", "torch"],
+                   help="CPU engine's backend (infer.py's): auto takes the fastest installed")
+    p.add_argument("--batch", type=int, default=batch_windows, help="windows per batch")
     args = p.parse_args()
-    pseudo_label(args.models, args.cache, args.out, args.pl_norm, args.threads, args.backend)
+    if args.soundscapes:
+        return pseudo_label_soundscapes(args.models, args.soundscapes, args.out, args.pl_norm, args.threads,
+                                        args.backend)
+    pseudo_label(args.models, args.cache, args.out, args.pl_norm, args.threads, args.backend, args.device,
+                 args.batch)
 
 
 if __name__ == "__main__":

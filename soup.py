@@ -20,8 +20,7 @@ import pandas as pd
 import torch
 
 from common import (TRACKED_METRICS, BirdNet, HelpFormatter, MelFrontEnd, MelSettings, UserError, all_metrics,
-                    atomic_write, export_artifact, run_main, save_json, swap_in)
-from train import load_split, predict
+                    atomic_write, export_artifact, load_split, predict, run_main, save_json, swap_in)
 
 # defaults
 threads = os.cpu_count() or 2

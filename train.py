@@ -24,9 +24,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from common import (AugmentChances, BirdNet, CachePaths, HelpFormatter, MelFrontEnd, MelSettings, PseudoWindows,
-                    TrainingSet, UserError, all_metrics, assign_folds, atomic_write, augment, bce_focal_loss,
-                    load_classes, read_models_table, read_rows, run_main, save_json, target_matrix)
+from common import (MODEL_COLUMNS, AugmentChances, BirdNet, CachePaths, HelpFormatter, MelFrontEnd, MelSettings,
+                    PseudoWindows, TrainingSet, UserError, all_metrics, atomic_write, augment, bce_focal_loss, kebab,
+                    load_split, pick_device, predict, read_models_table, run_main, save_json, split_summary)
 
 # defaults: the seed's recipe
 models = "models.csv"
@@ -60,14 +60,15 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=threads, help="CPU threads for torch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--pretrained", help="local file of ImageNet weights for the backbone (never downloaded)")
-    p.add_argument("--fold", help="validation fold of the models table's n_folds, or 'all': train on every row, no "
-                   "validation; the soup then averages every epoch from the soup start on")
     p.add_argument("--max-train-files", type=int, help="use only this many training rows (quick runs)")
-    for column, kind in (("seed", int), ("n_folds", int), ("dataset", str), ("n_mels", int),
-                         ("hop_length", int), ("image_height", int), ("image_width", int),
-                         ("pseudoLabelChance", float), ("ampExpMin", float), ("ampExpMax", float)):
-        p.add_argument(f"--{column}", type=kind, help="override the models table's value" + (
-            " (percent, as in the seed's table)" if column == "pseudoLabelChance" else ""))
+    notes = dict(fold="a fold of n_folds held out for validation, or 'all': train on every row, no validation; the "
+                 "soup then averages every epoch from the soup start on", pseudoLabelChance="percent, as in the "
+                 "seed's table")
+    for column, kind in MODEL_COLUMNS.items():  # --pseudo-label-chance, also --pseudoLabelChance (the table's name)
+        if column != "id":
+            names = dict.fromkeys([f"--{kebab(column)}", f"--{column}"])
+            p.add_argument(*names, dest=column, type=kind, help="override the models table's value"
+                           + (f" ({notes[column]})" if column in notes else ""))
     for name, value in vars(AugmentChances()).items():
         p.add_argument(f"--aug-{name.replace('_', '-')}", type=float, default=value, help="chance per sample")
     return p.parse_args(argv)
@@ -102,64 +103,6 @@ def lr_factor(step, warmup_steps, total_steps):
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked, but torch sees no CUDA device")
-    return torch.device(name)
-
-
-def predict(model, mel, waves, device, batch=64, amp=False):
-    """Sigmoid probabilities of model over (N, samples) float waveforms, in batches."""
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(waves), batch):
-            x = torch.as_tensor(np.asarray(waves[start:start + batch], dtype=np.float32)).to(device)
-            images = mel(x)  # float32 outside autocast: fp16 power overflows (as in training)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                out.append(torch.sigmoid(model(images).float()).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, model.head.out_features), np.float32)
-
-
-def load_split(cache_dir, config, max_train_files=None):
-    """Training rows, validation rows (the model's fold of the competition data; none for fold 'all'), audio
-    memmap, targets. A class's only recording always trains (assign_folds puts it in no fold)."""
-    paths = CachePaths(cache_dir)
-    for f in (paths.audio, paths.rows, paths.classes):
-        if not os.path.isfile(f):
-            raise UserError(f"file not found: {f} (run make prep first)")
-    rows = read_rows(paths.rows)
-    classes = load_classes(paths.classes)
-    audio = np.load(paths.audio, mmap_mode="r")
-    targets = target_matrix(rows, classes)
-    if config["dataset"] == "bc24+" and not rows["source"].eq("extra").any():
-        raise UserError(f"dataset bc24+ needs extra recordings, and {paths.rows} has none: run prep.py with "
-                        f"--extra FILE (make prep PREP_ARGS=\"--extra FILE\")")
-    usable = np.flatnonzero(rows["source"].eq("base") | (config["dataset"] == "bc24+"))
-    if config["fold"] == "all":
-        valid = np.zeros(0, dtype=np.int64)
-    else:
-        folds = np.full(len(rows), -1)
-        folds[usable] = assign_folds(rows["primary_label"].values[usable], int(config["n_folds"]),
-                                     int(config["seed"]))
-        valid = np.flatnonzero((folds == int(config["fold"])) & rows["source"].eq("base").values)
-    train = np.setdiff1d(usable, valid)
-    if max_train_files:
-        train = np.random.default_rng(int(config["seed"])).permutation(train)[:max_train_files]
-    return dict(rows=rows, classes=classes, audio=audio, targets=targets, train=np.sort(train), valid=valid)
-
-
-def split_summary(data, config):
-    """One line: classes, those without validation positives, training and validation rows."""
-    no_positives = int((data["targets"][data["valid"]].sum(0) == 0).sum())
-    untrained = int((data["targets"][data["train"]].sum(0) == 0).sum())
-    return (f"model {config['id']} fold {config['fold']}: {len(data['classes'])} classes ({no_positives} without "
-            f"validation positives, {untrained} without training rows), {len(data['train'])} training rows, "
-            f"{len(data['valid'])} validation rows")
 
 
 def file_digest(path):

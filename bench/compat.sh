@@ -32,7 +32,7 @@ import os, sys
 import numpy as np
 sys.path.insert(0, os.getcwd())
 import common, infer
-from prep import write_ogg
+from demo_data import write_ogg
 work = sys.argv[1]
 classes = [f"{i:04d}" for i in range(12)]  # numeric labels with leading zeros, as iNat ids are
 for k, (n_mels, hop, h, w) in enumerate([(64, 1024, 64, 128), (128, 512, 96, 96)]):

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import infer  # noqa: E402
-from prep import write_ogg  # noqa: E402
+from demo_data import write_ogg  # noqa: E402
 from common import (BirdNet, HelpFormatter, MelFrontEnd, MelSettings, export_artifact, read_models_table,  # noqa: E402
                     save_json)
 
@@ -82,14 +82,14 @@ def main():
         paths = infer.list_audio(audio_dir)
 
         began = time.perf_counter()
-        networks, mels, classes, backend = infer.load_ensemble(ensemble_dir, args.backend, args.threads,
+        networks, front_end, classes, backend = infer.load_ensemble(ensemble_dir, args.backend, args.threads,
                                                                args.precision)
         load_s = time.perf_counter() - began
-        infer.predict_files(paths[:1], networks, mels, log=False)  # warm-up (first-call allocations)
+        infer.predict_files(paths[:1], networks, front_end, log=False)  # warm-up (first-call allocations)
         ensemble_runs, eager_runs, eager_per_model = [], [], {}
         for _ in range(args.repeats):  # interleaved, so that both see the same machine
             began = time.perf_counter()
-            results, n_windows_of, _, network_s = infer.predict_files(paths, networks, mels, log=False)
+            results, n_windows_of, _, network_s = infer.predict_files(paths, networks, front_end, log=False)
             frame = infer.submission_frame(paths, results, n_windows_of, classes)
             frame.to_csv(os.path.join(tmp, "submission.csv"), index=False)
             ensemble_runs.append((time.perf_counter() - began) / len(paths))

@@ -19,11 +19,11 @@ from common import HelpFormatter, macro_roc_auc  # noqa: E402
 
 
 def score_round(ensemble_dir, paths, labels, pp_weight, backend="torch", precision="f32"):
-    networks, mels, classes, _ = infer.load_ensemble(ensemble_dir, backend, torch.get_num_threads(), precision)
+    networks, front_end, classes, _ = infer.load_ensemble(ensemble_dir, backend, torch.get_num_threads(), precision)
     truth = labels.set_index("row_id")[classes]
     raw = {}
     for net in sorted(networks, key=lambda n: n.name):
-        raw[net.name], n_windows_of, _, _ = infer.predict_files(paths, [net], mels, pp=0.0, log=False)
+        raw[net.name], n_windows_of, _, _ = infer.predict_files(paths, [net], front_end, pp=0.0, log=False)
     scores = {}
     members = list(raw)
     for name in members + ["ensemble"]:

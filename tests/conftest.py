@@ -9,6 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import common  # noqa: E402
+import demo_data  # noqa: E402
 import prep  # noqa: E402
 
 torch.set_num_threads(2)
@@ -17,7 +18,7 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("data") / "demo")
-    prep.make_demo(out, demo_seed=1, per_species=3, n_unlabeled=3, n_test=2, soundscape_s=12)
+    demo_data.make_demo(out, demo_seed=1, per_species=3, n_unlabeled=3, n_test=2, soundscape_s=12)
     return out
 
 
@@ -46,3 +47,21 @@ def tiny_ensemble(cache_dir, tmp_path_factory):
     classes = common.load_classes(common.CachePaths(cache_dir).classes)
     folder = str(tmp_path_factory.mktemp("ensemble"))
     return export_tiny_ensemble(folder, classes, [("modelA", 32, 1024, 32, 64, 0.8), ("modelB", 48, 512, 32, 32, 0.7)])
+
+
+TINY_TRAINING = ["--models", os.path.join(ROOT, "models-demo.csv"), "--epochs", "2", "--batch-size", "8",
+                 "--threads", "2", "--image-height", "32", "--image-width", "32", "--n-mels", "32",
+                 "--max-train-files", "16", "--soup-start", "1"]
+
+
+@pytest.fixture(scope="session")
+def souped_round(cache_dir, tmp_path_factory):
+    """WORK/round1 with model1 trained (2 tiny epochs), souped and exported, and the round's ensemble bundled."""
+    import soup
+    import train
+    work = tmp_path_factory.mktemp("souped")
+    model1 = str(work / "round1" / "model1")
+    train.main(["--model", "1", "--cache", cache_dir, "--out-dir", model1, *TINY_TRAINING])
+    soup.make_soup(model1, cache_dir, n_threads=2)
+    soup.bundle(str(work / "round1" / "ensemble"), [model1])
+    return work

@@ -3,6 +3,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -52,12 +53,37 @@ def test_mixing_rule_is_exact():
 
 @pytest.fixture(scope="module")
 def pseudo_file(cache_dir, tiny_ensemble, tmp_path_factory):
+    """Every window of the unlabeled soundscapes (--soundscapes), minmax-normalised."""
     out = str(tmp_path_factory.mktemp("pseudo") / "pseudo1.npz")
-    pseudo.pseudo_label(tiny_ensemble, cache_dir, out, "minmax", 2)
+    folder = os.path.dirname(pd.read_csv(CachePaths(cache_dir).unlabeled)["path"][0])
+    pseudo.pseudo_label_soundscapes(tiny_ensemble, folder, out, "minmax", 2)
     return out
 
 
-def test_pseudo_labels_cover_every_window(cache_dir, pseudo_file):
+@pytest.fixture(scope="module")
+def capped_cache(demo_dir, tmp_path_factory):
+    """A cache of 5 of the demo's unlabeled windows: training draws from these and nothing else."""
+    import prep
+    out = str(tmp_path_factory.mktemp("capped") / "cache")
+    prep.prepare(demo_dir, out, n_threads=2, window_cap=5)
+    return out
+
+
+def test_pseudo_labels_cover_the_cached_windows_and_nothing_else(capped_cache, tiny_ensemble, tmp_path):
+    out = str(tmp_path / "pseudo.npz")
+    pseudo.pseudo_label(tiny_ensemble, capped_cache, out, "none", 2, batch=2)
+    labels = np.load(out)
+    cached = pd.read_csv(CachePaths(capped_cache).unlabeled_windows)
+    assert list(labels["paths"]) == list(cached["path"]) and list(labels["end_seconds"]) == list(cached["end_second"])
+    assert len(cached) == 5 < pd.read_csv(CachePaths(capped_cache).unlabeled)["n_windows"].sum()
+    # each row is the ensemble's mean probability of that cached window's audio (float16 in the cache)
+    engine = pseudo.ExportedEngine(tiny_ensemble, "torch", 2)
+    audio = np.load(CachePaths(capped_cache).unlabeled_audio)
+    expected = engine(torch.from_numpy(audio.astype(np.float32)))
+    assert np.abs(labels["probs"] - expected).max() < 1e-3
+
+
+def test_pseudo_labels_of_every_window_of_given_files(cache_dir, pseudo_file):
     unlabeled = pd.read_csv(CachePaths(cache_dir).unlabeled)
     labels = np.load(pseudo_file)
     expected = {(p, 5 * (w + 1)) for p, n in zip(unlabeled["path"], unlabeled["n_windows"]) for w in range(n)}
@@ -71,6 +97,8 @@ def test_pseudo_labels_cover_every_window(cache_dir, pseudo_file):
 
 
 def test_pl_norm():
+    with pytest.raises(common.UserError):  # an unknown name is an error, not minmax
+        pseudo.normalise(np.zeros((2, 2), np.float32), "median")
     probs = np.array([[0.2, 0.5], [0.4, 0.5], [0.3, 0.5]], dtype=np.float32)
     assert np.allclose(pseudo.normalise(probs, "minmax"), [[0, 0], [1, 0], [0.5, 0]])
     assert np.array_equal(pseudo.normalise(probs, "none"), probs)
@@ -253,3 +281,43 @@ def test_data_with_spaces_is_quoted_and_work_with_spaces_is_one_line(tmp_path):
                             capture_output=True, text=True)
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode != 0 and len(errors) == 1 and "WORK may not contain spaces" in errors[0]
+
+
+
+def test_soup_engine_on_cpu_equals_the_exported_engine(cache_dir, souped_round):
+    """The GPU engine's code (soups as torch models, AMP off on CPU) against infer.py's exported networks."""
+    ensemble = str(souped_round / "round1" / "ensemble")
+    audio = np.load(CachePaths(cache_dir).unlabeled_audio)[:6].astype(np.float32)
+    on_device = pseudo.SoupEngine(ensemble, torch.device("cpu"))(torch.from_numpy(audio))
+    exported = pseudo.ExportedEngine(ensemble, "torch", 2)(torch.from_numpy(audio))
+    assert on_device.shape == exported.shape == (6, len(common.load_classes(CachePaths(cache_dir).classes)))
+    assert np.abs(on_device - exported).max() < 1e-3 and exported.std() > 0
+
+
+def test_torchrun_pseudo_labels_equal_a_single_process(cache_dir, tiny_ensemble, tmp_path):
+    single = str(tmp_path / "single.npz")
+    pseudo.pseudo_label(tiny_ensemble, cache_dir, single, "floor", 1, backend="torch", batch=2)
+    merged = str(tmp_path / "merged.npz")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             os.path.join(ROOT, "pseudo.py"), "--models", tiny_ensemble, "--cache", cache_dir,
+                             "--out", merged, "--threads", "1", "--backend", "torch", "--batch", "2",
+                             "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    a, b = np.load(single), np.load(merged)
+    assert list(a["paths"]) == list(b["paths"]) and np.array_equal(a["end_seconds"], b["end_seconds"])
+    assert np.allclose(a["probs"], b["probs"], atol=1e-6) and np.allclose(a["raw_floor"], b["raw_floor"], atol=1e-6)
+    assert len(a["probs"]) == len(pd.read_csv(CachePaths(cache_dir).unlabeled_windows))
+
+
+def test_bench_scale_quick_runs_to_the_end(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "scale.py"), "--quick", "--threads", "2",
+                             "--windows", "24", "--root", str(tmp_path / "scale")], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "prep full: 400 rows, 40 soundscapes" in out and "prep quarter: 100 rows, 10 soundscapes" in out
+    assert "| whole cycle |" in out and "pseudo_round_min=" in out
+    cached = len(pd.read_csv(CachePaths(str(tmp_path / "scale" / "cache-full")).unlabeled_windows))
+    assert cached == 40 * 48  # every window of 40 four-minute soundscapes (under the default cap)
+    labels = np.load(tmp_path / "scale" / "pseudo-full.npz")
+    assert len(labels["probs"]) == cached

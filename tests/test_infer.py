@@ -12,7 +12,7 @@ import torch
 
 import common
 import infer
-import prep
+import demo_data
 from helpers import one_line_error, run_alone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +25,7 @@ def audio_dir(demo_dir, tmp_path_factory):
     folder = root / "test_soundscapes"
     shutil.copytree(os.path.join(demo_dir, "test_soundscapes"), folder)
     rng = np.random.default_rng(0)
-    prep.write_ogg(str(folder / "long62.ogg"), rng.standard_normal((62 * 44100, 2)).astype(np.float32) * 0.05, 44100)
+    demo_data.write_ogg(str(folder / "long62.ogg"), rng.standard_normal((62 * 44100, 2)).astype(np.float32) * 0.05, 44100)
     classes = list(pd.read_csv(os.path.join(demo_dir, "sample_submission.csv")).columns[1:])
     pd.DataFrame(columns=["row_id"] + classes[::-1]).to_csv(root / "sample_submission.csv", index=False)
     return str(folder)
@@ -126,12 +126,12 @@ def test_backends_agree(tmp_path, cache_dir, demo_dir):
     outputs = {}
     torch.set_num_threads(2)
     for backend in infer.available_backends(str(tmp_path), infer.read_specs(str(tmp_path))):
-        networks, mels, _, _ = infer.load_ensemble(str(tmp_path), backend, 2)
+        networks, front_end, _, _ = infer.load_ensemble(str(tmp_path), backend, 2)
         threads_seen = []
 
         def counting_mels(windows):
             threads_seen.append(torch.get_num_threads())
-            return mels(windows)
+            return front_end(windows)
         results, _, _, _ = infer.predict_files(paths, networks, counting_mels, pp=0.5, log=False)
         outputs[backend] = np.concatenate([results[p] for p in paths])
         # torch computes the mels with 1 thread while OpenVINO / ONNX Runtime threads run the networks
@@ -144,9 +144,9 @@ def test_backends_agree(tmp_path, cache_dir, demo_dir):
     if installed("openvino"):  # infer.py's default precision: bf16 where the CPU has it natively, else f32
         import openvino
         native = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        networks, mels, _, _ = infer.load_ensemble(str(tmp_path), "openvino", 2, "auto")
+        networks, front_end, _, _ = infer.load_ensemble(str(tmp_path), "openvino", 2, "auto")
         assert networks[0].precision == ("bf16" if native else "f32")
-        results, _, _, _ = infer.predict_files(paths, networks, mels, pp=0.5, log=False)
+        results, _, _, _ = infer.predict_files(paths, networks, front_end, pp=0.5, log=False)
         auto = np.concatenate([results[p] for p in paths])
         assert np.abs(auto - outputs["torch"]).max() < (2e-2 if native else 1e-3)
 

@@ -27,10 +27,8 @@ def test_augmentations_identity_at_zero_and_keep_shapes():
     assert torch.equal(m, mel) and torch.equal(t, targets)
     m, t = augment(mel, targets, AugmentChances(0, 0, 0, 0, 0), g)
     assert torch.equal(m, mel) and torch.equal(t, targets)
-    for fn in (lambda x: horizontal_flip(x, 1.0, g), lambda x: coarse_dropout(x, 1.0, g),
-               lambda x: stretch(x, 1.0, g), lambda x: stretch(x, 1.0, g, local=True)):
-        out = fn(mel)
-        assert out.shape == mel.shape and not torch.equal(out, mel)
+    out = stretch(mel, 1.0, g, local=True)  # local: segments of random factors (global: test below)
+    assert out.shape == mel.shape and not torch.equal(out, mel)
     assert torch.equal(horizontal_flip(mel, 1.0, g), mel.flip(-1))
     m, t = mixup(mel, targets, 1.0, g)
     assert m.shape == mel.shape and t.shape == targets.shape and not torch.equal(t, targets)
@@ -38,23 +36,30 @@ def test_augmentations_identity_at_zero_and_keep_shapes():
 
 
 def test_loss_is_mean_of_bce_and_focal():
-    logits, targets = torch.randn(4, 3), torch.rand(4, 3)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p = torch.sigmoid(logits)
-    p_true = p * targets + (1 - p) * (1 - targets)
-    expected = 0.5 * (bce.mean() + (bce * (1 - p_true) ** 2).mean())
-    assert torch.allclose(bce_focal_loss(logits, targets), expected)
+    """By hand: logit 0 for a true label (p 0.5): BCE ln 2, focal ln 2 * 0.5**2; logit ln 3 for a false one
+    (p 0.75): BCE ln 4, focal ln 4 * 0.75**2. Loss = (mean BCE + mean focal) / 2 = 1.09375 ln 2."""
+    logits = torch.tensor([[0.0], [float(np.log(3.0))]])
+    targets = torch.tensor([[1.0], [0.0]])
+    assert float(bce_focal_loss(logits, targets)) == pytest.approx(1.09375 * np.log(2), rel=1e-6)
 
 
 def test_dropout_heads_mean_in_training_and_identity_in_eval():
+    """Heads with dropout 0, 0, 0, 0 and 1: in training the logits are (4 * head(f) + head(0)) / 5."""
     torch.manual_seed(0)
-    model = BirdNet(4, 32, 32)
+    model = BirdNet(4, 32, 32, dropout_rates=(0.0, 0.0, 0.0, 0.0, 1.0))
     mel = torch.rand(2, 1, 16, 20)
     model.eval()
     a, b = model(mel), model(mel)
     assert a.shape == (2, 4) and torch.equal(a, b)
-    model.train()
-    assert not torch.equal(model(mel), model(mel))  # dropout active
+    with torch.no_grad():
+        image = torch.nn.functional.interpolate(mel, size=(32, 32), mode="bilinear", align_corners=False)
+        features = model.pool(model.backbone(torch.cat([image] * 3, dim=1)))
+        by_hand = (4 * (features @ model.head.weight.T + model.head.bias) + model.head.bias) / 5
+        model.train()
+        model.backbone.eval()  # BatchNorm as above: only the dropouts train
+        assert torch.allclose(model(mel), by_hand, atol=1e-5)
+        model = BirdNet(4, 32, 32).train()
+        assert not torch.equal(model(mel), model(mel))  # the seed's rates: dropout active
 
 
 def test_tiny_model_overfits_one_batch():
@@ -101,3 +106,34 @@ def test_inference_form_equals_the_model_and_leaves_it_unchanged():
     assert torch.abs(got - expected).max() < 1e-4
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.resize_rows is None
+
+
+def test_coarse_dropout_zeroes_a_few_small_rectangles():
+    g = torch.Generator().manual_seed(1)
+    ones = torch.ones(20, 1, 40, 60)
+    out = coarse_dropout(ones, 1.0, g, max_holes=4, max_fraction=0.15)
+    assert out.shape == ones.shape and set(out.unique().tolist()) == {0.0, 1.0}
+    side_h, side_w = int(40 * 0.15), int(60 * 0.15)
+    for image in out[:, 0]:
+        holes = image == 0
+        rows, cols = holes.any(1).nonzero().flatten(), holes.any(0).nonzero().flatten()
+        assert 1 <= holes.sum() <= 4 * side_h * side_w  # at least one hole, at most 4 of the largest
+        assert holes.sum(1).max() <= 4 * side_w and holes.sum(0).max() <= 4 * side_h
+        assert len(rows) <= 4 * side_h and len(cols) <= 4 * side_w
+
+
+def test_global_stretch_of_a_ramp():
+    """A time ramp (value = column index) stretched by 1.1 reads (j + 0.5) * w / w' - 0.5 at column j (bilinear,
+    half-pixel centres; w' = round(1.1 w)), cropped back to its width; shrunk by 0.9, the columns past w' are
+    zero padding. Constant along frequency, so the frequency stretch only moves where the padding starts."""
+    width = 50
+    ramp = torch.arange(width, dtype=torch.float32).expand(1, 1, 8, width).clone()
+    for factor in (1.1, 0.9):
+        out = stretch(ramp, 1.0, torch.Generator().manual_seed(0), factors=(factor, factor))[0, 0]
+        resized = round(width * factor)
+        kept = min(width, resized)
+        j = torch.arange(kept, dtype=torch.float32)
+        expected = ((j + 0.5) * width / resized - 0.5).clamp(0, width - 1)
+        rows = min(8, round(8 * factor))  # the frequency axis is stretched alike: shrunk, it is padded too
+        assert torch.allclose(out[:rows, :kept], expected.expand(rows, kept), atol=1e-3), factor
+        assert torch.all(out[:, kept:] == 0) and torch.all(out[rows:] == 0)

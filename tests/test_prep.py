@@ -202,12 +202,12 @@ def test_a_bad_file_costs_no_second_array(damaged_dataset, cache_dir, tmp_path, 
     sf.write(os.path.join(unlabeled, "cut.flac"), noise, 32000)  # a header of 20 s, then a tenth of the data
     with open(os.path.join(unlabeled, "cut.flac"), "r+b") as f:
         f.truncate(os.path.getsize(os.path.join(unlabeled, "cut.flac")) // 10)
-    opened, real_open = [], np.lib.format.open_memmap
+    opened, real_writer = [], prep.NpyRowWriter
 
-    def open_memmap(path, *args, **kwargs):
+    def writer(path, *args, **kwargs):
         opened.append(os.path.basename(path))
-        return real_open(path, *args, **kwargs)
-    monkeypatch.setattr(np.lib.format, "open_memmap", open_memmap)
+        return real_writer(path, *args, **kwargs)
+    monkeypatch.setattr(prep, "NpyRowWriter", writer)
     monkeypatch.setattr(np, "save", lambda *a, **k: pytest.fail("np.save writes a second array"))
     out = str(tmp_path / "cache")
     prep.prepare(root, out, n_threads=2, window_cap=10**6)

@@ -1,0 +1,267 @@
+"""Generate the embedded demo dataset: synthetic species, Xeno-canto-like train recordings, target-site soundscapes.
+
+    python demo_data.py --out data/demo
+    python demo_data.py --out /tmp/tiny --per-species 3 --unlabeled 3 --test 2 --soundscape-seconds 12
+
+Writes --out in the BirdCLEF 2024 layout (train_metadata.csv, train_audio/<species>/*.ogg,
+unlabeled_soundscapes/, test_soundscapes/, sample_submission.csv) and the test labels beside it, never inside
+(<out>-test-labels.csv: row_id and one 0/1 column per species, the format bench/score_demo.py reads). 12 species
+with parametric calls (sweeps, trills, harmonic notes, whistles, buzzes, vibrato; three confusable pairs); the
+soundscapes come from another "site": coloured noise, insect bands, wind, rain, reverberation, quieter
+overlapping calls and a skewed species mix. Deterministic for a given --seed, whatever the number of processes.
+"""
+import argparse
+import math
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from common import SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, HelpFormatter, swap_in
+
+DEMO_SPECIES = [  # name, call kind, low Hz, high Hz, note seconds, notes per phrase, note gap seconds
+    ("amecho", "sweep_up", 2500, 5000, 0.12, 4, 0.08),
+    ("bkwtit", "sweep_down", 2500, 5000, 0.12, 4, 0.08),      # confusable with amecho (direction)
+    ("cobwar", "trill", 4000, 4300, 0.025, 24, 0.02),
+    ("dunlin", "trill", 4100, 4400, 0.04, 12, 0.045),         # confusable with cobwar (rhythm)
+    ("eurwre", "harmonic", 1200, 1250, 0.35, 3, 0.15),
+    ("fieldf", "harmonic", 1450, 1500, 0.35, 3, 0.15),        # confusable with eurwre (pitch)
+    ("grewoo", "whistle", 1800, 2600, 0.6, 2, 0.25),
+    ("hoopoe", "pulse", 600, 700, 0.08, 3, 0.25),
+    ("indrob", "buzz", 6000, 7500, 0.5, 1, 0.0),
+    ("junbab", "sweep_up", 6500, 8500, 0.05, 8, 0.05),
+    ("kingfi", "whistle", 7000, 7600, 0.3, 3, 0.1),
+    ("lesrav", "vibrato", 3000, 3300, 0.8, 1, 0.0),
+]
+
+
+def render_phrase(rng, kind, low, high, note_s, n_notes, gap_s, sr=SAMPLE_RATE):
+    """One rendition of a species' call phrase, with per-rendition jitter of pitch, timing and note count."""
+    pitch = rng.uniform(0.96, 1.04)
+    tempo = rng.uniform(0.9, 1.1)
+    n_notes = max(1, n_notes + int(rng.integers(-1, 2)))
+    notes = []
+    for k in range(n_notes):
+        n = max(8, int(note_s * tempo * sr))
+        t = np.arange(n) / sr
+        u = t / t[-1]
+        if kind == "sweep_up":
+            freq = low + (high - low) * u
+        elif kind == "sweep_down":
+            freq = high - (high - low) * u
+        elif kind == "whistle":  # two-note whistle alternating low/high
+            freq = np.full(n, low if k % 2 == 0 else high)
+        elif kind == "vibrato":
+            freq = 0.5 * (low + high) + 0.5 * (high - low) * np.sin(2 * np.pi * 9 * t)
+        else:
+            freq = np.full(n, rng.uniform(low, high))
+        phase = 2 * np.pi * np.cumsum(freq * pitch) / sr
+        if kind == "harmonic":
+            tone = sum(np.sin(h * phase) / h for h in range(1, 5))
+        elif kind == "buzz":
+            tone = rng.standard_normal(n) * (1 + np.sin(phase)) * 0.5
+            tone = np.convolve(tone, np.hanning(9), mode="same")
+        elif kind == "pulse":
+            tone = np.sin(phase) * np.sin(2 * np.pi * 0.5 * u) ** 2
+        else:
+            tone = np.sin(phase)
+        envelope = np.minimum(1.0, np.minimum(u, 1 - u) * 8)
+        notes.append(tone * envelope)
+        notes.append(np.zeros(int(gap_s * tempo * sr)))
+    phrase = np.concatenate(notes)
+    if kind == "buzz":  # band-limit the noise around the species' band via a crude mix with a carrier
+        carrier = np.sin(2 * np.pi * rng.uniform(low, high) * np.arange(len(phrase)) / sr)
+        phrase = phrase * carrier
+    return (phrase / (np.abs(phrase).max() + 1e-9)).astype(np.float32)
+
+
+def coloured_noise(rng, n, exponent):
+    """Noise with power spectrum ~ 1/f**exponent (0 white, 1 pink, 2 brown), unit std."""
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    f = np.fft.rfftfreq(n)
+    f[0] = f[1]
+    noise = np.fft.irfft(spectrum / f ** (exponent / 2), n)
+    return (noise / (noise.std() + 1e-9)).astype(np.float32)
+
+
+def place(track, phrase, start, gain):
+    """Add a phrase into track at sample `start` (clipped at the end); return the [start, end) placed."""
+    end = min(len(track), start + len(phrase))
+    if end > start:
+        track[start:end] += gain * phrase[:end - start]
+    return start, end
+
+
+def demo_train_recording(rng, species_id, others, duration_s):
+    """A Xeno-canto-like focal recording: one primary species, maybe a secondary one, light noise."""
+    sr = SAMPLE_RATE
+    n = int(duration_s * sr)
+    # recording levels vary widely between uploads; the focal bird is far above the recording's own noise
+    level = 10 ** rng.uniform(np.log10(0.03), np.log10(0.6))
+    track = coloured_noise(rng, n, rng.uniform(0.0, 1.0)) * level * rng.uniform(0.01, 0.04)
+    # the primary calls in the first 5 s most of the time, but not always
+    late_start = duration_s > 8 and rng.random() < 0.15
+    t = rng.uniform(5.5, min(duration_s - 1, 8.0)) if late_start else rng.uniform(0.0, 2.5)
+    while t < duration_s - 0.3:
+        phrase = render_phrase(rng, *DEMO_SPECIES[species_id][1:])
+        place(track, phrase, int(t * sr), level * rng.uniform(0.6, 1.0))
+        t += len(phrase) / sr + rng.uniform(0.5, 3.0)
+    secondary = []
+    if rng.random() < 0.25:
+        other = int(rng.choice(others))
+        secondary.append(DEMO_SPECIES[other][0])
+        t = rng.uniform(0.0, max(0.1, duration_s - 1))
+        place(track, render_phrase(rng, *DEMO_SPECIES[other][1:]), int(t * sr), level * rng.uniform(0.2, 0.6))
+    return track, secondary
+
+
+def reverb(rng, x, sr=SAMPLE_RATE):
+    """Convolve with a random exponentially decaying noise impulse response (the site's echo)."""
+    rt = rng.uniform(0.2, 0.6)
+    t = np.arange(int(rt * sr)) / sr
+    ir = rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt)
+    ir[0] = 3.0
+    from scipy.signal import fftconvolve
+    y = fftconvolve(x, ir / np.abs(ir).sum() * 4, mode="full")[:len(x)]
+    return y.astype(np.float32)
+
+
+def demo_soundscape(rng, duration_s, species_weights):
+    """A target-site soundscape: loud coloured noise, insect bands, wind, rain, reverberant distant calls.
+
+    Returns the audio and, per 5-s window, the set of species calling in it.
+    """
+    sr = SAMPLE_RATE
+    n = int(duration_s * sr)
+    t = np.arange(n) / sr
+    track = coloured_noise(rng, n, rng.uniform(1.0, 2.0)) * rng.uniform(0.01, 0.04)
+    for _ in range(rng.integers(1, 4)):  # insects: tonal bands pulsing at tens of Hz, in the birds' range
+        f0 = rng.uniform(2500, 9000)
+        pulse = (np.sin(2 * np.pi * rng.uniform(15, 60) * t) > rng.uniform(-0.5, 0.5)).astype(np.float32)
+        slow = np.clip(np.sin(2 * np.pi * t / rng.uniform(8, 30) + rng.uniform(0, 6.3)) + 0.3, 0, 1)
+        track += np.sin(2 * np.pi * f0 * t + 0.3 * np.sin(2 * np.pi * 3 * t)) * pulse * slow * rng.uniform(0.005, 0.03)
+    if rng.random() < 0.6:  # wind: low-frequency noise gusts
+        gust = np.clip(np.sin(2 * np.pi * t / rng.uniform(3, 9) + rng.uniform(0, 6.3)), 0, 1) ** 2
+        track += coloured_noise(rng, n, 2.5) * gust * rng.uniform(0.02, 0.1)
+    if rng.random() < 0.4:  # rain: sparse clicks
+        clicks = np.zeros(n, dtype=np.float32)
+        idx = rng.integers(0, n, int(duration_s * rng.uniform(20, 80)))
+        clicks[idx] = rng.uniform(-1, 1, len(idx))
+        track += np.convolve(clicks, np.hanning(16), mode="same") * rng.uniform(0.1, 0.3)
+    calls = np.zeros(n, dtype=np.float32)
+    n_windows = int(math.ceil(duration_s / WINDOW_SECONDS))
+    present = [set() for _ in range(n_windows)]
+    n_species = rng.integers(1, 5)
+    for s in rng.choice(len(DEMO_SPECIES), size=n_species, replace=False, p=species_weights):
+        t0 = rng.uniform(0, duration_s)
+        for _ in range(rng.integers(1, 6)):  # a bout of a few phrases
+            if t0 > duration_s - 0.3:
+                break
+            phrase = render_phrase(rng, *DEMO_SPECIES[s][1:])
+            start, end = place(calls, phrase, int(t0 * sr), rng.uniform(0.08, 0.5))
+            for w in range(start // WINDOW_SAMPLES, (end - 1) // WINDOW_SAMPLES + 1):
+                overlap = min(end, (w + 1) * WINDOW_SAMPLES) - max(start, w * WINDOW_SAMPLES)
+                if overlap >= 0.2 * sr:
+                    present[w].add(DEMO_SPECIES[s][0])
+            t0 += len(phrase) / sr + rng.uniform(0.3, 4.0)
+    track += reverb(rng, calls)
+    return np.clip(track, -1, 1), present
+
+
+def write_ogg(path, audio, sr=SAMPLE_RATE):
+    """Write Ogg Vorbis in 1-s blocks: libsndfile's vorbis encoder can crash on one large stereo write."""
+    import soundfile as sf
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    channels = 1 if audio.ndim == 1 else audio.shape[1]
+    with sf.SoundFile(path, "w", sr, channels, format="OGG", subtype="VORBIS") as f:
+        for start in range(0, len(audio), sr):
+            f.write(audio[start:start + sr])
+
+
+def _demo_train_file(job):
+    """Render and write one train recording; its randomness depends only on (seed, species, index)."""
+    from scipy.signal import resample_poly
+    tmp, demo_seed, s, k = job
+    rng = np.random.default_rng([demo_seed, 0, s, k])
+    name = DEMO_SPECIES[s][0]
+    others = [o for o in range(len(DEMO_SPECIES)) if o != s]
+    duration = rng.uniform(2, 5) if rng.random() < 0.15 else float(np.clip(rng.lognormal(2.3, 0.6), 5, 60))
+    audio, secondary = demo_train_recording(rng, s, others, duration)
+    audio = np.clip(audio, -1, 1)
+    rate = SAMPLE_RATE
+    if rng.random() < 0.1:  # a few recordings at 48 kHz stereo, as real uploads are
+        audio = resample_poly(audio, 3, 2).astype(np.float32)
+        audio = np.stack([audio, audio * 0.8], axis=1)
+        rate = 48000
+    filename = f"{name}/XC{demo_seed:02d}{s:02d}{k:03d}.ogg"
+    write_ogg(os.path.join(tmp, "train_audio", filename), audio, rate)
+    return (name, str(secondary), "['call']", filename, round(float(rng.uniform(2.5, 5)), 1), "demo", "demo-license")
+
+
+def _demo_soundscape_file(job):
+    """Render and write one soundscape; returns its test-label rows."""
+    tmp, demo_seed, folder, prefix, kind, k, seconds, weights = job
+    rng = np.random.default_rng([demo_seed, kind, k])
+    audio, present = demo_soundscape(rng, seconds, weights)
+    stem = f"{prefix}{demo_seed:02d}{k:04d}"
+    write_ogg(os.path.join(tmp, folder, f"{stem}.ogg"), audio)
+    return [[f"{stem}_{(w + 1) * WINDOW_SECONDS}"] + [int(s[0] in species) for s in DEMO_SPECIES]
+            for w, species in enumerate(present)]
+
+
+def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=60, soundscape_s=60, processes=None):
+    """Write the demo dataset (BirdCLEF 2024 layout) to `out` and its test labels beside it.
+
+    Files are rendered in parallel; each one's randomness comes from (seed, file), so the result does not
+    depend on the number of processes.
+    """
+    from multiprocessing import get_context
+    tmp = out.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    names = [s[0] for s in DEMO_SPECIES]
+    # the target site favours some species over others
+    weights = np.random.default_rng([demo_seed, 1]).dirichlet(np.full(len(names), 2.0))
+    train_jobs = [(tmp, demo_seed, s, k) for s in range(len(names)) for k in range(per_species)]
+    soundscape_jobs = [(tmp, demo_seed, "unlabeled_soundscapes", "U", 2, k, soundscape_s, weights)
+                       for k in range(n_unlabeled)]
+    test_jobs = [(tmp, demo_seed, "test_soundscapes", "T", 3, k, soundscape_s, weights) for k in range(n_test)]
+    for folder in ("unlabeled_soundscapes", "test_soundscapes"):
+        os.makedirs(os.path.join(tmp, folder), exist_ok=True)
+    with get_context("fork").Pool(processes or os.cpu_count() or 1) as pool:
+        meta = list(tqdm(pool.imap(_demo_train_file, train_jobs), total=len(train_jobs), desc="demo train audio",
+                         unit="file"))
+        list(tqdm(pool.imap(_demo_soundscape_file, soundscape_jobs), total=len(soundscape_jobs),
+                  desc="demo unlabeled soundscapes", unit="file"))
+        labels = [row for rows in tqdm(pool.imap(_demo_soundscape_file, test_jobs), total=len(test_jobs),
+                                       desc="demo test soundscapes", unit="file") for row in rows]
+    pd.DataFrame(meta, columns=["primary_label", "secondary_labels", "type", "filename", "rating", "author",
+                                "license"]).to_csv(os.path.join(tmp, "train_metadata.csv"), index=False)
+    pd.DataFrame([[f"soundscape_0_{(w + 1) * 5}"] + [1.0 / len(names)] * len(names) for w in range(3)],
+                 columns=["row_id"] + names).to_csv(os.path.join(tmp, "sample_submission.csv"), index=False)
+    # test labels live next to the dataset, never inside it
+    labels_path = out.rstrip("/") + "-test-labels.csv"
+    pd.DataFrame(labels, columns=["row_id"] + names).to_csv(labels_path + ".tmp", index=False)
+    swap_in(tmp, out)
+    os.replace(labels_path + ".tmp", labels_path)
+    print(f"demo dataset {out}: {len(meta)} train files, {n_unlabeled} unlabeled and {n_test} test soundscapes; "
+          f"test labels {labels_path}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--out", default="data/demo", help="dataset folder to write")
+    parser.add_argument("--seed", type=int, default=0, help="generator seed (the dataset is deterministic)")
+    parser.add_argument("--per-species", type=int, default=30, help="train recordings per species")
+    parser.add_argument("--unlabeled", type=int, default=60, help="unlabeled soundscapes")
+    parser.add_argument("--test", type=int, default=60, help="test soundscapes")
+    parser.add_argument("--soundscape-seconds", type=float, default=60, help="length of each soundscape")
+    args = parser.parse_args(argv)
+    make_demo(args.out, args.seed, args.per_species, args.unlabeled, args.test, args.soundscape_seconds)
+
+
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""One HTML page of a cycle: every round, model and pseudo-label set, readable offline in a browser.
+
+    python report.py --work work
+    python report.py --work work/demo --audio data/demo/test_soundscapes --labels data/demo-test-labels.csv
+    make report
+
+Reads what the cycle left in --work: roundR/modelID/{metrics.csv, soup.json, config.json} (training curves, the
+soup's kept epochs and metrics), pseudoR.npz (pseudo labels), scores.csv (bench/score_demo.py's test scores;
+computed here when --labels and --audio are given) and *.timing.json (seconds per soundscape and model, written
+by infer.py beside its submission). Writes --out (default WORK/report/): index.html and the PNG figures it
+shows, beside it. A missing or half-finished round or model is shown as missing. Needs matplotlib, an optional
+extra (`pip install matplotlib`), never needed by the cycle or by infer.py.
+"""
+import argparse
+import glob
+import html
+import json
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+
+from common import HelpFormatter, UserError, run_main, swap_in
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CURVES = (("loss", ("train_loss", "valid_loss")), ("AUC", ("auc",)), ("cMAP", ("cmap",)), ("LRAP", ("lrap",)),
+          ("F1", ("f1",)), ("learning rate", ("lr",)))
+METRICS = ("auc", "cmap", "lrap", "f1")
+
+
+def load_plotting():
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError("report.py draws with matplotlib, an optional extra: pip install matplotlib")
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def find_rounds(work):
+    """{round: {model id: folder}} of every roundR/modelID folder, in order."""
+    rounds = {}
+    for folder in sorted(glob.glob(os.path.join(work, "round*", "model*"))):
+        r, m = os.path.basename(os.path.dirname(folder))[5:], os.path.basename(folder)[5:]
+        if r.isdigit() and m.isdigit():
+            rounds.setdefault(int(r), {})[int(m)] = folder
+    return dict(sorted((r, dict(sorted(models.items()))) for r, models in rounds.items()))
+
+
+def model_state(folder):
+    """What a model folder holds: metrics (DataFrame or None), soup report, config, and a status word."""
+    metrics_path, soup_path, config_path = (os.path.join(folder, f) for f in ("metrics.csv", "soup.json",
+                                                                             "config.json"))
+    metrics = pd.read_csv(metrics_path) if os.path.isfile(metrics_path) else None
+    soup = read_json(soup_path) if os.path.isfile(soup_path) else None
+    config = read_json(config_path) if os.path.isfile(config_path) else {}
+    if soup is not None:
+        status = "finished"
+    elif os.path.isfile(os.path.join(folder, "train_done.json")):
+        status = "trained, no soup yet"
+    elif metrics is not None:
+        status = f"training: {len(metrics)} of {config.get('epochs', '?')} epochs"
+    else:
+        status = "missing"
+    return dict(metrics=metrics, soup=soup, config=config, status=status)
+
+
+def curves_figure(plt, state, title, path):
+    """Training curves of one model, the soup-kept epochs marked with dots and a shaded band."""
+    metrics, kept = state["metrics"], (state["soup"] or {}).get("kept_epochs", [])
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(3.0 * len(CURVES), 2.6))
+    for ax, (name, columns) in zip(axes, CURVES):
+        for column in columns:
+            if column in metrics and metrics[column].notna().any():
+                ax.plot(metrics["epoch"], metrics[column], marker="o", markersize=2.5,
+                        label=column.replace("_", " "))
+                marked = metrics[metrics["epoch"].isin(kept)]
+                ax.scatter(marked["epoch"], marked[column], s=14, color="black", zorder=3)
+        if kept:
+            ax.axvspan(min(kept) - 0.5, max(kept) + 0.5, color="tab:green", alpha=0.08)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if len(columns) > 1:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{title} (dots: epochs in the soup)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def label_figure(plt, probs, title, path):
+    fig, ax = plt.subplots(figsize=(4.5, 2.6))
+    ax.hist(probs.ravel(), bins=50, color="tab:blue")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("pseudo label", fontsize=8)
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def fmt(value, digits=4):
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "&ndash;"
+    return f"{value:.{digits}f}" if isinstance(value, (float, np.floating)) else html.escape(str(value))
+
+
+def table(header, rows):
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def pseudo_sections(plt, work, out):
+    """One section per pseudoR.npz: coverage, mean label, floors, histogram, the classes that moved most."""
+    parts, previous = [], None
+    for path in sorted(glob.glob(os.path.join(work, "pseudo*.npz"))):
+        name = os.path.splitext(os.path.basename(path))[0]
+        labels = np.load(path, allow_pickle=False)
+        probs, classes = labels["probs"], [str(c) for c in labels["classes"]]
+        floor_after = np.median(probs, axis=0)
+        floor_before = labels["raw_floor"] if "raw_floor" in labels.files else None
+        label_figure(plt, probs, f"{name}: label values", os.path.join(out, f"{name}_hist.png"))
+        rows = [["windows", f"{len(probs):,}"], ["soundscapes", f"{len(set(labels['paths'])):,}"],
+                ["mean label", fmt(float(probs.mean()))],
+                ["per-class floor (median) before normalisation, mean over classes",
+                 fmt(float(floor_before.mean())) if floor_before is not None else "not recorded"],
+                ["per-class floor after normalisation, mean over classes", fmt(float(floor_after.mean()))]]
+        section = f"<h3>{name}</h3>" + table(["", name], rows)
+        section += f'<img src="{name}_hist.png" alt="{name} histogram">'
+        mass = pd.Series(probs.mean(0), index=classes)
+        if previous is not None:
+            change = (mass - previous).dropna().sort_values(key=np.abs, ascending=False).head(10)
+            section += "<p>Classes whose mean pseudo label changed most from the previous set:</p>" + table(
+                ["class", "before", "after", "change"],
+                [[html.escape(c), fmt(previous[c]), fmt(mass[c]), f"{change[c]:+.4f}"] for c in change.index])
+        previous = mass
+        parts.append(section)
+    return parts
+
+
+def test_scores(work, audio, labels_path):
+    """bench/score_demo.py's table: computed when labels are given, else its scores.csv if a run left one."""
+    if labels_path and audio:
+        sys.path.insert(0, os.path.join(ROOT, "bench"))
+        import infer
+        from score_demo import score_round
+        labels, paths, rows = pd.read_csv(labels_path, dtype={"row_id": str}), infer.list_audio(audio), []
+        for r in sorted(find_rounds(work)):
+            ensemble = os.path.join(work, f"round{r}", "ensemble")
+            if os.path.isfile(os.path.join(ensemble, "manifest.json")):
+                for (name, pp), auc in score_round(ensemble, paths, labels, infer.pp_weight).items():
+                    rows.append(dict(round=r, model=name, post_processing=pp, macro_auc=auc))
+        return pd.DataFrame(rows)
+    path = os.path.join(work, "scores.csv")
+    return pd.read_csv(path) if os.path.isfile(path) else None
+
+
+def write_report(work, out=None, audio=None, labels=None):
+    plt = load_plotting()
+    out = out or os.path.join(work, "report")
+    tmp = out.rstrip("/") + ".tmp"
+    os.makedirs(tmp, exist_ok=True)
+    rounds, scores = find_rounds(work), test_scores(work, audio, labels)
+    ids = sorted({m for models in rounds.values() for m in models})
+    body = [f"<h1>Cycle report: {html.escape(os.path.abspath(work))}</h1>"]
+    if not rounds:
+        body.append("<p>No round has started yet (no roundR/modelID folder).</p>")
+    summary = []
+    for r in range(1, max(rounds or [0]) + 1):
+        models = rounds.get(r, {})
+        ensemble = os.path.isfile(os.path.join(work, f"round{r}", "ensemble", "manifest.json"))
+        body.append(f"<h2>Round {r}</h2><p>ensemble: {'bundled' if ensemble else 'missing'}</p>")
+        rows = []
+        for m in ids:
+            state = model_state(models[m]) if m in models else dict(metrics=None, soup=None, config={},
+                                                                      status="missing")
+            soup, metrics = state["soup"] or {}, state["metrics"]
+            best = soup.get("best_single_epoch") or (
+                metrics.loc[metrics["auc"].idxmax()].to_dict() if metrics is not None
+                and metrics["auc"].notna().any() else {})
+            chance = state["config"].get("pseudoLabelChance")
+            test = {}
+            if scores is not None and len(scores):
+                for pp in (False, True):
+                    hit = scores[(scores["round"] == r) & (scores["model"] == f"model{m}")
+                                 & (scores["post_processing"] == pp)]
+                    test[pp] = float(hit["macro_auc"].iloc[0]) if len(hit) else None
+            rows.append([f"model{m}", html.escape(state["status"]),
+                         fmt(best.get("auc")) + (f" (epoch {int(best['epoch'])})" if best.get("epoch") else ""),
+                         fmt((soup.get("soup") or {}).get("auc")),
+                         f"{100 * chance:.0f} %" if chance is not None and r > 1 else "&ndash;",
+                         fmt(test.get(False)), fmt(test.get(True))])
+            if metrics is not None and len(metrics):
+                image = f"round{r}_model{m}.png"
+                curves_figure(plt, state, f"round {r}, model{m}", os.path.join(tmp, image))
+                soup_row = table(["", *METRICS], [
+                    ["soup of epochs " + ", ".join(map(str, soup.get("kept_epochs", []))) if soup else "no soup yet",
+                     *[fmt((soup.get("soup") or {}).get(k)) for k in METRICS]],
+                    [f"best single epoch ({int(best['epoch'])})" if best.get("epoch") else "best single epoch",
+                     *[fmt(best.get(k)) for k in METRICS]]])
+                state["figure"] = f'<h3>round {r}, model{m}</h3><img src="{image}" alt="round {r} model{m}">' \
+                    + soup_row
+            summary.append(state.get("figure", f"<h3>round {r}, model{m}</h3><p>{html.escape(state['status'])}</p>"))
+        test_ensemble = {}
+        if scores is not None and len(scores):
+            for pp in (False, True):
+                hit = scores[(scores["round"] == r) & (scores["model"] == "ensemble") & (scores["post_processing"] == pp)]
+                test_ensemble[pp] = float(hit["macro_auc"].iloc[0]) if len(hit) else None
+        rows.append(["ensemble", "bundled" if ensemble else "missing", "&ndash;", "&ndash;", "&ndash;",
+                     fmt(test_ensemble.get(False)), fmt(test_ensemble.get(True))])
+        body.append(table(["model", "status", "valid AUC, best epoch", "valid AUC, soup", "pseudo-label chance",
+                           "test AUC", "test AUC +pp"], rows))
+        body += summary
+        summary = []
+    pseudo = pseudo_sections(plt, work, tmp)
+    body.append("<h2>Pseudo labels</h2>" + ("".join(pseudo) if pseudo else "<p>none yet</p>"))
+    timing_rows = []
+    for path in sorted(glob.glob(os.path.join(work, "*.timing.json"))):
+        timing = read_json(path)
+        for name, seconds in timing["seconds_per_soundscape"].items():
+            timing_rows.append([html.escape(os.path.basename(path)), html.escape(name), fmt(seconds, 3),
+                                html.escape(str(timing.get("backend", "")))])
+    body.append("<h2>Inference time</h2>" + (table(["run", "model", "s per soundscape (network)", "backend"],
+                                                   timing_rows) if timing_rows else "<p>no infer.py run here</p>"))
+    style = ("body{font-family:sans-serif;margin:1.5em;max-width:1900px}table{border-collapse:collapse;margin:.5em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#f2f2f2}img{max-width:100%}")
+    with open(os.path.join(tmp, "index.html"), "w") as f:
+        f.write(f"<!doctype html><html><head><meta charset='utf-8'><title>Cycle report</title><style>{style}"
+                f"</style></head><body>{''.join(body)}</body></html>")
+    swap_in(tmp, out)
+    path = os.path.join(out, "index.html")
+    print(f"report: {path}")
+    return path
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--work", default="work", help="the cycle's WORK folder")
+    p.add_argument("--out", help="report folder (default WORK/report)")
+    p.add_argument("--audio", help="labelled soundscapes, to score each round (with --labels)")
+    p.add_argument("--labels", help="their labels, sample_submission format (the demo's data/demo-test-labels.csv)")
+    args = p.parse_args()
+    if not os.path.isdir(args.work):
+        raise UserError(f"no work folder: {args.work}")
+    write_report(args.work, args.out, args.audio, args.labels)
+
+
+if __name__ == "__main__":
+    run_main(main)

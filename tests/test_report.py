@@ -1,0 +1,46 @@
+"""report.py on a tiny cycle: a finished model, a half-trained one, a round that never started, pseudo labels."""
+import os
+import shutil
+import sys
+
+import pytest
+
+import pseudo
+import report
+from common import UserError
+
+@pytest.fixture(scope="module")
+def tiny_cycle(cache_dir, souped_round, tmp_path_factory):
+    """WORK with round 1: model1 finished and bundled, model2 trained but not souped; round 2: model1 has one
+    epoch of two (an interrupted run), model2 never started; pseudo1.npz from the round-1 ensemble."""
+    work = tmp_path_factory.mktemp("cycle")
+    shutil.copytree(souped_round, work, dirs_exist_ok=True)
+    model1 = str(work / "round1" / "model1")
+    shutil.copytree(model1, work / "round1" / "model2")
+    os.remove(work / "round1" / "model2" / "soup.json")
+    pseudo.pseudo_label(str(work / "round1" / "ensemble"), cache_dir, str(work / "pseudo1.npz"), "floor", 2)
+    half = work / "round2" / "model1"
+    half.mkdir(parents=True)
+    lines = open(os.path.join(model1, "metrics.csv")).read().splitlines()
+    (half / "metrics.csv").write_text("\n".join(lines[:2]) + "\n")  # header and epoch 1
+    shutil.copy(os.path.join(model1, "config.json"), half / "config.json")
+    return work
+
+
+def test_report_names_every_model_and_round(tiny_cycle, tmp_path):
+    page_path = report.write_report(str(tiny_cycle), str(tmp_path / "report"))
+    page = open(page_path).read()
+    for text in ("Round 1", "Round 2", "model1", "model2", "pseudo1", "soup of epochs 1, 2"):
+        assert text in page, text
+    assert "trained, no soup yet" in page and "training: 1 of 2 epochs" in page and "missing" in page
+    assert "per-class floor (median) before normalisation" in page
+    for image in ("round1_model1.png", "round1_model2.png", "round2_model1.png", "pseudo1_hist.png"):
+        path = tmp_path / "report" / image
+        assert path.exists() and path.stat().st_size > 1000 and f'src="{image}"' in page
+    assert not os.path.exists(tmp_path / "report.tmp")
+
+
+def test_report_without_matplotlib_says_how_to_install(tiny_cycle, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    with pytest.raises(UserError, match="pip install matplotlib"):
+        report.write_report(str(tiny_cycle), str(tmp_path / "report"))
