@@ -4,6 +4,7 @@
 #   make demo                                   # everything on the embedded demo data, scored
 #   make test                                   # the test suite
 #   make round1 DATA=/data/birdclef-2024 THREADS=16 DEVICE=cuda
+#   make round1 DATA=/data/birdclef-2024 GPUS=0,1,2,3 PRETRAINED=timm   # one model per GPU, the seed's weights
 #   make ensemble DATA=/data/birdclef-2024      # round1 -> pseudo1 -> round2 -> pseudo2 -> round3 -> ensemble
 #   make submission DATA=/data/birdclef-2024    # infer.py on DATA/test_soundscapes
 #   make kaggle                                 # WORK/kaggle: the folder to upload, with KERNEL.md's cells
@@ -14,12 +15,20 @@ DATA    ?= data/birdclef-2024
 WORK    ?= work
 MODELS  ?= models.csv
 EPOCHS  ?= 50
-THREADS ?= $(shell nproc 2>/dev/null || echo 2)
+THREADS ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
 DEVICE  ?= auto
 TRAIN_ARGS ?=
 PREP_ARGS  ?=
 PL_NORM ?= floor
 PRETRAINED ?=
+GPUS ?=
+
+# GPUS=0,1,2,3: a round's models train side by side, each on its own GPU (the k-th model of the table on GPU
+# k mod 4) with its share of THREADS; make runs as many jobs as there are GPUs
+comma := ,
+ifneq ($(GPUS),)
+MAKEFLAGS += -j$(words $(subst $(comma), ,$(GPUS)))
+endif
 
 ifneq ($(words $(WORK)),1)
 $(error WORK may not contain spaces ("$(WORK)"); DATA may)
@@ -72,7 +81,7 @@ define ROUND
 $(WORK)/round$(1)/model%/soup.json: $(CACHED) $(PSEUDO_$(1)) $(STAMPS)/round$(1)-model% | $(SETUP)
 	$(PY) train.py --model $$* --round $(1) --models $(MODELS) --cache $(CACHE) --work $(WORK) --epochs $(EPOCHS) \
 		--threads $(THREADS) --device $(DEVICE) $(if $(PSEUDO_$(1)),--pseudo $(PSEUDO_$(1))) \
-		$(if $(PRETRAINED),--pretrained "$(PRETRAINED)") $(TRAIN_ARGS)
+		$(if $(PRETRAINED),--pretrained "$(PRETRAINED)") $(if $(GPUS),--gpus $(GPUS)) $(TRAIN_ARGS)
 	$(PY) soup.py --model-dir $(WORK)/round$(1)/model$$* --cache $(CACHE) --threads $(THREADS)
 $(WORK)/round$(1)/ensemble/manifest.json: $(foreach i,$(IDS),$(WORK)/round$(1)/model$(i)/soup.json)
 	$(PY) soup.py bundle --out $(WORK)/round$(1)/ensemble $(foreach i,$(IDS),$(WORK)/round$(1)/model$(i))

@@ -31,12 +31,22 @@ class UserError(Exception):
 
 
 def pick_device(name):
-    """--device: auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ..."""
+    """--device: auto (CUDA, then Apple's MPS, then CPU), cpu, cuda, cuda:1, mps."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked, but torch sees no CUDA device")
+        raise UserError(f"--device {name} asked, but torch sees no CUDA device")
+    if name == "mps" and not mps:
+        raise UserError("--device mps asked, but torch sees no Apple GPU")
     return torch.device(name)
+
+
+def gpu_of(model_id, model_ids, gpus):
+    """The GPU of a model when a round's models share the GPUs `gpus` ("0,1,2,3"): the k-th, k = the model's
+    position in the models table modulo their number."""
+    listed = [g.strip() for g in str(gpus).split(",") if g.strip()]
+    return listed[list(model_ids).index(model_id) % len(listed)]
 
 
 def run_main(main):
@@ -156,15 +166,18 @@ def assign_folds(primary_labels, n_folds, seed):
 # a model's split of the cache, and its predictions over it (train.py validates with them, soup.py scores the soup)
 
 
-def predict(model, mel, waves, device, batch=64, amp=False):
-    """Sigmoid probabilities of model over (N, samples) float waveforms, in batches."""
+def predict(model, mel, waves, device, batch=64, amp=False, rows=None):
+    """Sigmoid probabilities of model over the (N, samples) waveforms `waves` (an array or the cache's memmap),
+    or over its `rows` only, read a batch at a time (validation never copies its whole set)."""
     model.eval()
     out = []
+    rows = np.arange(len(waves)) if rows is None else np.asarray(rows)
     with torch.no_grad():
-        for start in range(0, len(waves), batch):
-            x = torch.as_tensor(np.asarray(waves[start:start + batch], dtype=np.float32)).to(device)
+        for start in range(0, len(rows), batch):
+            x = torch.as_tensor(np.asarray(waves[rows[start:start + batch]], dtype=np.float32)).to(device)
             images = mel(x)  # float32 outside autocast: fp16 power overflows (as in training)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            with torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
+                                enabled=amp):  # CPU autocast computes in bfloat16
                 out.append(torch.sigmoid(model(images).float()).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, model.head.out_features), np.float32)
 
@@ -236,11 +249,19 @@ class BirdNet(nn.Module):
         super().__init__()
         import timm
         kwargs = dict(num_classes=0, global_pool="")
-        if pretrained:  # a local file only: pretrained_cfg_overlay points timm at it, nothing is downloaded
-            if not os.path.isfile(pretrained):
-                raise UserError(f"pretrained weights file not found: {pretrained}")
-            kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=os.path.abspath(pretrained)))
-        self.backbone = timm.create_model(BACKBONE, **kwargs)
+        if pretrained == "timm":  # the seed's weights: timm downloads them once and caches them
+            try:
+                self.backbone = timm.create_model(BACKBONE, pretrained=True, **kwargs)
+            except Exception as err:
+                reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+                raise UserError(f"could not fetch {BACKBONE}'s weights through timm ({reason}); offline, pass "
+                                f"--pretrained FILE, a local weights file (make PRETRAINED=FILE)")
+        else:
+            if pretrained:  # a local file: pretrained_cfg_overlay points timm at it, nothing is downloaded
+                if not os.path.isfile(pretrained):
+                    raise UserError(f"pretrained weights file not found: {pretrained}")
+                kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=os.path.abspath(pretrained)))
+            self.backbone = timm.create_model(BACKBONE, **kwargs)
         self.image_size = (image_height, image_width)
         self.pool = GeM(gem_p)
         self.dropouts = nn.ModuleList(nn.Dropout(r) for r in dropout_rates)
@@ -473,16 +494,32 @@ class TrainingSet:
                                                   self.pseudo.targets[j], gains[0], gains[1])
         return torch.from_numpy(waves), torch.from_numpy(targets)
 
-    def epoch(self, epoch, batch_size, rank=0, world_size=1):
-        """Yield the epoch's shuffled batches; under torchrun each rank takes its own share."""
-        rng = np.random.default_rng((self.seed, epoch))
-        order = rng.permutation(self.rows)
-        order = order[rank::world_size]
-        # every rank runs the same number of batches (DDP); the last partial batch is dropped (BatchNorm)
-        n_batches = max(1, len(self.rows) // world_size // batch_size)
-        for b in range(n_batches):
-            rows = order[b * batch_size:(b + 1) * batch_size]
-            yield self.batch(rows, np.random.default_rng((self.seed, epoch, b, rank)))
+    def epoch_plan(self, epoch, batch_size, rank=0, world_size=1):
+        """[(rows, seed)] of this rank's batches in an epoch. batch_size is the global batch: under torchrun each
+        of the world_size ranks takes its share of every global batch, so N processes take the steps of one
+        with the same samples. The last partial global batch is dropped (BatchNorm)."""
+        order = np.random.default_rng((self.seed, epoch)).permutation(self.rows)
+        share = batch_size // world_size
+        return [(order[b * batch_size:(b + 1) * batch_size][rank::world_size][:share], (self.seed, epoch, b, rank))
+                for b in range(max(1, len(order) // batch_size))]
+
+    def build(self, plan, pin=False):
+        """One planned batch: (waves, targets) tensors, in pinned memory when asked (copies to a GPU overlap)."""
+        rows, seed = plan
+        waves, targets = self.batch(rows, np.random.default_rng(seed))
+        return (waves.pin_memory(), targets.pin_memory()) if pin else (waves, targets)
+
+    def epoch(self, epoch, batch_size, rank=0, world_size=1, workers=0, pin=False):
+        """Yield this rank's batches of an epoch, in order. workers > 0 builds them ahead on that many threads
+        (faster than worker processes here, bench/train_speed.py, and safe in a process that has OpenVINO or ONNX
+        Runtime threads, where fork is not); each batch's randomness comes from its own seed, so an epoch is the
+        same whatever the number of workers, and after a resume."""
+        plans = self.epoch_plan(epoch, batch_size, rank, world_size)
+        if workers <= 0:
+            for plan in plans:
+                yield self.build(plan, pin)
+            return
+        yield from ordered_map(lambda plan: self.build(plan, pin), plans, workers, ahead=2 * workers)
 
 
 # ----------------------------------------------------------------------------------------------------------

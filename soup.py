@@ -73,7 +73,7 @@ def make_soup(model_dir, cache, n_threads=threads, soup_start=None):
     mel_settings = MelSettings(**config["mel_settings"])
     model = BirdNet(len(config["classes"]), config["image_height"], config["image_width"])
     model.load_state_dict(average_state_dicts(states))
-    probs = predict(model, MelFrontEnd(mel_settings), data["audio"][data["valid"]], torch.device("cpu"))
+    probs = predict(model, MelFrontEnd(mel_settings), data["audio"], torch.device("cpu"), rows=data["valid"])
     soup_metrics = all_metrics(data["targets"][data["valid"]], probs)
     best = metrics.loc[metrics["auc"].idxmax()] if metrics["auc"].notna().any() else None
     atomic_write(os.path.join(model_dir, "soup.pt"), lambda tmp: torch.save(model.state_dict(), tmp))

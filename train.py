@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from common import (MODEL_COLUMNS, AugmentChances, BirdNet, CachePaths, HelpFormatter, MelFrontEnd, MelSettings,
                     PseudoWindows, TrainingSet, UserError, all_metrics, atomic_write, augment, bce_focal_loss, kebab,
-                    load_split, pick_device, predict, read_models_table, run_main, save_json, split_summary)
+                    gpu_of, load_split, pick_device, predict, read_models_table, run_main, save_json, split_summary)
 
 # defaults: the seed's recipe
 models = "models.csv"
@@ -51,15 +51,25 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", help="output folder (default <work>/round<R>/model<ID>)")
     p.add_argument("--pseudo", help="pseudo-label file from pseudo.py (rounds 2 and 3)")
     p.add_argument("--epochs", type=int, default=epochs, help="training epochs (no early stopping)")
-    p.add_argument("--batch-size", type=int, default=batch_size, help="samples per step (per process)")
+    p.add_argument("--batch-size", type=int, default=batch_size, help="samples per optimiser step, in all: under "
+                   "torchrun each of N processes takes batch/N of them, so N GPUs train the schedule of one")
     p.add_argument("--lr", type=float, default=lr, help="peak learning rate")
     p.add_argument("--warmup-epochs", type=float, default=warmup_epochs, help="linear warm-up, then cosine")
     p.add_argument("--weight-decay", type=float, default=weight_decay, help="AdamW weight decay")
     p.add_argument("--soup-start", type=int, help=f"first epoch saved for the soup (default: {soup_start_of_50} "
                    "of 50, scaled to --epochs)")
     p.add_argument("--threads", type=int, default=threads, help="CPU threads for torch")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--pretrained", help="local file of ImageNet weights for the backbone (never downloaded)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then Apple's MPS, then CPU), cpu, cuda, cuda:1, mps")
+    p.add_argument("--gpus", help="GPUs that a round's models share, e.g. 0,1,2,3 (make GPUS=...): this model "
+                   "trains on the k-th of them, k = its row in the models table modulo their number, with "
+                   "--threads divided among them")
+    p.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="mixed precision: auto = on for "
+                   "CUDA (float16, gradient scaling); on also runs CPU autocast (bfloat16; tests the same code path)")
+    p.add_argument("--loader-workers", default="auto", help="processes that build batches ahead: auto = 0 on CPU "
+                   "(the step is the bottleneck and needs the cores), min(8, cores) on a GPU")
+    p.add_argument("--pretrained", help="the backbone's starting weights: a local weights file, or 'timm' for the "
+                   "seed's ImageNet/JFT weights (tf_efficientnet_b0.ns_jft_in1k), downloaded by timm and cached; "
+                   "default: random init")
     p.add_argument("--max-train-files", type=int, help="use only this many training rows (quick runs)")
     notes = dict(fold="a fold of n_folds held out for validation, or 'all': train on every row, no validation; the "
                  "soup then averages every epoch from the soup start on", pseudoLabelChance="percent, as in the "
@@ -114,16 +124,18 @@ def file_digest(path):
     return digest.hexdigest()
 
 
-def input_signature(args, config, world_size=1):
-    """What a run's results depend on: the settings, the content of the training rows, class list and pseudo
-    labels (digests), and the number of processes (it sets the schedule's step count). Paths, file times,
-    threads and the device are not part of it, so a copied or moved work folder resumes and is reused."""
+def input_signature(args, config):
+    """What a run's results depend on: the settings and the content of the training rows, class list and pseudo
+    labels (digests). Paths, file times, threads, the device and the number of processes (the batch is global,
+    so the schedule is the same on any) are not part of it: a copied or moved work folder resumes and is reused,
+    and a run resumes on another number of GPUs."""
     cache = CachePaths(args.cache)
-    where = ("threads", "device", "out_dir", "work", "cache", "pseudo", "models", "round", "pretrained")
+    where = ("threads", "device", "out_dir", "work", "cache", "pseudo", "models", "round", "pretrained", "gpus",
+             "loader_workers")
     settings = {k: v for k, v in vars(args).items() if k not in where}
     pretrained = args.pretrained and (file_digest(args.pretrained) if os.path.isfile(args.pretrained)
                                       else args.pretrained)
-    signature = dict(config=config, settings=settings, world_size=world_size, pretrained=pretrained,
+    signature = dict(config=config, settings=settings, pretrained=pretrained,
                      rows=file_digest(cache.rows), classes=file_digest(cache.classes),
                      pseudo=args.pseudo and [file_digest(args.pseudo), file_digest(cache.unlabeled_windows)])
     return json.loads(json.dumps(signature, default=str))
@@ -165,6 +177,9 @@ def main(argv=None):
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank, world_size = 0, 1
+    if args.gpus:  # make GPUS=...: the round's models side by side, one per GPU, the CPU threads shared
+        args.device = f"cuda:{gpu_of(args.model, read_models_table(args.models).index, args.gpus)}"
+        args.threads = max(1, args.threads // len(args.gpus.split(",")))
     device = pick_device(args.device)
     if distributed:  # torchrun: one process per device, gradients averaged by DDP
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -176,7 +191,7 @@ def main(argv=None):
     for path in (cache.audio, cache.rows, cache.classes) + ((args.pseudo,) if args.pseudo else ()):
         if not os.path.isfile(path):
             raise UserError(f"file not found: {path}" + ("" if path == args.pseudo else " (run make prep first)"))
-    inputs = input_signature(args, config, world_size)
+    inputs = input_signature(args, config)
     state = run_state(out_dir, inputs)  # every rank reads it before rank 0 changes anything
     if distributed:
         dist.barrier()
@@ -195,9 +210,14 @@ def main(argv=None):
         if distributed:
             dist.destroy_process_group()
         return
+    if args.batch_size % world_size:
+        raise UserError(f"--batch-size {args.batch_size} is the batch of all {world_size} processes together: "
+                        f"make it a multiple of {world_size}")
     torch.set_num_threads(max(1, args.threads))
     seed = int(config["seed"])
     torch.manual_seed(seed)
+    workers = (0 if device.type == "cpu" else min(8, os.cpu_count() or 1)) if args.loader_workers == "auto" \
+        else int(args.loader_workers)
 
     data = load_split(args.cache, config, args.max_train_files)
     if rank == 0:
@@ -210,18 +230,20 @@ def main(argv=None):
     mel = MelFrontEnd(mel_settings).to(device)
     model = BirdNet(len(data["classes"]), int(config["image_height"]), int(config["image_width"]),
                     pretrained=args.pretrained).to(device)
-    amp = device.type == "cuda"  # mixed precision on CUDA
+    amp = args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16  # CPU autocast computes in bfloat16
     # NHWC convolutions: faster on CUDA and about 2x faster on CPU here (bench/train_speed.py)
     model = model.to(memory_format=torch.channels_last)
     model.channels_last = True
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = max(1, len(dataset) // world_size // args.batch_size)
+    steps_per_epoch = max(1, len(dataset) // args.batch_size)  # the same for any number of processes
     total_steps = steps_per_epoch * args.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, int(args.warmup_epochs * steps_per_epoch), total_steps))
     # torch.amp.GradScaler("cuda") from torch 2.3 on; torch.cuda.amp's before (deprecated since)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp) if hasattr(torch.amp, "GradScaler") \
-        else torch.cuda.amp.GradScaler(enabled=amp)
+    scaled = amp and device.type == "cuda"  # float16 gradients need scaling; bfloat16 ones do not
+    scaler = torch.amp.GradScaler("cuda", enabled=scaled) if hasattr(torch.amp, "GradScaler") \
+        else torch.cuda.amp.GradScaler(enabled=scaled)
     soup_start = args.soup_start or max(1, round(args.epochs * soup_start_of_50 / 50))
 
     start_epoch, history = 1, []
@@ -240,21 +262,24 @@ def main(argv=None):
                        augment=vars(chances), classes=data["classes"]), os.path.join(out_dir, "config.json"))
     trained = model
     if distributed:
-        trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if amp else None)
+        trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                                            else None)
 
     for epoch in range(start_epoch, args.epochs + 1):
         began = time.time()
-        torch.manual_seed(seed * 1000 + epoch)  # dropout and augmentations repeat exactly after a resume
-        generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+        # dropout and augmentations repeat exactly after a resume; each rank draws its own
+        torch.manual_seed(seed * 1000 + epoch + 7919 * rank)
+        generator = torch.Generator().manual_seed(seed * 1000 + epoch + 7919 * rank)
         trained.train()
         losses = []
-        bar = tqdm(dataset.epoch(epoch, args.batch_size, rank, world_size), total=steps_per_epoch,
+        batches = dataset.epoch(epoch, args.batch_size, rank, world_size, workers, pin=device.type == "cuda")
+        bar = tqdm(batches, total=steps_per_epoch,
                    desc=f"model {args.model} epoch {epoch}/{args.epochs}", unit="batch", disable=rank != 0)
         for waves, targets in bar:
             waves, targets = waves.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             with torch.no_grad():
                 images, targets = augment(mel(waves), targets, chances, generator)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                 loss = bce_focal_loss(trained(images), targets)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -265,7 +290,7 @@ def main(argv=None):
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         if rank != 0:
             continue
-        probs = predict(model, mel, data["audio"][data["valid"]], device, amp=amp)
+        probs = predict(model, mel, data["audio"], device, amp=amp, rows=data["valid"])
         valid_targets = data["targets"][data["valid"]]
         valid_loss = float(bce_focal_loss(torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)),
                                           torch.from_numpy(valid_targets))) if len(probs) else float("nan")
@@ -283,7 +308,8 @@ def main(argv=None):
             scaler=scaler.state_dict(), epoch=epoch, history=history, inputs=inputs), tmp))
     if rank == 0:
         best = max(history, key=lambda r: r["auc"]) if history else None
-        save_json(dict(inputs=inputs, epochs=args.epochs, soup_start=soup_start, best=best), done_path)
+        save_json(dict(inputs=inputs, epochs=args.epochs, soup_start=soup_start, best=best, world_size=world_size,
+                       steps=scheduler.last_epoch), done_path)
         if os.path.exists(last_path):
             os.remove(last_path)  # optimizer state is only needed to resume; the epochs stay for the soup
     if distributed:

@@ -1,11 +1,12 @@
 """Training throughput on this machine: samples/s of a full training step (mel, augmentations, forward,
 backward, optimiser) for a 64x128 and a 256x256 model, and of the data loader alone (cached first-5-s audio
-with pseudo-label mixing, no decoding). The loader must outpace the step by at least 5x.
+with pseudo-label mixing, no decoding), inline and with background workers (threads, as train.py's
+--loader-workers, and processes through torch's DataLoader, for comparison). A GPU step faster than the loader would wait for data.
 
-    python bench/train_speed.py --threads 2
+    python bench/train_speed.py --threads 2 --workers 2
     make bench-train
 
-Ends with: train_samples_per_s=X loader_samples_per_s=Y (for the 64x128 model).
+Ends with: train_samples_per_s=X loader_samples_per_s=Y loader_workers_samples_per_s=Z (64x128 model).
 """
 import argparse
 import os
@@ -63,14 +64,21 @@ def train_speed(height, width, n_mels, hop, batch, steps, n_classes=182):
     return batch / np.mean(times)
 
 
-def loader_speed(folder, batch, batches, n_classes=182):
+def loader_speed(folder, batch, batches, workers=0, threads=False, n_classes=182):
+    """Samples/s of TrainingSet's batches: inline, or built ahead by `workers` threads (train.py's loader) or
+    processes (torch's DataLoader, for comparison)."""
     rng = np.random.default_rng(0)
-    audio = memmap(os.path.join(folder, "train.npy"), 2048, rng)
+    audio = memmap(os.path.join(folder, "train.npy"), 4096, rng)
     windows = memmap(os.path.join(folder, "windows.npy"), 1024, rng)
     targets = (rng.random((len(audio), n_classes)) < 0.01).astype(np.float32)
     dataset = TrainingSet(audio, targets, np.arange(len(audio)), FakePseudo(windows, n_classes, rng), 0.35)
+    if threads:
+        batches_of = dataset.epoch(1, batch, workers=workers)
+    else:
+        batches_of = torch.utils.data.DataLoader(dataset.epoch_plan(1, batch), batch_size=None,
+                                                 collate_fn=dataset.build, num_workers=workers, prefetch_factor=2)
     began, n = time.perf_counter(), 0
-    for i, (waves, _) in enumerate(dataset.epoch(1, batch)):
+    for i, (waves, _) in enumerate(batches_of):
         n += len(waves)
         if i + 1 == batches:
             break
@@ -81,18 +89,26 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads")
     p.add_argument("--steps", type=int, default=5, help="timed training steps per model")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="loader workers to measure")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     small = train_speed(64, 128, 64, 1024, 64, args.steps)
     large = train_speed(256, 256, 128, 512, 16, max(2, args.steps // 2))
     with tempfile.TemporaryDirectory() as folder:
-        loader = loader_speed(folder, 64, 24)
+        loader = loader_speed(folder, 64, 48)
+        threads = loader_speed(folder, 64, 48, args.workers, threads=True)
+        processes = loader_speed(folder, 64, 48, args.workers)
     print(f"threads={args.threads} torch={torch.__version__}")
     print(f"train step 64x128  (batch 64): {small:8.1f} samples/s")
     print(f"train step 256x256 (batch 16): {large:8.1f} samples/s")
-    print(f"loader alone, pseudo mixing p=0.35 (batch 64): {loader:8.1f} samples/s "
+    print(f"loader, pseudo mixing p=0.35 (batch 64): inline {loader:8.1f} samples/s "
           f"= {loader / small:.1f}x the 64x128 step")
-    print(f"train_samples_per_s={small:.1f} loader_samples_per_s={loader:.1f}")
+    print(f"loader, {args.workers} worker threads (train.py --loader-workers): {threads:8.1f} samples/s "
+          f"= {threads / small:.1f}x the 64x128 step; {args.workers} worker processes: {processes:8.1f} samples/s")
+    print(f"a GPU step faster than {threads:.0f} samples/s would wait for this loader; each worker adds about "
+          f"{threads / max(1, args.workers):.0f} samples/s here")
+    print(f"train_samples_per_s={small:.1f} loader_samples_per_s={loader:.1f} "
+          f"loader_workers_samples_per_s={threads:.1f}")
 
 
 if __name__ == "__main__":

@@ -118,16 +118,91 @@ def test_bad_model_id_is_a_user_error(cache_dir, tmp_path):
         train.main(["--model", "99", "--cache", cache_dir, "--out-dir", str(tmp_path / "x"), *TINY])
 
 
-def test_torchrun_two_processes_on_cpu(cache_dir, tmp_path):
-    """The same train.py under torchrun (gloo on CPU): each rank trains its share, rank 0 writes."""
+def test_torchrun_two_processes_keep_the_recipe(cache_dir, tmp_path):
+    """train.py under torchrun (gloo on CPU): the batch is global, so 2 processes take the steps and the
+    learning-rate schedule of one, each with half of every batch and its own augmentations; rank 0 writes."""
+    single = str(tmp_path / "single")
+    run(cache_dir, single, "--max-train-files", "32")
     out = str(tmp_path / "ddp")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                              os.path.join(root, "train.py"), "--model", "1", "--cache", cache_dir, "--out-dir", out,
-                             *TINY, "--threads", "1"], capture_output=True, text=True, timeout=300)
+                             *TINY, "--threads", "1", "--max-train-files", "32"], capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert list(pd.read_csv(os.path.join(out, "metrics.csv"))["epoch"]) == [1, 2]
+    one, two = (pd.read_csv(os.path.join(d, "metrics.csv")) for d in (single, out))
+    assert list(two["epoch"]) == [1, 2] and np.allclose(one["lr"], two["lr"])
+    with open(os.path.join(single, "train_done.json")) as f, open(os.path.join(out, "train_done.json")) as g:
+        done_one, done_two = json.load(f), json.load(g)
+    from common import load_split
+    rows = len(load_split(cache_dir, train.model_config(train.parse_args(["--model", "1", *TINY])), 32)["train"])
+    assert done_one["steps"] == done_two["steps"] == 2 * (rows // 8) and done_two["world_size"] == 2
+    assert np.abs(one["train_loss"] - two["train_loss"]).max() < 0.1  # close, not equal: other augmentations
     assert sorted(os.listdir(os.path.join(out, "epochs"))) == ["epoch_001.pt", "epoch_002.pt"]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "3",
+                             os.path.join(root, "train.py"), "--model", "1", "--cache", cache_dir, "--out-dir",
+                             str(tmp_path / "three"), *TINY, "--threads", "1"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0 and "multiple of 3" in result.stderr  # batch 8 does not split in 3
+
+
+def test_batches_are_the_same_whatever_the_workers_and_split_across_ranks(cache_dir):
+    from common import TrainingSet, load_split
+    config = dict(dataset="bc24", fold="4", n_folds=5, seed=42)
+    data = load_split(cache_dir, config)
+    dataset = TrainingSet(data["audio"], data["targets"], data["train"], seed=3)
+    inline = list(dataset.epoch(2, 8))
+    ahead = list(dataset.epoch(2, 8, workers=2))
+    assert len(inline) == len(ahead) == len(data["train"]) // 8
+    for (a, t), (b, u) in zip(inline, ahead):
+        assert torch.equal(a, b) and torch.equal(t, u)
+    one = dataset.epoch_plan(2, 8)
+    ranks = [dataset.epoch_plan(2, 8, rank, 2) for rank in (0, 1)]
+    for b, (rows, _) in enumerate(one):  # each global batch is split, not duplicated or reshuffled
+        halves = [ranks[r][b][0] for r in (0, 1)]
+        assert len(halves[0]) == len(halves[1]) == 4
+        assert sorted(np.concatenate(halves)) == sorted(rows)
+
+
+def test_validation_reads_its_rows_in_chunks(cache_dir):
+    from common import BirdNet, MelFrontEnd, MelSettings, load_split
+    data = load_split(cache_dir, dict(dataset="bc24", fold="1", n_folds=5, seed=42))
+    torch.manual_seed(0)
+    model, mel = BirdNet(len(data["classes"]), 32, 32), MelFrontEnd(MelSettings(n_mels=32, hop_length=1024))
+    chunked = train.predict(model, mel, data["audio"], torch.device("cpu"), batch=3, rows=data["valid"])
+    copied = train.predict(model, mel, np.asarray(data["audio"][data["valid"]]), torch.device("cpu"))
+    assert chunked.shape == (len(data["valid"]), len(data["classes"])) and np.allclose(chunked, copied, atol=1e-6)
+
+
+def test_amp_path_runs_on_cpu(cache_dir, tmp_path):
+    """--amp on: the CUDA mixed-precision code path, with CPU autocast (bfloat16), trains and validates."""
+    out = str(tmp_path / "amp")
+    run(cache_dir, out, "--amp", "on", "--epochs", "1")
+    metrics = pd.read_csv(os.path.join(out, "metrics.csv"))
+    assert np.isfinite(metrics[["train_loss", "valid_loss", "auc"]].values).all()
+
+
+def test_one_model_per_gpu_and_device_choice():
+    from common import gpu_of, pick_device
+    ids = [1, 2, 3, 4, 5, 6]
+    assert [gpu_of(i, ids, "0,1,2,3") for i in ids] == ["0", "1", "2", "3", "0", "1"]
+    assert [gpu_of(i, ids, "5,7") for i in ids] == ["5", "7"] * 3
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "mps"
+                                        if torch.backends.mps.is_available() else "cpu")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(train.UserError):
+            pick_device("mps")
+
+
+def test_pretrained_timm_offline_is_one_line(cache_dir, tmp_path):
+    from helpers import one_line_error
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))  # no cached copy, no network
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, os.path.join(root, "train.py"), "--model", "1", "--cache", cache_dir,
+                             "--out-dir", str(tmp_path / "x"), *TINY, "--pretrained", "timm"], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert one_line_error(result), result.stderr[-2000:]
+    assert "--pretrained FILE" in result.stderr
 
 
 def test_predict_under_amp_keeps_the_mel_in_float32():
