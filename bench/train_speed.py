@@ -72,7 +72,7 @@ def loader_speed(folder, batch, batches, workers=0, threads=False, n_classes=182
     windows = memmap(os.path.join(folder, "windows.npy"), 1024, rng)
     targets = (rng.random((len(audio), n_classes)) < 0.01).astype(np.float32)
     dataset = TrainingSet(audio, targets, np.arange(len(audio)), FakePseudo(windows, n_classes, rng), 0.35)
-    if threads:
+    if threads or workers == 0:
         batches_of = dataset.epoch(1, batch, workers=workers)
     else:
         batches_of = torch.utils.data.DataLoader(dataset.epoch_plan(1, batch), batch_size=None,
