@@ -105,12 +105,12 @@ $(eval $(call PSEUDO,2))
 ensemble: $(WORK)/ensemble/manifest.json
 $(WORK)/ensemble/manifest.json: $(WORK)/round3/ensemble/manifest.json
 	rm -rf $(WORK)/ensemble.tmp && cp -r $(WORK)/round3/ensemble $(WORK)/ensemble.tmp
-	rm -rf $(WORK)/ensemble && mv $(WORK)/ensemble.tmp $(WORK)/ensemble
+	$(PY) -c "import common, sys; common.swap_in(*sys.argv[1:])" $(WORK)/ensemble.tmp $(WORK)/ensemble
 
 # the folder to upload to Kaggle: the ensemble, infer.py, the backends' wheels for the kernel's Python, KERNEL.md
 KAGGLE_WHEELS ?= openvino onnxruntime
 KAGGLE_PYTHON ?= 3.11
-KAGGLE_PLATFORM ?= manylinux2014_x86_64
+KAGGLE_PLATFORM ?= manylinux_2_28_x86_64,manylinux_2_17_x86_64
 kaggle: $(WORK)/ensemble/manifest.json | $(SETUP)
 	$(PY) kaggle.py --models $(WORK)/ensemble --out $(WORK)/kaggle --wheels "$(or $(KAGGLE_WHEELS),none)" \
 		--python-version $(KAGGLE_PYTHON) --platform $(KAGGLE_PLATFORM)

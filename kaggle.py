@@ -20,9 +20,9 @@ import sys
 import infer
 from common import HelpFormatter, UserError, run_main, swap_in
 
-# defaults: Kaggle's CPU notebooks (Python 3.11 on x86_64 Linux in 2025)
+# defaults: Kaggle's CPU notebooks (Python 3.11 on x86_64 Linux, glibc 2.35, in 2025)
 python_version = "3.11"
-platform = "manylinux2014_x86_64"
+platform = "manylinux_2_28_x86_64,manylinux_2_17_x86_64"  # newer wheels first; manylinux2014 = 2_17
 wheels = "openvino onnxruntime"
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -68,7 +68,8 @@ a later cell can call `main(["--budget-min", "60"])` with any of `python infer.p
 
 def download_wheels(packages, folder, python_version, platform):
     """pip download the packages and their dependencies as binary wheels for another Python and platform."""
-    command = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--platform", platform,
+    tags = [flag for tag in platform.split(",") for flag in ("--platform", tag.strip())]
+    command = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", *tags,
                "--python-version", python_version, "--implementation", "cp", "-d", folder, *packages]
     print(" ".join(command), flush=True)
     if subprocess.run(command).returncode != 0:
@@ -103,7 +104,7 @@ def main():
     p.add_argument("--out", default="work/kaggle", help="folder to write (replaced whole)")
     p.add_argument("--wheels", default=wheels, help="packages to ship as wheels, space-separated; none skips")
     p.add_argument("--python-version", default=python_version, help="the kernel's Python")
-    p.add_argument("--platform", default=platform, help="the kernel's wheel platform tag")
+    p.add_argument("--platform", default=platform, help="the kernel's wheel platform tags, comma-separated")
     args = p.parse_args()
     packages = [] if args.wheels.strip() in ("", "none") else args.wheels.split()
     write_kaggle_folder(args.models, args.out, packages, args.python_version, args.platform)

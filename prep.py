@@ -119,11 +119,21 @@ def decode_first_five_seconds(path):
         return None, describe(err)
 
 
+def check_disk(folder, n_windows, what):
+    """Stop with one line, before writing, when the folder's disk cannot hold n_windows float16 windows."""
+    needed, free = n_windows * WINDOW_SAMPLES * 2, shutil.disk_usage(folder).free
+    if needed > free:
+        raise UserError(f"not enough disk for the {what}: {needed / 1e9:.1f} GB needed in {folder}, "
+                        f"{free / 1e9:.1f} GB free" + (" (--max-unlabeled-windows lowers it)"
+                                                       if what == "unlabeled window cache" else ""))
+
+
 def write_training_audio(rows, out_path, n_threads):
     """Decode the first 5 s of every row into a float16 .npy; return the good rows and the bad ones.
 
     Rows are written in order as they decode; a file that fails leaves no gap, and the unused tail is cut off
     in place at the end: no second array on disk, no array in memory."""
+    check_disk(os.path.dirname(os.path.abspath(out_path)), len(rows), "training audio")
     audio = NpyRowWriter(out_path + ".all", len(rows), (WINDOW_SAMPLES,))
     good, bad = [], []
     results = ordered_map(decode_first_five_seconds, rows["path"], n_threads)
@@ -179,6 +189,7 @@ def write_unlabeled_windows(unlabeled, audio_path, table_path, cap, rng, n_threa
         by_file.setdefault(unlabeled["path"].iloc[i], []).append(k - int(starts[i]))
     print(f"unlabeled window cache: {len(chosen):,} of {total:,} windows, "
           f"{len(chosen) * WINDOW_SAMPLES * 2 / 1e9:.1f} GB on disk", flush=True)
+    check_disk(os.path.dirname(os.path.abspath(audio_path)), len(chosen), "unlabeled window cache")
     out = NpyRowWriter(audio_path, len(chosen), (WINDOW_SAMPLES,))
 
     def load(item):

@@ -232,3 +232,14 @@ def test_only_recording_of_a_class_always_trains():
             assert folds[labels == "rare"][0] == -1  # in no fold: never held out
             for fold in range(n_folds):  # every class keeps a training row, whichever fold is held out
                 assert set(labels[folds != fold]) == set(labels)
+
+
+def test_too_little_disk_is_one_line_before_writing(demo_dir, cache_dir, tmp_path, monkeypatch):
+    import collections
+    out = str(tmp_path / "cache")
+    shutil.copytree(cache_dir, out)
+    before = sorted(os.listdir(out))
+    monkeypatch.setattr(prep.shutil, "disk_usage", lambda path: collections.namedtuple("u", "free")(10**6))
+    with pytest.raises(common.UserError, match="not enough disk for the training audio"):
+        prep.prepare(demo_dir, out, n_threads=2)
+    assert sorted(os.listdir(out)) == before  # the old cache is whole

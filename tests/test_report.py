@@ -1,4 +1,5 @@
 """report.py on a tiny cycle: a finished model, a half-trained one, a round that never started, pseudo labels."""
+import json
 import os
 import shutil
 import sys
@@ -8,9 +9,10 @@ import pytest
 import pseudo
 import report
 from common import UserError
+from helpers import run_alone
 
 @pytest.fixture(scope="module")
-def tiny_cycle(cache_dir, souped_round, tmp_path_factory):
+def tiny_cycle(cache_dir, demo_dir, souped_round, tmp_path_factory):
     """WORK with round 1: model1 finished and bundled, model2 trained but not souped; round 2: model1 has one
     epoch of two (an interrupted run), model2 never started; pseudo1.npz from the round-1 ensemble."""
     work = tmp_path_factory.mktemp("cycle")
@@ -24,6 +26,10 @@ def tiny_cycle(cache_dir, souped_round, tmp_path_factory):
     lines = open(os.path.join(model1, "metrics.csv")).read().splitlines()
     (half / "metrics.csv").write_text("\n".join(lines[:2]) + "\n")  # header and epoch 1
     shutil.copy(os.path.join(model1, "config.json"), half / "config.json")
+    out = work / "submission.csv"  # an infer.py run leaves its timing beside its submission
+    result = run_alone(work, "--models", str(work / "round1" / "ensemble"), "--audio",
+                       os.path.join(demo_dir, "test_soundscapes"), "--out", str(out), "--backend", "torch")
+    assert result.returncode == 0, result.stderr
     return work
 
 
@@ -34,6 +40,9 @@ def test_report_names_every_model_and_round(tiny_cycle, tmp_path):
         assert text in page, text
     assert "trained, no soup yet" in page and "training: 1 of 2 epochs" in page and "missing" in page
     assert "per-class floor (median) before normalisation" in page
+    timing = json.loads((tiny_cycle / "submission.timing.json").read_text())
+    seconds = timing["seconds_per_soundscape"]["model1"]
+    assert "submission.timing.json" in page and f"{seconds:.3f}" in page and seconds > 0
     for image in ("round1_model1.png", "round1_model2.png", "round2_model1.png", "pseudo1_hist.png"):
         path = tmp_path / "report" / image
         assert path.exists() and path.stat().st_size > 1000 and f'src="{image}"' in page
