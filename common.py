@@ -235,20 +235,34 @@ class GeM(nn.Module):
         return x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
 
 
+class AveragePool(nn.Module):
+    """(B, C, H, W) -> (B, C) mean: timm's own global pooling."""
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3))
+
+
+HEADS = ("gem5", "plain")
+
+
 class BirdNet(nn.Module):
     """(B, 1, n_mels, frames) mel -> (B, n_classes) logits.
 
-    The mel is resized to (image_height, image_width) and repeated to 3 channels inside the network, so models
-    that differ only in image size share one mel. EfficientNet-B0 features -> GeM -> 5 dropout heads: in
-    training the logits are the mean of one classifier applied to 5 differently dropped copies; in eval the
-    dropouts are the identity and the 5 copies agree.
+    The mel is resized to (image_height, image_width) inside the network (and repeated to 3 channels, the seed's
+    input; channels=1 feeds it as it is), so models that differ only in image size share one mel.
+    head "gem5" (the seed's): EfficientNet-B0 features -> GeM -> 5 dropout heads: in training the logits are
+    the mean of one classifier applied to 5 differently dropped copies; in eval the dropouts are the identity and
+    the 5 copies agree. head "plain": timm's own head, average pooling and one linear layer.
     """
 
     def __init__(self, n_classes, image_height=256, image_width=256, pretrained=None,
-                 dropout_rates=(0.1, 0.2, 0.3, 0.4, 0.5), gem_p=3.0):
+                 dropout_rates=(0.1, 0.2, 0.3, 0.4, 0.5), gem_p=3.0, head="gem5", channels=3):
         super().__init__()
         import timm
-        kwargs = dict(num_classes=0, global_pool="")
+        if head not in HEADS or channels not in (1, 3):
+            raise UserError(f"head must be one of {', '.join(HEADS)} and channels 1 or 3, not {head!r}, {channels!r}")
+        # in_chans=1 with pretrained weights: timm sums the stem's RGB weights
+        kwargs = dict(num_classes=0, global_pool="", in_chans=channels)
         if pretrained == "timm":  # the seed's weights: timm downloads them once and caches them
             try:
                 self.backbone = timm.create_model(BACKBONE, pretrained=True, **kwargs)
@@ -262,9 +276,9 @@ class BirdNet(nn.Module):
                     raise UserError(f"pretrained weights file not found: {pretrained}")
                 kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=os.path.abspath(pretrained)))
             self.backbone = timm.create_model(BACKBONE, **kwargs)
-        self.image_size = (image_height, image_width)
-        self.pool = GeM(gem_p)
-        self.dropouts = nn.ModuleList(nn.Dropout(r) for r in dropout_rates)
+        self.image_size, self.channels = (image_height, image_width), channels
+        self.pool = GeM(gem_p) if head == "gem5" else AveragePool()
+        self.dropouts = nn.ModuleList(nn.Dropout(r) for r in (dropout_rates if head == "gem5" else ()))
         self.head = nn.Linear(self.backbone.num_features, n_classes)
         self.channels_last = False  # set on CUDA: NHWC convolutions are faster there
         self.register_buffer("resize_rows", None, persistent=False)  # set by inference_form
@@ -281,7 +295,7 @@ class BirdNet(nn.Module):
         twin.channels_last = False
         stem = twin.backbone.conv_stem
         stem.weight = nn.Parameter(stem.weight.detach().sum(1, keepdim=True), requires_grad=False)
-        stem.in_channels = 1
+        stem.in_channels = twin.channels = 1
 
         def resize_matrix(n_in, n_out):  # (n_out, n_in)
             return F.interpolate(torch.eye(n_in)[None, None], size=(n_out, n_in), mode="bilinear",
@@ -295,13 +309,33 @@ class BirdNet(nn.Module):
             x = self.resize_rows @ mel @ self.resize_cols
         else:
             x = F.interpolate(mel, size=self.image_size, mode="bilinear", align_corners=False)
+        if self.channels == 3:
             x = torch.cat([x, x, x], dim=1)  # 3 channels (expand breaks OpenVINO conversion of the program)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         features = self.pool(self.backbone(x))
-        if self.training:
+        if self.training and len(self.dropouts):
             return torch.stack([self.head(d(features)) for d in self.dropouts]).mean(0)
         return self.head(features)
+
+
+def build_model(config, pretrained=None):
+    """The BirdNet of a train.py config (config.json): size from the models table, head and channels from the
+    recipe (an older config without them: the seed's)."""
+    return BirdNet(len(config["classes"]), int(config["image_height"]), int(config["image_width"]), pretrained,
+                   head=config.get("head", "gem5"), channels=int(config.get("channels", 3)))
+
+
+def mel_settings_of(config):
+    """The MelSettings of a train.py config: n_mels and hop from the models table, the rest from the recipe."""
+    extra = {k: type(getattr(MelSettings(), k))(config[k]) for k in ("n_fft", "f_min", "f_max", "normalize")
+             if config.get(k) is not None}
+    return MelSettings(n_mels=int(config["n_mels"]), hop_length=int(config["hop_length"]), **extra)
+
+
+def bce_loss(logits, targets):
+    """BCE-with-logits on soft targets in [0, 1]."""
+    return F.binary_cross_entropy_with_logits(logits.float(), targets)
 
 
 def bce_focal_loss(logits, targets, gamma=2.0):
@@ -314,8 +348,20 @@ def bce_focal_loss(logits, targets, gamma=2.0):
     return 0.5 * (bce.mean() + focal.mean())
 
 
+LOSSES = {"bce-focal": bce_focal_loss, "bce": bce_loss}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # augmentations on mel batches (B, 1, n_mels, frames); each is the identity at probability 0
+
+
+def time_shift(waves, max_samples, generator=None):
+    """(B, samples) waveforms, each rolled (circularly) by its own random shift in [-max_samples, max_samples]."""
+    if max_samples <= 0:
+        return waves
+    shifts = torch.randint(-max_samples, max_samples + 1, (len(waves), 1), generator=generator).to(waves.device)
+    index = (torch.arange(waves.shape[1], device=waves.device)[None, :] - shifts) % waves.shape[1]
+    return waves.gather(1, index)
 
 
 def _chosen(n, p, generator):

@@ -194,6 +194,9 @@ def mel_filterbank(n_freqs, n_mels, f_min, f_max, sample_rate):
     return np.clip(np.minimum(rising, falling), 0.0, None).astype(np.float32)
 
 
+NORMALIZATIONS = ("minmax", "standard")
+
+
 @dataclass(frozen=True)
 class MelSettings:
     """What decides a mel image; models with equal settings share one mel computation at inference."""
@@ -204,10 +207,12 @@ class MelSettings:
     f_max: float = 16000.0
     sample_rate: int = SAMPLE_RATE
     top_db: float = 80.0
+    normalize: str = "minmax"   # each image scaled to [0, 1] (minmax), or to mean 0 / std 1 (standard)
 
     @property
     def key(self):
-        return f"mel{self.n_mels}_hop{self.hop_length}_fft{self.n_fft}_{self.f_min:g}-{self.f_max:g}Hz"
+        return (f"mel{self.n_mels}_hop{self.hop_length}_fft{self.n_fft}_{self.f_min:g}-{self.f_max:g}Hz"
+                + ("" if self.normalize == "minmax" else f"_{self.normalize}"))
 
     @property
     def frames(self):  # frames of one centred 5-s window
@@ -234,7 +239,7 @@ class PowerSpectrogram(nn.Module):
 
 class MelImage(nn.Module):
     """(B, n_fft // 2 + 1, frames) power -> (B, 1, n_mels, frames): mel filterbank -> 10*log10 -> floor at
-    max - top_db -> per-sample min-max to [0, 1].
+    max - top_db -> per sample, min-max to [0, 1] (normalize "minmax") or mean 0 / std 1 ("standard").
 
     The filterbank is applied in bands of 16 mel filters, each only over the frequency bins its filters cover
     (a triangular filter is zero elsewhere): the same sums, about an eighth of a dense matmul's work.
@@ -244,7 +249,9 @@ class MelImage(nn.Module):
 
     def __init__(self, settings):
         super().__init__()
-        self.top_db = settings.top_db
+        if settings.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, not {settings.normalize!r}")
+        self.top_db, self.standardize = settings.top_db, settings.normalize == "standard"
         fb = mel_filterbank(settings.n_fft // 2 + 1, settings.n_mels, settings.f_min, settings.f_max,
                             settings.sample_rate).T  # (n_mels, n_freqs)
         self.bins = []  # (first, end) frequency bin of each band
@@ -261,12 +268,16 @@ class MelImage(nn.Module):
         db = 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
         top = db.amax(dim=(1, 2), keepdim=True)
         db = torch.maximum(db, top - self.top_db)
+        if self.standardize:
+            mean = db.mean(dim=(1, 2), keepdim=True)
+            std = (db - mean).square().mean(dim=(1, 2), keepdim=True).sqrt()
+            return ((db - mean) / (std + 1e-6)).unsqueeze(1)
         low = db.amin(dim=(1, 2), keepdim=True)
         return ((db - low) / (top - low + 1e-6)).unsqueeze(1)
 
 
 class MelFrontEnd(nn.Module):
-    """(B, samples) waveform -> (B, 1, n_mels, frames) mel power in dB, scaled to [0, 1] per sample:
+    """(B, samples) waveform -> (B, 1, n_mels, frames) mel power in dB, normalised per sample (MelSettings):
     PowerSpectrogram then MelImage. Call it outside autocast: it must run in float32 (fp16 power overflows,
     and its dB underflows).
     """

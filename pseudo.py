@@ -34,7 +34,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import infer
-from common import (BirdNet, CachePaths, HelpFormatter, MelFrontEnd, MelSettings, UserError, WINDOW_SECONDS,
+from common import (build_model, CachePaths, HelpFormatter, MelFrontEnd, MelSettings, UserError, WINDOW_SECONDS,
                     atomic_write, load_classes, pick_device, read_npy_rows, run_main)
 
 # defaults
@@ -42,6 +42,7 @@ threads = os.cpu_count() or 2
 pl_norm = "floor"          # removes the floor that grows from round to round (README: measured on the demo)
 batch_windows = 256        # windows per batch: a GPU's batch; on CPU infer.py's engine splits it further
 NORMALISATIONS = ("floor", "minmax", "none")
+teacher_weight = 0.5       # a covered class's label: the mean of the ensemble's and the teacher's
 
 
 def normalise(probs, how):
@@ -62,18 +63,57 @@ def normalise(probs, how):
     return np.where(high > low, (probs - low) / np.maximum(high - low, 1e-12), 0.0).astype(np.float32)
 
 
-def write_labels(out, paths, end_seconds, raw, classes, how):
-    """Normalise raw (windows x classes) probabilities and write the pseudo-label file, atomically.
+def read_teacher(path, classes):
+    """A teacher's label file (teacher.py) -> {(path, end_second): row}, (windows, classes) probs aligned to
+    `classes` by name, and the covered flag of each of `classes` (a class the teacher lacks is not covered)."""
+    if not os.path.isfile(path):
+        raise UserError(f"teacher labels not found: {path} (make teacher writes them)")
+    labels = np.load(path, allow_pickle=False)
+    if "covered" not in labels:
+        raise UserError(f"{path} is not a teacher's file (no 'covered' flags): teacher.py writes one")
+    column = {str(c): i for i, c in enumerate(labels["classes"])}
+    index = np.asarray([column.get(str(c), -1) for c in classes])
+    covered = (index >= 0) & labels["covered"][np.maximum(index, 0)]
+    probs = np.zeros((len(labels["probs"]), len(classes)), dtype=np.float32)
+    probs[:, covered] = labels["probs"][:, index[covered]]
+    rows = {(str(p), int(e)): i for i, (p, e) in enumerate(zip(labels["paths"], labels["end_seconds"]))}
+    return rows, probs, covered
+
+
+def blend_teacher(probs, paths, end_seconds, classes, teacher_path, weight):
+    """Labels (windows x classes) with a teacher blended in: for the classes it covers, on the windows it scored,
+    (1 - weight) * ours + weight * teacher's; every other label stays ours."""
+    rows, teacher, covered = read_teacher(teacher_path, classes)
+    if not 0 <= weight <= 1:
+        raise UserError(f"--teacher-weight must be in [0, 1], not {weight:g}")
+    found = np.asarray([rows.get((str(p), int(e)), -1) for p, e in zip(paths, end_seconds)])
+    hit = found >= 0
+    blended = probs.copy()
+    if covered.any() and hit.any():
+        cols = np.flatnonzero(covered)
+        ours = blended[np.ix_(hit, cols)]
+        blended[np.ix_(hit, cols)] = (1 - weight) * ours + weight * teacher[found[hit]][:, cols]
+    print(f"teacher {teacher_path}: blended into {int(covered.sum())} of {len(classes)} classes on {int(hit.sum())} "
+          f"of {len(probs)} windows (weight {weight:g}); the other labels are the ensemble's")
+    return blended
+
+
+def write_labels(out, paths, end_seconds, raw, classes, how, covered=None, teacher=None, teacher_weight=0.5):
+    """Normalise raw (windows x classes) probabilities, blend in a teacher's labels if given, and write the
+    pseudo-label file, atomically. `covered` (one flag per class) marks a teacher's own file (teacher.py).
 
     The one writer of the format: every producer of pseudo labels (the ensemble here, a teacher model) calls it.
     """
     probs = normalise(np.asarray(raw, dtype=np.float32), how)
+    if teacher:
+        probs = blend_teacher(probs, paths, end_seconds, classes, teacher, teacher_weight)
+    extra = {} if covered is None else dict(covered=np.asarray(covered, dtype=bool))
 
     def write(tmp):
         with open(tmp, "wb") as f:
             np.savez(f, paths=np.asarray(paths, dtype=str), end_seconds=np.asarray(end_seconds, dtype=np.int64),
                      probs=probs, classes=np.asarray(classes, dtype=str),
-                     raw_floor=np.median(raw, axis=0).astype(np.float32))
+                     raw_floor=np.median(raw, axis=0).astype(np.float32), **extra)
     atomic_write(out, write)
     print(f"{out}: {len(probs)} windows of {len(set(paths))} soundscapes, mean label {probs.mean():.4f} ({how})")
 
@@ -123,7 +163,7 @@ class SoupEngine:
         for folder in soup_dirs(models_dir):
             with open(os.path.join(folder, "config.json")) as f:
                 config = json.load(f)
-            model = BirdNet(len(config["classes"]), config["image_height"], config["image_width"])
+            model = build_model(config)
             model.load_state_dict(torch.load(os.path.join(folder, "soup.pt"), map_location="cpu"))
             model = model.to(device).eval()
             if self.amp:  # NHWC convolutions are faster on CUDA
@@ -169,7 +209,7 @@ def rank_batches(n_rows, batch, rank, world_size):
 
 
 def pseudo_label(models_dir, cache, out, how=pl_norm, n_threads=threads, backend="auto", device="cpu",
-                 batch=batch_windows):
+                 batch=batch_windows, teacher=None, teacher_weight=teacher_weight):
     """Label every window of the cache's unlabeled_windows.npy and write `out` (see the module docstring)."""
     paths_of = CachePaths(cache)
     for path in (paths_of.unlabeled_windows, paths_of.unlabeled_audio, paths_of.classes):
@@ -205,7 +245,8 @@ def pseudo_label(models_dir, cache, out, how=pl_norm, n_threads=threads, backend
             return
         rows = np.concatenate([p[0] for p in parts])
         probs = np.concatenate([p[1] for p in parts if len(p[1])])[np.argsort(rows, kind="stable")]
-    write_labels(out, table["path"].tolist(), table["end_second"].tolist(), probs, engine.classes, how)
+    write_labels(out, table["path"].tolist(), table["end_second"].tolist(), probs, engine.classes, how,
+                 teacher=teacher, teacher_weight=teacher_weight)
 
 
 def pseudo_label_soundscapes(models_dir, folder, out, how=pl_norm, n_threads=threads, backend="auto"):
@@ -244,12 +285,16 @@ def main():
     p.add_argument("--backend", default="auto", choices=["auto", "openvino", "onnx", "torch"],
                    help="CPU engine's backend (infer.py's): auto takes the fastest installed")
     p.add_argument("--batch", type=int, default=batch_windows, help="windows per batch")
+    p.add_argument("--teacher", help="a teacher's labels of the same windows (teacher.py): blended in for the "
+                   "classes it covers")
+    p.add_argument("--teacher-weight", type=float, default=teacher_weight, help="the teacher's share of a covered "
+                   "class's label: (1 - w) * ensemble + w * teacher")
     args = p.parse_args()
     if args.soundscapes:
         return pseudo_label_soundscapes(args.models, args.soundscapes, args.out, args.pl_norm, args.threads,
                                         args.backend)
     pseudo_label(args.models, args.cache, args.out, args.pl_norm, args.threads, args.backend, args.device,
-                 args.batch)
+                 args.batch, args.teacher, args.teacher_weight)
 
 
 if __name__ == "__main__":

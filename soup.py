@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import (TRACKED_METRICS, BirdNet, HelpFormatter, MelFrontEnd, MelSettings, UserError, all_metrics,
+from common import (TRACKED_METRICS, build_model, HelpFormatter, MelFrontEnd, MelSettings, UserError, all_metrics,
                     atomic_write, export_artifact, load_split, predict, run_main, save_json, swap_in)
 
 # defaults
@@ -71,7 +71,7 @@ def make_soup(model_dir, cache, n_threads=threads, soup_start=None):
     states = [torch.load(os.path.join(model_dir, "epochs", f"epoch_{e:03d}.pt"), map_location="cpu")
               for e in kept]
     mel_settings = MelSettings(**config["mel_settings"])
-    model = BirdNet(len(config["classes"]), config["image_height"], config["image_width"])
+    model = build_model(config)
     model.load_state_dict(average_state_dicts(states))
     probs = predict(model, MelFrontEnd(mel_settings), data["audio"], torch.device("cpu"), rows=data["valid"])
     soup_metrics = all_metrics(data["targets"][data["valid"]], probs)

