@@ -141,7 +141,7 @@ $(WORK)/submission.csv: $(WORK)/ensemble/manifest.json
 DEMO_DATA := data/demo
 DEMO_WORK := work/demo
 DEMO_VARS := DATA=$(DEMO_DATA) WORK=$(DEMO_WORK) MODELS=models-demo.csv EPOCHS=16 \
-	TRAIN_ARGS="--batch-size 32 --lr 2e-3 --soup-start 12" PY=$(PY)
+	TRAIN_ARGS="--preset demo" PY=$(PY)
 
 demo-data: $(DEMO_DATA)/train_metadata.csv
 $(DEMO_DATA)/train_metadata.csv: | $(SETUP)

@@ -3,11 +3,12 @@ time, scored on labelled soundscapes (the demo's by default).
 
     python bench/ablate.py                                   # the demo, every variant, 2 seeds (make bench-ablate)
     python bench/ablate.py --variants base,reference,demo --seeds 1
+    python bench/ablate.py --variants base --try "shift-1s=--time-shift 1.0" --try "no-aug=--aug-mixup 0 --aug-flip 0"
     python bench/ablate.py --data /data/my-site --labels /data/my-site-labels.csv --epochs 30 --base-args "--pretrained timm"
     python bench/ablate.py --quick                           # smoke test: 2 variants, 1 seed, 1 tiny epoch
 
 Each variant is train.py's arguments (the same train.py the cycle runs, a preset or flags): `base` is train.py's
-defaults (the seed's recipe) with --base-args (the demo's training arguments); every other variant changes one
+defaults (the seed's recipe) with --base-args (batch, lr and soup for 16 epochs); every other variant changes one
 part of it; `reference` and `demo` are whole presets. Each run is prep's cache -> train.py -> soup.py -> its
 export scored by infer.py's code on --audio against --labels (bench/score_demo.py). Runs live in
 <work>/<variant>-seed<S>: a rerun reuses the finished ones. Prints, per variant, medians over the seeds of test
@@ -41,7 +42,7 @@ work = "work/ablate"
 models = "models-demo.csv"
 model = 1                    # the row whose single model is ablated (the demo's 64x128, fold 4 of 5)
 epochs = 16
-base_args = "--batch-size 32 --lr 2e-3 --soup-start 12"   # make demo's TRAIN_ARGS
+base_args = "--batch-size 32 --lr 2e-3 --soup-start 12"   # the seed's recipe at the demo's size (16 epochs from random init)
 seeds = "1,2"
 
 
@@ -97,6 +98,9 @@ def parse_args(argv=None):
     p.add_argument("--base-args", default=base_args, help="train.py arguments of the base (and every change)")
     p.add_argument("--variants", default=",".join(variants_of(epochs)), help="comma-separated, from: "
                    + ", ".join(variants_of(epochs)))
+    p.add_argument("--try", dest="tries", action="append", default=[], metavar="NAME=ARGS",
+                   help="an extra variant: train.py arguments added to the base's, e.g. "
+                   "--try \"shift-1s=--time-shift 1.0\" (repeatable; named in --variants by default)")
     p.add_argument("--seeds", default=seeds, help="training seeds (medians are over them)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads in all")
     p.add_argument("--jobs", type=int, help="runs side by side, threads shared (default: threads // 1, at most 2)")
@@ -105,9 +109,20 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def tried_variants(args):
+    """--try NAME=ARGS -> {name: (description, arguments)}."""
+    out = {}
+    for text in args.tries:
+        name, _, arguments = text.partition("=")
+        if not name.strip() or not arguments.strip():
+            raise UserError(f"--try takes NAME=ARGS (train.py arguments), not {text!r}")
+        out[name.strip()] = (f"train.py {arguments.strip()}", shlex.split(arguments))
+    return out
+
+
 def run_arguments(variant, args):
     """train.py arguments of a variant (a later flag wins over an earlier one)."""
-    changes = variants_of(args.epochs)[variant][1]
+    changes = {**variants_of(args.epochs), **tried_variants(args)}[variant][1]
     base = [] if variant in PRESET_VARIANTS else shlex.split(args.base_args)
     return ["--epochs", str(args.epochs)] + base + (QUICK if args.quick else []) + changes
 
@@ -149,7 +164,7 @@ def table_of(runs, args):
     lines = ["| variant | what changes | test AUC | +pp | vs base (+pp) | valid AUC | minutes |",
              "|---|---|---|---|---|---|---|"]
     for variant, m in medians.iterrows():
-        what = variants_of(args.epochs)[variant][0]
+        what = {**variants_of(args.epochs), **tried_variants(args)}[variant][0]
         delta = "" if base is None or variant == "base" else f"{m.test_auc_pp - base.test_auc_pp:+.4f}"
         valid = "-" if np.isnan(m.valid_auc) else f"{m.valid_auc:.4f}"
         lines.append(f"| {variant} | {what} | {m.test_auc:.4f} | {m.test_auc_pp:.4f} | {delta} | {valid} | "
@@ -162,9 +177,11 @@ def main(argv=None):
     if args.quick:
         args.variants, args.seeds, args.epochs = "base,reference", "1", 1
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in variants_of(args.epochs)]
+    known = {**variants_of(args.epochs), **tried_variants(args)}
+    variants += [v for v in tried_variants(args) if v not in variants]
+    unknown = [v for v in variants if v not in known]
     if unknown:
-        raise UserError(f"unknown variant(s): {', '.join(unknown)} (known: {', '.join(variants_of(args.epochs))})")
+        raise UserError(f"unknown variant(s): {', '.join(unknown)} (known: {', '.join(known)})")
     seeds_list = [int(s) for s in str(args.seeds).split(",")]
     for path in (args.labels, args.models):
         if not os.path.isfile(path):

@@ -2,12 +2,18 @@
 every single model and of the ensemble, without and with neighbour post-processing.
 
     python bench/score_demo.py --work work/demo --audio data/demo/test_soundscapes --labels data/demo-test-labels.csv
+    python bench/score_demo.py --rounds 3 --birdnet data/demo     # BirdNET alone beside the last round
 
-Prints a table and writes it to <work>/scores.csv.
+Prints a table and writes it to <work>/scores.csv. With --birdnet DATA (the dataset folder, for the classes'
+scientific names), BirdNET V2.4 (teacher.py) also scores the soundscapes alone: macro AUC over the classes it
+covers, ours over the same classes, and both engines' seconds per soundscape in the same run (infer.py: the
+last round's ensemble, fastest backend, --threads).
 """
 import argparse
 import os
 import sys
+import tempfile
+import time
 
 import numpy as np
 import pandas as pd
@@ -47,6 +53,8 @@ def main():
     p.add_argument("--backend", default="torch", choices=["auto", "openvino", "onnx", "torch"], help="infer.py's")
     p.add_argument("--precision", default="f32", choices=["auto", "f32", "bf16"], help="infer.py's (OpenVINO)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads")
+    p.add_argument("--birdnet", metavar="DATA", help="also score BirdNET alone (teacher.py), with the scientific "
+                   "names of this dataset folder")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     labels = pd.read_csv(args.labels)
@@ -68,6 +76,41 @@ def main():
     print("|" + "---|" * (len(wide.columns) + 1))
     for r, values in wide.iterrows():
         print(f"| {r} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
+    if args.birdnet:
+        score_birdnet(args, paths, labels, os.path.join(args.work, f"round{args.rounds.split(',')[-1]}", "ensemble"))
+
+
+def score_birdnet(args, paths, labels, ensemble_dir):
+    """BirdNET alone against the last round's ensemble: macro AUC on the classes BirdNET covers, and seconds per
+    soundscape of each, measured one after the other in this run."""
+    import teacher
+    began = time.time()
+    networks, front_end, classes, backend = infer.load_ensemble(ensemble_dir, "auto", args.threads, "auto")
+    ours = infer.predict_files(paths, networks, front_end, log=False)
+    ours_s = (time.time() - began) / len(paths)
+    with tempfile.TemporaryDirectory() as tmp:
+        began = time.time()
+        mapping = teacher.teach(args.birdnet, os.path.join(tmp, "birdnet.npz"), soundscapes=args.audio,
+                                n_threads=args.threads)
+        birdnet_s = (time.time() - began) / len(paths)
+        birdnet = np.load(os.path.join(tmp, "birdnet.npz"))
+        rows = [f"{os.path.splitext(os.path.basename(p))[0]}_{e}" for p, e in zip(birdnet["paths"],
+                                                                                   birdnet["end_seconds"])]
+        birdnet_frame = pd.DataFrame(birdnet["probs"], index=rows, columns=[str(c) for c in birdnet["classes"]])
+    covered = [c for c, i in zip(mapping["class"], mapping["birdnet_index"]) if i >= 0 and c in classes]
+    print(f"\nseconds per soundscape, this run: infer.py {ours_s:.3f} ({backend}, {len(networks)} models, "
+          f"{args.threads} threads), BirdNET {birdnet_s:.3f} (teacher.py, {args.threads} threads)")
+    truth = labels.set_index("row_id")
+    covered = [c for c in covered if c in truth and truth[c].sum() > 0]
+    if not covered:
+        print(f"BirdNET covers none of the labelled classes of {args.audio}: no AUC to compare")
+        return
+    frame = infer.submission_frame(paths, ours.probs, ours.n_windows, classes).set_index("row_id")
+    common_rows = [r for r in frame.index if r in birdnet_frame.index and r in truth.index]
+    y = truth.loc[common_rows, covered].values
+    print(f"macro ROC-AUC over the {len(covered)} classes BirdNET covers ({len(common_rows)} windows): "
+          f"BirdNET {macro_roc_auc(y, birdnet_frame.loc[common_rows, covered].values):.4f}, "
+          f"ours {macro_roc_auc(y, frame.loc[common_rows, covered].values):.4f}")
 
 
 if __name__ == "__main__":

