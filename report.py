@@ -83,6 +83,9 @@ def curves_figure(plt, state, title, path):
                         label=column.replace("_", " "))
                 marked = metrics[metrics["epoch"].isin(kept)]
                 ax.scatter(marked["epoch"], marked[column], s=14, color="black", zorder=3)
+        if not any(c in metrics and metrics[c].notna().any() for c in columns):  # fold 'all': nothing held out
+            ax.text(0.5, 0.5, "no validation rows\n(fold all)", ha="center", va="center", fontsize=8,
+                    color="gray", transform=ax.transAxes)
         if kept:
             ax.axvspan(min(kept) - 0.5, max(kept) + 0.5, color="tab:green", alpha=0.08)
         ax.set_title(name, fontsize=9)
