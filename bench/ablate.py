@@ -65,7 +65,8 @@ def variants_of(epochs):
                           ["--normalize", other_normalize]),
         "mel-50-14000": ("mel range 50-14000 Hz (not 20-16000)", ["--f-min", "50", "--f-max", "14000"]),
         "hop-1250": ("hop 1250 (not the table's)", ["--hop-length", "1250"]),
-        "time-shift": (f"time shift up to +-{other_shift:g} s (not {train.time_shift_seconds:g})",
+        "time-shift": (f"time shift up to +-{other_shift:g} s (not +-{train.time_shift_seconds:g} s)" if other_shift
+                       else f"no time shift (not +-{train.time_shift_seconds:g} s)",
                        ["--time-shift", f"{other_shift:g}"]),
         "bce": ("BCE only (not BCE + focal)", ["--loss", "bce"]),
         "plain-head": ("timm's average pooling + linear (not GeM + 5 dropout heads)", ["--head", "plain"]),
