@@ -22,7 +22,8 @@ import torch.nn.functional as F
 # one decoder, one mel front end, one set of audio constants (and one --help style) for training and inference:
 # infer.py must stay self-contained, so it holds them and training imports them
 from infer import (SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, EXPORT_FORMAT, HelpFormatter, MelFrontEnd,  # noqa: F401
-                   MelImage, MelSettings, PowerSpectrogram, list_audio, mel_filterbank, read_audio, windows_of)
+                   MelImage, MelSettings, NORMALIZATIONS, PowerSpectrogram, list_audio, mel_filterbank, read_audio,
+                   windows_of)
 BACKBONE = "tf_efficientnet_b0.ns_jft_in1k"
 
 

@@ -98,7 +98,8 @@ def blend_teacher(probs, paths, end_seconds, classes, teacher_path, weight):
     return blended
 
 
-def write_labels(out, paths, end_seconds, raw, classes, how, covered=None, teacher=None, teacher_weight=0.5):
+def write_labels(out, paths, end_seconds, raw, classes, how, covered=None, teacher=None,
+                 teacher_weight=teacher_weight):
     """Normalise raw (windows x classes) probabilities, blend in a teacher's labels if given, and write the
     pseudo-label file, atomically. `covered` (one flag per class) marks a teacher's own file (teacher.py).
 

