@@ -2,6 +2,7 @@
 import numpy as np
 import torch
 
+import infer
 from common import WINDOW_SAMPLES, MelFrontEnd, MelSettings
 
 
@@ -70,3 +71,9 @@ def test_mel_is_per_sample_and_batch_independent():
     assert batch.shape == (3, 1, 32, 157)
     assert torch.allclose(batch[1], mel(waves[1:2])[0], atol=1e-5)
     assert float(batch.min()) >= 0 and float(batch.max()) <= 1
+    # on CPU a batch is computed a few windows at a time (infer.mel_chunk); across chunk edges it equals the
+    # whole batch in one call (the path a GPU takes)
+    many = waves.repeat(5, 1)[:, torch.randperm(WINDOW_SAMPLES)]
+    assert len(many) > infer.mel_chunk
+    whole = mel.image(mel.spectrogram(many))
+    assert torch.allclose(mel(many), whole, atol=1e-5)

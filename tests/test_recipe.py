@@ -159,6 +159,25 @@ def test_ablate_quick_prints_its_table(demo_dir, cache_dir, tmp_path):
     assert set(runs["variant"]) == {"base", "reference"}
     assert runs[["test_auc", "test_auc_pp"]].apply(lambda c: c.between(0, 1)).all().all()
     assert "| reference |" in done.stdout and "| base |" in done.stdout
+    for variant in ("base", "reference"):  # --quick: one epoch, the presets too
+        assert len(pd.read_csv(os.path.join(work, f"{variant}-seed1", "metrics.csv"))) == 1
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "ablate.py"), "--variants", "nope",
                           "--labels", labels, "--work", work], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode != 0 and "unknown variant" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_ablate_default_variants_cover_every_part():
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import ablate
+    args = ablate.parse_args([])
+    variants = args.variants.split(",")
+    for part in ("no-flip", "no-coarse-dropout", "no-mixup", "no-stretch", "normalisation", "mel-50-14000",
+                 "hop-1250", "time-shift", "bce", "plain-head", "1-channel", "sgd-onecycle", "more-epochs",
+                 "fold-all", "base", "reference"):
+        assert part in variants, part
+    assert "demo" not in variants and "demo" in ablate.variants_of(args.epochs)  # asked for by name
+    # a later flag wins: the reference trains its own 16 epochs, the base the ablation's
+    reference = ablate.run_arguments("reference", args)
+    epochs_of = lambda variant: train.parse_args(["--model", "1"] + ablate.run_arguments(variant, args)).epochs
+    assert epochs_of("reference") == ablate.preset_epochs
+    assert epochs_of("base") == args.epochs < epochs_of("more-epochs")
