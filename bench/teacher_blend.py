@@ -1,0 +1,220 @@
+"""Which blend of the teacher (BirdNET) and the ensemble makes the best pseudo labels, measured on real birds.
+
+    python bench/teacher_blend.py                       # build the site, train, label, print the table
+    python bench/teacher_blend.py --work work/teacher-blend --epochs 8 --soundscapes 20
+
+The demo's species are synthetic, so BirdNET covers none of them. This builds a site that mixes them with real
+recordings that pip packages ship, covered by BirdNET by scientific name:
+- great tit (pykanto): training clips from two nest boxes (B32), site calls from another bird (SW83);
+- European storm-petrel (pykanto): one Xeno-canto file trains, the other calls at the site;
+- Bengalese finch (pykanto; Lonchura striata domestica): mapped to BirdNET's White-rumped Munia at species
+  level, but a domestic bird BirdNET does not know: the case of a covered class where the teacher is wrong.
+Training audio is cut into 5-s pieces (2.5-s hop); site calls are pasted into the demo's test soundscapes,
+each fully inside one 5-s window, which gets the label. The same soundscapes are the site's unlabeled ones.
+
+Then the real path: prep.py caches the unlabeled windows, train.py trains make demo's round-1 models
+(models-demo.csv, the demo's preset), soup.py soups and bundles them into one ensemble, pseudo.py labels the cached
+windows (ensemble alone), teacher.py scores the same windows, and pseudo.blend_teacher blends them with each
+weight W: (1 - W) * ensemble + W * teacher on the covered classes (W 0 is the ensemble alone, 0.5 the mean,
+1 the teacher alone); "max" takes the larger of the two. Each blend is scored against the true labels: macro
+ROC-AUC and cMAP over the covered classes (the only labels a blend changes), per covered class, and the AUC over
+all classes. Needs the teacher extras (requirements-teacher.txt) and pykanto (pip install --no-deps pykanto).
+"""
+import argparse
+import glob
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+import pseudo  # noqa: E402
+import teacher  # noqa: E402
+from common import (SAMPLE_RATE, WINDOW_SAMPLES, CachePaths, HelpFormatter, UserError, cmap,  # noqa: E402
+                    macro_roc_auc, read_audio, read_models_table, run_main)
+from demo_data import make_demo, write_ogg  # noqa: E402
+from soup import bundle  # noqa: E402
+
+# defaults
+work = "work/teacher-blend"
+models = "models-demo.csv"   # round 1 of make demo's table
+epochs = 16
+per_species = 30          # demo training recordings per synthetic species
+n_soundscapes = 40        # one-minute site soundscapes
+call_chance = 0.35        # per soundscape and real species: a call pasted into one of its windows
+weights = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+# class, scientific name, common name, pykanto folder, training files (glob), site files (glob)
+REAL_SPECIES = [
+    ("gretit1", "Parus major", "Great Tit", "segmented/great_tit/WAV", "*B32*.wav", "*SW83*.wav"),
+    ("eustop1", "Hydrobates pelagicus", "European Storm-Petrel", "raw/STORM-PETREL", "XC46092.wav", "XC663885.wav"),
+    ("bkfmun", "Lonchura striata domestica", "Bengalese Finch", "raw/BENGALESE_FINCH/bird_3", "348.wav", "363.wav"),
+]
+
+
+def pykanto_data():
+    spec = importlib.util.find_spec("pykanto")
+    if not spec or not spec.submodule_search_locations:
+        raise UserError("pykanto's recordings are needed: pip install --no-deps pykanto")
+    return os.path.join(list(spec.submodule_search_locations)[0], "data")
+
+
+def pieces(audio, seconds=5.0, hop=2.5):
+    """5-s training pieces of a recording every `hop` seconds (one piece if shorter)."""
+    size, step = int(seconds * SAMPLE_RATE), int(hop * SAMPLE_RATE)
+    starts = range(0, max(1, len(audio) - size + step), step)
+    return [audio[s:s + size] for s in starts if len(audio[s:s + size]) >= SAMPLE_RATE]
+
+
+def site_calls(audio, rng, n=6, longest=4.0):
+    """Excerpts of up to `longest` seconds (whole clips when shorter), scaled to peak 1."""
+    size = int(longest * SAMPLE_RATE)
+    if len(audio) <= size:
+        out = [audio]
+    else:
+        out = [audio[s:s + int(rng.uniform(1.5, longest) * SAMPLE_RATE)]
+               for s in rng.integers(0, len(audio) - size, n)]
+    return [c / max(1e-6, float(np.abs(c).max())) for c in out]
+
+
+def build_site(site, args):
+    """The demo's synthetic species plus REAL_SPECIES; returns the path of the labels (row_id + classes)."""
+    labels_path = site.rstrip("/") + "-test-labels.csv"
+    if os.path.isfile(os.path.join(site, "taxonomy.csv")) and os.path.isfile(labels_path):
+        return labels_path
+    make_demo(site, per_species=args.per_species, n_unlabeled=0, n_test=args.soundscapes)
+    rng = np.random.default_rng(0)
+    data = pykanto_data()
+    meta = pd.read_csv(os.path.join(site, "train_metadata.csv"))
+    labels = pd.read_csv(labels_path).set_index("row_id")
+    demo_classes = list(labels.columns)
+    calls = {}
+    for label, _, _, folder, train_glob, site_glob in REAL_SPECIES:
+        os.makedirs(os.path.join(site, "train_audio", label), exist_ok=True)
+        rows = []
+        for path in sorted(glob.glob(os.path.join(data, folder, train_glob))):
+            for k, piece in enumerate(pieces(read_audio(path))):
+                name = f"{label}/{os.path.splitext(os.path.basename(path))[0]}_{k}.ogg"
+                write_ogg(os.path.join(site, "train_audio", name), piece)
+                rows.append(dict(primary_label=label, secondary_labels="[]", type="['call']", filename=name,
+                                 rating=5.0, author="pykanto", license="see pykanto"))
+        meta = pd.concat([meta, pd.DataFrame(rows)], ignore_index=True)
+        calls[label] = [c for path in sorted(glob.glob(os.path.join(data, folder, site_glob)))
+                        for c in site_calls(read_audio(path), rng)]
+        labels[label] = 0.0
+    for path in sorted(glob.glob(os.path.join(site, "test_soundscapes", "*.ogg"))):
+        audio = read_audio(path)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        for label, clips in calls.items():
+            if rng.random() >= args.call_chance:
+                continue
+            window = int(rng.integers(0, len(audio) // WINDOW_SAMPLES))
+            clip = clips[int(rng.integers(len(clips)))][:WINDOW_SAMPLES]
+            start = window * WINDOW_SAMPLES + int(rng.integers(0, WINDOW_SAMPLES - len(clip) + 1))
+            audio[start:start + len(clip)] += clip * rng.uniform(0.1, 0.5)
+            labels.loc[f"{stem}_{5 * (window + 1)}", label] = 1.0
+        write_ogg(path, np.clip(audio, -1, 1))
+        shutil.copy(path, os.path.join(site, "unlabeled_soundscapes", os.path.basename(path)))
+    meta.to_csv(os.path.join(site, "train_metadata.csv"), index=False)
+    classes = demo_classes + [s[0] for s in REAL_SPECIES]
+    pd.DataFrame(dict(primary_label=classes,
+                      scientific_name=[f"Synthetica {c}" for c in demo_classes] + [s[1] for s in REAL_SPECIES],
+                      common_name=[f"synthetic {c}" for c in demo_classes] + [s[2] for s in REAL_SPECIES])
+                 ).to_csv(os.path.join(site, "taxonomy.csv"), index=False)
+    pd.DataFrame([[f"soundscape_0_{5 * (w + 1)}"] + [1.0 / len(classes)] * len(classes) for w in range(3)],
+                 columns=["row_id"] + classes).to_csv(os.path.join(site, "sample_submission.csv"), index=False)
+    labels.reset_index().to_csv(labels_path, index=False)
+    return labels_path
+
+
+def train_ensemble(work_dir, cache, args):
+    """Round 1 of the demo's models table (the demo's preset), souped and bundled; returns the ensemble folder."""
+    ensemble = os.path.join(work_dir, "ensemble")
+    if os.path.isfile(os.path.join(ensemble, "manifest.json")):
+        return ensemble
+    rows = read_models_table(os.path.join(ROOT, args.models)).index.tolist()
+    jobs = max(1, min(2, args.threads))
+
+    def train(row):
+        model_dir = os.path.join(work_dir, f"model{row}")
+        for command in ([sys.executable, "train.py", "--model", str(row), "--models", args.models, "--preset", "demo",
+                         "--cache", cache, "--out-dir", model_dir, "--epochs", str(args.epochs), "--threads",
+                         str(max(1, args.threads // jobs))],
+                        [sys.executable, "soup.py", "--model-dir", model_dir, "--cache", cache, "--threads",
+                         str(max(1, args.threads // jobs))]):
+            if subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL).returncode:
+                raise UserError(f"{' '.join(command[1:3])} failed for model {row}")
+        return model_dir
+    with ThreadPoolExecutor(jobs) as pool:  # side by side, the threads shared
+        bundle(ensemble, list(pool.map(train, rows)))
+    return ensemble
+
+
+def score(probs, truth, columns):
+    """Macro AUC and cMAP over `columns` (indices), and per column AUC."""
+    per_class = [macro_roc_auc(truth[:, [c]], probs[:, [c]]) for c in columns]
+    return macro_roc_auc(truth[:, columns], probs[:, columns]), cmap(truth[:, columns], probs[:, columns]), per_class
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--work", default=work, help="where the site, the cache, the models and the labels go")
+    p.add_argument("--models", default=models, help="models table: its round-1 models form the ensemble")
+    p.add_argument("--epochs", type=int, default=epochs, help="training epochs")
+    p.add_argument("--per-species", type=int, default=per_species, help="demo training recordings per species")
+    p.add_argument("--soundscapes", type=int, default=n_soundscapes, help="one-minute site soundscapes")
+    p.add_argument("--call-chance", type=float, default=call_chance, help="chance of a real call per soundscape "
+                   "and species")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads")
+    args = p.parse_args(argv)
+    began = time.time()
+    teacher.birdnet_files()  # fails early, with how to install, when BirdNET is missing
+    site, cache = os.path.join(args.work, "site"), os.path.join(args.work, "cache")
+    labels_path = build_site(site, args)
+    if not os.path.isfile(CachePaths(cache).rows):
+        subprocess.run([sys.executable, "prep.py", "--data", site, "--out", cache, "--threads", str(args.threads)],
+                       cwd=ROOT, check=True)
+    ensemble = train_ensemble(args.work, cache, args)
+    alone, teacher_path = os.path.join(args.work, "ensemble-labels.npz"), os.path.join(args.work, "teacher.npz")
+    if not os.path.isfile(alone):
+        pseudo.pseudo_label(ensemble, cache, alone, n_threads=args.threads)
+    if not os.path.isfile(teacher_path):
+        teacher.teach(site, teacher_path, cache=cache, n_threads=args.threads)
+
+    labels = np.load(alone)
+    classes, paths, ends = list(labels["classes"]), list(labels["paths"]), list(labels["end_seconds"])
+    row_ids = [f"{os.path.splitext(os.path.basename(p))[0]}_{e}" for p, e in zip(paths, ends)]
+    truth = pd.read_csv(labels_path).set_index("row_id").loc[row_ids, classes].to_numpy()
+    covered = np.load(teacher_path)["covered"]
+    taught = dict(zip(np.load(teacher_path)["classes"], covered))
+    columns = [i for i, c in enumerate(classes) if taught.get(c)]
+    blends = {f"W {w:g}": pseudo.blend_teacher(labels["probs"], paths, ends, classes, teacher_path, w)
+              for w in weights}
+    teacher_only = blends["W 1"]
+    maximum = labels["probs"].copy()
+    maximum[:, columns] = np.maximum(labels["probs"][:, columns], teacher_only[:, columns])
+    blends["max"] = maximum
+    rows = []
+    for name, probs in blends.items():
+        auc, average_precision, per_class = score(probs, truth, columns)
+        rows.append(dict(blend=name, covered_auc=auc, covered_cmap=average_precision,
+                         **{f"auc_{classes[c]}": v for c, v in zip(columns, per_class)},
+                         all_auc=macro_roc_auc(truth, probs)))
+    table = pd.DataFrame(rows)
+    table.to_csv(os.path.join(args.work, "blend.csv"), index=False)
+    positives = {classes[c]: int(truth[:, c].sum()) for c in columns}
+    print(f"\n{len(row_ids)} site windows; covered classes and their positive windows: {positives}; ensemble of "
+          f"{args.models}'s round-1 models ({args.epochs} epochs); {(time.time() - began) / 60:.1f} min")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+
+
+if __name__ == "__main__":
+    run_main(main)
