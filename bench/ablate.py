@@ -10,7 +10,7 @@ time, scored on labelled soundscapes (the demo's by default).
 Each variant is train.py's arguments (the same train.py the cycle runs, a preset or flags): `base` is train.py's
 defaults (the seed's recipe) with --base-args (batch, lr and soup at the demo's size); every other variant changes
 one part of it; `reference` and `demo` are whole presets, trained for 16 epochs as they were run. Each run is
-prep's cache -> train.py -> soup.py's soup -> its export scored by infer.py's code (fastest backend, f32) on
+prep's cache -> train.py -> soup.py -> its export scored by infer.py's code (fastest backend, f32) on
 --audio against --labels (bench/score_demo.py). Runs live in <work>/<variant>-seed<S>: a rerun reuses the
 finished ones. Prints, per variant, medians over the seeds of test macro AUC without and with neighbour
 smoothing, validation AUC (the held-out fold; none for fold all) and training minutes, and writes
@@ -35,7 +35,7 @@ import infer  # noqa: E402
 import train  # noqa: E402
 from common import HelpFormatter, UserError, run_main  # noqa: E402
 from score_demo import score_round  # noqa: E402
-from soup import bundle, make_soup  # noqa: E402
+from soup import bundle  # noqa: E402
 
 # defaults: the demo
 data = "data/demo"
@@ -149,7 +149,8 @@ def run_one(variant, seed, args, threads, paths, labels_table):
                 raise UserError(f"{variant} seed {seed}: {' '.join(command[1:3])} failed (see {log_path})")
         call([py, "train.py", "--model", str(args.model), "--models", args.models, "--cache", args.cache,
               "--out-dir", out, "--threads", str(threads), "--seed", str(seed)] + run_arguments(variant, args))
-    make_soup(out, args.cache, threads)  # soup and bundle in this process: no second start-up per run
+        # a process of its own: torch's ONNX export, which the soup ends with, is not thread-safe
+        call([py, "soup.py", "--model-dir", out, "--cache", args.cache, "--threads", str(threads)])
     bundle(os.path.join(out, "ensemble"), [out])
     import torch
     torch.set_num_threads(threads)
