@@ -25,7 +25,7 @@ GPUS ?=
 # TEACHER=FILE (make teacher writes $(WORK)/teacher.npz: BirdNET's labels of the cache's windows): round 1 trains
 # on them as its pseudo labels ("round 0"), and pseudo1/pseudo2 blend them in for the classes BirdNET covers
 TEACHER ?=
-TEACHER_WEIGHT ?= 0.5
+TEACHER_WEIGHT ?= 1
 
 # GPUS=0,1,2,3: a round's models train side by side, each on its own GPU (the k-th model of the table on GPU
 # k mod 4) with its share of THREADS; make runs as many jobs as there are GPUs

@@ -13,12 +13,14 @@ Training audio is cut into 5-s pieces (2.5-s hop); site calls are pasted into th
 each fully inside one 5-s window, which gets the label. The same soundscapes are the site's unlabeled ones.
 
 Then the real path: prep.py caches the unlabeled windows, train.py trains make demo's round-1 models
-(models-demo.csv, the demo's preset), soup.py soups and bundles them into one ensemble, pseudo.py labels the cached
-windows (ensemble alone), teacher.py scores the same windows, and pseudo.blend_teacher blends them with each
-weight W: (1 - W) * ensemble + W * teacher on the covered classes (W 0 is the ensemble alone, 0.5 the mean,
-1 the teacher alone); "max" takes the larger of the two. Each blend is scored against the true labels: macro
-ROC-AUC and cMAP over the covered classes (the only labels a blend changes), per covered class, and the AUC over
-all classes. Needs the teacher extras (requirements-teacher.txt) and pykanto (pip install --no-deps pykanto).
+(models-demo.csv, the demo's preset), soup.py soups and bundles them into one ensemble, pseudo.py labels the
+cached windows (ensemble alone), teacher.py scores the same windows, and pseudo.blend_teacher blends them as
+pseudo.py does, max(ensemble, W * teacher) on the covered classes, for each W (0: the ensemble alone; 1: the
+plain max); against it, the weighted means (1 - W) * ensemble + W * teacher, and the teacher alone. Each blend
+is scored against the true labels over the covered classes (the only labels a blend changes): macro ROC-AUC,
+cMAP, the squared error and the mean label on positive and on negative windows (training takes the labels'
+values, not only their order), the AUC per covered class, and the AUC over all classes. Needs the teacher
+extras (requirements-teacher.txt) and pykanto (pip install --no-deps pykanto).
 """
 import argparse
 import glob
@@ -193,27 +195,37 @@ def main(argv=None):
     classes, paths, ends = list(labels["classes"]), list(labels["paths"]), list(labels["end_seconds"])
     row_ids = [f"{os.path.splitext(os.path.basename(p))[0]}_{e}" for p, e in zip(paths, ends)]
     truth = pd.read_csv(labels_path).set_index("row_id").loc[row_ids, classes].to_numpy()
-    covered = np.load(teacher_path)["covered"]
-    taught = dict(zip(np.load(teacher_path)["classes"], covered))
-    columns = [i for i, c in enumerate(classes) if taught.get(c)]
-    blends = {f"W {w:g}": pseudo.blend_teacher(labels["probs"], paths, ends, classes, teacher_path, w)
-              for w in weights}
-    teacher_only = blends["W 1"]
-    maximum = labels["probs"].copy()
-    maximum[:, columns] = np.maximum(labels["probs"][:, columns], teacher_only[:, columns])
-    blends["max"] = maximum
+    _, aligned, covered = pseudo.read_teacher(teacher_path, classes)  # the teacher's labels, our rows and classes
+    found = pseudo.read_teacher(teacher_path, classes)[0]
+    teacher_probs = aligned[[found[(str(p), int(e))] for p, e in zip(paths, ends)]]
+    columns = list(np.flatnonzero(covered))
+    ours = labels["probs"]
+    blends = {}
+    for w in weights:  # pseudo.py's rule, as it runs
+        blends[f"max(ours, {w:g} x teacher)"] = pseudo.blend_teacher(ours, paths, ends, classes, teacher_path, w)
+    for w in weights[1:-1]:  # the alternative: a weighted mean
+        mean = ours.copy()
+        mean[:, columns] = (1 - w) * ours[:, columns] + w * teacher_probs[:, columns]
+        blends[f"{1 - w:g} ours + {w:g} teacher"] = mean
+    blends["teacher alone"] = np.where(covered[None, :], teacher_probs, ours)
     rows = []
     for name, probs in blends.items():
         auc, average_precision, per_class = score(probs, truth, columns)
-        rows.append(dict(blend=name, covered_auc=auc, covered_cmap=average_precision,
+        ours, true = probs[:, columns], truth[:, columns] > 0.5
+        # training takes the labels' values (target = max(label, pseudo)), not only their order: the squared
+        # error and the mean label on positive and negative windows say how far the values are from the truth
+        rows.append(dict(rule=name, covered_auc=auc, covered_cmap=average_precision,
+                         covered_squared_error=float(np.mean((ours - true) ** 2)),
+                         mean_on_positives=float(ours[true].mean()), mean_on_negatives=float(ours[~true].mean()),
                          **{f"auc_{classes[c]}": v for c, v in zip(columns, per_class)},
                          all_auc=macro_roc_auc(truth, probs)))
     table = pd.DataFrame(rows)
     table.to_csv(os.path.join(args.work, "blend.csv"), index=False)
-    positives = {classes[c]: int(truth[:, c].sum()) for c in columns}
+    positives = {str(classes[c]): int(truth[:, c].sum()) for c in columns}
     print(f"\n{len(row_ids)} site windows; covered classes and their positive windows: {positives}; ensemble of "
           f"{args.models}'s round-1 models ({args.epochs} epochs); {(time.time() - began) / 60:.1f} min")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    with pd.option_context("display.width", 200):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
 if __name__ == "__main__":

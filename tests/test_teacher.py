@@ -85,11 +85,13 @@ def test_blend_touches_covered_classes_on_scored_windows_only(tmp_path):
     write_teacher_file(tmp_path / "t.npz", ["s1", "s2", "s9"], [10, 5, 5],
                        np.array([[0.9, 0.0, 0.9, 0.9], [0.9, 0.8, 0.9, 0.9], [1, 1, 1, 1]], dtype=np.float32),
                        ["a", "b", "d", "c"], [False, True, True, False])
-    blended = pseudo.blend_teacher(ours, paths, ends, classes, str(tmp_path / "t.npz"), 0.25)
+    blended = pseudo.blend_teacher(ours, paths, ends, classes, str(tmp_path / "t.npz"), 0.5)
     expected = ours.copy()
-    expected[1, 1] = 0.75 * 1.0 + 0.25 * 0.0
-    expected[2, 1] = 0.75 * 0.3 + 0.25 * 0.8
+    expected[1, 1] = 1.0        # max(1.0, 0.5 * 0.0): the teacher never lowers a label
+    expected[2, 1] = 0.5 * 0.8  # max(0.3, 0.5 * 0.8): it raises one, up to weight x its score
     assert np.allclose(blended, expected)
+    expected[2, 1] = 0.8
+    assert np.allclose(pseudo.blend_teacher(ours, paths, ends, classes, str(tmp_path / "t.npz"), 1.0), expected)
     assert np.array_equal(pseudo.blend_teacher(ours, paths, ends, classes, str(tmp_path / "t.npz"), 0.0), ours)
     with pytest.raises(UserError):
         pseudo.blend_teacher(ours, paths, ends, classes, str(tmp_path / "t.npz"), 1.5)
@@ -239,3 +241,16 @@ def test_cached_windows_are_scored_in_batches_as_one_window_at_a_time(tmp_path):
         alone = teacher.score_audio(model, teacher.to_birdnet_rate(wave), [5], teacher.overlap)[0]
         assert abs(got[row, 0] - alone[index]) < 1e-4 and got[row, 1] == 0
     assert got[:, 0].max() > 0.5 and waves.shape[1] == WINDOW_SAMPLES  # a great tit is heard
+
+
+def test_blend_bench_cuts_training_pieces_and_site_calls():
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import teacher_blend
+    rate = teacher_blend.SAMPLE_RATE
+    pieces = teacher_blend.pieces(np.ones(14 * rate, dtype=np.float32))
+    assert [len(p) / rate for p in pieces] == [5.0, 5.0, 5.0, 5.0, 4.0]  # every 2.5 s, the last one shorter
+    assert [len(p) / rate for p in teacher_blend.pieces(np.ones(int(2.5 * rate)))] == [2.5]
+    calls = teacher_blend.site_calls(np.linspace(-2, 2, 20 * rate), np.random.default_rng(0))
+    assert all(1.5 * rate <= len(c) <= 4 * rate and np.isclose(np.abs(c).max(), 1) for c in calls)
+    short = teacher_blend.site_calls(np.full(3 * rate, 0.25), np.random.default_rng(0))
+    assert len(short) == 1 and len(short[0]) == 3 * rate and short[0].max() == 1.0  # a short clip whole
