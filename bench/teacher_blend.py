@@ -127,13 +127,14 @@ def build_site(site, args):
         shutil.copy(path, os.path.join(site, "unlabeled_soundscapes", os.path.basename(path)))
     meta.to_csv(os.path.join(site, "train_metadata.csv"), index=False)
     classes = demo_classes + [s[0] for s in REAL_SPECIES]
+    pd.DataFrame([[f"soundscape_0_{5 * (w + 1)}"] + [1.0 / len(classes)] * len(classes) for w in range(3)],
+                 columns=["row_id"] + classes).to_csv(os.path.join(site, "sample_submission.csv"), index=False)
+    labels.reset_index().to_csv(labels_path, index=False)
+    # last: its presence marks a finished site (an interrupted build is redone from make_demo)
     pd.DataFrame(dict(primary_label=classes,
                       scientific_name=[f"Synthetica {c}" for c in demo_classes] + [s[1] for s in REAL_SPECIES],
                       common_name=[f"synthetic {c}" for c in demo_classes] + [s[2] for s in REAL_SPECIES])
                  ).to_csv(os.path.join(site, "taxonomy.csv"), index=False)
-    pd.DataFrame([[f"soundscape_0_{5 * (w + 1)}"] + [1.0 / len(classes)] * len(classes) for w in range(3)],
-                 columns=["row_id"] + classes).to_csv(os.path.join(site, "sample_submission.csv"), index=False)
-    labels.reset_index().to_csv(labels_path, index=False)
     return labels_path
 
 
