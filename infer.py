@@ -53,6 +53,7 @@ budget_min = 80.0         # Kaggle stops at 90 minutes from BirdCLEF 2025 on (12
 pp_weight = 0.5           # neighbour smoothing weight (0 disables)
 threads = 4               # Kaggle's CPU kernels have 4 vCPUs
 fallback_seconds = 60     # rows of an unreadable file when neither its header nor other files tell its length
+decode_block_seconds = 5  # audio is decoded in blocks: a decoder error mid-file keeps what came before
 mel_chunk = 4             # windows per mel call: a few windows' spectra stay in cache (~3x faster than 48 at once)
 network_pixels = 8 * 256 * 256  # image pixels per network call: 8 windows of 256x256 beat 48 by ~10% (cache)
 
@@ -119,20 +120,40 @@ def sample_submission_columns(audio_dir, given=None):
 def read_audio(path, max_seconds=None):
     """Decode a file (ogg, wav, flac, mp3: whatever libsndfile reads) to mono float32 at 32 kHz.
 
-    Only the first `max_seconds` are read when given. Raises ValueError for an empty file or one that decodes
-    to fewer frames than its header promises; soundfile's own errors (corrupt data) propagate as they are.
+    Only the first `max_seconds` are read when given. A file damaged partway (a corrupt ogg page, a flac frame
+    that loses sync) is used as far as it decodes, with one warning line: it is read in blocks, and an error
+    mid-file keeps what decoded before it (to a quarter second). Raises ValueError for a file that yields no
+    audio at all, and soundfile's own error when not even its header reads.
     """
     import soundfile as sf
     with sf.SoundFile(path) as f:
         rate, expected = f.samplerate, f.frames
-        if expected <= 0:
-            raise ValueError("empty (no audio frames)")
-        wanted = expected if max_seconds is None else min(expected, int(math.ceil(max_seconds * rate)))
-        audio = f.read(wanted, dtype="float32", always_2d=True)
-    if len(audio) == 0:
+    if expected <= 0:
         raise ValueError("empty (no audio frames)")
-    if len(audio) < wanted:
-        raise ValueError(f"truncated (decoded {len(audio)} of {wanted} frames)")
+    wanted = expected if max_seconds is None else min(expected, int(math.ceil(max_seconds * rate)))
+    blocks, got, error = [], 0, None
+    for step in (decode_block_seconds * rate, rate // 4):  # after an error: again from there, in quarter seconds
+        with sf.SoundFile(path) as f:  # a fresh decoder: one that lost sync stays lost
+            if got:
+                f.seek(got)
+            while got < wanted:
+                try:
+                    block = f.read(min(step, wanted - got), dtype="float32", always_2d=True)
+                except Exception as err:
+                    error = f"{type(err).__name__}: {err}".replace("\n", " ")
+                    break
+                if len(block) == 0:
+                    break
+                blocks.append(block)
+                got += len(block)
+        if error is None:
+            break
+    if got == 0:
+        raise ValueError(f"no audio decodes ({error})" if error else "empty (no audio frames)")
+    if got < wanted:
+        warn(f"{path}: damaged, decoded {got / rate:.1f} of {wanted / rate:.1f} s"
+             + (f" ({error})" if error else "") + "; using what decodes")
+    audio = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
     audio = audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1)  # no copy for mono
     if rate != SAMPLE_RATE:
         from scipy.signal import resample_poly
@@ -446,9 +467,12 @@ def load_ensemble(folder, backend, n_threads, precision="f32"):
 
 def decode_and_mel(path, front_end):
     """Decode one file and compute each distinct mel once: (n_windows, {mel_key: mel tensor}, None), or
-    (n_windows from the header or None, None, error) when it cannot be decoded."""
+    (n_windows from the header or None, None, error) when it cannot be decoded. A file that decodes short of its
+    header gets the header's rows: the windows past the damage are zeros."""
     try:
-        windows = torch.from_numpy(windows_of(read_audio(path)))
+        audio = read_audio(path)
+        n_windows = max(1, math.ceil(len(audio) / WINDOW_SAMPLES), count_windows(path) or 0)
+        windows = torch.from_numpy(windows_of(audio, n_windows))
         return len(windows), front_end(windows), None
     except Exception as err:
         return count_windows(path), None, f"{type(err).__name__}: {err}"

@@ -196,18 +196,21 @@ def write_unlabeled_windows(unlabeled, audio_path, table_path, cap, rng, n_threa
         path, windows = item
         try:
             needed = (max(windows) + 1) * WINDOW_SECONDS
-            return windows_of(read_audio(path, max_seconds=needed + 1), max(windows) + 1)[windows], None
+            audio = read_audio(path, max_seconds=needed + 1)
+            kept = [w for w in windows if w * WINDOW_SAMPLES < len(audio)]  # a damaged file: what decoded
+            return (windows_of(audio, max(windows) + 1)[kept], kept), None
         except Exception as err:
             return None, describe(err)
 
     table, bad = [], []
-    for (path, windows), (waves, reason) in zip(by_file.items(), tqdm(
-            ordered_map(load, by_file.items(), n_threads), total=len(by_file), desc="unlabeled windows", unit="file")):
-        if waves is None:  # its rows are not written: the ones after it close the gap, the tail is cut at the end
+    for path, (loaded, reason) in zip(by_file, tqdm(ordered_map(load, by_file.items(), n_threads),
+                                                     total=len(by_file), desc="unlabeled windows", unit="file")):
+        if loaded is None:  # its rows are not written: the ones after it close the gap, the tail is cut at the end
             bad.append((path, reason))
             continue
+        waves, kept = loaded
         out.write(waves)
-        table += [(path, (w + 1) * WINDOW_SECONDS) for w in windows]
+        table += [(path, (w + 1) * WINDOW_SECONDS) for w in kept]
     out.close()
     pd.DataFrame(table, columns=["path", "end_second"]).to_csv(table_path, index=False)
     return bad

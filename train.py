@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -24,10 +25,11 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from common import (HEADS, LOSSES, MODEL_COLUMNS, NORMALIZATIONS, SAMPLE_RATE, AugmentChances, CachePaths,
-                    HelpFormatter, MelFrontEnd, PseudoWindows, TrainingSet, UserError, all_metrics, atomic_write,
-                    augment, build_model, kebab, gpu_of, load_split, mel_settings_of, pick_device, predict,
-                    read_models_table, run_main, save_json, split_summary, time_shift)
+from common import (HEADS, LOSSES, MODEL_COLUMNS, NORMALIZATIONS, PRETRAINED_CHOICES, SAMPLE_RATE, AugmentChances,
+                    CachePaths, HelpFormatter, MelFrontEnd, PseudoWindows, TrainingSet, UserError, all_metrics,
+                    atomic_write, augment, build_model, kebab, load_classes, load_split, mel_settings_of, predict,
+                    pretrained_of, read_models_table, run_main, save_json, split_summary, time_shift)
+from devices import claim_gpu, gpu_ids, pick_device
 
 # defaults: the seed's recipe
 models = "models.csv"
@@ -49,20 +51,21 @@ schedule = "cosine"       # linear warm-up then cosine; onecycle: torch's OneCyc
 n_fft, f_min, f_max = 2048, 20.0, 16000.0
 normalize = "minmax"      # each mel image to [0, 1]; standard: mean 0 / std 1 (the seed is silent; measured best)
 time_shift_seconds = 0.5  # seconds: each sample rolled by up to +-this (the seed is silent; measured best)
+pretrained = "timm"       # the seed fine-tunes tf_efficientnet_b0_ns (ImageNet/JFT weights); none: random init
 
 # presets: other defaults for the flags (and the models table's columns); a flag given on the command line wins
 AUGMENTATIONS_OFF = {f"aug_{name}": 0.0 for name in vars(AugmentChances())}
 PRESETS = {
     "seed": {},
-    # the one-file baseline of issue 21: small, plain, trained on every file
+    # the one-file baseline (../shared/oracle/baseline.py's recipe): small, plain, trained on every file
     "reference": dict(head="plain", channels=1, loss="bce", optimizer="sgd", schedule="onecycle", lr=0.1,
                       weight_decay=5e-4, batch_size=32, n_mels=64, hop_length=1250, f_min=50.0, f_max=14000.0,
                       normalize="standard", image_height=64, image_width=128, time_shift=0.5, fold="all",
-                      soup_start=-1, **AUGMENTATIONS_OFF),
+                      soup_start=-1, pretrained="none", **AUGMENTATIONS_OFF),
     # make demo's recipe: the parts of the reference that measured best on the demo (bench/ablate.py, README),
     # on a models table that keeps the seed's diversity (mel settings, image sizes, pseudo-label chances)
     "demo": dict(channels=1, loss="bce", f_min=50.0, f_max=14000.0, time_shift=0.5, fold="all", batch_size=32,
-                 lr=2e-3, soup_start=-5),
+                 lr=2e-3, soup_start=-5, pretrained="none"),
 }
 RECIPE = ("head", "channels", "loss", "optimizer", "schedule", "n_fft", "f_min", "f_max", "normalize", "time_shift")
 
@@ -73,7 +76,7 @@ def parse_args(argv=None):
     preset = first.parse_known_args(argv)[0].preset
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--preset", default="seed", choices=list(PRESETS), help="a set of defaults for the flags below "
-                   "(--help after it shows them): seed = the seed's recipe, reference = issue 21's one-file "
+                   "(--help after it shows them): seed = the seed's recipe, reference = the one-file "
                    "baseline (1 channel, plain head, BCE, SGD one-cycle, standardised 64x128 mels, time shift, no "
                    "augmentation, every file)")
     p.add_argument("--model", type=int, required=True, help="id of the row in the models table")
@@ -110,16 +113,15 @@ def parse_args(argv=None):
                    "by a random shift of up to +-this (0: off)")
     p.add_argument("--threads", type=int, default=threads, help="CPU threads for torch")
     p.add_argument("--device", default="auto", help="auto (CUDA, then Apple's MPS, then CPU), cpu, cuda, cuda:1, mps")
-    p.add_argument("--gpus", help="GPUs that a round's models share, e.g. 0,1,2,3 (make GPUS=...): this model "
-                   "trains on the k-th of them, k = its row in the models table modulo their number, with "
-                   "--threads divided among them")
+    p.add_argument("--gpus", help="GPUs that a round's models share, e.g. 0,1,2,3 (make GPUS=...): this job "
+                   "claims one that no other job holds (waiting while all are held) and takes --threads divided by "
+                   "their number")
     p.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="mixed precision: auto = on for "
                    "CUDA (float16, gradient scaling); on also runs CPU autocast (bfloat16; tests the same code path)")
     p.add_argument("--loader-workers", default="auto", help="processes that build batches ahead: auto = 0 on CPU "
                    "(the step is the bottleneck and needs the cores), min(8, cores) on a GPU")
-    p.add_argument("--pretrained", help="the backbone's starting weights: a local weights file, or 'timm' for the "
-                   "seed's ImageNet/JFT weights (tf_efficientnet_b0.ns_jft_in1k), downloaded by timm and cached; "
-                   "default: random init")
+    p.add_argument("--pretrained", default=pretrained, help=f"the backbone's starting weights: {PRETRAINED_CHOICES}. "
+                   "Offline, timm's cache or a file from `make weights`")
     p.add_argument("--max-train-files", type=int, help="use only this many training rows (quick runs)")
     notes = dict(fold="a fold of n_folds held out for validation, or 'all': train on every row, no validation; the "
                  "soup then averages every epoch from the soup start on", pseudoLabelChance="percent, as in the "
@@ -221,73 +223,104 @@ def move_aside(out_dir):
     return aside
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    config = model_config(args)
-    out_dir = args.out_dir or os.path.join(args.work, f"round{args.round}", f"model{args.model}")
-    done_path = os.path.join(out_dir, "train_done.json")
+@dataclass
+class Processes:
+    """Where this process trains: its device, its rank among torchrun's processes (0 of 1 without torchrun)."""
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    distributed: bool = False
+    gpu_lock: object = None   # the lock file of the GPU this job claimed (make GPUS=...), held until the end
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank, world_size = 0, 1
-    if args.gpus:  # make GPUS=...: the round's models side by side, one per GPU, the CPU threads shared
-        args.device = f"cuda:{gpu_of(args.model, read_models_table(args.models).index, args.gpus)}"
-        args.threads = max(1, args.threads // len(args.gpus.split(",")))
-    device = pick_device(args.device)
-    if distributed:  # torchrun: one process per device, gradients averaged by DDP
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        rank, world_size = dist.get_rank(), dist.get_world_size()
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
+    def barrier(self):
+        if self.distributed:
+            dist.barrier()
+
+    def close(self):
+        if self.distributed:
+            dist.destroy_process_group()
+
+
+def set_up_processes(args):
+    """The device (with make GPUS=...: a GPU no other job holds, and this job's share of the CPU threads) and,
+    under torchrun, the process group: one process per device, gradients averaged by DDP."""
+    gpu_lock = None
+    if args.gpus:
+        gpu, gpu_lock = claim_gpu(args.gpus)
+        args.device = f"cuda:{gpu}"
+        args.threads = max(1, args.threads // len(gpu_ids(args.gpus)))
+        print(f"model {args.model}: GPU {gpu} (claimed: no other job trains on it), {args.threads} CPU threads",
+              flush=True)
+    procs = Processes(pick_device(args.device), distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1,
+                      gpu_lock=gpu_lock)
+    if procs.distributed:
+        dist.init_process_group("nccl" if procs.device.type == "cuda" else "gloo")
+        procs.rank, procs.world_size = dist.get_rank(), dist.get_world_size()
+        if procs.device.type == "cuda":
+            procs.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(procs.device)
+    if args.batch_size % procs.world_size:
+        raise UserError(f"--batch-size {args.batch_size} is the batch of all {procs.world_size} processes "
+                        f"together: make it a multiple of {procs.world_size}")
+    torch.set_num_threads(max(1, args.threads))
+    return procs
+
+
+def claim_run_folder(args, config, procs):
+    """The run's folder and state ('done', 'resume' or 'fresh'): a run of other inputs is moved aside (never
+    deleted), and a run of these inputs moved aside before is taken back. Returns (out_dir, inputs, state)."""
+    out_dir = args.out_dir or os.path.join(args.work, f"round{args.round}", f"model{args.model}")
     cache = CachePaths(args.cache)
     for path in (cache.audio, cache.rows, cache.classes) + ((args.pseudo,) if args.pseudo else ()):
         if not os.path.isfile(path):
             raise UserError(f"file not found: {path}" + ("" if path == args.pseudo else " (run make prep first)"))
     inputs = input_signature(args, config)
     state = run_state(out_dir, inputs)  # every rank reads it before rank 0 changes anything
-    if distributed:
-        dist.barrier()
-    if state == "other" and rank == 0:
+    procs.barrier()
+    if state == "other" and procs.rank == 0:
         move_aside(out_dir)
         earlier = [d for d in sorted(glob.glob(f"{out_dir.rstrip('/')}.replaced-*"))
                    if run_state(d, inputs) in ("done", "resume")]
         if earlier:  # a run of these very inputs was moved aside before: take it back
             os.replace(earlier[-1], out_dir)
             print(f"{out_dir}: took back {earlier[-1]}, a run of these settings and inputs", flush=True)
-    if distributed:
-        dist.barrier()
-    state = run_state(out_dir, inputs)  # after a run was moved aside or taken back
-    if state == "done":
-        print(f"{out_dir}: already trained on the same inputs ({done_path})")
-        if distributed:
-            dist.destroy_process_group()
-        return
-    if args.batch_size % world_size:
-        raise UserError(f"--batch-size {args.batch_size} is the batch of all {world_size} processes together: "
-                        f"make it a multiple of {world_size}")
-    torch.set_num_threads(max(1, args.threads))
-    seed = int(config["seed"])
-    torch.manual_seed(seed)
-    workers = (0 if device.type == "cpu" else min(8, os.cpu_count() or 1)) if args.loader_workers == "auto" \
-        else int(args.loader_workers)
+    procs.barrier()
+    return out_dir, inputs, run_state(out_dir, inputs)  # after a run was moved aside or taken back
 
+
+@dataclass
+class Training:
+    """What one epoch needs: the model (and its DDP wrapper), the mel, the data, the optimiser and schedule."""
+    model: torch.nn.Module
+    trained: torch.nn.Module   # the model, or its DistributedDataParallel wrapper
+    mel: torch.nn.Module
+    data: dict
+    dataset: TrainingSet
+    chances: AugmentChances
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+    amp: bool
+    steps_per_epoch: int
+    soup_start: int
+
+
+def build_training(args, config, procs):
+    """Model (the seed's weights first: offline without them it stops before any data is read), data,
+    optimiser, schedule and gradient scaler."""
+    device, seed = procs.device, int(config["seed"])
+    torch.manual_seed(seed)
+    classes = load_classes(CachePaths(args.cache).classes)
+    model = build_model(dict(config, classes=classes), pretrained=args.pretrained).to(device)
+    # NHWC convolutions: faster on CUDA and about 2x faster on CPU here (bench/train_speed.py)
+    model = model.to(memory_format=torch.channels_last)
+    model.channels_last = True
     data = load_split(args.cache, config, args.max_train_files)
-    if rank == 0:
+    if procs.rank == 0:
         print(split_summary(data, config), flush=True)
     pseudo = PseudoWindows(args.cache, args.pseudo, data["classes"]) if args.pseudo else None
     dataset = TrainingSet(data["audio"], data["targets"], data["train"], pseudo, config["pseudoLabelChance"],
                           (config["ampExpMin"], config["ampExpMax"]), seed)
-    chances = AugmentChances(**{k: getattr(args, f"aug_{k}") for k in vars(AugmentChances())})
-    mel_settings = mel_settings_of(config)
-    mel = MelFrontEnd(mel_settings).to(device)
-    model = build_model(dict(config, classes=data["classes"]), pretrained=args.pretrained).to(device)
-    loss_function = LOSSES[args.loss]
-    shift_samples = int(round(args.time_shift * SAMPLE_RATE))
-    amp = args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16  # CPU autocast computes in bfloat16
-    # NHWC convolutions: faster on CUDA and about 2x faster on CPU here (bench/train_speed.py)
-    model = model.to(memory_format=torch.channels_last)
-    model.channels_last = True
     if args.optimizer == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
                                     weight_decay=args.weight_decay)
@@ -300,82 +333,122 @@ def main(argv=None):
     else:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, int(args.warmup_epochs * steps_per_epoch), total_steps))
+    amp = args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
     # torch.amp.GradScaler("cuda") from torch 2.3 on; torch.cuda.amp's before (deprecated since)
     scaled = amp and device.type == "cuda"  # float16 gradients need scaling; bfloat16 ones do not
     scaler = torch.amp.GradScaler("cuda", enabled=scaled) if hasattr(torch.amp, "GradScaler") \
         else torch.cuda.amp.GradScaler(enabled=scaled)
     soup_start = max(1, args.epochs + 1 + args.soup_start) if args.soup_start and args.soup_start < 0 \
         else args.soup_start or max(1, round(args.epochs * soup_start_of_50 / 50))
+    trained = model if not procs.distributed else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device] if device.type == "cuda" else None)
+    chances = AugmentChances(**{k: getattr(args, f"aug_{k}") for k in vars(AugmentChances())})
+    return Training(model, trained, MelFrontEnd(mel_settings_of(config)).to(device), data, dataset, chances,
+                    optimizer, scheduler, scaler, amp, steps_per_epoch, soup_start)
 
-    start_epoch, history = 1, []
+
+def resume(run, last_path, device):
+    """(first epoch, history so far): after the last complete epoch of last.pt, else (1, [])."""
+    if not os.path.exists(last_path):
+        return 1, []
+    state = torch.load(last_path, map_location=device, weights_only=False)
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    print(f"resuming {os.path.dirname(last_path)} at epoch {state['epoch'] + 1}")
+    return state["epoch"] + 1, state["history"]
+
+
+def train_one_epoch(run, args, config, procs, epoch):
+    """One pass over this rank's batches; returns the mean training loss."""
+    device, seed = procs.device, int(config["seed"])
+    # dropout and augmentations repeat exactly after a resume; each rank draws its own
+    torch.manual_seed(seed * 1000 + epoch + 7919 * procs.rank)
+    generator = torch.Generator().manual_seed(seed * 1000 + epoch + 7919 * procs.rank)
+    workers = (0 if device.type == "cpu" else min(8, os.cpu_count() or 1)) if args.loader_workers == "auto" \
+        else int(args.loader_workers)
+    shift_samples = int(round(args.time_shift * SAMPLE_RATE))
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16  # CPU autocast computes in bfloat16
+    loss_function = LOSSES[args.loss]
+    run.trained.train()
+    losses = []
+    batches = run.dataset.epoch(epoch, args.batch_size, procs.rank, procs.world_size, workers,
+                                pin=device.type == "cuda")
+    bar = tqdm(batches, total=run.steps_per_epoch, desc=f"model {args.model} epoch {epoch}/{args.epochs}",
+               unit="batch", disable=procs.rank != 0)
+    for waves, targets in bar:
+        waves, targets = waves.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with torch.no_grad():
+            images, targets = augment(run.mel(time_shift(waves, shift_samples, generator)), targets, run.chances,
+                                      generator)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=run.amp):
+            loss = loss_function(run.trained(images), targets)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+    return float(np.mean(losses))
+
+
+def validate_and_save(run, args, procs, epoch, train_loss, seconds, history, out_dir, inputs):
+    """Validation metrics of the epoch (a row of metrics.csv), the epoch's weights from the soup start on, and
+    last.pt (everything a resume needs), each written under a temporary name and renamed."""
+    probs = predict(run.model, run.mel, run.data["audio"], procs.device, amp=run.amp, rows=run.data["valid"])
+    valid_targets = run.data["targets"][run.data["valid"]]
+    valid_loss = float(LOSSES[args.loss](torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)),
+                                         torch.from_numpy(valid_targets))) if len(probs) else float("nan")
+    row = dict(epoch=epoch, train_loss=train_loss, valid_loss=valid_loss, **all_metrics(valid_targets, probs),
+               lr=run.optimizer.param_groups[0]["lr"], seconds=round(seconds, 2))
+    history.append(row)
+    print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    if epoch >= run.soup_start:
+        atomic_write(os.path.join(out_dir, "epochs", f"epoch_{epoch:03d}.pt"),
+                     lambda tmp: torch.save(run.model.state_dict(), tmp))
+    atomic_write(os.path.join(out_dir, "metrics.csv"), lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
+    atomic_write(os.path.join(out_dir, "last.pt"), lambda tmp: torch.save(dict(
+        model=run.model.state_dict(), optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
+        scaler=run.scaler.state_dict(), epoch=epoch, history=history, inputs=inputs), tmp))
+
+
+def finish(run, args, procs, history, out_dir, inputs):
+    """train_done.json (the inputs, the best epoch); last.pt goes, the epochs stay for the soup."""
+    best = max(history, key=lambda r: r["auc"]) if history else None
+    save_json(dict(inputs=inputs, epochs=args.epochs, soup_start=run.soup_start, best=best,
+                   world_size=procs.world_size, steps=run.scheduler.last_epoch),
+              os.path.join(out_dir, "train_done.json"))
     last_path = os.path.join(out_dir, "last.pt")
-    if state == "resume":  # after the last complete epoch
-        state = torch.load(last_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
-        print(f"resuming {out_dir} at epoch {start_epoch}")
-    if rank == 0:
-        save_json(dict(config, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       soup_start=soup_start, pseudo=args.pseudo, mel_settings=vars(mel_settings),
-                       augment=vars(chances), classes=data["classes"]), os.path.join(out_dir, "config.json"))
-    trained = model
-    if distributed:
-        trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
-                                                            else None)
+    if os.path.exists(last_path):
+        os.remove(last_path)  # optimizer state is only needed to resume; the epochs stay for the soup
 
+
+def main(argv=None):
+    args = parse_args(argv)
+    config = model_config(args)
+    args.pretrained = pretrained_of(args.pretrained)
+    procs = set_up_processes(args)
+    out_dir, inputs, state = claim_run_folder(args, config, procs)
+    if state == "done":
+        print(f"{out_dir}: already trained on the same inputs ({os.path.join(out_dir, 'train_done.json')})")
+        return procs.close()
+    run = build_training(args, config, procs)
+    start_epoch, history = resume(run, os.path.join(out_dir, "last.pt"), procs.device) if state == "resume" \
+        else (1, [])
+    if procs.rank == 0:
+        save_json(dict(config, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       soup_start=run.soup_start, pseudo=args.pseudo, mel_settings=vars(mel_settings_of(config)),
+                       augment=vars(run.chances), classes=run.data["classes"]), os.path.join(out_dir, "config.json"))
     for epoch in range(start_epoch, args.epochs + 1):
         began = time.time()
-        # dropout and augmentations repeat exactly after a resume; each rank draws its own
-        torch.manual_seed(seed * 1000 + epoch + 7919 * rank)
-        generator = torch.Generator().manual_seed(seed * 1000 + epoch + 7919 * rank)
-        trained.train()
-        losses = []
-        batches = dataset.epoch(epoch, args.batch_size, rank, world_size, workers, pin=device.type == "cuda")
-        bar = tqdm(batches, total=steps_per_epoch,
-                   desc=f"model {args.model} epoch {epoch}/{args.epochs}", unit="batch", disable=rank != 0)
-        for waves, targets in bar:
-            waves, targets = waves.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            with torch.no_grad():
-                images, targets = augment(mel(time_shift(waves, shift_samples, generator)), targets, chances,
-                                          generator)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                loss = loss_function(trained(images), targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-        if rank != 0:
-            continue
-        probs = predict(model, mel, data["audio"], device, amp=amp, rows=data["valid"])
-        valid_targets = data["targets"][data["valid"]]
-        valid_loss = float(loss_function(torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)),
-                                          torch.from_numpy(valid_targets))) if len(probs) else float("nan")
-        row = dict(epoch=epoch, train_loss=float(np.mean(losses)), valid_loss=valid_loss,
-                   **all_metrics(valid_targets, probs), lr=optimizer.param_groups[0]["lr"],
-                   seconds=round(time.time() - began, 2))
-        history.append(row)
-        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-        if epoch >= soup_start:
-            atomic_write(os.path.join(out_dir, "epochs", f"epoch_{epoch:03d}.pt"),
-                         lambda tmp: torch.save(model.state_dict(), tmp))
-        atomic_write(os.path.join(out_dir, "metrics.csv"), lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
-        atomic_write(last_path, lambda tmp: torch.save(dict(
-            model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict(), epoch=epoch, history=history, inputs=inputs), tmp))
-    if rank == 0:
-        best = max(history, key=lambda r: r["auc"]) if history else None
-        save_json(dict(inputs=inputs, epochs=args.epochs, soup_start=soup_start, best=best, world_size=world_size,
-                       steps=scheduler.last_epoch), done_path)
-        if os.path.exists(last_path):
-            os.remove(last_path)  # optimizer state is only needed to resume; the epochs stay for the soup
-    if distributed:
-        dist.destroy_process_group()
+        train_loss = train_one_epoch(run, args, config, procs, epoch)
+        if procs.rank == 0:
+            validate_and_save(run, args, procs, epoch, train_loss, time.time() - began, history, out_dir, inputs)
+    if procs.rank == 0:
+        finish(run, args, procs, history, out_dir, inputs)
+    procs.close()
 
 
 if __name__ == "__main__":

@@ -261,7 +261,8 @@ def test_numeric_labels_from_prep_to_submission(demo_dir, tmp_path):
     model_dir = str(tmp_path / "model1")
     train.main(["--model", "1", "--models", os.path.join(ROOT, "models-demo.csv"), "--cache", cache,
                 "--out-dir", model_dir, "--epochs", "1", "--batch-size", "8", "--threads", "2", "--soup-start", "1",
-                "--image_height", "32", "--image_width", "32", "--n_mels", "32", "--max-train-files", "16"])
+                "--image_height", "32", "--image_width", "32", "--n_mels", "32", "--max-train-files", "16",
+                "--pretrained", "none"])
     soup.make_soup(model_dir, cache, n_threads=2)
     ensemble = str(tmp_path / "ensemble")
     soup.bundle(ensemble, [model_dir])

@@ -173,19 +173,65 @@ def test_corrupt_file_warns_and_gets_neutral_rows(tiny_ensemble, audio_dir, tmp_
     noise = np.random.default_rng(0).standard_normal(32000 * 33).astype(np.float32) * 0.1
     sf.write(str(folder / "cut.flac"), noise, 32000)  # FLAC's header: 33 s = 7 windows
     with open(folder / "cut.flac", "r+b") as f:
-        f.truncate(os.path.getsize(folder / "cut.flac") // 10)  # ... but a tenth of the data: decoding fails
+        f.truncate(os.path.getsize(folder / "cut.flac") // 10)  # ... but a tenth of the data: it decodes short
     out = tmp_path / "sub.csv"
     result = run_alone(tmp_path, "--models", tiny_ensemble, "--audio", str(folder), "--out", str(out),
                        "--threads", "2", "--backend", "torch")
     assert result.returncode == 0, result.stderr
-    assert "broken.ogg" in result.stderr and "cut.flac" in result.stderr and "unreadable" in result.stderr
+    assert "broken.ogg" in result.stderr and "unreadable" in result.stderr
+    assert "cut.flac: damaged" in result.stderr and "cut.flac: unreadable" not in result.stderr
     sub = pd.read_csv(out).set_index("row_id")
     readable = [p for p in infer.list_audio(audio_dir)]
     counts = [int(np.ceil(sf.info(p).duration / 5)) for p in readable]
     broken = sub[sub.index.str.startswith("broken_")]
     assert len(broken) == max(set(counts), key=counts.count) == 3  # no header: the usual length here
-    assert len(sub[sub.index.str.startswith("cut_")]) == 7  # its header's length
+    cut = sub[sub.index.str.startswith("cut_")]
+    assert len(cut) == 7  # its header's length, predicted where it decodes (the rest: zeros), not neutral
+    assert not np.allclose(cut.values[0], broken.values[0])
     assert np.allclose(broken.values, broken.values[0]) and sub.notna().all().all()
+
+
+def damage(path, at_fraction, n_bytes=64):
+    """Flip n_bytes bytes of a file at a fraction of its length (a corrupt ogg page, a flac frame out of sync)."""
+    data = bytearray(open(path, "rb").read())
+    start = int(len(data) * at_fraction)
+    data[start:start + n_bytes] = bytes(b ^ 0x5A for b in data[start:start + n_bytes])
+    open(path, "wb").write(bytes(data))
+
+
+@pytest.mark.parametrize("extension,kind", [(".ogg", "VORBIS"), (".flac", "PCM_16")])
+def test_file_damaged_partway_is_scored_up_to_the_damage(tiny_ensemble, tmp_path, extension, kind):
+    """An ogg with a corrupt page decodes short; a flac's decoder stops with an error: either way the windows
+    before the damage get the predictions the undamaged file gets, one warning names the file, and the file
+    keeps its header's rows."""
+    rng = np.random.default_rng(3)
+    t = np.arange(32000 * 30) / 32000
+    audio = (0.05 * rng.standard_normal(len(t)) + 0.2 * np.sin(2 * np.pi * (800 + 400 * np.sin(t)) * t))
+    whole, damaged = tmp_path / "whole", tmp_path / "damaged"
+    whole.mkdir(), damaged.mkdir()
+    sf.write(str(whole / f"site{extension}"), audio.astype(np.float32), 32000, subtype=kind)
+    reference = infer.read_audio(str(whole / f"site{extension}"))
+    for at in (0.5, 0.4, 0.6, 0.45, 0.55):  # where a flipped page makes it decode short (vorbis may resync)
+        shutil.copy(whole / f"site{extension}", damaged / f"site{extension}")
+        damage(damaged / f"site{extension}", at)
+        decoded = infer.read_audio(str(damaged / f"site{extension}"))
+        if len(decoded) < len(reference):
+            break
+    assert len(decoded) < len(reference)
+    same = int(np.argmax(np.abs(decoded[:len(reference)] - reference[:len(decoded)]) > 1e-6)) or len(decoded)
+    intact = same // infer.WINDOW_SAMPLES   # windows wholly before the first differing sample
+    assert 1 <= intact < 6
+    subs = {}
+    for folder in (whole, damaged):
+        out = tmp_path / f"{folder.name}.csv"
+        result = run_alone(tmp_path, "--models", tiny_ensemble, "--audio", str(folder), "--out", str(out),
+                           "--threads", "2", "--backend", "torch", "--pp-weight", "0")
+        assert result.returncode == 0, result.stderr
+        subs[folder.name] = pd.read_csv(out).set_index("row_id")
+        warnings = [line for line in result.stderr.splitlines() if "damaged" in line]
+        assert len(warnings) == (1 if folder is damaged else 0), result.stderr
+    assert len(subs["damaged"]) == len(subs["whole"]) == 6
+    assert np.allclose(subs["damaged"].values[:intact], subs["whole"].values[:intact], atol=1e-5)
 
 
 def test_empty_folder_writes_a_valid_file(tiny_ensemble, tmp_path):

@@ -146,6 +146,38 @@ def test_bad_files_are_skipped_and_listed(damaged_dataset, tmp_path):
     assert len(pd.read_csv(CachePaths(out).unlabeled)) == 2
 
 
+def test_training_file_damaged_partway_is_used_as_far_as_it_decodes(demo_dir, tmp_path):
+    """A flac whose decoder loses sync at ~2 s: its first 5 s are what decodes, zero-padded, with one warning
+    line; it is not listed as bad. A file that yields nothing still is."""
+    import soundfile as sf
+    root = str(tmp_path / "data")
+    shutil.copytree(demo_dir, root)
+    meta = pd.read_csv(os.path.join(root, "train_metadata.csv"))
+    t = np.arange(32000 * 8) / 32000
+    tone = (0.2 * np.sin(2 * np.pi * 1500 * t)).astype(np.float32)
+    name = meta["filename"][0].rsplit(".", 1)[0] + ".flac"
+    path = os.path.join(root, "train_audio", name)
+    sf.write(path, tone, 32000)
+    data = bytearray(open(path, "rb").read())
+    start = len(data) // 4
+    data[start:start + 64] = bytes(b ^ 0x5A for b in data[start:start + 64])
+    open(path, "wb").write(bytes(data))
+    meta.loc[0, "filename"] = name
+    meta.to_csv(os.path.join(root, "train_metadata.csv"), index=False)
+    out = str(tmp_path / "cache")
+    result = run_prep("--data", root, "--out", out, "--threads", "2")
+    assert result.returncode == 0, result.stderr
+    assert len([line for line in result.stderr.splitlines() if "damaged" in line and name in line]) == 1
+    bad = pd.read_csv(CachePaths(out).bad_files)
+    assert path not in set(bad["path"])
+    rows = pd.read_csv(CachePaths(out).rows)
+    row = int(np.flatnonzero(rows["filename"] == name)[0])
+    cached = np.load(CachePaths(out).audio, mmap_mode="r")[row].astype(np.float32)
+    decoded = int(np.flatnonzero(np.abs(cached) > 1e-3).max()) + 1
+    assert 32000 * 0.5 < decoded < 32000 * 4.5      # what decodes, then zeros
+    assert np.allclose(cached[:decoded], tone[:decoded], atol=2e-3)   # float16 cache
+
+
 def test_bad_input_stops_with_one_line(demo_dir, tmp_path):
     out = str(tmp_path / "cache")
     assert one_line_error(run_prep("--data", str(tmp_path / "nowhere"), "--out", out))
@@ -194,14 +226,25 @@ def test_other_formats_and_rates_become_32k_mono(tmp_path, extension, rate, chan
     assert first.shape == (WINDOW_SAMPLES,) and np.all(first[int(3.3 * 32000):] == 0)
 
 
+def flac_audio_start(data):
+    """Offset of a FLAC file's first audio frame: after "fLaC" and its metadata blocks (1 bit last-block flag,
+    7 bits type, 24 bits length each)."""
+    at = 4
+    while True:
+        last, length = data[at] & 0x80, int.from_bytes(data[at + 1:at + 4], "big")
+        at += 4 + length
+        if last:
+            return at
+
+
 def test_a_bad_file_costs_no_second_array(damaged_dataset, cache_dir, tmp_path, monkeypatch):
     """Failed training files and soundscapes: the arrays shrink in place, never written twice or loaded whole."""
     root, meta, files = damaged_dataset
     unlabeled = os.path.join(root, "unlabeled_soundscapes")
     noise = np.random.default_rng(0).standard_normal(32000 * 20).astype(np.float32) * 0.1
-    sf.write(os.path.join(unlabeled, "cut.flac"), noise, 32000)  # a header of 20 s, then a tenth of the data
+    sf.write(os.path.join(unlabeled, "cut.flac"), noise, 32000)  # a header of 20 s, then no audio that decodes
     with open(os.path.join(unlabeled, "cut.flac"), "r+b") as f:
-        f.truncate(os.path.getsize(os.path.join(unlabeled, "cut.flac")) // 10)
+        f.truncate(flac_audio_start(f.read()))
     opened, real_writer = [], prep.NpyRowWriter
 
     def writer(path, *args, **kwargs):

@@ -20,7 +20,7 @@ import train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = ["--models", os.path.join(ROOT, "models-demo.csv"), "--epochs", "2", "--threads", "2",
-        "--max-train-files", "16"]
+        "--max-train-files", "16", "--pretrained", "none"]
 SEED_TEXT = os.path.join(ROOT, "..", "shared", "seed", "birdclef2024-2nd-place.txt")
 # the write-up's 2nd-stage table, as it prints it (the test reads the write-up itself where it is beside the repo)
 SEED_TABLE = """\

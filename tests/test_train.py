@@ -1,6 +1,7 @@
 """train.py on a small slice of the demo data: outputs, resume after a crash, no redo of a finished run."""
 import json
 import os
+import time
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import train
 
 TINY = ["--models", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models-demo.csv"),
         "--epochs", "2", "--batch-size", "8", "--threads", "2", "--image_height", "32", "--image_width", "32",
-        "--n_mels", "32", "--max-train-files", "16", "--soup-start", "1"]
+        "--n_mels", "32", "--max-train-files", "16", "--soup-start", "1", "--pretrained", "none"]
 
 
 def run(cache_dir, out_dir, *extra):
@@ -182,11 +183,8 @@ def test_amp_path_runs_on_cpu(cache_dir, tmp_path):
     assert np.isfinite(metrics[["train_loss", "valid_loss", "auc"]].values).all()
 
 
-def test_one_model_per_gpu_and_device_choice():
-    from common import gpu_of, pick_device
-    ids = [1, 2, 3, 4, 5, 6]
-    assert [gpu_of(i, ids, "0,1,2,3") for i in ids] == ["0", "1", "2", "3", "0", "1"]
-    assert [gpu_of(i, ids, "5,7") for i in ids] == ["5", "7"] * 3
+def test_device_choice():
+    from devices import pick_device
     assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "mps"
                                         if torch.backends.mps.is_available() else "cpu")
     if not torch.backends.mps.is_available():
@@ -194,15 +192,38 @@ def test_one_model_per_gpu_and_device_choice():
             pick_device("mps")
 
 
-def test_pretrained_timm_offline_is_one_line(cache_dir, tmp_path):
+def test_seed_weights_offline_stop_at_once_with_one_line(cache_dir, tmp_path):
+    """The seed's weights are train.py's default; with the hub unreachable (HF_ENDPOINT at a closed port) and no
+    cached copy, train.py stops in seconds with one line naming both ways out, without timm's retries."""
     from helpers import one_line_error
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))  # no cached copy, no network
+    env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
+    env.pop("HF_HUB_OFFLINE", None)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tiny = [a for a in TINY if a not in ("--pretrained", "none")]
+    began = time.time()
     result = subprocess.run([sys.executable, os.path.join(root, "train.py"), "--model", "1", "--cache", cache_dir,
-                             "--out-dir", str(tmp_path / "x"), *TINY, "--pretrained", "timm"], capture_output=True,
-                            text=True, env=env, timeout=300)
+                             "--out-dir", str(tmp_path / "x"), *tiny], capture_output=True, text=True, env=env,
+                            timeout=300)
+    seconds = time.time() - began
     assert one_line_error(result), result.stderr[-2000:]
-    assert "--pretrained FILE" in result.stderr
+    assert "make weights" in result.stderr and "PRETRAINED=none" in result.stderr
+    assert seconds < 10, seconds
+    assert not os.path.exists(tmp_path / "x" / "epochs")
+
+
+def test_make_passes_the_seed_weights_and_the_demo_random_init(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def plan(*variables):
+        return subprocess.run(["make", "-n", "-C", root, "round1", f"WORK={tmp_path}/w", "PY=python", *variables],
+                              capture_output=True, text=True, check=True).stdout
+    trains = [line for line in plan("DATA=/data/birdclef-2025").splitlines() if "train.py" in line]
+    assert len(trains) == 6 and all('--pretrained "timm"' in line for line in trains)
+    assert '--pretrained "none"' in plan("PRETRAINED=none")
+    demo = subprocess.run(["make", "-n", "-C", root, "demo", "PY=python", f"DEMO_WORK={tmp_path}/demo"],
+                          capture_output=True, text=True).stdout
+    trains = [line for line in demo.splitlines() if "train.py" in line]
+    assert len(trains) == 9 and all('--pretrained "none"' in line for line in trains)  # 3 models x 3 rounds
 
 
 def test_predict_under_amp_keeps_the_mel_in_float32():
