@@ -43,13 +43,17 @@ SAMPLE_RATE = 32000
 WINDOW_SECONDS = 5
 WINDOW_SAMPLES = SAMPLE_RATE * WINDOW_SECONDS
 EXPORT_FORMAT = 2         # <name>.json's "format": 2 = ONNX + TorchScript networks, mel settings (no .pt2)
+ENSEMBLE_FORMAT = "birdclef-2nd-place-ensemble"  # manifest.json's "format": what tells our ensembles from others
 
 # defaults: a Kaggle kernel with the competition data and the exported ensemble attached
-# searched for the ensemble (any manifest.json) and the competition's audio; the variable serves tests and
+# searched for the ensemble (our manifest.json) and the competition's audio; the variable serves tests and
 # other hosts, where the file is pasted unchanged
 kaggle_root = os.environ.get("BIRDCLEF_KAGGLE_ROOT", "/kaggle/input")
 out_file = "submission.csv"
-budget_min = 80.0         # Kaggle stops at 90 minutes from BirdCLEF 2025 on (120 in 2024); leaves 10 for the rest
+# time budget in minutes by the attached competition's year: Kaggle stops at 120 minutes in BirdCLEF 2024 and at
+# 90 from 2025 on; 10 are left for the rest of the kernel
+budget_min_by_year = {2024: 110.0}
+budget_min = 80.0         # any other year, or audio that is not a competition's
 pp_weight = 0.5           # neighbour smoothing weight (0 disables)
 threads = 4               # Kaggle's CPU kernels have 4 vCPUs
 fallback_seconds = 60     # rows of an unreadable file when neither its header nor other files tell its length
@@ -76,13 +80,28 @@ def in_notebook():
 # what is attached: the ensemble and the competition under the Kaggle root
 
 
+def ensemble_manifest(names, sources=None):
+    """manifest.json of an exported ensemble: its format (ours, versioned) and its models' names."""
+    return dict(format=ENSEMBLE_FORMAT, version=EXPORT_FORMAT, models=list(names), sources=sources or [])
+
+
+def is_our_manifest(path):
+    """Whether a manifest.json is an ensemble of this project (other datasets ship manifest.json files too)."""
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+        return isinstance(manifest, dict) and manifest.get("format") == ENSEMBLE_FORMAT
+    except (OSError, ValueError):
+        return False
+
+
 def find_models_dir(root=kaggle_root):
-    """The folder of the one manifest.json under root (Kaggle datasets and Models, at any depth), else
-    work/ensemble. Several found: an InferError listing them."""
+    """The folder of the one manifest.json of ours under root (Kaggle datasets and Models, at any depth; other
+    manifest.json files are ignored), else work/ensemble. Several of ours: an InferError listing them."""
     found = []
     if os.path.isdir(root):
         for folder, subfolders, files in os.walk(root, followlinks=True):
-            if "manifest.json" in files:
+            if "manifest.json" in files and is_our_manifest(os.path.join(folder, "manifest.json")):
                 found.append(folder)
             subfolders[:] = [s for s in sorted(subfolders) if not s.endswith("_audio")]  # skip big audio trees
     if len(found) > 1:
@@ -92,13 +111,21 @@ def find_models_dir(root=kaggle_root):
     return "work/ensemble" if os.path.isfile("work/ensemble/manifest.json") else None
 
 
+def competition_year(audio_dir):
+    """The year of a competition's audio folder (.../birdclef-2025/test_soundscapes -> 2025), else None."""
+    numbers = re.findall(r"birdclef\D*(\d{4})", os.path.basename(os.path.dirname(os.path.abspath(audio_dir))))
+    return int(numbers[-1]) if numbers else None
+
+
+def default_budget_min(audio_dir):
+    """--budget-min when not given: by the attached competition's year (110 in 2024, 80 from 2025 on)."""
+    return budget_min_by_year.get(competition_year(audio_dir), budget_min)
+
+
 def find_audio_dir(root=kaggle_root):
     """test_soundscapes of the newest attached competition (birdclef-2026 before birdclef-2025), or None."""
-    def year(folder):
-        numbers = re.findall(r"\d+", os.path.basename(os.path.dirname(folder)))
-        return (int(numbers[-1]) if numbers else -1, folder)
     found = glob.glob(os.path.join(root, "birdclef*", "test_soundscapes"))
-    return max(found, key=year) if found else None
+    return max(found, key=lambda folder: (competition_year(folder) or -1, folder)) if found else None
 
 
 def sample_submission_columns(audio_dir, given=None):
@@ -623,8 +650,9 @@ def parse_args(argv):
     p.add_argument("--precision", default="auto", choices=["auto", "f32", "bf16"],
                    help="OpenVINO's float precision. auto: bf16 on CPUs that compute it natively (AVX512-BF16, "
                    "AMX; on the demo it changed the ensemble's AUC by less than 0.001), else f32; f32: exact")
-    p.add_argument("--budget-min", type=float, default=budget_min, help="time budget in minutes, counted "
-                   "from the start of main")
+    p.add_argument("--budget-min", type=float, default=None, help="time budget in minutes, counted from the "
+                   f"start of main (default: by the competition's year, {budget_min_by_year[2024]:g} for BirdCLEF "
+                   f"2024, else {budget_min:g})")
     p.add_argument("--pp-weight", type=float, default=pp_weight, help="neighbour smoothing weight; 0 disables")
     return p.parse_args(argv)
 
@@ -641,7 +669,9 @@ def run(args, started):
     paths = list_audio(audio)
     if not paths:
         warn(f"no audio files in {audio}; writing a submission with no rows")
-    predictions = predict_files(paths, networks, front_end, args.budget_min * 60, args.pp_weight,
+    budget = args.budget_min if args.budget_min is not None else default_budget_min(audio)
+    print(f"time budget {budget:g} minutes", flush=True)
+    predictions = predict_files(paths, networks, front_end, budget * 60, args.pp_weight,
                                 started=started)
     frame = submission_frame(paths, predictions.probs, predictions.n_windows, classes)[["row_id"] + order]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

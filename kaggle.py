@@ -27,28 +27,43 @@ wheels = "openvino onnxruntime"
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
-INSTALL_CELL = '''import glob, os, subprocess, sys
-packages = {packages}
-# the backends' wheels of the attached folder (a Kaggle Dataset, or a Kaggle Model's version folder)
+# both cells find the upload the same way: the attached folder whose ensemble/manifest.json is ours (other
+# datasets may ship a manifest.json or an infer.py of their own), as a Kaggle Dataset or a Kaggle Model version
+FIND_UPLOAD = '''import glob, json, os
 root = os.environ.get("BIRDCLEF_KAGGLE_ROOT", "/kaggle/input")
-found = sorted(glob.glob(f"{root}/*/wheels") + glob.glob(f"{root}/*/*/*/*/wheels"))
-if found and packages:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", found[0],
+def ours(manifest):
+    try:
+        return json.load(open(manifest)).get("format") == {format!r}
+    except Exception:
+        return False
+uploads = sorted({{os.path.dirname(os.path.dirname(m)) for m in glob.glob(f"{{root}}/*/ensemble/manifest.json")
+                  + glob.glob(f"{{root}}/*/*/*/*/ensemble/manifest.json") if ours(m)}})
+if len(uploads) != 1:
+    raise SystemExit(f"attach exactly one folder made by make kaggle; found {{len(uploads)}}: {{uploads}}")
+upload = uploads[0]'''.format(format=infer.ENSEMBLE_FORMAT)
+
+INSTALL_CELL = FIND_UPLOAD + '''
+import subprocess, sys
+packages = {packages}
+if packages and os.path.isdir(f"{upload}/wheels"):  # the backends' wheels, offline
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", f"{upload}/wheels",
                     *packages], check=False)
 else:
-    print("no wheels folder attached: infer.py runs on its torch backend")'''
+    print("no wheels in the upload: infer.py runs on its torch backend")'''
 
-INFER_CELL = '''import glob, os
-root = os.environ.get("BIRDCLEF_KAGGLE_ROOT", "/kaggle/input")
-infer_py = sorted(glob.glob(f"{root}/*/infer.py") + glob.glob(f"{root}/*/*/*/*/infer.py"))[0]
-exec(compile(open(infer_py).read(), infer_py, "exec"))  # as if pasted: writes submission.csv'''
+INFER_CELL = FIND_UPLOAD + '''
+# the upload's infer.py, on the upload's ensemble: writes submission.csv
+infer = {"__name__": "infer_of_upload", "__file__": f"{upload}/infer.py"}
+exec(compile(open(f"{upload}/infer.py").read(), f"{upload}/infer.py", "exec"), infer)
+infer["main"](["--models", f"{upload}/ensemble"])'''
 
 KERNEL_MD = '''# Scoring BirdCLEF offline with this folder
 
 Upload this folder as a Kaggle Dataset (or a Kaggle Model), attach it and the competition to a CPU notebook,
-turn the internet off, and paste the two cells below. infer.py finds the ensemble (the one `manifest.json`
-under /kaggle/input), the newest competition's `test_soundscapes` and its `sample_submission.csv`, and writes
-`submission.csv` within a {budget}-minute budget (Kaggle's limit is 90 minutes from BirdCLEF 2025 on).
+turn the internet off, and paste the two cells below. They find this folder under /kaggle/input (by its
+ensemble's manifest, whatever else is attached); infer.py scores the newest competition's `test_soundscapes` in
+the column order of its `sample_submission.csv` and writes `submission.csv` within the competition's time
+budget ({budget_2024} minutes for BirdCLEF 2024, whose limit was 120; {budget} from 2025 on, limit 90).
 
 Cell 1: install the optional backends offline (OpenVINO is about 10x faster than plain torch on Kaggle's CPUs;
 skip this cell and infer.py runs on torch alone). Wheels for Python {python_version}, {platform}.
@@ -57,8 +72,9 @@ skip this cell and infer.py runs on torch alone). Wheels for Python {python_vers
 {install_cell}
 ```
 
-Cell 2: run infer.py from the attached folder. Pasting the whole of infer.py into the cell instead does the same;
-a later cell can call `main(["--budget-min", "60"])` with any of `python infer.py --help`'s flags.
+Cell 2: run this folder's infer.py on its ensemble. Pasting the whole of infer.py into a cell does the same when
+this is the one ensemble attached; a later cell can call `infer["main"](["--budget-min", "60"])` with any of
+`python infer.py --help`'s flags.
 
 ```python
 {infer_cell}
@@ -79,7 +95,8 @@ def download_wheels(packages, folder, python_version, platform):
 
 def kernel_markdown(packages, python_version, platform):
     install = INSTALL_CELL.replace("{packages}", repr(list(packages)))
-    return KERNEL_MD.format(budget=int(infer.budget_min), python_version=python_version, platform=platform,
+    return KERNEL_MD.format(budget=int(infer.budget_min), budget_2024=int(infer.budget_min_by_year[2024]),
+                            python_version=python_version, platform=platform,
                             install_cell=install, infer_cell=INFER_CELL)
 
 

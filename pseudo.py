@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 import infer
 from common import (build_model, CachePaths, HelpFormatter, MelFrontEnd, MelSettings, UserError, WINDOW_SECONDS,
-                    atomic_write, load_classes, pick_device, read_npy_rows, run_main)
+                    atomic_write, load_classes, read_npy_rows, run_main)
+from devices import pick_device
 
 # defaults
 threads = os.cpu_count() or 2

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from infer import ensemble_manifest
 from common import (TRACKED_METRICS, build_model, HelpFormatter, MelFrontEnd, MelSettings, UserError, all_metrics,
                     atomic_write, export_artifact, load_split, predict, run_main, save_json, swap_in)
 
@@ -107,8 +108,7 @@ def bundle(out, model_dirs):
         names.append(report["name"])
     if len(set(names)) != len(names):
         raise UserError(f"model names collide in the bundle: {names}")
-    save_json(dict(models=names, sources=[os.path.abspath(d) for d in model_dirs]),
-              os.path.join(tmp, "manifest.json"))
+    save_json(ensemble_manifest(names, [os.path.abspath(d) for d in model_dirs]), os.path.join(tmp, "manifest.json"))
     swap_in(tmp, out)
     print(f"ensemble {out}: {', '.join(names)}")
 

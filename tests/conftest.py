@@ -10,6 +10,7 @@ sys.path.insert(0, ROOT)
 
 import common  # noqa: E402
 import demo_data  # noqa: E402
+import infer  # noqa: E402
 import prep  # noqa: E402
 
 torch.set_num_threads(2)
@@ -38,7 +39,7 @@ def export_tiny_ensemble(folder, classes, specs):
         common.export_artifact(model, common.MelSettings(n_mels=n_mels, hop_length=hop), classes, folder, name,
                                value=value)
         names.append(name)
-    common.save_json(dict(models=names), os.path.join(folder, "manifest.json"))
+    common.save_json(infer.ensemble_manifest(names), os.path.join(folder, "manifest.json"))
     return folder
 
 

@@ -73,7 +73,7 @@ def test_exported_model_equals_training_model(tmp_path, cache_dir):
     model.eval()
     settings = common.MelSettings(n_mels=48, hop_length=1024)
     common.export_artifact(model, settings, classes, str(tmp_path), "m")
-    common.save_json(dict(models=["m"]), str(tmp_path / "manifest.json"))
+    common.save_json(infer.ensemble_manifest(["m"]), str(tmp_path / "manifest.json"))
     networks, front_end, _, _ = infer.load_ensemble(str(tmp_path), "torch", 2)
     waves = torch.from_numpy(np.random.default_rng(0).standard_normal((5, common.WINDOW_SAMPLES)).astype(np.float32))
     with torch.no_grad():
@@ -89,7 +89,7 @@ def test_mels_that_share_n_fft_share_one_stft(tmp_path):
                 common.MelSettings(n_mels=32, hop_length=512, n_fft=1024)]
     for i, s in enumerate(settings):
         common.export_artifact(common.BirdNet(3, 32, 32), s, ["a", "b", "c"], str(tmp_path), f"m{i}")
-    common.save_json(dict(models=[f"m{i}" for i in range(len(settings))]), str(tmp_path / "manifest.json"))
+    common.save_json(infer.ensemble_manifest([f"m{i}" for i in range(len(settings))]), str(tmp_path / "manifest.json"))
     _, front_end, _, _ = infer.load_ensemble(str(tmp_path), "torch", 2)
     assert sorted(front_end.spectrograms) == [(1024, 512), (2048, 512)]  # (n_fft, hop): one STFT each
     assert [stride for _, stride, _ in front_end.mels.values()] == [1, 2, 2, 1]
@@ -124,7 +124,7 @@ def test_backends_agree(tmp_path, cache_dir, demo_dir, monkeypatch):
         model.head.weight.mul_(0.2 / model.head.weight.abs().sum(1, keepdim=True).mean())
     settings = common.MelSettings(n_mels=32, hop_length=1024)
     common.export_artifact(model, settings, classes, str(tmp_path), "m")
-    common.save_json(dict(models=["m"]), str(tmp_path / "manifest.json"))
+    common.save_json(infer.ensemble_manifest(["m"]), str(tmp_path / "manifest.json"))
     paths = infer.list_audio(os.path.join(demo_dir, "test_soundscapes"))
     outputs = {}
     torch.set_num_threads(2)

@@ -85,6 +85,32 @@ def test_kaggle_models_layout_and_newest_competition_are_found(kaggle_root):
     assert infer.find_audio_dir(str(kaggle_root)) == str(kaggle_root / "birdclef-2026" / "test_soundscapes")
 
 
+def test_a_stray_manifest_is_ignored_in_a_notebook_cell(kaggle_root, tmp_path):
+    """Another attached dataset's manifest.json is not an ensemble of ours: infer.py pasted into a cell of a real
+    kernel finds ours and scores."""
+    (kaggle_root / "another-dataset").mkdir()
+    (kaggle_root / "another-dataset" / "manifest.json").write_text('{"models": ["not ours"]}')
+    assert infer.find_models_dir(str(kaggle_root)) == str(kaggle_root / "birdclef-ensemble/pytorch/default/1")
+    with open(os.path.join(ROOT, "infer.py")) as f:
+        source = f.read()
+    folder = tmp_path / "working"
+    folder.mkdir()
+    run_notebook([source], folder, kaggle_root)
+    check_submission(folder / "submission.csv", kaggle_root)
+
+
+def test_budget_follows_the_competition_year(kaggle_root, tiny_ensemble, tmp_path):
+    assert infer.default_budget_min("/kaggle/input/birdclef-2024/test_soundscapes") == 110
+    assert infer.default_budget_min("/kaggle/input/birdclef-2025/test_soundscapes") == 80
+    assert infer.default_budget_min("/kaggle/input/birdclef-2026/test_soundscapes") == 80
+    assert infer.default_budget_min(str(tmp_path / "my_recordings")) == 80
+    audio = str(kaggle_root / "birdclef-2024" / "test_soundscapes")
+    for given, expected in ((None, "110"), ("7", "7")):  # --budget-min still wins
+        result = run_alone(tmp_path, "--models", tiny_ensemble, "--audio", audio, "--out", str(tmp_path / "s.csv"),
+                           "--backend", "torch", *(["--budget-min", given] if given else []))
+        assert result.returncode == 0 and f"time budget {expected} minutes" in result.stdout, result.stderr
+
+
 def test_several_ensembles_stop_with_one_line(kaggle_root, tiny_ensemble, tmp_path):
     shutil.copytree(tiny_ensemble, kaggle_root / "older-ensemble")
     result = run_alone(tmp_path, "--kaggle-root", str(kaggle_root), "--out", str(tmp_path / "sub.csv"))
@@ -138,9 +164,16 @@ def test_make_kaggle_folder_runs_its_own_recipe(tmp_path, demo_dir, tiny_ensembl
     make_kaggle_root(root, demo_dir, tiny_ensemble)
     shutil.rmtree(root / "birdclef-ensemble")
     shutil.copytree(folder, root / "my-upload")  # the folder, uploaded as a Kaggle Dataset
+    # other attached datasets: one ships a manifest.json of its own, one an infer.py (sorted before ours)
+    (root / "another-dataset").mkdir()
+    (root / "another-dataset" / "manifest.json").write_text('{"name": "some dataset", "files": 3}')
+    (root / "a-decoy").mkdir()
+    (root / "a-decoy" / "infer.py").write_text('raise RuntimeError("the wrong infer.py ran")')
     cells = re.findall(r"```python\n(.*?)```", (folder / "KERNEL.md").read_text(), flags=re.S)
     assert len(cells) == 2 and "--no-index" in cells[0]
     working = tmp_path / "working"
     working.mkdir()
-    run_notebook(cells, working, root)
+    notebook = run_notebook(cells, working, root)
     check_submission(working / "submission.csv", root)
+    printed = "".join(o.get("text", "") for o in notebook.cells[1].outputs)
+    assert "time budget 80 minutes" in printed  # birdclef-2025 is the newest attached
