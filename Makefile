@@ -77,7 +77,7 @@ $(foreach r,1 2 3,$(foreach i,$(IDS),$(call stamp,round$(r)-model$(i),$(call MOD
 $(call stamp,pseudo,$(PL_NORM)$(if $(TEACHER), teacher=$(TEACHER) $(TEACHER_WEIGHT)))
 endif
 
-.PHONY: weights teacher bench-ablate setup prep round1 pseudo1 round2 pseudo2 round3 ensemble kaggle report submission demo demo-data test bench-train bench-infer bench-scale clean-demo
+.PHONY: weights bench-gpu teacher bench-ablate setup prep round1 pseudo1 round2 pseudo2 round3 ensemble kaggle report submission demo demo-data test bench-train bench-infer bench-scale clean-demo
 .DELETE_ON_ERROR:
 
 setup: $(SETUP)
@@ -188,6 +188,12 @@ bench-infer: | $(SETUP)
 
 bench-scale: | $(SETUP)
 	$(PY) bench/scale.py --threads $(THREADS)
+
+# a GPU box in one command: training, loader and pseudo-labelling throughput per model, the cycle's hours
+# (DEVICE=cpu runs it anywhere; BENCH_GPU_ARGS="--gpus 4" projects 4 GPUs)
+BENCH_GPU_ARGS ?=
+bench-gpu: | $(SETUP)
+	$(PY) bench/gpu.py --device $(DEVICE) --threads $(THREADS) --models $(MODELS) $(BENCH_GPU_ARGS)
 
 # what each part of the recipe is worth on the demo (under 30 minutes on 2 cores): bench/ablate.py, on the
 # cache that make demo's prep writes (made here if missing)

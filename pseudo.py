@@ -161,14 +161,11 @@ class SoupEngine:
     """The round's soups as torch models on a device (a GPU; the same code runs on CPU for the tests): one mel
     per distinct setting, computed in float32, the networks under AMP (float16 autocast) on CUDA."""
 
-    def __init__(self, models_dir, device):
+    def __init__(self, soups, device):
+        """soups: [(train.py's config, its model)]."""
         self.device, self.amp = device, device.type == "cuda"
         self.models, self.front_ends = [], {}
-        for folder in soup_dirs(models_dir):
-            with open(os.path.join(folder, "config.json")) as f:
-                config = json.load(f)
-            model = build_model(config)
-            model.load_state_dict(torch.load(os.path.join(folder, "soup.pt"), map_location="cpu"))
+        for config, model in soups:
             model = model.to(device).eval()
             if self.amp:  # NHWC convolutions are faster on CUDA
                 model = model.to(memory_format=torch.channels_last)
@@ -177,6 +174,18 @@ class SoupEngine:
             self.front_ends.setdefault(settings.key, MelFrontEnd(settings).to(device).eval())
             self.models.append((settings.key, model))
             self.classes = [str(c) for c in config["classes"]]
+
+    @classmethod
+    def of_ensemble(cls, models_dir, device):
+        """The soups an ensemble folder was bundled from."""
+        soups = []
+        for folder in soup_dirs(models_dir):
+            with open(os.path.join(folder, "config.json")) as f:
+                config = json.load(f)
+            model = build_model(config)
+            model.load_state_dict(torch.load(os.path.join(folder, "soup.pt"), map_location="cpu"))
+            soups.append((config, model))
+        return cls(soups, device)
 
     def __call__(self, waves):
         with torch.no_grad():
@@ -232,8 +241,8 @@ def pseudo_label(models_dir, cache, out, how=pl_norm, n_threads=threads, backend
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
     torch.set_num_threads(max(1, n_threads))
-    engine = SoupEngine(models_dir, device) if device.type == "cuda" else ExportedEngine(models_dir, backend,
-                                                                                          n_threads)
+    engine = SoupEngine.of_ensemble(models_dir, device) if device.type == "cuda" \
+        else ExportedEngine(models_dir, backend, n_threads)
     if engine.classes != load_classes(paths_of.classes):
         raise UserError(f"{models_dir}: the ensemble's classes differ from the cache's")
     n_audio = len(np.load(paths_of.unlabeled_audio, mmap_mode="r"))

@@ -39,7 +39,7 @@ def build_ensemble(folder, table):
         name = f"model{model_id}"
         export_artifact(model, settings, [f"c{i}" for i in range(N_CLASSES)], folder, name, value=0.7)
         models[name] = (model, settings)
-    save_json(dict(models=list(models)), os.path.join(folder, "manifest.json"))
+    save_json(infer.ensemble_manifest(models), os.path.join(folder, "manifest.json"))
     return models
 
 

@@ -105,7 +105,7 @@ def seed_ensemble(folder, classes):
         export_artifact(BirdNet(len(classes), int(row["image_height"]), int(row["image_width"])),
                         MelSettings(n_mels=int(row["n_mels"]), hop_length=int(row["hop_length"])), classes, folder,
                         f"model{model_id}", value=0.7)
-    save_json(dict(models=[f"model{i}" for i in table.index]), os.path.join(folder, "manifest.json"))
+    save_json(infer.ensemble_manifest([f"model{i}" for i in table.index]), os.path.join(folder, "manifest.json"))
     return table
 
 
@@ -163,7 +163,7 @@ def main():
 
         tiny = os.path.join(root, "tiny-ensemble")  # pseudo.py's memory at both sizes, with one small model
         export_artifact(BirdNet(len(classes), 64, 64), MelSettings(n_mels=64, hop_length=1024), classes, tiny, "m")
-        save_json(dict(models=["m"]), os.path.join(tiny, "manifest.json"))
+        save_json(infer.ensemble_manifest(["m"]), os.path.join(tiny, "manifest.json"))
         for label in ("full", "quarter"):
             seconds, rss = run_measured([py, os.path.join(ROOT, "pseudo.py"), "--models", tiny, "--cache",
                                          caches[label], "--out", os.path.join(root, f"pseudo-{label}.npz"),

@@ -41,35 +41,47 @@ def memmap(path, rows, rng):
     return np.load(path, mmap_mode="r")
 
 
-def train_speed(height, width, n_mels, hop, batch, steps, n_classes=182):
+def train_speed(height, width, n_mels, hop, batch, steps, n_classes=182, device="cpu", amp=False):
+    """Samples/s of train.py's step (mel, augmentations, forward, backward, AdamW) on `device`, with AMP as
+    train.py runs it (float16 autocast and gradient scaling on CUDA, bfloat16 autocast on CPU)."""
+    device = torch.device(device)
     torch.manual_seed(0)
-    mel = MelFrontEnd(MelSettings(n_mels=n_mels, hop_length=hop))
-    model = BirdNet(n_classes, height, width).to(memory_format=torch.channels_last)
+    mel = MelFrontEnd(MelSettings(n_mels=n_mels, hop_length=hop)).to(device)
+    model = BirdNet(n_classes, height, width).to(device).to(memory_format=torch.channels_last)
     model.channels_last = True
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    waves, targets = torch.randn(batch, WINDOW_SAMPLES) * 0.1, (torch.rand(batch, n_classes) < 0.02).float()
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    waves = torch.randn(batch, WINDOW_SAMPLES, device=device) * 0.1
+    targets = (torch.rand(batch, n_classes, device=device) < 0.02).float()
     generator = torch.Generator().manual_seed(0)
     times = []
     for step in range(steps + 1):  # the first step warms up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         began = time.perf_counter()
         with torch.no_grad():
             images, t = augment(mel(waves), targets, AugmentChances(), generator)
-        loss = bce_focal_loss(model(images), t)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            loss = bce_focal_loss(model(images), t)
         optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         if step:
             times.append(time.perf_counter() - began)
     return batch / np.mean(times)
 
 
-def loader_speed(folder, batch, batches, workers=0, threads=False, n_classes=182):
+def loader_speed(folder, batch, batches, workers=0, threads=False, n_classes=182, rows=4096):
     """Samples/s of TrainingSet's batches: inline, or built ahead by `workers` threads (train.py's loader) or
     processes (torch's DataLoader, for comparison)."""
     rng = np.random.default_rng(0)
-    audio = memmap(os.path.join(folder, "train.npy"), 4096, rng)
-    windows = memmap(os.path.join(folder, "windows.npy"), 1024, rng)
+    audio = memmap(os.path.join(folder, "train.npy"), rows, rng)
+    windows = memmap(os.path.join(folder, "windows.npy"), max(1, rows // 4), rng)
     targets = (rng.random((len(audio), n_classes)) < 0.01).astype(np.float32)
     dataset = TrainingSet(audio, targets, np.arange(len(audio)), FakePseudo(windows, n_classes, rng), 0.35)
     if threads or workers == 0:

@@ -289,7 +289,7 @@ def test_soup_engine_on_cpu_equals_the_exported_engine(cache_dir, souped_round):
     """The GPU engine's code (soups as torch models, AMP off on CPU) against infer.py's exported networks."""
     ensemble = str(souped_round / "round1" / "ensemble")
     audio = np.load(CachePaths(cache_dir).unlabeled_audio)[:6].astype(np.float32)
-    on_device = pseudo.SoupEngine(ensemble, torch.device("cpu"))(torch.from_numpy(audio))
+    on_device = pseudo.SoupEngine.of_ensemble(ensemble, torch.device("cpu"))(torch.from_numpy(audio))
     exported = pseudo.ExportedEngine(ensemble, "torch", 2)(torch.from_numpy(audio))
     assert on_device.shape == exported.shape == (6, len(common.load_classes(CachePaths(cache_dir).classes)))
     assert np.abs(on_device - exported).max() < 1e-3 and exported.std() > 0

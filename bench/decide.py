@@ -1,0 +1,263 @@
+"""Decide recipes on evidence: each recipe's whole cycle (round 1, pseudo labels, the later rounds) on several
+generated demos and training seeds, beside the one-file oracle (../shared/oracle/baseline.py) on the same demos
+and seeds; per recipe and round, the median and the spread (min-max) of test macro AUC, and verdicts that count
+only what holds on every demo and seed.
+
+    python bench/decide.py                                   # demos 1,2,3 x seeds 1,2: demo, reference, oracle
+    python bench/decide.py --recipes demo,reference --demos 1,2,3,4 --seeds 1,2,3
+    python bench/decide.py --try "demo-minmax=models-demo.csv|--preset demo|3|minmax"
+    python bench/decide.py --quick                           # smoke test (make test): one tiny demo, 1 epoch
+
+A recipe is a models table, train.py arguments, a number of rounds and a pseudo-label normalisation; each run is
+the real make path (`make roundR` with its own WORK, sharing the demo's prep cache) from random init, scored by
+infer.py's code on the demo's test soundscapes with and without neighbour smoothing. Runs live in
+<work>/demo<D>/<recipe>-seed<S>/ with a result.json: a rerun reuses finished ones. Writes <work>/runs.csv (every
+run and round) and <work>/report.md (the tables), and prints them.
+
+Verdicts: for recipe X against --base, the paired difference of the +pp AUC (same demo, same seed, same round)
+is "helps" when positive on every pair, "hurts" when negative on every pair, else "within noise" (and nothing
+under 3 pairs); the round gain (round R over round 1 of the same run) likewise. The spread of a recipe is the min-max of its runs.
+"""
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+import demo_data  # noqa: E402
+import infer  # noqa: E402
+import prep  # noqa: E402
+from common import HelpFormatter, UserError, run_main  # noqa: E402
+from score_demo import score_round  # noqa: E402
+
+# defaults
+work = "work/decide"
+demos = "1,2,3"              # demo_data.py --seed of each generated demo (make demo's is 0)
+seeds = "1,2"                # training seeds (train.py --seed; the oracle's --seed)
+epochs = 16                  # make demo's
+oracle = os.path.join(ROOT, "..", "shared", "oracle", "baseline.py")
+RECIPES = {  # name: (models table, train.py arguments, rounds, pseudo-label normalisation)
+    "demo": ("models-demo.csv", "--preset demo", 3, "floor"),
+    "reference": ("bench/models-reference.csv", "--preset reference", 2, "floor"),
+}
+ORACLE = "oracle"           # the one-file script: round 1 and one pseudo-label round
+
+
+def parse_recipes(tries):
+    """--try NAME=MODELS|TRAIN_ARGS|ROUNDS|PL_NORM -> RECIPES plus them."""
+    recipes = dict(RECIPES)
+    for text in tries:
+        name, _, spec = text.partition("=")
+        parts = spec.split("|")
+        if not name.strip() or len(parts) != 4 or not parts[2].strip().isdigit():
+            raise UserError(f"--try takes NAME=MODELS|TRAIN_ARGS|ROUNDS|PL_NORM, not {text!r}")
+        recipes[name.strip()] = (parts[0].strip(), parts[1].strip(), int(parts[2]), parts[3].strip())
+    return recipes
+
+
+def make_demo_data(root, demo_seed, size, threads):
+    """data/demo<D> (demo_data.py --seed D at the given size) and its prep cache; reused when there."""
+    data = os.path.join(root, f"demo{demo_seed}", "data")
+    if not os.path.isfile(os.path.join(data, "train_metadata.csv")):
+        demo_data.make_demo(data, demo_seed=demo_seed, processes=threads, **size)
+    cache = os.path.join(root, f"demo{demo_seed}", "cache")
+    if not os.path.isfile(os.path.join(cache, "train_rows.csv")):
+        prep.prepare(data, cache, n_threads=threads)
+    return data, cache
+
+
+def run_recipe(name, recipe, data, cache, seed, args, threads):
+    """One recipe's cycle through make on one demo and seed; [{round, auc, auc_pp}] and minutes."""
+    models, train_args, rounds, pl_norm = recipe
+    out = os.path.join(os.path.dirname(cache), f"{name}-seed{seed}")
+    os.makedirs(out, exist_ok=True)
+    if not os.path.exists(os.path.join(out, "cache")):
+        os.symlink(os.path.abspath(cache), os.path.join(out, "cache"))
+    extra = shlex.split(args.quick_args) if args.quick else []
+    command = ["make", "--no-print-directory", "-C", ROOT, f"round{rounds}", f"DATA={data}", f"WORK={out}",
+               f"MODELS={models}", f"EPOCHS={args.epochs}", "PRETRAINED=none", f"PL_NORM={pl_norm}",
+               f"THREADS={threads}", "DEVICE=cpu", f"PY={sys.executable}",
+               "TRAIN_ARGS=" + " ".join([train_args, "--seed", str(seed)] + extra)]
+    with open(out + ".log", "a") as log:
+        if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode:
+            raise UserError(f"{name} seed {seed} on {data}: make failed (see {out}.log)")
+    paths = infer.list_audio(os.path.join(data, "test_soundscapes"))
+    labels = pd.read_csv(data.rstrip("/") + "-test-labels.csv")
+    results = []
+    for r in range(1, rounds + 1):
+        scores = score_round(os.path.join(out, f"round{r}", "ensemble"), paths, labels, infer.pp_weight,
+                             backend="auto", precision="f32")
+        results.append(dict(round=r, auc=scores[("ensemble", False)], auc_pp=scores[("ensemble", True)]))
+    minutes = sum(pd.read_csv(f)["seconds"].sum() for f in glob_metrics(out)) / 60
+    return results, minutes
+
+
+def glob_metrics(out):
+    import glob
+    return glob.glob(os.path.join(out, "round*", "model*", "metrics.csv"))
+
+
+def run_oracle(data, seed, args, threads):
+    """../shared/oracle/baseline.py on one demo and seed: [{round 1}, {round 2}] from its SUMMARY line."""
+    command = [sys.executable, args.oracle, "--data", data, "--epochs", str(args.epochs), "--seed", str(seed),
+               "--threads", str(threads)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    summary = [line for line in done.stdout.splitlines() if line.startswith("SUMMARY")]
+    if done.returncode or not summary:
+        raise UserError(f"the oracle failed on {data} seed {seed}: {(done.stderr or done.stdout)[-300:]}")
+    numbers = [float(x) for x in re.findall(r"\d+\.\d{4}", summary[0])]
+    seconds = float(re.findall(r"\| (\d+) s", summary[0])[0])
+    return [dict(round=1, auc=numbers[0], auc_pp=numbers[1]), dict(round=2, auc=numbers[2], auc_pp=numbers[3])], \
+        seconds / 60
+
+
+def run_one(task, recipes, args, threads, demos_of):
+    """A task (recipe, demo, seed) -> rows; reuses <run>/result.json."""
+    name, demo, seed = task
+    data, cache = demos_of[demo]
+    out = os.path.join(os.path.dirname(cache), f"{name}-seed{seed}")
+    done_path = os.path.join(out, "result.json")
+    if os.path.isfile(done_path):
+        with open(done_path) as f:
+            return json.load(f)
+    began = time.time()
+    if name == ORACLE:
+        results, minutes = run_oracle(data, seed, args, threads)
+    else:
+        results, minutes = run_recipe(name, recipes[name], data, cache, seed, args, threads)
+    rows = [dict(recipe=name, demo=demo, seed=seed, minutes=minutes, wall_minutes=(time.time() - began) / 60, **r)
+            for r in results]
+    os.makedirs(out, exist_ok=True)
+    with open(done_path, "w") as f:
+        json.dump(rows, f)
+    print(f"{name} demo {demo} seed {seed}: " + ", ".join(f"round {r['round']} {r['auc_pp']:.4f}" for r in rows)
+          + f" (+pp), {rows[0]['wall_minutes']:.1f} min", flush=True)
+    return rows
+
+
+def spread_table(runs):
+    """Per recipe and round: median, min-max and runs of the +pp AUC (and without pp), minutes per run."""
+    lines = ["| recipe | round | +pp median | +pp min-max | spread | no-pp median | runs | minutes per run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (recipe, r), g in runs.groupby(["recipe", "round"], sort=False):
+        lines.append(f"| {recipe} | {r} | {g.auc_pp.median():.4f} | {g.auc_pp.min():.4f}-{g.auc_pp.max():.4f} | "
+                     f"{g.auc_pp.max() - g.auc_pp.min():.4f} | {g.auc.median():.4f} | {len(g)} | "
+                     f"{g.minutes.median():.1f} |")
+    return "\n".join(lines)
+
+
+min_pairs = 3               # fewer paired runs than this decide nothing
+
+
+def verdict(differences):
+    if len(differences) < min_pairs:
+        return f"too few runs (under {min_pairs})"
+    if (differences > 0).all():
+        return "helps"
+    if (differences < 0).all():
+        return "hurts"
+    return "within noise"
+
+
+def paired(runs, recipe, base, round_of, base_round_of):
+    """+pp differences recipe(round_of) - base(base_round_of) on the (demo, seed) pairs both ran."""
+    a = runs[(runs.recipe == recipe) & (runs["round"] == round_of)].set_index(["demo", "seed"]).auc_pp
+    b = runs[(runs.recipe == base) & (runs["round"] == base_round_of)].set_index(["demo", "seed"]).auc_pp
+    both = a.index.intersection(b.index)
+    return (a[both] - b[both]).values
+
+
+def verdict_table(runs, base):
+    """Each recipe's final round and round 1 against the base's (paired), and each recipe's round gains."""
+    last = runs.groupby("recipe")["round"].max()
+    lines = ["| comparison | pairs | median difference (+pp) | min-max | verdict |", "|---|---|---|---|---|"]
+
+    def add(text, d):
+        if len(d):
+            lines.append(f"| {text} | {len(d)} | {np.median(d):+.4f} | {d.min():+.4f} to {d.max():+.4f} | "
+                         f"{verdict(d)} |")
+    for recipe in last.index:
+        for r in range(2, int(last[recipe]) + 1):
+            add(f"{recipe}: round {r} over round 1", paired(runs, recipe, recipe, r, 1))
+        if recipe != base and base in last.index:
+            add(f"{recipe} vs {base}, round 1", paired(runs, recipe, base, 1, 1))
+            add(f"{recipe} vs {base}, final rounds ({int(last[recipe])} vs {int(last[base])})",
+                paired(runs, recipe, base, int(last[recipe]), int(last[base])))
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--work", default=work, help="where the demos, caches and runs go")
+    p.add_argument("--recipes", default=",".join(list(RECIPES) + [ORACLE]), help="comma-separated, from: "
+                   + ", ".join(list(RECIPES) + [ORACLE]) + " and --try names")
+    p.add_argument("--try", dest="tries", action="append", default=[], metavar="NAME=MODELS|ARGS|ROUNDS|PL_NORM",
+                   help="another recipe, e.g. \"demo-minmax=models-demo.csv|--preset demo|3|minmax\"")
+    p.add_argument("--base", default=ORACLE, help="the recipe the others are held against")
+    p.add_argument("--demos", default=demos, help="demo_data.py seeds of the generated demos")
+    p.add_argument("--seeds", default=seeds, help="training seeds")
+    p.add_argument("--epochs", type=int, default=epochs, help="epochs of every run (the oracle's too)")
+    p.add_argument("--per-species", type=int, default=30, help="demo size: training recordings per species")
+    p.add_argument("--test", type=int, default=60, help="demo size: test soundscapes (12 windows each)")
+    p.add_argument("--unlabeled", type=int, default=60, help="demo size: unlabeled soundscapes")
+    p.add_argument("--oracle", default=oracle, help="the one-file script")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads in all")
+    p.add_argument("--jobs", type=int, help="runs side by side, threads shared (default: min(2, threads))")
+    p.add_argument("--quick", action="store_true", help="smoke test: one tiny demo, 1 seed, 1 epoch, tiny models")
+    p.add_argument("--quick-args", default="--max-train-files 16 --image-height 32 --image-width 32 --n-mels 32 "
+                   "--batch-size 8 --soup-start 1", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.quick:
+        args.demos, args.seeds, args.epochs = "1", "1", 1
+        args.per_species, args.test, args.unlabeled = 2, 2, 2
+    recipes = parse_recipes(args.tries)
+    names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    unknown = [n for n in names if n not in recipes and n != ORACLE]
+    if unknown:
+        raise UserError(f"unknown recipe(s): {', '.join(unknown)} (known: {', '.join(list(recipes) + [ORACLE])})")
+    if ORACLE in names and not os.path.isfile(args.oracle):
+        raise UserError(f"the oracle is not at {args.oracle} (--oracle FILE, or leave {ORACLE} out of --recipes)")
+    jobs = args.jobs or max(1, min(2, args.threads))
+    threads = max(1, args.threads // jobs)
+    size = dict(per_species=args.per_species, n_test=args.test, n_unlabeled=args.unlabeled)
+    demo_seeds = [int(d) for d in args.demos.split(",")]
+    demos_of = {d: make_demo_data(os.path.abspath(args.work), d, size, args.threads) for d in demo_seeds}
+    # the quick recipes first: partial results come early
+    order = sorted(names, key=lambda n: {ORACLE: 0}.get(n, recipes[n][2] if n in recipes else 9))
+    tasks = [(n, d, int(s)) for n in order for s in args.seeds.split(",") for d in demo_seeds]
+    print(f"{len(tasks)} runs ({len(names)} recipes x {len(demo_seeds)} demos x {len(args.seeds.split(','))} "
+          f"seeds), {jobs} at a time with {threads} thread(s) each; {args.epochs} epochs", flush=True)
+    began = time.time()
+    with ThreadPoolExecutor(jobs) as pool:
+        rows = [r for part in pool.map(lambda t: run_one(t, recipes, args, threads, demos_of), tasks) for r in part]
+    runs = pd.DataFrame(rows)
+    os.makedirs(args.work, exist_ok=True)
+    runs.to_csv(os.path.join(args.work, "runs.csv"), index=False)
+    windows = len(pd.read_csv(demos_of[demo_seeds[0]][0].rstrip("/") + "-test-labels.csv"))
+    report = (f"{len(tasks)} runs: demos {args.demos} (demo_data.py --seed; {args.per_species} recordings per "
+              f"species, {windows} test windows each), training seeds {args.seeds}, {args.epochs} epochs, random "
+              f"init; test macro AUC of each round's ensemble, +pp = neighbour smoothing; "
+              f"{(time.time() - began) / 60:.1f} minutes in all\n\n" + spread_table(runs) + "\n\n"
+              + verdict_table(runs, args.base if args.base in names else names[0]) + "\n")
+    with open(os.path.join(args.work, "report.md"), "w") as f:
+        f.write(report)
+    print("\n" + report)
+
+
+if __name__ == "__main__":
+    run_main(main)
