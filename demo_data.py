@@ -19,7 +19,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common import SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, HelpFormatter, swap_in
+from common import SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, HelpFormatter
+from flags import add_flag
+from files import swap_in
 
 DEMO_SPECIES = [  # name, call kind, low Hz, high Hz, note seconds, notes per phrase, note gap seconds
     ("amecho", "sweep_up", 2500, 5000, 0.12, 4, 0.08),
@@ -251,11 +253,11 @@ def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=60, sound
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--out", default="data/demo", help="dataset folder to write")
-    parser.add_argument("--seed", type=int, default=0, help="generator seed (the dataset is deterministic)")
-    parser.add_argument("--per-species", type=int, default=30, help="train recordings per species")
-    parser.add_argument("--unlabeled", type=int, default=60, help="unlabeled soundscapes")
-    parser.add_argument("--test", type=int, default=60, help="test soundscapes")
+    add_flag(parser, "--out", default="data/demo")
+    add_flag(parser, "--seed", default=0)
+    add_flag(parser, "--per-species", default=30)
+    add_flag(parser, "--unlabeled", default=60)
+    add_flag(parser, "--test", default=60)
     parser.add_argument("--soundscape-seconds", type=float, default=60, help="length of each soundscape")
     args = parser.parse_args(argv)
     make_demo(args.out, args.seed, args.per_species, args.unlabeled, args.test, args.soundscape_seconds)

@@ -3,12 +3,13 @@ paste this file alone into a Kaggle notebook cell, or run it as a script (needs 
 pandas; scipy only to resample; OpenVINO or ONNX Runtime when installed).
 
     python infer.py --threads 4                       # Kaggle: finds the attached ensemble and competition
-    python infer.py --models work/ensemble --audio data/demo/test_soundscapes --out submission.csv
-    python infer.py --models work/ensemble --audio my_recordings --backend torch --pp-weight 0 --budget-min 30
+    python infer.py --ensemble work/ensemble --audio data/demo/test_soundscapes --out submission.csv
+    python infer.py --ensemble work/ensemble --audio my_recordings --backend torch --pp-weight 0 --budget-min 30
     main(["--budget-min", "60"])                      # from a later notebook cell
 
 In a notebook cell (a Jupyter kernel) the kernel's own argv is ignored: the file runs with the defaults below.
-Reads: --models, a folder written by `make ensemble`: manifest.json and, per model, <name>.json (mel settings,
+Reads --ensemble (default: the one ensemble of ours under --kaggle-root, at any depth, else work/ensemble), a
+folder written by `make ensemble`: manifest.json and, per model, <name>.json (mel settings,
 image size, classes, value, cost), <name>.onnx (for OpenVINO / ONNX Runtime) and <name>.ts (TorchScript, for
 --backend torch); nothing in it needs torch.export, so an ensemble exported under a newer torch loads here.
 The mel front end is defined in this file (common.py imports it for training): one STFT per n_fft serves every
@@ -16,7 +17,8 @@ mel whose hop is a multiple of the shortest. Each soundscape is cut into 5-s win
 row_id is <file stem>_<end second>. The ensemble is the mean of the models' sigmoid probabilities; then per
 file p[t] + w * (p[t-1] + p[t+1]), divided by 1 + 2w (the seed's post-processing with w = 0.5; the divisor keeps
 values in [0, 1] and changes no ranking). Models run in order of value for cost and are dropped, with a
-warning, when the projected time would pass --budget-min. Writes --out: a complete submission, always, with
+warning, when the projected time would pass --budget-min. Scores --audio (default: test_soundscapes of the
+newest <kaggle-root>/birdclef-*). Writes --out (default submission.csv): a complete submission, always, with
 the columns of the sample_submission.csv beside the audio folder; and beside it <out>.timing.json (network
 seconds per soundscape of each model, for report.py).
 """
@@ -105,7 +107,7 @@ def find_models_dir(root=kaggle_root):
                 found.append(folder)
             subfolders[:] = [s for s in sorted(subfolders) if not s.endswith("_audio")]  # skip big audio trees
     if len(found) > 1:
-        raise InferError(f"{len(found)} ensembles attached ({', '.join(sorted(found))}); pass --models DIR")
+        raise InferError(f"{len(found)} ensembles attached ({', '.join(sorted(found))}); pass --ensemble DIR")
     if found:
         return found[0]
     return "work/ensemble" if os.path.isfile("work/ensemble/manifest.json") else None
@@ -325,7 +327,7 @@ class MelImage(nn.Module):
 
 
 class MelFrontEnd(nn.Module):
-    """(B, samples) waveform -> (B, 1, n_mels, frames) mel power in dB, normalised per sample (MelSettings):
+    """(B, samples) waveform -> (B, 1, n_mels, frames) mel power in dB, normalized per sample (MelSettings):
     PowerSpectrogram then MelImage. Call it outside autocast: it must run in float32 (fp16 power overflows,
     and its dB underflows).
     """
@@ -451,7 +453,7 @@ def read_specs(folder):
     """manifest.json and each model's <name>.json -> [spec]; an export of an older version is an InferError."""
     manifest_path = os.path.join(folder or "", "manifest.json")
     if not folder or not os.path.isfile(manifest_path):
-        raise InferError(f"no ensemble found (manifest.json) in {folder!r}; pass --models DIR")
+        raise InferError(f"no ensemble found (manifest.json) in {folder!r}; pass --ensemble DIR")
     with open(manifest_path) as f:
         manifest = json.load(f)
     specs = []
@@ -633,27 +635,39 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """--help keeps the docstring's examples and shows every default."""
 
 
+class OldName(argparse.Action):
+    """A flag's old spelling, kept for one release: it sets the new flag's value and says so on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warn(f"{option_string} is now --{self.dest.replace('_', '-')}; the old name goes in the next release")
+        setattr(namespace, self.dest, values)
+
+
 def parse_args(argv):
+    # the help texts of the flags other scripts share are flags.py's, spelled out: this file stays self-contained
     p = argparse.ArgumentParser(prog="infer.py", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--kaggle-root", default=kaggle_root, help="where attached datasets, models and the "
                    "competition are looked for")
-    p.add_argument("--models", default=None, help="exported ensemble folder (default: the one folder with a "
-                   "manifest.json under --kaggle-root, at any depth, else work/ensemble)")
-    p.add_argument("--audio", default=None, help="folder of soundscapes to score (default: test_soundscapes of "
-                   "the newest <kaggle-root>/birdclef-*)")
-    p.add_argument("--out", default=out_file, help="submission CSV to write")
+    p.add_argument("--ensemble", default=None, help="exported ensemble folder (make ensemble, soup.py bundle): a "
+                   "manifest.json and each model's .onnx, .ts and .json")
+    p.add_argument("--models", dest="ensemble", action=OldName, help=argparse.SUPPRESS)
+    p.add_argument("--audio", default=None, help="folder of soundscapes to score")
+    p.add_argument("--out", default=out_file, help="the file or folder this script writes (under a temporary "
+                   "name, then renamed)")
     p.add_argument("--sample-submission", help="its columns give the class order (default: "
                    "sample_submission.csv beside the audio folder, if there)")
-    p.add_argument("--threads", type=int, default=threads, help="CPU threads")
+    p.add_argument("--threads", type=int, default=threads, help="CPU threads, in all")
     p.add_argument("--backend", default="auto", choices=["auto", "openvino", "onnx", "torch"],
-                   help="auto takes the fastest installed: openvino, then onnx, then torch (TorchScript)")
+                   help="infer.py's engine for the exported networks: auto takes the fastest installed (openvino, "
+                   "then onnx, then torch = TorchScript)")
     p.add_argument("--precision", default="auto", choices=["auto", "f32", "bf16"],
                    help="OpenVINO's float precision. auto: bf16 on CPUs that compute it natively (AVX512-BF16, "
-                   "AMX; on the demo it changed the ensemble's AUC by less than 0.001), else f32; f32: exact")
+                   "AMX), else f32; f32: exact")
     p.add_argument("--budget-min", type=float, default=None, help="time budget in minutes, counted from the "
                    f"start of main (default: by the competition's year, {budget_min_by_year[2024]:g} for BirdCLEF "
                    f"2024, else {budget_min:g})")
-    p.add_argument("--pp-weight", type=float, default=pp_weight, help="neighbour smoothing weight; 0 disables")
+    p.add_argument("--pp-weight", type=float, default=pp_weight, help="neighbour smoothing weight (the seed's "
+                   "post-processing); 0 disables")
     return p.parse_args(argv)
 
 
@@ -662,7 +676,7 @@ def run(args, started):
     audio = args.audio or find_audio_dir(args.kaggle_root)
     if audio is None:
         raise InferError(f"no {args.kaggle_root}/birdclef-*/test_soundscapes found; pass --audio DIR")
-    models = args.models or find_models_dir(args.kaggle_root)
+    models = args.ensemble or find_models_dir(args.kaggle_root)
     columns, sample_path = sample_submission_columns(audio, args.sample_submission)
     order = check_columns([str(c) for c in read_specs(models)[0]["classes"]], columns, sample_path)
     networks, front_end, classes, _ = load_ensemble(models, args.backend, args.threads, args.precision)

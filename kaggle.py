@@ -1,8 +1,8 @@
 """Write the one folder a user uploads to Kaggle (as a Dataset or a Model) to score the competition offline.
 
-    python kaggle.py --models work/ensemble --out work/kaggle
-    python kaggle.py --models work/ensemble --out work/kaggle --python-version 3.10
-    python kaggle.py --models work/ensemble --out work/kaggle --wheels none      # no backend wheels
+    python kaggle.py --ensemble work/ensemble --out work/kaggle
+    python kaggle.py --ensemble work/ensemble --out work/kaggle --python-version 3.10
+    python kaggle.py --ensemble work/ensemble --out work/kaggle --wheels none      # no backend wheels
     make kaggle
 
 Reads an exported ensemble (`make ensemble`). Writes --out (built under a temporary name, then swapped in):
@@ -18,7 +18,11 @@ import subprocess
 import sys
 
 import infer
-from common import HelpFormatter, UserError, run_main, swap_in
+from common import HelpFormatter
+from flags import add_flag
+from infer import OldName
+from errors import UserError, run_main
+from files import swap_in
 
 # defaults: Kaggle's CPU notebooks (Python 3.11 on x86_64 Linux, glibc 2.35, in 2025)
 python_version = "3.11"
@@ -55,7 +59,7 @@ INFER_CELL = FIND_UPLOAD + '''
 # the upload's infer.py, on the upload's ensemble: writes submission.csv
 infer = {"__name__": "infer_of_upload", "__file__": f"{upload}/infer.py"}
 exec(compile(open(f"{upload}/infer.py").read(), f"{upload}/infer.py", "exec"), infer)
-infer["main"](["--models", f"{upload}/ensemble"])'''
+infer["main"](["--ensemble", f"{upload}/ensemble"])'''
 
 KERNEL_MD = '''# Scoring BirdCLEF offline with this folder
 
@@ -117,14 +121,15 @@ def write_kaggle_folder(models, out, packages, python_version=python_version, pl
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--models", default="work/ensemble", help="exported ensemble folder")
-    p.add_argument("--out", default="work/kaggle", help="folder to write (replaced whole)")
+    add_flag(p, "--ensemble", default="work/ensemble")
+    p.add_argument("--models", dest="ensemble", action=OldName, help=argparse.SUPPRESS)  # the old name
+    add_flag(p, "--out", default="work/kaggle")
     p.add_argument("--wheels", default=wheels, help="packages to ship as wheels, space-separated; none skips")
     p.add_argument("--python-version", default=python_version, help="the kernel's Python")
     p.add_argument("--platform", default=platform, help="the kernel's wheel platform tags, comma-separated")
     args = p.parse_args()
     packages = [] if args.wheels.strip() in ("", "none") else args.wheels.split()
-    write_kaggle_folder(args.models, args.out, packages, args.python_version, args.platform)
+    write_kaggle_folder(args.ensemble, args.out, packages, args.python_version, args.platform)
 
 
 if __name__ == "__main__":

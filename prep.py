@@ -22,9 +22,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common import (LABEL_COLUMNS, WINDOW_SAMPLES, WINDOW_SECONDS, CachePaths, HelpFormatter, UserError,
-                    NpyRowWriter, first_five_seconds, list_audio, ordered_map, parse_label_list, read_audio, run_main, swap_in,
-                    windows_of)
+from common import (LABEL_COLUMNS, WINDOW_SAMPLES, WINDOW_SECONDS, CachePaths, HelpFormatter, first_five_seconds,
+                    list_audio, parse_label_list, read_audio, windows_of)
+from flags import add_flag
+from errors import UserError, run_main
+from files import NpyRowWriter, swap_in
+from threads import ordered_map
 
 # defaults
 threads = os.cpu_count() or 2
@@ -252,15 +255,15 @@ def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_w
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--data", required=True, help="dataset folder in BirdCLEF 2024 or 2025/2026 layout")
-    parser.add_argument("--out", required=True, help="cache folder to write (replaced atomically)")
+    add_flag(parser, "--data", required=True)
+    add_flag(parser, "--out", required=True)
     parser.add_argument("--extra", help="CSV of extra recordings (same columns; filename relative to the CSV)")
-    parser.add_argument("--threads", type=int, default=threads, help="decoding threads")
+    add_flag(parser, "--threads", default=threads)
     parser.add_argument("--max-unlabeled-windows", type=int, default=max_unlabeled_windows,
                         help=f"unlabeled 5-s windows cached for pseudo-label mixing (a random subset; each 10,000 "
                         f"cost {GB_PER_10K_WINDOWS:.1f} GB of disk and set the cost of a pseudo-label round; a "
                         f"number above the site's total caches every window)")
-    parser.add_argument("--seed", type=int, default=seed, help="seed of the unlabeled window subset")
+    add_flag(parser, "--seed", default=seed)
     args = parser.parse_args()
     prepare(args.data, args.out, args.extra, args.threads, args.max_unlabeled_windows, args.seed)
 

@@ -1,14 +1,14 @@
 """Pseudo-label the unlabeled 5-s windows that training draws from (prep's window cache) with one round's ensemble.
 
-    python pseudo.py --models work/round1/ensemble --cache work/cache --out work/pseudo1.npz
-    python pseudo.py --models work/round2/ensemble --cache work/cache --out work/pseudo2.npz --device cuda
-    torchrun --nproc_per_node 4 pseudo.py --models work/round1/ensemble --cache work/cache --out work/pseudo1.npz
-    python pseudo.py --models work/round1/ensemble --soundscapes data/site --out site.npz   # every window of files
+    python pseudo.py --ensemble work/round1/ensemble --cache work/cache --out work/pseudo1.npz
+    python pseudo.py --ensemble work/round2/ensemble --cache work/cache --out work/pseudo2.npz --device cuda
+    torchrun --nproc_per_node 4 pseudo.py --ensemble work/round1/ensemble --cache work/cache --out work/pseudo1.npz
+    python pseudo.py --ensemble work/round1/ensemble --soundscapes data/site --out site.npz   # every window of files
 
 Reads the ensemble (a folder from `soup.py bundle`) and the cache's unlabeled_windows.npy/.csv: the audio of the
 windows training mixes in, so nothing is decoded and a round costs what the cache holds, not what the site
-recorded. The label of a window is the mean of the models' sigmoid probabilities, then normalised per class
-over the labelled windows (the seed added a normalisation in stage 2 because the pseudo labels' floor had grown
+recorded. The label of a window is the mean of the models' sigmoid probabilities, then normalized per class
+over the labelled windows (the seed added a normalization in stage 2 because the pseudo labels' floor had grown
 too large): --pl-norm floor (default) maps each class's median to 0 and keeps 1 at 1; minmax rescales each
 class to [0, 1]; none keeps raw probabilities. On the demo, floor gave the best rounds 2 and 3 and minmax the
 worst (an unsure model's top guesses of ~0.3 become 1.0).
@@ -20,7 +20,7 @@ batches, and rank 0 writes the merged file. --soundscapes labels every window of
 inspection or a user's own use; off the training path).
 
 Writes --out (.npz, atomically): paths (soundscape of each row), end_seconds (5, 10, ...), probs (rows x classes,
-float32), classes, raw_floor (each class's median before normalisation, for report.py). With the cache, one row
+float32), classes, raw_floor (each class's median before normalization, for report.py). With the cache, one row
 per cached window, in the cache's order.
 """
 import argparse
@@ -34,27 +34,30 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import infer
-from common import (build_model, CachePaths, HelpFormatter, MelFrontEnd, MelSettings, UserError, WINDOW_SECONDS,
-                    atomic_write, load_classes, read_npy_rows, run_main)
+from common import build_model, CachePaths, HelpFormatter, MelFrontEnd, MelSettings, WINDOW_SECONDS, load_classes
+from flags import add_flag
+from infer import OldName
+from errors import UserError, run_main
+from files import atomic_write, read_npy_rows
 from devices import pick_device
 
 # defaults
 threads = os.cpu_count() or 2
 pl_norm = "floor"          # removes the floor that grows from round to round (README: measured on the demo)
 batch_windows = 256        # windows per batch: a GPU's batch; on CPU infer.py's engine splits it further
-NORMALISATIONS = ("floor", "minmax", "none")
+PL_NORMALIZATIONS = ("floor", "minmax", "none")
 teacher_weight = 1.0       # a covered class's label: max(ensemble's, weight * teacher's) (bench/teacher_blend.py)
 
 
-def normalise(probs, how):
-    """Per-class normalisation over all labelled windows.
+def normalize_pseudo_labels(probs, how):
+    """Per-class normalization over all labelled windows.
 
     none: as is. minmax: each class rescaled to [0, 1] (a constant class becomes 0). floor: each class's
     median (its floor: most windows hold no call of a given species) becomes 0 and 1 stays 1, so the
     floor that grows from round to round is removed without turning weak guesses into confident ones.
     """
-    if how not in NORMALISATIONS:
-        raise UserError(f"unknown pseudo-label normalisation {how!r} ({', '.join(NORMALISATIONS)})")
+    if how not in PL_NORMALIZATIONS:
+        raise UserError(f"unknown pseudo-label normalization {how!r} ({', '.join(PL_NORMALIZATIONS)})")
     if how == "none":
         return probs
     if how == "floor":
@@ -108,7 +111,7 @@ def write_labels(out, paths, end_seconds, raw, classes, how, covered=None, teach
 
     The one writer of the format: every producer of pseudo labels (the ensemble here, a teacher model) calls it.
     """
-    probs = normalise(np.asarray(raw, dtype=np.float32), how)
+    probs = normalize_pseudo_labels(np.asarray(raw, dtype=np.float32), how)
     if teacher:
         probs = blend_teacher(probs, paths, end_seconds, classes, teacher, teacher_weight)
     extra = {} if covered is None else dict(covered=np.asarray(covered, dtype=bool))
@@ -284,30 +287,28 @@ def pseudo_label_soundscapes(models_dir, folder, out, how=pl_norm, n_threads=thr
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--models", required=True, help="ensemble folder (soup.py bundle)")
-    p.add_argument("--cache", default="work/cache", help="prep.py's cache: the windows to label")
-    p.add_argument("--soundscapes", help="label every window of the audio files in this folder instead of the "
-                   "cache's (CPU engine)")
-    p.add_argument("--out", required=True, help="pseudo-label file to write (.npz)")
-    p.add_argument("--pl-norm", default=pl_norm, choices=NORMALISATIONS,
+    add_flag(p, "--ensemble", required=True)
+    p.add_argument("--models", dest="ensemble", action=OldName, help=argparse.SUPPRESS)  # the old name
+    add_flag(p, "--cache", default="work/cache")
+    add_flag(p, "--soundscapes")
+    add_flag(p, "--out", required=True)
+    p.add_argument("--pl-norm", default=pl_norm, choices=PL_NORMALIZATIONS,
                    help="per class over all windows: floor maps the median to 0 and keeps 1 at 1; minmax rescales "
                    "to [0, 1]; none keeps raw probabilities")
-    p.add_argument("--threads", type=int, default=threads, help="CPU threads")
-    p.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:1; "
-                   "cuda runs the soups as torch models with AMP, cpu the exported networks")
-    p.add_argument("--backend", default="auto", choices=["auto", "openvino", "onnx", "torch"],
-                   help="CPU engine's backend (infer.py's): auto takes the fastest installed")
-    p.add_argument("--batch", type=int, default=batch_windows, help="windows per batch")
+    add_flag(p, "--threads", default=threads)
+    add_flag(p, "--device", default="auto")
+    add_flag(p, "--backend", default="auto")
+    add_flag(p, "--batch-size", default=batch_windows)
     p.add_argument("--teacher", help="a teacher's labels of the same windows (teacher.py): blended in for the "
                    "classes it covers")
     p.add_argument("--teacher-weight", type=float, default=teacher_weight, help="trust in the teacher: a covered "
                    "class's label is max(ensemble, w * teacher); 0 leaves the ensemble's labels")
     args = p.parse_args()
     if args.soundscapes:
-        return pseudo_label_soundscapes(args.models, args.soundscapes, args.out, args.pl_norm, args.threads,
+        return pseudo_label_soundscapes(args.ensemble, args.soundscapes, args.out, args.pl_norm, args.threads,
                                         args.backend)
-    pseudo_label(args.models, args.cache, args.out, args.pl_norm, args.threads, args.backend, args.device,
-                 args.batch, args.teacher, args.teacher_weight)
+    pseudo_label(args.ensemble, args.cache, args.out, args.pl_norm, args.threads, args.backend, args.device,
+                 args.batch_size, args.teacher, args.teacher_weight)
 
 
 if __name__ == "__main__":

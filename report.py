@@ -21,7 +21,10 @@ import sys
 import numpy as np
 import pandas as pd
 
-from common import HelpFormatter, UserError, run_main, swap_in
+from common import HelpFormatter
+from flags import add_flag
+from errors import UserError, run_main
+from files import swap_in
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CURVES = (("loss", ("train_loss", "valid_loss")), ("AUC", ("auc",)), ("cMAP", ("cmap",)), ("LRAP", ("lrap",)),
@@ -135,9 +138,9 @@ def pseudo_sections(plt, work, out):
         label_figure(plt, probs, f"{name}: label values", os.path.join(out, f"{name}_hist.png"))
         rows = [["windows", f"{len(probs):,}"], ["soundscapes", f"{len(set(labels['paths'])):,}"],
                 ["mean label", fmt(float(probs.mean()))],
-                ["per-class floor (median) before normalisation, mean over classes",
+                ["per-class floor (median) before normalization, mean over classes",
                  fmt(float(floor_before.mean())) if floor_before is not None else "not recorded"],
-                ["per-class floor after normalisation, mean over classes", fmt(float(floor_after.mean()))]]
+                ["per-class floor after normalization, mean over classes", fmt(float(floor_after.mean()))]]
         section = f"<h3>{name}</h3>" + table(["", name], rows)
         section += f'<img src="{name}_hist.png" alt="{name} histogram">'
         mass = pd.Series(probs.mean(0), index=classes)
@@ -168,7 +171,77 @@ def test_scores(work, audio, labels_path):
     return pd.read_csv(path) if os.path.isfile(path) else None
 
 
+def test_auc(scores, r, name):
+    """{post-processing: test AUC or None} of a model ("model3" or "ensemble") in round r, from scores.csv."""
+    out = {}
+    if scores is not None and len(scores):
+        for pp in (False, True):
+            hit = scores[(scores["round"] == r) & (scores["model"] == name) & (scores["post_processing"] == pp)]
+            out[pp] = float(hit["macro_auc"].iloc[0]) if len(hit) else None
+    return out
+
+
+def model_section(plt, state, r, m, tmp, scores):
+    """(the round table's row, the model's section: curves and the soup against the best epoch)."""
+    soup, metrics = state["soup"] or {}, state["metrics"]
+    best = soup.get("best_single_epoch") or (
+        metrics.loc[metrics["auc"].idxmax()].to_dict() if metrics is not None
+        and metrics["auc"].notna().any() else {})
+    chance = state["config"].get("pseudoLabelChance")
+    test = test_auc(scores, r, f"model{m}")
+    row = [f"model{m}", html.escape(state["status"]),
+           fmt(best.get("auc")) + (f" (epoch {int(best['epoch'])})" if best.get("epoch") else ""),
+           fmt((soup.get("soup") or {}).get("auc")),
+           f"{100 * chance:.0f} %" if chance is not None and r > 1 else "&ndash;",
+           fmt(test.get(False)), fmt(test.get(True))]
+    if metrics is None or not len(metrics):
+        return row, f"<h3>round {r}, model{m}</h3><p>{html.escape(state['status'])}</p>"
+    image = f"round{r}_model{m}.png"
+    curves_figure(plt, state, f"round {r}, model{m}", os.path.join(tmp, image))
+    soup_row = table(["", *METRICS], [
+        ["soup of epochs " + ", ".join(map(str, soup.get("kept_epochs", []))) if soup else "no soup yet",
+         *[fmt((soup.get("soup") or {}).get(k)) for k in METRICS]],
+        [f"best single epoch ({int(best['epoch'])})" if best.get("epoch") else "best single epoch",
+         *[fmt(best.get(k)) for k in METRICS]]])
+    return row, f'<h3>round {r}, model{m}</h3><img src="{image}" alt="round {r} model{m}">' + soup_row
+
+
+def round_sections(plt, work, r, models, ids, tmp, scores):
+    """A round's heading, its table (every model, then the ensemble) and each model's section."""
+    ensemble = os.path.isfile(os.path.join(work, f"round{r}", "ensemble", "manifest.json"))
+    rows, sections = [], []
+    for m in ids:
+        state = model_state(models[m]) if m in models else dict(metrics=None, soup=None, config={},
+                                                                  status="missing")
+        row, section = model_section(plt, state, r, m, tmp, scores)
+        rows.append(row)
+        sections.append(section)
+    test = test_auc(scores, r, "ensemble")
+    rows.append(["ensemble", "bundled" if ensemble else "missing", "&ndash;", "&ndash;", "&ndash;",
+                 fmt(test.get(False)), fmt(test.get(True))])
+    return [f"<h2>Round {r}</h2><p>ensemble: {'bundled' if ensemble else 'missing'}</p>",
+            table(["model", "status", "valid AUC, best epoch", "valid AUC, soup", "pseudo-label chance",
+                   "test AUC", "test AUC +pp"], rows)] + sections
+
+
+def timing_section(work):
+    """Network seconds per soundscape of each model that an infer.py run left (<out>.timing.json)."""
+    timing_rows = []
+    for path in sorted(glob.glob(os.path.join(work, "*.timing.json"))):
+        timing = read_json(path)
+        for name, seconds in timing["seconds_per_soundscape"].items():
+            timing_rows.append([html.escape(os.path.basename(path)), html.escape(name), fmt(seconds, 3),
+                                html.escape(str(timing.get("backend", "")))])
+    return "<h2>Inference time</h2>" + (table(["run", "model", "s per soundscape (network)", "backend"],
+                                             timing_rows) if timing_rows else "<p>no infer.py run here</p>")
+
+
+STYLE = ("body{font-family:sans-serif;margin:1.5em;max-width:1900px}table{border-collapse:collapse;margin:.5em 0}"
+         "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#f2f2f2}img{max-width:100%}")
+
+
 def write_report(work, out=None, audio=None, labels=None):
+    """WORK -> <out or WORK/report>/index.html (and its figures), swapped in whole; returns its path."""
     plt = load_plotting()
     out = out or os.path.join(work, "report")
     tmp = out.rstrip("/") + ".tmp"
@@ -178,67 +251,13 @@ def write_report(work, out=None, audio=None, labels=None):
     body = [f"<h1>Cycle report: {html.escape(os.path.abspath(work))}</h1>"]
     if not rounds:
         body.append("<p>No round has started yet (no roundR/modelID folder).</p>")
-    summary = []
     for r in range(1, max(rounds or [0]) + 1):
-        models = rounds.get(r, {})
-        ensemble = os.path.isfile(os.path.join(work, f"round{r}", "ensemble", "manifest.json"))
-        body.append(f"<h2>Round {r}</h2><p>ensemble: {'bundled' if ensemble else 'missing'}</p>")
-        rows = []
-        for m in ids:
-            state = model_state(models[m]) if m in models else dict(metrics=None, soup=None, config={},
-                                                                      status="missing")
-            soup, metrics = state["soup"] or {}, state["metrics"]
-            best = soup.get("best_single_epoch") or (
-                metrics.loc[metrics["auc"].idxmax()].to_dict() if metrics is not None
-                and metrics["auc"].notna().any() else {})
-            chance = state["config"].get("pseudoLabelChance")
-            test = {}
-            if scores is not None and len(scores):
-                for pp in (False, True):
-                    hit = scores[(scores["round"] == r) & (scores["model"] == f"model{m}")
-                                 & (scores["post_processing"] == pp)]
-                    test[pp] = float(hit["macro_auc"].iloc[0]) if len(hit) else None
-            rows.append([f"model{m}", html.escape(state["status"]),
-                         fmt(best.get("auc")) + (f" (epoch {int(best['epoch'])})" if best.get("epoch") else ""),
-                         fmt((soup.get("soup") or {}).get("auc")),
-                         f"{100 * chance:.0f} %" if chance is not None and r > 1 else "&ndash;",
-                         fmt(test.get(False)), fmt(test.get(True))])
-            if metrics is not None and len(metrics):
-                image = f"round{r}_model{m}.png"
-                curves_figure(plt, state, f"round {r}, model{m}", os.path.join(tmp, image))
-                soup_row = table(["", *METRICS], [
-                    ["soup of epochs " + ", ".join(map(str, soup.get("kept_epochs", []))) if soup else "no soup yet",
-                     *[fmt((soup.get("soup") or {}).get(k)) for k in METRICS]],
-                    [f"best single epoch ({int(best['epoch'])})" if best.get("epoch") else "best single epoch",
-                     *[fmt(best.get(k)) for k in METRICS]]])
-                state["figure"] = f'<h3>round {r}, model{m}</h3><img src="{image}" alt="round {r} model{m}">' \
-                    + soup_row
-            summary.append(state.get("figure", f"<h3>round {r}, model{m}</h3><p>{html.escape(state['status'])}</p>"))
-        test_ensemble = {}
-        if scores is not None and len(scores):
-            for pp in (False, True):
-                hit = scores[(scores["round"] == r) & (scores["model"] == "ensemble") & (scores["post_processing"] == pp)]
-                test_ensemble[pp] = float(hit["macro_auc"].iloc[0]) if len(hit) else None
-        rows.append(["ensemble", "bundled" if ensemble else "missing", "&ndash;", "&ndash;", "&ndash;",
-                     fmt(test_ensemble.get(False)), fmt(test_ensemble.get(True))])
-        body.append(table(["model", "status", "valid AUC, best epoch", "valid AUC, soup", "pseudo-label chance",
-                           "test AUC", "test AUC +pp"], rows))
-        body += summary
-        summary = []
+        body += round_sections(plt, work, r, rounds.get(r, {}), ids, tmp, scores)
     pseudo = pseudo_sections(plt, work, tmp)
     body.append("<h2>Pseudo labels</h2>" + ("".join(pseudo) if pseudo else "<p>none yet</p>"))
-    timing_rows = []
-    for path in sorted(glob.glob(os.path.join(work, "*.timing.json"))):
-        timing = read_json(path)
-        for name, seconds in timing["seconds_per_soundscape"].items():
-            timing_rows.append([html.escape(os.path.basename(path)), html.escape(name), fmt(seconds, 3),
-                                html.escape(str(timing.get("backend", "")))])
-    body.append("<h2>Inference time</h2>" + (table(["run", "model", "s per soundscape (network)", "backend"],
-                                                   timing_rows) if timing_rows else "<p>no infer.py run here</p>"))
-    style = ("body{font-family:sans-serif;margin:1.5em;max-width:1900px}table{border-collapse:collapse;margin:.5em 0}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#f2f2f2}img{max-width:100%}")
+    body.append(timing_section(work))
     with open(os.path.join(tmp, "index.html"), "w") as f:
-        f.write(f"<!doctype html><html><head><meta charset='utf-8'><title>Cycle report</title><style>{style}"
+        f.write(f"<!doctype html><html><head><meta charset='utf-8'><title>Cycle report</title><style>{STYLE}"
                 f"</style></head><body>{''.join(body)}</body></html>")
     swap_in(tmp, out)
     path = os.path.join(out, "index.html")
@@ -248,10 +267,10 @@ def write_report(work, out=None, audio=None, labels=None):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--work", default="work", help="the cycle's WORK folder")
-    p.add_argument("--out", help="report folder (default WORK/report)")
-    p.add_argument("--audio", help="labelled soundscapes, to score each round (with --labels)")
-    p.add_argument("--labels", help="their labels, sample_submission format (the demo's data/demo-test-labels.csv)")
+    add_flag(p, "--work", default="work")
+    add_flag(p, "--out")
+    add_flag(p, "--audio")
+    add_flag(p, "--labels")
     args = p.parse_args()
     if not os.path.isdir(args.work):
         raise UserError(f"no work folder: {args.work}")

@@ -7,7 +7,7 @@ The soup (seed, chapter 2): candidates are the saved epochs from the soup start 
 them in order and keep an epoch when it beats the best value so far of any tracked metric (LRAP, cMAP, F1,
 AUC); average the kept epochs' weights (float tensors averaged, integer buffers such as num_batches_tracked
 from the last kept epoch). Writes soup.pt, export/ (the artifact infer.py loads: the network as ONNX and
-TorchScript, mel settings, classes; see common.export_artifact) and, last, soup.json (kept epochs, soup metrics, best single epoch).
+TorchScript, mel settings, classes; see export.export_artifact) and, last, soup.json (kept epochs, soup metrics, best single epoch).
 """
 import argparse
 import json
@@ -20,8 +20,12 @@ import pandas as pd
 import torch
 
 from infer import ensemble_manifest
-from common import (TRACKED_METRICS, build_model, HelpFormatter, MelFrontEnd, MelSettings, UserError, all_metrics,
-                    atomic_write, export_artifact, load_split, predict, run_main, save_json, swap_in)
+from common import build_model, HelpFormatter, MelFrontEnd, MelSettings, load_split, predict
+from flags import add_flag
+from errors import UserError, run_main
+from export import export_artifact
+from files import atomic_write, save_json, swap_in
+from metrics import TRACKED_METRICS, all_metrics
 
 # defaults
 threads = os.cpu_count() or 2
@@ -116,16 +120,15 @@ def bundle(out, model_dirs):
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "bundle":
         p = argparse.ArgumentParser(prog="soup.py bundle", description="Bundle exported soups into an ensemble.")
-        p.add_argument("--out", required=True, help="ensemble folder to write (replaced atomically)")
+        add_flag(p, "--out", required=True)
         p.add_argument("model_dirs", nargs="+", help="model folders with a soup.json")
         args = p.parse_args(sys.argv[2:])
         return bundle(args.out, args.model_dirs)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model-dir", required=True, help="train.py's output folder of one model")
-    p.add_argument("--cache", default="work/cache", help="prep.py's cache (for validating the soup)")
-    p.add_argument("--soup-start", type=int, help="first candidate epoch (default: the one train.py used); a model "
-                   "trained with fold 'all' has no validation, and its soup averages every epoch from here on")
-    p.add_argument("--threads", type=int, default=threads, help="CPU threads")
+    add_flag(p, "--cache", default="work/cache")
+    add_flag(p, "--soup-start")
+    add_flag(p, "--threads", default=threads)
     args = p.parse_args()
     make_soup(args.model_dir, args.cache, args.threads, args.soup_start)
 

@@ -32,8 +32,10 @@ from tqdm import tqdm
 
 import infer
 import prep
-from common import (WINDOW_SECONDS, CachePaths, HelpFormatter, UserError, atomic_write, load_classes,
-                    read_npy_rows, run_main)
+from common import WINDOW_SECONDS, CachePaths, HelpFormatter, load_classes
+from flags import add_flag
+from errors import UserError, run_main
+from files import atomic_write, read_npy_rows
 from pseudo import write_labels
 
 # defaults
@@ -223,29 +225,67 @@ def covered_scores(birdnet_probs, mapping):
     return out
 
 
-def teach(data_dir, out, cache=None, soundscapes=None, overlap_s=overlap, n_threads=threads, synonyms=None,
-          batch=batch_segments, model_path=None, labels_path=None):
-    """Score the cache's windows (or every window of the files in `soundscapes`) and write `out` + mapping."""
+def score_cached_windows(cache, table, mapping, model_path, overlap_s, n_threads, batch):
+    """(windows, classes) BirdNET scores of the cache's unlabelled windows, in whole windows per call."""
+    covered = mapping["birdnet_index"].values >= 0
+    probs = np.zeros((len(table), len(mapping)), dtype=np.float32)
+    if not covered.any():  # nothing to compute for a teacher that knows none of the classes (the demo)
+        return probs
+    model = BirdNetModel(model_path, n_threads)
+    starts = segment_starts(WINDOW_SECONDS, overlap_s)  # every segment of a lone window overlaps it
+    step = max(1, batch // len(starts))  # whole windows per BirdNET call, about `batch` segments
+    for start in tqdm(range(0, len(table), step), desc="BirdNET windows", unit="batch"):
+        waves = read_npy_rows(CachePaths(cache).unlabeled_audio, start, min(start + step, len(table)))
+        segments = np.concatenate([cut_segments(audio, starts)
+                                   for audio in to_birdnet_rate(waves.astype(np.float32))])
+        scores = model(segments).reshape(len(waves), len(starts), -1).max(axis=1)
+        probs[start:start + len(waves)] = covered_scores(scores, mapping)
+    return probs
+
+
+def score_files(files, mapping, model_path, overlap_s, n_threads, batch):
+    """(paths, end seconds, scores) of every 5-s window of each decodable file; unreadable ones are skipped."""
+    model = BirdNetModel(model_path, n_threads)
+    paths, ends, blocks = [], [], []
+    for path in tqdm(files, desc="BirdNET files", unit="file"):
+        try:
+            audio = infer.read_audio(path)
+        except Exception as err:
+            infer.warn(f"{path}: skipped, unreadable ({str(err).splitlines()[0] if str(err) else err})")
+            continue
+        window_ends = [(w + 1) * WINDOW_SECONDS for w in range(len(infer.windows_of(audio)))]
+        blocks.append(covered_scores(score_audio(model, to_birdnet_rate(audio), window_ends, overlap_s, batch),
+                                     mapping))
+        paths += [path] * len(window_ends)
+        ends += window_ends
+    return paths, ends, blocks
+
+
+def classes_to_score(data_dir, cache, soundscapes):
+    """(classes, the cache's window table or None, the files or None) of --cache or --soundscapes."""
     if (cache is None) == (soundscapes is None):
         raise UserError("give --cache (the windows training draws from) or --soundscapes (a folder of files)")
-    if model_path is None:
-        model_path, labels_path = birdnet_files()
-    birdnet_labels = read_birdnet_labels(labels_path)
     if soundscapes is None:
         paths_of = CachePaths(cache)
         for path in (paths_of.unlabeled_windows, paths_of.unlabeled_audio, paths_of.classes):
             if not os.path.isfile(path):
                 raise UserError(f"cache file missing: {path} (run make prep first)")
-        classes = load_classes(paths_of.classes)
-        table = pd.read_csv(paths_of.unlabeled_windows)
-    else:
-        files = infer.list_audio(soundscapes)
-        if not files:
-            raise UserError(f"no audio files in {soundscapes}")
-        meta_path, audio_root, _ = prep.find_layout(data_dir)  # the classes prep would cache, in its order
-        classes = prep.class_list(data_dir, prep.read_metadata(meta_path, audio_root, "base"))
+        return load_classes(paths_of.classes), pd.read_csv(paths_of.unlabeled_windows), None
+    files = infer.list_audio(soundscapes)
+    if not files:
+        raise UserError(f"no audio files in {soundscapes}")
+    meta_path, audio_root, _ = prep.find_layout(data_dir)  # the classes prep would cache, in its order
+    return prep.class_list(data_dir, prep.read_metadata(meta_path, audio_root, "base")), None, files
+
+
+def teach(data_dir, out, cache=None, soundscapes=None, overlap_s=overlap, n_threads=threads, synonyms=None,
+          batch=batch_segments, model_path=None, labels_path=None):
+    """Score the cache's windows (or every window of the files in `soundscapes`) and write `out` + mapping."""
+    classes, table, files = classes_to_score(data_dir, cache, soundscapes)
+    if model_path is None:
+        model_path, labels_path = birdnet_files()
     names = class_names(data_dir)
-    mapping = map_classes(classes, names, birdnet_labels, read_synonyms(synonyms))
+    mapping = map_classes(classes, names, read_birdnet_labels(labels_path), read_synonyms(synonyms))
     covered = mapping["birdnet_index"].values >= 0
     mapping_path = os.path.splitext(out)[0] + ".mapping.csv"
     atomic_write(mapping_path, lambda tmp: mapping.to_csv(tmp, index=False))
@@ -253,34 +293,11 @@ def teach(data_dir, out, cache=None, soundscapes=None, overlap_s=overlap, n_thre
     print(f"BirdNET V2.4 covers {int(covered.sum())} of {len(classes)} classes{why}; the mapping: {mapping_path}",
           flush=True)
     began = time.time()
-    if soundscapes is None:
-        ends = table["end_second"].to_numpy()
-        probs = np.zeros((len(table), len(classes)), dtype=np.float32)
-        if covered.any():  # nothing to compute for a teacher that knows none of the classes (the demo)
-            model = BirdNetModel(model_path, n_threads)
-            starts = segment_starts(WINDOW_SECONDS, overlap_s)  # every segment of a lone window overlaps it
-            step = max(1, batch // len(starts))  # whole windows per BirdNET call, about `batch` segments
-            for start in tqdm(range(0, len(table), step), desc="BirdNET windows", unit="batch"):
-                waves = read_npy_rows(paths_of.unlabeled_audio, start, min(start + step, len(table)))
-                segments = np.concatenate([cut_segments(audio, starts)
-                                           for audio in to_birdnet_rate(waves.astype(np.float32))])
-                scores = model(segments).reshape(len(waves), len(starts), -1).max(axis=1)
-                probs[start:start + len(waves)] = covered_scores(scores, mapping)
-        paths = table["path"].tolist()
+    if table is not None:
+        probs = score_cached_windows(cache, table, mapping, model_path, overlap_s, n_threads, batch)
+        paths, ends = table["path"].tolist(), table["end_second"].to_numpy()
     else:
-        model = BirdNetModel(model_path, n_threads)
-        paths, ends, blocks = [], [], []
-        for path in tqdm(files, desc="BirdNET files", unit="file"):
-            try:
-                audio = infer.read_audio(path)
-            except Exception as err:
-                infer.warn(f"{path}: skipped, unreadable ({str(err).splitlines()[0] if str(err) else err})")
-                continue
-            window_ends = [(w + 1) * WINDOW_SECONDS for w in range(len(infer.windows_of(audio)))]
-            blocks.append(covered_scores(score_audio(model, to_birdnet_rate(audio), window_ends, overlap_s, batch),
-                                         mapping))
-            paths += [path] * len(window_ends)
-            ends += window_ends
+        paths, ends, blocks = score_files(files, mapping, model_path, overlap_s, n_threads, batch)
         if not blocks:
             raise UserError(f"no file in {soundscapes} could be decoded")
         probs = np.concatenate(blocks)
@@ -294,17 +311,16 @@ def teach(data_dir, out, cache=None, soundscapes=None, overlap_s=overlap, n_thre
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--data", required=True, help="the dataset folder: its taxonomy.csv or train_metadata.csv gives "
-                   "the classes' scientific names")
-    p.add_argument("--cache", help="prep.py's cache: score its unlabelled windows (the rows pseudo.py labels)")
-    p.add_argument("--soundscapes", help="score every 5-s window of the audio files in this folder instead")
-    p.add_argument("--out", required=True, help="label file to write (.npz, pseudo.py's format)")
+    add_flag(p, "--data", required=True)
+    add_flag(p, "--cache")
+    add_flag(p, "--soundscapes")
+    add_flag(p, "--out", required=True)
     p.add_argument("--overlap", type=float, default=overlap, help="seconds neighbouring 3-s segments share")
     p.add_argument("--synonyms", help="CSV scientific_name,birdnet_name for names BirdNET spells otherwise")
-    p.add_argument("--threads", type=int, default=threads, help="CPU threads for BirdNET")
-    p.add_argument("--batch", type=int, default=batch_segments, help="3-s segments per BirdNET call")
+    add_flag(p, "--threads", default=threads)
+    add_flag(p, "--batch-size", default=batch_segments)
     args = p.parse_args()
-    teach(args.data, args.out, args.cache, args.soundscapes, args.overlap, args.threads, args.synonyms, args.batch)
+    teach(args.data, args.out, args.cache, args.soundscapes, args.overlap, args.threads, args.synonyms, args.batch_size)
 
 
 if __name__ == "__main__":

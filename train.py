@@ -25,10 +25,15 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from common import (HEADS, LOSSES, MODEL_COLUMNS, NORMALIZATIONS, PRETRAINED_CHOICES, SAMPLE_RATE, AugmentChances,
-                    CachePaths, HelpFormatter, MelFrontEnd, PseudoWindows, TrainingSet, UserError, all_metrics,
-                    atomic_write, augment, build_model, kebab, load_classes, load_split, mel_settings_of, predict,
-                    pretrained_of, read_models_table, run_main, save_json, split_summary, time_shift)
+from common import (HEADS, LOSSES, MODEL_COLUMNS, NORMALIZATIONS, SAMPLE_RATE, AugmentChances, CachePaths,
+                    HelpFormatter, MelFrontEnd, PseudoWindows, TrainingSet, augment, build_model, kebab,
+                    load_classes, load_split, mel_settings_of, predict, read_models_table, split_summary,
+                    time_shift)
+from flags import SHARED, add_flag
+from errors import UserError, run_main
+from files import atomic_write, save_json
+from metrics import all_metrics
+from weights import PRETRAINED_CHOICES, pretrained_of
 from devices import claim_gpu, gpu_ids, pick_device
 
 # defaults: the seed's recipe
@@ -70,30 +75,14 @@ PRESETS = {
 RECIPE = ("head", "channels", "loss", "optimizer", "schedule", "n_fft", "f_min", "f_max", "normalize", "time_shift")
 
 
-def parse_args(argv=None):
-    first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--preset", default="seed", choices=list(PRESETS))
-    preset = first.parse_known_args(argv)[0].preset
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--preset", default="seed", choices=list(PRESETS), help="a set of defaults for the flags below "
-                   "(--help after it shows them): seed = the seed's recipe, reference = the one-file "
-                   "baseline (1 channel, plain head, BCE, SGD one-cycle, standardised 64x128 mels, time shift, no "
-                   "augmentation, every file)")
-    p.add_argument("--model", type=int, required=True, help="id of the row in the models table")
-    p.add_argument("--round", type=int, default=1, help="cycle round (names the default output folder)")
-    p.add_argument("--models", default=models, help="models table (the seed's 2nd-stage table)")
-    p.add_argument("--cache", default=cache, help="prep.py's cache folder")
-    p.add_argument("--work", default=work, help="root of the default output folder")
-    p.add_argument("--out-dir", help="output folder (default <work>/round<R>/model<ID>)")
-    p.add_argument("--pseudo", help="pseudo-label file from pseudo.py (rounds 2 and 3)")
-    p.add_argument("--epochs", type=int, default=epochs, help="training epochs (no early stopping)")
-    p.add_argument("--batch-size", type=int, default=batch_size, help="samples per optimiser step, in all: under "
-                   "torchrun each of N processes takes batch/N of them, so N GPUs train the schedule of one")
+def add_recipe_flags(p):
+    """The recipe's parts that are not in the models table: optimiser, schedule, head, loss, mel, augmentations."""
+    add_flag(p, "--epochs", default=epochs)
+    add_flag(p, "--batch-size", default=batch_size)
     p.add_argument("--lr", type=float, default=lr, help="peak learning rate")
     p.add_argument("--warmup-epochs", type=float, default=warmup_epochs, help="linear warm-up, then cosine")
     p.add_argument("--weight-decay", type=float, default=weight_decay, help="AdamW weight decay")
-    p.add_argument("--soup-start", type=int, help=f"first epoch saved for the soup (default: {soup_start_of_50} "
-                   "of 50, scaled to --epochs); negative: the last -N epochs (-1: the last one only)")
+    add_flag(p, "--soup-start")
     p.add_argument("--head", default=head, choices=HEADS, help="gem5: GeM pooling + 5 dropout heads "
                    "(the seed's); plain: timm's average pooling + one linear layer")
     p.add_argument("--channels", type=int, default=channels, choices=[1, 3], help="image channels: the mel "
@@ -109,30 +98,57 @@ def parse_args(argv=None):
     p.add_argument("--f-max", type=float, default=f_max, help="highest mel frequency (Hz)")
     p.add_argument("--normalize", default=normalize, choices=NORMALIZATIONS, help="each mel image scaled "
                    "to [0, 1], or to mean 0 / std 1")
-    p.add_argument("--time-shift", type=float, default=time_shift_seconds, help="seconds: each training sample is rolled "
-                   "by a random shift of up to +-this (0: off)")
-    p.add_argument("--threads", type=int, default=threads, help="CPU threads for torch")
-    p.add_argument("--device", default="auto", help="auto (CUDA, then Apple's MPS, then CPU), cpu, cuda, cuda:1, mps")
-    p.add_argument("--gpus", help="GPUs that a round's models share, e.g. 0,1,2,3 (make GPUS=...): this job "
-                   "claims one that no other job holds (waiting while all are held) and takes --threads divided by "
-                   "their number")
-    p.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="mixed precision: auto = on for "
-                   "CUDA (float16, gradient scaling); on also runs CPU autocast (bfloat16; tests the same code path)")
-    p.add_argument("--loader-workers", default="auto", help="processes that build batches ahead: auto = 0 on CPU "
-                   "(the step is the bottleneck and needs the cores), min(8, cores) on a GPU")
+    p.add_argument("--time-shift", type=float, default=time_shift_seconds, help="seconds: each training sample is "
+                   "rolled by a random shift of up to +-this (0: off)")
     p.add_argument("--pretrained", default=pretrained, help=f"the backbone's starting weights: {PRETRAINED_CHOICES}. "
                    "Offline, timm's cache or a file from `make weights`")
-    p.add_argument("--max-train-files", type=int, help="use only this many training rows (quick runs)")
+    for name, value in vars(AugmentChances()).items():
+        p.add_argument(f"--aug-{name.replace('_', '-')}", type=float, default=value, help="chance per sample")
+
+
+def add_table_flags(p):
+    """A flag per column of the models table, to override its value (kebab-case, and the table's own name)."""
     notes = dict(fold="a fold of n_folds held out for validation, or 'all': train on every row, no validation; the "
                  "soup then averages every epoch from the soup start on", pseudoLabelChance="percent, as in the "
                  "seed's table")
     for column, kind in MODEL_COLUMNS.items():  # --pseudo-label-chance, also --pseudoLabelChance (the table's name)
         if column != "id":
-            names = dict.fromkeys([f"--{kebab(column)}", f"--{column}"])
-            p.add_argument(*names, dest=column, type=kind, help="override the models table's value"
-                           + (f" ({notes[column]})" if column in notes else ""))
-    for name, value in vars(AugmentChances()).items():
-        p.add_argument(f"--aug-{name.replace('_', '-')}", type=float, default=value, help="chance per sample")
+            names = list(dict.fromkeys([f"--{kebab(column)}", f"--{column}"]))
+            if names[0] in SHARED:  # --seed: a random seed in every script
+                add_flag(p, names[0], dest=column, aliases=names[1:])
+            else:
+                p.add_argument(*names, dest=column, type=kind, help="override the models table's value"
+                               + (f" ({notes[column]})" if column in notes else ""))
+
+
+def parse_args(argv=None):
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--preset", default="seed", choices=list(PRESETS))
+    preset = first.parse_known_args(argv)[0].preset
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--preset", default="seed", choices=list(PRESETS), help="a set of defaults for the flags below "
+                   "(--help after it shows them): seed = the seed's recipe, demo = make demo's, reference = the "
+                   "one-file baseline (1 channel, plain head, BCE, SGD one-cycle, standardised 64x128 mels, time "
+                   "shift, no augmentation, every file)")
+    add_flag(p, "--model", required=True)
+    p.add_argument("--round", type=int, default=1, help="cycle round (names the default output folder)")
+    add_flag(p, "--models", default=models)
+    add_flag(p, "--cache", default=cache)
+    add_flag(p, "--work", default=work)
+    p.add_argument("--out-dir", help="output folder (default <work>/round<R>/model<ID>)")
+    p.add_argument("--pseudo", help="pseudo-label file from pseudo.py (rounds 2 and 3)")
+    add_recipe_flags(p)
+    add_flag(p, "--threads", default=threads)
+    add_flag(p, "--device", default="auto")
+    p.add_argument("--gpus", help="GPUs that a round's models share, e.g. 0,1,2,3 (make GPUS=...): this job "
+                   "claims one that no other job holds (waiting while all are held) and takes --threads divided by "
+                   "their number")
+    p.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="mixed precision: auto = on for "
+                   "CUDA (float16, gradient scaling); on also runs CPU autocast (bfloat16; tests the same code path)")
+    p.add_argument("--loader-workers", default="auto", help="threads that build batches ahead: auto = 0 on CPU "
+                   "(the step is the bottleneck and needs the cores), min(8, cores) on a GPU")
+    p.add_argument("--max-train-files", type=int, help="use only this many training rows (quick runs)")
+    add_table_flags(p)
     p.set_defaults(**PRESETS[preset])
     return p.parse_args(argv)
 

@@ -33,7 +33,9 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 import infer  # noqa: E402
 import train  # noqa: E402
-from common import HelpFormatter, UserError, run_main  # noqa: E402
+from common import HelpFormatter  # noqa: E402
+from flags import add_flag
+from errors import UserError, run_main  # noqa: E402
 from score_demo import score_round  # noqa: E402
 from soup import bundle  # noqa: E402
 
@@ -54,7 +56,7 @@ seeds = "1,2"
 
 def variants_of(epochs):
     """name -> (what it is, train.py arguments): one part changed at a time from the base, then whole presets.
-    Parts whose default was chosen by measuring (normalisation, time shift) flip to the other value."""
+    Parts whose default was chosen by measuring (normalization, time shift) flip to the other value."""
     other_normalize = "standard" if train.normalize == "minmax" else "minmax"
     other_shift = 0.5 if train.time_shift_seconds == 0 else 0.0
     off = ["0"]
@@ -66,7 +68,7 @@ def variants_of(epochs):
         "no-stretch": ("no time/frequency stretch", ["--aug-local-stretch", "0", "--aug-global-stretch", "0"]),
         "no-augmentation": ("none of the five augmentations", ["--aug-flip", "0", "--aug-coarse-dropout", "0",
                             "--aug-mixup", "0", "--aug-local-stretch", "0", "--aug-global-stretch", "0"]),
-        "normalisation": (f"each mel image {other_normalize} (not {train.normalize})",
+        "normalization": (f"each mel image {other_normalize} (not {train.normalize})",
                           ["--normalize", other_normalize]),
         "mel-50-14000": ("mel range 50-14000 Hz (not 20-16000)", ["--f-min", "50", "--f-max", "14000"]),
         "hop-1250": ("hop 1250 (not the table's)", ["--hop-length", "1250"]),
@@ -96,25 +98,25 @@ QUICK = ["--max-train-files", "16", "--image-height", "32", "--image-width", "32
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--data", default=data, help="dataset folder (prep.py's --data)")
-    p.add_argument("--labels", default=labels, help="test labels, sample_submission format (row_id + classes)")
-    p.add_argument("--audio", help="labelled soundscapes (default: <data>/test_soundscapes)")
-    p.add_argument("--work", default=work, help="where the cache and the runs go")
-    p.add_argument("--cache", help="an existing prep.py cache of --data (default: <work>/cache, made if missing)")
-    p.add_argument("--models", default=models, help="models table")
-    p.add_argument("--model", type=int, default=model, help="the table row to ablate")
-    p.add_argument("--epochs", type=int, default=epochs, help="training epochs of every variant")
+    add_flag(p, "--data", default=data)
+    add_flag(p, "--labels", default=labels)
+    add_flag(p, "--audio")
+    add_flag(p, "--work", default=work)
+    add_flag(p, "--cache")
+    add_flag(p, "--models", default=models)
+    add_flag(p, "--model", default=model)
+    add_flag(p, "--epochs", default=epochs)
     p.add_argument("--base-args", default=base_args, help="train.py arguments of the base (and every change)")
     p.add_argument("--variants", default=",".join(v for v in variants_of(epochs) if v not in EXTRA_VARIANTS),
                    help="comma-separated, from: " + ", ".join(variants_of(epochs)))
     p.add_argument("--try", dest="tries", action="append", default=[], metavar="NAME=ARGS",
                    help="an extra variant: train.py arguments added to the base's, e.g. "
                    "--try \"shift-1s=--time-shift 1.0\" (repeatable; named in --variants by default)")
-    p.add_argument("--seeds", default=seeds, help="training seeds (medians are over them)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads in all")
-    p.add_argument("--jobs", type=int, help="runs side by side, threads shared (default: threads // 1, at most 2)")
-    p.add_argument("--pp-weight", type=float, default=infer.pp_weight, help="neighbour smoothing weight")
-    p.add_argument("--quick", action="store_true", help="smoke test: base and reference, 1 seed, 1 tiny epoch")
+    add_flag(p, "--seeds", default=seeds)
+    add_flag(p, "--threads", default=os.cpu_count() or 2)
+    add_flag(p, "--jobs")
+    add_flag(p, "--pp-weight", default=infer.pp_weight)
+    add_flag(p, "--quick")
     return p.parse_args(argv)
 
 

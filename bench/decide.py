@@ -5,10 +5,10 @@ only what holds on every demo and seed.
 
     python bench/decide.py                                   # demos 1,2,3 x seeds 1,2: demo, reference, oracle
     python bench/decide.py --recipes demo,reference --demos 1,2,3,4 --seeds 1,2,3
-    python bench/decide.py --try "demo-minmax=models-demo.csv|--preset demo|3|minmax"
+    python bench/decide.py --add-recipe "demo-minmax=models-demo.csv|--preset demo|3|minmax"
     python bench/decide.py --quick                           # smoke test (make test): one tiny demo, 1 epoch
 
-A recipe is a models table, train.py arguments, a number of rounds and a pseudo-label normalisation; each run is
+A recipe is a models table, train.py arguments, a number of rounds and a pseudo-label normalization; each run is
 the real make path (`make roundR` with its own WORK, sharing the demo's prep cache) from random init, scored by
 infer.py's code on the demo's test soundscapes with and without neighbour smoothing. Runs live in
 <work>/demo<D>/<recipe>-seed<S>/ with a result.json: a rerun reuses finished ones. Writes <work>/runs.csv (every
@@ -38,7 +38,9 @@ sys.path.insert(0, HERE)
 import demo_data  # noqa: E402
 import infer  # noqa: E402
 import prep  # noqa: E402
-from common import HelpFormatter, UserError, run_main  # noqa: E402
+from common import HelpFormatter  # noqa: E402
+from flags import add_flag
+from errors import UserError, run_main  # noqa: E402
 from score_demo import score_round  # noqa: E402
 
 # defaults
@@ -47,7 +49,7 @@ demos = "1,2,3"              # demo_data.py --seed of each generated demo (make 
 seeds = "1,2"                # training seeds (train.py --seed; the oracle's --seed)
 epochs = 16                  # make demo's
 oracle = os.path.join(ROOT, "..", "shared", "oracle", "baseline.py")
-RECIPES = {  # name: (models table, train.py arguments, rounds, pseudo-label normalisation)
+RECIPES = {  # name: (models table, train.py arguments, rounds, pseudo-label normalization)
     "demo": ("models-demo.csv", "--preset demo", 3, "floor"),
     "reference": ("bench/models-reference.csv", "--preset reference", 2, "floor"),
 }
@@ -55,13 +57,13 @@ ORACLE = "oracle"           # the one-file script: round 1 and one pseudo-label 
 
 
 def parse_recipes(tries):
-    """--try NAME=MODELS|TRAIN_ARGS|ROUNDS|PL_NORM -> RECIPES plus them."""
+    """--add-recipe NAME=MODELS|TRAIN_ARGS|ROUNDS|PL_NORM -> RECIPES plus them."""
     recipes = dict(RECIPES)
     for text in tries:
         name, _, spec = text.partition("=")
         parts = spec.split("|")
         if not name.strip() or len(parts) != 4 or not parts[2].strip().isdigit():
-            raise UserError(f"--try takes NAME=MODELS|TRAIN_ARGS|ROUNDS|PL_NORM, not {text!r}")
+            raise UserError(f"--add-recipe takes NAME=MODELS|TRAIN_ARGS|ROUNDS|PL_NORM, not {text!r}")
         recipes[name.strip()] = (parts[0].strip(), parts[1].strip(), int(parts[2]), parts[3].strip())
     return recipes
 
@@ -199,22 +201,22 @@ def verdict_table(runs, base):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--work", default=work, help="where the demos, caches and runs go")
+    add_flag(p, "--work", default=work)
     p.add_argument("--recipes", default=",".join(list(RECIPES) + [ORACLE]), help="comma-separated, from: "
-                   + ", ".join(list(RECIPES) + [ORACLE]) + " and --try names")
-    p.add_argument("--try", dest="tries", action="append", default=[], metavar="NAME=MODELS|ARGS|ROUNDS|PL_NORM",
+                   + ", ".join(list(RECIPES) + [ORACLE]) + " and --add-recipe names")
+    p.add_argument("--add-recipe", dest="tries", action="append", default=[], metavar="NAME=MODELS|ARGS|ROUNDS|PL_NORM",
                    help="another recipe, e.g. \"demo-minmax=models-demo.csv|--preset demo|3|minmax\"")
     p.add_argument("--base", default=ORACLE, help="the recipe the others are held against")
     p.add_argument("--demos", default=demos, help="demo_data.py seeds of the generated demos")
-    p.add_argument("--seeds", default=seeds, help="training seeds")
-    p.add_argument("--epochs", type=int, default=epochs, help="epochs of every run (the oracle's too)")
-    p.add_argument("--per-species", type=int, default=30, help="demo size: training recordings per species")
-    p.add_argument("--test", type=int, default=60, help="demo size: test soundscapes (12 windows each)")
-    p.add_argument("--unlabeled", type=int, default=60, help="demo size: unlabeled soundscapes")
+    add_flag(p, "--seeds", default=seeds)
+    add_flag(p, "--epochs", default=epochs)
+    add_flag(p, "--per-species", default=30)
+    add_flag(p, "--test", default=60)
+    add_flag(p, "--unlabeled", default=60)
     p.add_argument("--oracle", default=oracle, help="the one-file script")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads in all")
-    p.add_argument("--jobs", type=int, help="runs side by side, threads shared (default: min(2, threads))")
-    p.add_argument("--quick", action="store_true", help="smoke test: one tiny demo, 1 seed, 1 epoch, tiny models")
+    add_flag(p, "--threads", default=os.cpu_count() or 2)
+    add_flag(p, "--jobs")
+    add_flag(p, "--quick")
     p.add_argument("--quick-args", default="--max-train-files 16 --image-height 32 --image-width 32 --n-mels 32 "
                    "--batch-size 8 --soup-start 1", help=argparse.SUPPRESS)
     return p.parse_args(argv)

@@ -6,7 +6,7 @@ projected hours of the seed's whole cycle at BirdCLEF 2024 size (24,459 recordin
 per model, 3 rounds, 2 pseudo-label rounds over prep's 20,000 cached windows). Random weights: speed only.
 
     python bench/gpu.py                                  # the GPU, models.csv (make bench-gpu)
-    python bench/gpu.py --gpus 4                         # ... projected with the models spread over 4 GPUs
+    python bench/gpu.py --n-gpus 4                         # ... projected with the models spread over 4 GPUs
     python bench/gpu.py --device cpu --steps 1 --batches 2 --batch-size 8 --pseudo-batch-size 8  # small, anywhere
     make bench-gpu DEVICE=cpu
 
@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -28,8 +27,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 import pseudo  # noqa: E402
 import train  # noqa: E402
-from common import (WINDOW_SAMPLES, BirdNet, HelpFormatter, MelSettings, read_models_table,  # noqa: E402
-                    run_main)
+from common import WINDOW_SAMPLES, MelEfficientNet, HelpFormatter, MelSettings, read_models_table  # noqa: E402
+from flags import add_flag
+from errors import run_main  # noqa: E402
 from devices import pick_device  # noqa: E402
 from train_speed import loader_speed, train_speed  # noqa: E402
 
@@ -72,7 +72,7 @@ def pseudo_speed(table, device, n_batches, batch=pseudo.batch_windows):
         torch.manual_seed(int(model_id))
         config = dict(mel_settings=vars(MelSettings(n_mels=int(row["n_mels"]), hop_length=int(row["hop_length"]))),
                       classes=[str(c) for c in range(classes_2024)])
-        soups.append((config, BirdNet(classes_2024, int(row["image_height"]), int(row["image_width"]))))
+        soups.append((config, MelEfficientNet(classes_2024, int(row["image_height"]), int(row["image_width"]))))
     engine = pseudo.SoupEngine(soups, device)
     waves = torch.randn(batch, WINDOW_SAMPLES) * 0.1
     engine(waves[:8])  # warm-up
@@ -103,16 +103,16 @@ def describe(device):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--device", default="auto", help="auto (CUDA, then Apple's MPS, then CPU), cuda, cuda:1, cpu")
-    p.add_argument("--models", default=models, help="models table")
-    p.add_argument("--steps", type=int, default=steps, help="timed training steps per model")
+    add_flag(p, "--device", default="auto")
+    add_flag(p, "--models", default=models)
+    add_flag(p, "--steps", default=steps)
     p.add_argument("--batches", type=int, default=batches, help="timed loader batches")
     p.add_argument("--pseudo-batches", type=int, default=pseudo_batches, help="timed pseudo-labelling batches")
-    p.add_argument("--batch-size", type=int, default=train.batch_size, help="training batch")
+    add_flag(p, "--batch-size", default=train.batch_size)
     p.add_argument("--pseudo-batch-size", type=int, default=pseudo.batch_windows, help="windows per pseudo-labelling "
                    "batch (pseudo.py's on a GPU)")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs the projection spreads a round's models over")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads for torch")
+    p.add_argument("--n-gpus", type=int, default=1, help="GPUs the projection spreads a round's models over")
+    add_flag(p, "--threads", default=os.cpu_count() or 2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -122,8 +122,8 @@ def main(argv=None):
     figures = measure_models(table, device, args.steps, args.batches, args.batch_size)
     windows_per_s = pseudo_speed(table, device, args.pseudo_batches, args.pseudo_batch_size)
     print(f"pseudo-labelling, {len(table)} models: {windows_per_s:.1f} windows/s", flush=True)
-    hours, model_hours, pseudo_hours = projected_hours(table, figures, windows_per_s, args.gpus)
-    print(f"projected, the seed's cycle at BirdCLEF 2024 size on {args.gpus} x {describe(device)}: {hours:.1f} h "
+    hours, model_hours, pseudo_hours = projected_hours(table, figures, windows_per_s, args.n_gpus)
+    print(f"projected, the seed's cycle at BirdCLEF 2024 size on {args.n_gpus} x {describe(device)}: {hours:.1f} h "
           f"(training {model_hours:.1f} h per round in all, one pseudo-label round {pseudo_hours:.2f} h; prep, "
           f"soups and exports run on the CPU: make bench-scale)")
     ratio = min(loader / speed for speed, loader in figures.values())

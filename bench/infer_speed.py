@@ -23,8 +23,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import infer  # noqa: E402
 from demo_data import write_ogg  # noqa: E402
-from common import (BirdNet, HelpFormatter, MelFrontEnd, MelSettings, export_artifact, read_models_table,  # noqa: E402
-                    save_json)
+from common import MelEfficientNet, HelpFormatter, MelFrontEnd, MelSettings, read_models_table  # noqa: E402
+from flags import add_flag
+from export import export_artifact  # noqa: E402
+from files import save_json  # noqa: E402
 
 N_CLASSES = 182
 SECONDS = 240
@@ -34,7 +36,7 @@ def build_ensemble(folder, table):
     models = {}
     for model_id, row in table.iterrows():
         torch.manual_seed(int(model_id))
-        model = BirdNet(N_CLASSES, int(row["image_height"]), int(row["image_width"])).eval()
+        model = MelEfficientNet(N_CLASSES, int(row["image_height"]), int(row["image_width"])).eval()
         settings = MelSettings(n_mels=int(row["n_mels"]), hop_length=int(row["hop_length"]))
         name = f"model{model_id}"
         export_artifact(model, settings, [f"c{i}" for i in range(N_CLASSES)], folder, name, value=0.7)
@@ -60,12 +62,12 @@ def eager_loop(paths, models):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads")
+    add_flag(p, "--threads", default=os.cpu_count() or 2)
     p.add_argument("--files", type=int, default=4, help="synthetic 4-minute soundscapes")
-    p.add_argument("--backend", default="auto", choices=["auto", "openvino", "onnx", "torch"], help="infer.py backend")
-    p.add_argument("--models", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    add_flag(p, "--backend", default="auto")
+    add_flag(p, "--models", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                     "models.csv"))
-    p.add_argument("--precision", default="auto", choices=["auto", "f32", "bf16"], help="infer.py --precision")
+    add_flag(p, "--precision", default="auto")
     p.add_argument("--repeats", type=int, default=3, help="interleaved runs of both; medians are reported")
     p.add_argument("--no-eager", action="store_true", help="skip the eager baseline")
     args = p.parse_args()

@@ -33,8 +33,11 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import infer  # noqa: E402
 import pseudo  # noqa: E402
-from common import (BirdNet, CachePaths, HelpFormatter, MelSettings, TrainingSet, export_artifact,  # noqa: E402
-                    load_classes, read_models_table, read_rows, save_json, target_matrix)
+from common import (MelEfficientNet, CachePaths, HelpFormatter, MelSettings, TrainingSet, load_classes,  # noqa: E402
+                    read_models_table, read_rows, target_matrix)
+from flags import add_flag
+from export import export_artifact  # noqa: E402
+from files import save_json  # noqa: E402
 from demo_data import write_ogg  # noqa: E402
 from train_speed import train_speed  # noqa: E402
 
@@ -102,103 +105,126 @@ def seed_ensemble(folder, classes):
     table = read_models_table(os.path.join(ROOT, "models.csv"))
     for model_id, row in table.iterrows():
         torch.manual_seed(int(model_id))
-        export_artifact(BirdNet(len(classes), int(row["image_height"]), int(row["image_width"])),
+        export_artifact(MelEfficientNet(len(classes), int(row["image_height"]), int(row["image_width"])),
                         MelSettings(n_mels=int(row["n_mels"]), hop_length=int(row["hop_length"])), classes, folder,
                         f"model{model_id}", value=0.7)
     save_json(infer.ensemble_manifest([f"model{i}" for i in table.index]), os.path.join(folder, "manifest.json"))
     return table
 
 
+def measure_prep(root, size, threads, figures):
+    """prep.py on the dataset at full and quarter size: {label: cache folder}; seconds, RSS and GB into figures."""
+    caches = {}
+    for label, fraction in (("full", 1), ("quarter", 4)):
+        data = os.path.join(root, f"data-{label}")
+        build_dataset(data, size["rows"] // fraction, size["classes"], size["soundscapes"] // fraction)
+        cache = os.path.join(root, f"cache-{label}")
+        seconds, rss = run_measured([sys.executable, os.path.join(ROOT, "prep.py"), "--data", data, "--out", cache,
+                                     "--threads", str(threads)])
+        caches[label] = cache
+        figures[f"prep_{label}"] = (seconds, rss, folder_gb(cache))
+        print(f"prep {label}: {size['rows'] // fraction:,} rows, {size['soundscapes'] // fraction:,} "
+              f"soundscapes: {seconds:.0f} s, peak RSS {rss:.2f} GB, cache {folder_gb(cache):.1f} GB", flush=True)
+    return caches
+
+
+def measure_training(cache, classes):
+    """(64x128 samples/s, 256x256 samples/s, the loader's samples/s on the real cache)."""
+    small = train_speed(64, 128, 64, 1024, 64, 3, len(classes))
+    large = train_speed(256, 256, 128, 512, 16, 2, len(classes))
+    rows = read_rows(cache.rows)
+    dataset = TrainingSet(np.load(cache.audio, mmap_mode="r"), target_matrix(rows, classes), np.arange(len(rows)))
+    began, seen = time.perf_counter(), 0
+    for i, (waves, _) in enumerate(dataset.epoch(1, 64)):
+        seen += len(waves)
+        if i == 15:
+            break
+    loader = seen / (time.perf_counter() - began)
+    print(f"training step: 64x128 {small:.1f} samples/s, 256x256 {large:.1f} samples/s; "
+          f"loader on the cache {loader:.0f} samples/s", flush=True)
+    return small, large, loader
+
+
+def measure_pseudo(root, caches, classes, windows, threads, figures):
+    """Seconds per 1,000 windows of the seed's six models per backend, and pseudo.py's time and memory at both
+    sizes (one small model) into figures. Returns ({backend: s per 1,000}, the models table)."""
+    cache = CachePaths(caches["full"])
+    n_windows = len(np.load(cache.unlabeled_audio, mmap_mode="r"))
+    ensemble = os.path.join(root, "ensemble")
+    table = seed_ensemble(ensemble, classes)
+    rows_timed = np.arange(min(windows, n_windows))
+    per_1000 = {}
+    for backend in infer.available_backends(ensemble, infer.read_specs(ensemble)):
+        engine = pseudo.ExportedEngine(ensemble, backend, threads)
+        pseudo.label_windows(engine, cache.unlabeled_audio, rows_timed[:16], show=False)  # warm-up
+        began = time.perf_counter()
+        pseudo.label_windows(engine, cache.unlabeled_audio, rows_timed, show=False)
+        per_1000[backend] = (time.perf_counter() - began) / len(rows_timed) * 1000
+        print(f"pseudo-labelling, six models, {backend}: {per_1000[backend]:.1f} s per 1,000 windows", flush=True)
+    tiny = os.path.join(root, "tiny-ensemble")  # pseudo.py's memory at both sizes, with one small model
+    export_artifact(MelEfficientNet(len(classes), 64, 64), MelSettings(n_mels=64, hop_length=1024), classes, tiny,
+                    "m")
+    save_json(infer.ensemble_manifest(["m"]), os.path.join(tiny, "manifest.json"))
+    for label in ("full", "quarter"):
+        seconds, rss = run_measured([sys.executable, os.path.join(ROOT, "pseudo.py"), "--ensemble", tiny, "--cache",
+                                     caches[label], "--out", os.path.join(root, f"pseudo-{label}.npz"),
+                                     "--threads", str(threads), "--device", "cpu"])
+        figures[f"pseudo_{label}"] = (seconds, rss)
+        cached = len(np.load(CachePaths(caches[label]).unlabeled_audio, mmap_mode="r"))
+        print(f"pseudo.py {label} ({cached:,} cached windows, one 64x64 model): {seconds:.0f} s, "
+              f"peak RSS {rss:.2f} GB", flush=True)
+    return per_1000, table, n_windows
+
+
+def project(table, small, large, per_1000, n_windows, rows, prep_seconds):
+    """[(step, seconds)] of the seed's cycle: 3 rounds x 6 models x 50 epochs over the training rows, 2
+    pseudo-label rounds; seconds per sample interpolated by image pixels between the two measured sizes."""
+    epochs = 50
+    per_sample = {}
+    for h, w in {(int(r["image_height"]), int(r["image_width"])) for _, r in table.iterrows()}:
+        share = (h * w - 64 * 128) / (256 * 256 - 64 * 128)
+        per_sample[(h, w)] = max(1 / small, (1 - share) / small + share / large)
+    fastest = min(per_1000, key=per_1000.get)
+    steps = [("prep (measured)", prep_seconds)]
+    for r in (1, 2, 3):
+        for model_id, row in table.iterrows():
+            h, w = int(row["image_height"]), int(row["image_width"])
+            steps.append((f"round {r} model {model_id} ({h}x{w}), {epochs} epochs",
+                          epochs * rows * 0.8 * per_sample[(h, w)]))
+        if r < 3:
+            steps.append((f"pseudo{r}: {n_windows:,} windows, six models, {fastest}",
+                          n_windows * per_1000[fastest] / 1000))
+    return steps
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads")
-    p.add_argument("--quick", action="store_true", help=f"a small dataset ({QUICK}) for a smoke test")
+    add_flag(p, "--threads", default=os.cpu_count() or 2)
+    add_flag(p, "--quick")
     p.add_argument("--root", help="folder to build in (kept); default: a temporary folder, removed after")
     p.add_argument("--windows", type=int, default=200, help="cached windows timed per pseudo-label backend")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     size = QUICK if args.quick else FULL
     root = args.root or tempfile.mkdtemp(prefix="birdclef-scale-")
-    py, figures = sys.executable, {}
+    figures = {}
     try:
-        caches = {}
-        for label, fraction in (("full", 1), ("quarter", 4)):
-            data = os.path.join(root, f"data-{label}")
-            build_dataset(data, size["rows"] // fraction, size["classes"], size["soundscapes"] // fraction)
-            cache = os.path.join(root, f"cache-{label}")
-            seconds, rss = run_measured([py, os.path.join(ROOT, "prep.py"), "--data", data, "--out", cache,
-                                         "--threads", str(args.threads)])
-            caches[label] = cache
-            figures[f"prep_{label}"] = (seconds, rss, folder_gb(cache))
-            print(f"prep {label}: {size['rows'] // fraction:,} rows, {size['soundscapes'] // fraction:,} "
-                  f"soundscapes: {seconds:.0f} s, peak RSS {rss:.2f} GB, cache {folder_gb(cache):.1f} GB", flush=True)
-
+        caches = measure_prep(root, size, args.threads, figures)
         cache = CachePaths(caches["full"])
         classes = load_classes(cache.classes)
-        n_windows = len(np.load(cache.unlabeled_audio, mmap_mode="r"))
-        small = train_speed(64, 128, 64, 1024, 64, 3, len(classes))
-        large = train_speed(256, 256, 128, 512, 16, 2, len(classes))
-        rows = read_rows(cache.rows)
-        dataset = TrainingSet(np.load(cache.audio, mmap_mode="r"), target_matrix(rows, classes), np.arange(len(rows)))
-        began, seen = time.perf_counter(), 0
-        for i, (waves, _) in enumerate(dataset.epoch(1, 64)):
-            seen += len(waves)
-            if i == 15:
-                break
-        loader = seen / (time.perf_counter() - began)
-        print(f"training step: 64x128 {small:.1f} samples/s, 256x256 {large:.1f} samples/s; "
-              f"loader on the cache {loader:.0f} samples/s", flush=True)
-
-        ensemble = os.path.join(root, "ensemble")
-        table = seed_ensemble(ensemble, classes)
-        rows_timed = np.arange(min(args.windows, n_windows))
-        per_1000 = {}
-        for backend in infer.available_backends(ensemble, infer.read_specs(ensemble)):
-            engine = pseudo.ExportedEngine(ensemble, backend, args.threads)
-            pseudo.label_windows(engine, cache.unlabeled_audio, rows_timed[:16], show=False)  # warm-up
-            began = time.perf_counter()
-            pseudo.label_windows(engine, cache.unlabeled_audio, rows_timed, show=False)
-            per_1000[backend] = (time.perf_counter() - began) / len(rows_timed) * 1000
-            print(f"pseudo-labelling, six models, {backend}: {per_1000[backend]:.1f} s per 1,000 windows", flush=True)
-
-        tiny = os.path.join(root, "tiny-ensemble")  # pseudo.py's memory at both sizes, with one small model
-        export_artifact(BirdNet(len(classes), 64, 64), MelSettings(n_mels=64, hop_length=1024), classes, tiny, "m")
-        save_json(infer.ensemble_manifest(["m"]), os.path.join(tiny, "manifest.json"))
-        for label in ("full", "quarter"):
-            seconds, rss = run_measured([py, os.path.join(ROOT, "pseudo.py"), "--models", tiny, "--cache",
-                                         caches[label], "--out", os.path.join(root, f"pseudo-{label}.npz"),
-                                         "--threads", str(args.threads), "--device", "cpu"])
-            figures[f"pseudo_{label}"] = (seconds, rss)
-            cached = len(np.load(CachePaths(caches[label]).unlabeled_audio, mmap_mode="r"))
-            print(f"pseudo.py {label} ({cached:,} cached windows, one 64x64 model): {seconds:.0f} s, "
-                  f"peak RSS {rss:.2f} GB", flush=True)
+        small, large, _ = measure_training(cache, classes)
+        per_1000, table, n_windows = measure_pseudo(root, caches, classes, args.windows, args.threads, figures)
     finally:
         if not args.root:
             shutil.rmtree(root, ignore_errors=True)
-
-    # the seed's cycle: 3 rounds x 6 models x 50 epochs over the training rows, 2 pseudo-label rounds
-    epochs, full_rows = 50, size["rows"]
-    pixels = {(int(r["image_height"]), int(r["image_width"])) for _, r in table.iterrows()}
-    per_sample = {}  # seconds per training sample, interpolated by image pixels between the two measured sizes
-    for h, w in pixels:
-        share = (h * w - 64 * 128) / (256 * 256 - 64 * 128)
-        per_sample[(h, w)] = max(1 / small, (1 - share) / small + share / large)
+    steps = project(table, small, large, per_1000, n_windows, size["rows"], figures["prep_full"][0])
     fastest = min(per_1000, key=per_1000.get)
-    steps = [("prep (measured)", figures["prep_full"][0])]
-    for r in (1, 2, 3):
-        for model_id, row in table.iterrows():
-            h, w = int(row["image_height"]), int(row["image_width"])
-            steps.append((f"round {r} model {model_id} ({h}x{w}), {epochs} epochs",
-                          epochs * full_rows * 0.8 * per_sample[(h, w)]))
-        if r < 3:
-            steps.append((f"pseudo{r}: {n_windows:,} windows, six models, {fastest}", n_windows * per_1000[fastest] / 1000))
-    total = sum(s for _, s in steps)
-    print(f"\nprojected on this machine ({args.threads} threads, CPU), {full_rows:,} rows x {epochs} epochs per model "
+    print(f"\nprojected on this machine ({args.threads} threads, CPU), {size['rows']:,} rows x 50 epochs per model "
           f"(80% train):")
     print("| step | hours |\n|---|---|")
     for name, seconds in steps:
         print(f"| {name} | {seconds / 3600:.2f} |")
-    print(f"| whole cycle | {total / 3600:.1f} |")
+    print(f"| whole cycle | {sum(s for _, s in steps) / 3600:.1f} |")
     print(f"scale prep_s={figures['prep_full'][0]:.0f} prep_rss_gb={figures['prep_full'][1]:.2f}/"
           f"{figures['prep_quarter'][1]:.2f} cache_gb={figures['prep_full'][2]:.1f} "
           f"pseudo_round_min={n_windows * per_1000[fastest] / 1000 / 60:.1f} ({fastest}) "

@@ -21,7 +21,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import infer  # noqa: E402
-from common import HelpFormatter, macro_roc_auc  # noqa: E402
+from common import HelpFormatter  # noqa: E402
+from flags import add_flag
+from metrics import macro_roc_auc  # noqa: E402
 
 
 def score_round(ensemble_dir, paths, labels, pp_weight, backend="torch", precision="f32"):
@@ -45,14 +47,14 @@ def score_round(ensemble_dir, paths, labels, pp_weight, backend="torch", precisi
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--work", default="work/demo", help="WORK of the finished cycle")
-    p.add_argument("--audio", default="data/demo/test_soundscapes", help="labelled soundscapes")
-    p.add_argument("--labels", default="data/demo-test-labels.csv", help="labels, sample_submission format")
+    add_flag(p, "--work", default="work/demo")
+    add_flag(p, "--audio", default="data/demo/test_soundscapes")
+    add_flag(p, "--labels", default="data/demo-test-labels.csv")
     p.add_argument("--rounds", default="1,2,3", help="rounds to score")
-    p.add_argument("--pp-weight", type=float, default=0.5, help="neighbour smoothing weight")
-    p.add_argument("--backend", default="torch", choices=["auto", "openvino", "onnx", "torch"], help="infer.py's")
-    p.add_argument("--precision", default="f32", choices=["auto", "f32", "bf16"], help="infer.py's (OpenVINO)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads")
+    add_flag(p, "--pp-weight", default=0.5)
+    add_flag(p, "--backend", default="torch")
+    add_flag(p, "--precision", default="f32")
+    add_flag(p, "--threads", default=os.cpu_count() or 2)
     p.add_argument("--birdnet", metavar="DATA", help="also score BirdNET alone (teacher.py), with the scientific "
                    "names of this dataset folder")
     args = p.parse_args()

@@ -1,7 +1,7 @@
 """Which blend of the teacher (BirdNET) and the ensemble makes the best pseudo labels, measured on real birds.
 
     python bench/teacher_blend.py                       # build the site, train, label, print the table
-    python bench/teacher_blend.py --work work/teacher-blend --epochs 8 --soundscapes 20
+    python bench/teacher_blend.py --work work/teacher-blend --epochs 8 --site-soundscapes 20
 
 The demo's species are synthetic, so BirdNET covers none of them. This builds a site that mixes them with real
 recordings that pip packages ship, covered by BirdNET by scientific name:
@@ -40,8 +40,11 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 import pseudo  # noqa: E402
 import teacher  # noqa: E402
-from common import (SAMPLE_RATE, WINDOW_SAMPLES, CachePaths, HelpFormatter, UserError, cmap,  # noqa: E402
-                    macro_roc_auc, read_audio, read_models_table, run_main)
+from common import (SAMPLE_RATE, WINDOW_SAMPLES, CachePaths, HelpFormatter, read_audio,  # noqa: E402
+                    read_models_table)
+from flags import add_flag
+from errors import UserError, run_main  # noqa: E402
+from metrics import cmap, macro_roc_auc  # noqa: E402
 from demo_data import make_demo, write_ogg  # noqa: E402
 from soup import bundle  # noqa: E402
 
@@ -92,7 +95,7 @@ def build_site(site, args):
     labels_path = site.rstrip("/") + "-test-labels.csv"
     if os.path.isfile(os.path.join(site, "taxonomy.csv")) and os.path.isfile(labels_path):
         return labels_path
-    make_demo(site, per_species=args.per_species, n_unlabeled=0, n_test=args.soundscapes)
+    make_demo(site, per_species=args.per_species, n_unlabeled=0, n_test=args.site_soundscapes)
     rng = np.random.default_rng(0)
     data = pykanto_data()
     meta = pd.read_csv(os.path.join(site, "train_metadata.csv"))
@@ -169,14 +172,14 @@ def score(probs, truth, columns):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--work", default=work, help="where the site, the cache, the models and the labels go")
-    p.add_argument("--models", default=models, help="models table: its round-1 models form the ensemble")
-    p.add_argument("--epochs", type=int, default=epochs, help="training epochs")
-    p.add_argument("--per-species", type=int, default=per_species, help="demo training recordings per species")
-    p.add_argument("--soundscapes", type=int, default=n_soundscapes, help="one-minute site soundscapes")
+    add_flag(p, "--work", default=work)
+    add_flag(p, "--models", default=models)
+    add_flag(p, "--epochs", default=epochs)
+    add_flag(p, "--per-species", default=per_species)
+    p.add_argument("--site-soundscapes", type=int, default=n_soundscapes, help="one-minute site soundscapes")
     p.add_argument("--call-chance", type=float, default=call_chance, help="chance of a real call per soundscape "
                    "and species")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads")
+    add_flag(p, "--threads", default=os.cpu_count() or 2)
     args = p.parse_args(argv)
     began = time.time()
     teacher.birdnet_files()  # fails early, with how to install, when BirdNET is missing

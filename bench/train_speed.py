@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import (WINDOW_SAMPLES, AugmentChances, BirdNet, HelpFormatter, MelFrontEnd, MelSettings,  # noqa: E402
+from common import (WINDOW_SAMPLES, AugmentChances, MelEfficientNet, HelpFormatter, MelFrontEnd, MelSettings,  # noqa: E402
                     TrainingSet, augment, bce_focal_loss)
+from flags import add_flag
 
 
 class FakePseudo:
@@ -47,7 +48,7 @@ def train_speed(height, width, n_mels, hop, batch, steps, n_classes=182, device=
     device = torch.device(device)
     torch.manual_seed(0)
     mel = MelFrontEnd(MelSettings(n_mels=n_mels, hop_length=hop)).to(device)
-    model = BirdNet(n_classes, height, width).to(device).to(memory_format=torch.channels_last)
+    model = MelEfficientNet(n_classes, height, width).to(device).to(memory_format=torch.channels_last)
     model.channels_last = True
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -99,8 +100,8 @@ def loader_speed(folder, batch, batches, workers=0, threads=False, n_classes=182
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads")
-    p.add_argument("--steps", type=int, default=5, help="timed training steps per model")
+    add_flag(p, "--threads", default=os.cpu_count() or 2)
+    add_flag(p, "--steps", default=5)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="loader workers to measure")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

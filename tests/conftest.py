@@ -9,6 +9,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import common  # noqa: E402
+import files  # noqa: E402
+import export  # noqa: E402
 import demo_data  # noqa: E402
 import infer  # noqa: E402
 import prep  # noqa: E402
@@ -35,11 +37,11 @@ def export_tiny_ensemble(folder, classes, specs):
     names = []
     for name, n_mels, hop, h, w, value in specs:
         torch.manual_seed(len(names))
-        model = common.BirdNet(len(classes), h, w)
-        common.export_artifact(model, common.MelSettings(n_mels=n_mels, hop_length=hop), classes, folder, name,
+        model = common.MelEfficientNet(len(classes), h, w)
+        export.export_artifact(model, common.MelSettings(n_mels=n_mels, hop_length=hop), classes, folder, name,
                                value=value)
         names.append(name)
-    common.save_json(infer.ensemble_manifest(names), os.path.join(folder, "manifest.json"))
+    files.save_json(infer.ensemble_manifest(names), os.path.join(folder, "manifest.json"))
     return folder
 
 

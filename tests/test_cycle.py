@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import common
+import errors
 import pseudo
 import soup
 from common import CachePaths, PseudoWindows, TrainingSet, mix_pseudo
@@ -53,7 +54,7 @@ def test_mixing_rule_is_exact():
 
 @pytest.fixture(scope="module")
 def pseudo_file(cache_dir, tiny_ensemble, tmp_path_factory):
-    """Every window of the unlabeled soundscapes (--soundscapes), minmax-normalised."""
+    """Every window of the unlabeled soundscapes (--soundscapes), minmax-normalized."""
     out = str(tmp_path_factory.mktemp("pseudo") / "pseudo1.npz")
     folder = os.path.dirname(pd.read_csv(CachePaths(cache_dir).unlabeled)["path"][0])
     pseudo.pseudo_label_soundscapes(tiny_ensemble, folder, out, "minmax", 2)
@@ -97,13 +98,13 @@ def test_pseudo_labels_of_every_window_of_given_files(cache_dir, pseudo_file):
 
 
 def test_pl_norm():
-    with pytest.raises(common.UserError):  # an unknown name is an error, not minmax
-        pseudo.normalise(np.zeros((2, 2), np.float32), "median")
+    with pytest.raises(errors.UserError):  # an unknown name is an error, not minmax
+        pseudo.normalize_pseudo_labels(np.zeros((2, 2), np.float32), "median")
     probs = np.array([[0.2, 0.5], [0.4, 0.5], [0.3, 0.5]], dtype=np.float32)
-    assert np.allclose(pseudo.normalise(probs, "minmax"), [[0, 0], [1, 0], [0.5, 0]])
-    assert np.array_equal(pseudo.normalise(probs, "none"), probs)
+    assert np.allclose(pseudo.normalize_pseudo_labels(probs, "minmax"), [[0, 0], [1, 0], [0.5, 0]])
+    assert np.array_equal(pseudo.normalize_pseudo_labels(probs, "none"), probs)
     # floor: the class median goes to 0, 1 stays 1, below the median clips to 0
-    floor = pseudo.normalise(np.array([[0.2, 1.0], [0.6, 0.5], [0.4, 0.0]], dtype=np.float32), "floor")
+    floor = pseudo.normalize_pseudo_labels(np.array([[0.2, 1.0], [0.6, 0.5], [0.4, 0.0]], dtype=np.float32), "floor")
     assert np.allclose(floor, [[0, 1], [(0.6 - 0.4) / 0.6, 0], [0, 0]])
 
 
@@ -267,7 +268,7 @@ def test_numeric_labels_from_prep_to_submission(demo_dir, tmp_path):
     ensemble = str(tmp_path / "ensemble")
     soup.bundle(ensemble, [model_dir])
     out = tmp_path / "submission.csv"
-    result = run_alone(tmp_path, "--models", ensemble, "--audio", str(root / "test_soundscapes"), "--out", str(out),
+    result = run_alone(tmp_path, "--ensemble", ensemble, "--audio", str(root / "test_soundscapes"), "--out", str(out),
                        "--backend", "torch", "--threads", "2")
     assert result.returncode == 0, result.stderr
     with open(out) as f:
@@ -300,7 +301,7 @@ def test_torchrun_pseudo_labels_equal_a_single_process(cache_dir, tiny_ensemble,
     pseudo.pseudo_label(tiny_ensemble, cache_dir, single, "floor", 1, backend="torch", batch=2)
     merged = str(tmp_path / "merged.npz")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             os.path.join(ROOT, "pseudo.py"), "--models", tiny_ensemble, "--cache", cache_dir,
+                             os.path.join(ROOT, "pseudo.py"), "--ensemble", tiny_ensemble, "--cache", cache_dir,
                              "--out", merged, "--threads", "1", "--backend", "torch", "--batch", "2",
                              "--device", "cpu"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -92,7 +92,7 @@ def test_claims_wait_for_a_free_gpu_and_release(tmp_path):
 
 def test_make_bench_gpu_on_cpu_prints_its_figures():
     """make bench-gpu DEVICE=cpu, small: a line per model, pseudo-labelling, the projection, then the last line."""
-    small = "--steps 1 --batches 2 --batch-size 8 --pseudo-batches 1 --pseudo-batch-size 8 --gpus 2"
+    small = "--steps 1 --batches 2 --batch-size 8 --pseudo-batches 1 --pseudo-batch-size 8 --n-gpus 2"
     result = subprocess.run(["make", "--no-print-directory", "-C", ROOT, "bench-gpu", "DEVICE=cpu", "THREADS=2",
                              f"PY={sys.executable}", "MODELS=models-demo.csv", f"BENCH_GPU_ARGS={small}"],
                             capture_output=True, text=True, timeout=600)

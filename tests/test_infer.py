@@ -11,6 +11,8 @@ import soundfile as sf
 import torch
 
 import common
+import files
+import export
 import infer
 import demo_data
 from helpers import one_line_error, run_alone
@@ -41,7 +43,7 @@ def expected_ids(audio_dir):
 
 def test_pasted_alone_writes_a_valid_submission(tiny_ensemble, audio_dir, tmp_path):
     out = tmp_path / "submission.csv"
-    result = run_alone(tmp_path, "--models", tiny_ensemble, "--audio", audio_dir, "--out", str(out),
+    result = run_alone(tmp_path, "--ensemble", tiny_ensemble, "--audio", audio_dir, "--out", str(out),
                        "--threads", "2", "--backend", "torch")
     assert result.returncode == 0, result.stderr
     sub = pd.read_csv(out)
@@ -69,11 +71,11 @@ def test_neighbour_smoothing_math():
 def test_exported_model_equals_training_model(tmp_path, cache_dir):
     classes = common.load_classes(common.CachePaths(cache_dir).classes)
     torch.manual_seed(3)
-    model = common.BirdNet(len(classes), 32, 64)
+    model = common.MelEfficientNet(len(classes), 32, 64)
     model.eval()
     settings = common.MelSettings(n_mels=48, hop_length=1024)
-    common.export_artifact(model, settings, classes, str(tmp_path), "m")
-    common.save_json(infer.ensemble_manifest(["m"]), str(tmp_path / "manifest.json"))
+    export.export_artifact(model, settings, classes, str(tmp_path), "m")
+    files.save_json(infer.ensemble_manifest(["m"]), str(tmp_path / "manifest.json"))
     networks, front_end, _, _ = infer.load_ensemble(str(tmp_path), "torch", 2)
     waves = torch.from_numpy(np.random.default_rng(0).standard_normal((5, common.WINDOW_SAMPLES)).astype(np.float32))
     with torch.no_grad():
@@ -88,8 +90,8 @@ def test_mels_that_share_n_fft_share_one_stft(tmp_path):
                 common.MelSettings(n_mels=48, hop_length=1024),
                 common.MelSettings(n_mels=32, hop_length=512, n_fft=1024)]
     for i, s in enumerate(settings):
-        common.export_artifact(common.BirdNet(3, 32, 32), s, ["a", "b", "c"], str(tmp_path), f"m{i}")
-    common.save_json(infer.ensemble_manifest([f"m{i}" for i in range(len(settings))]), str(tmp_path / "manifest.json"))
+        export.export_artifact(common.MelEfficientNet(3, 32, 32), s, ["a", "b", "c"], str(tmp_path), f"m{i}")
+    files.save_json(infer.ensemble_manifest([f"m{i}" for i in range(len(settings))]), str(tmp_path / "manifest.json"))
     _, front_end, _, _ = infer.load_ensemble(str(tmp_path), "torch", 2)
     assert sorted(front_end.spectrograms) == [(1024, 512), (2048, 512)]  # (n_fft, hop): one STFT each
     assert [stride for _, stride, _ in front_end.mels.values()] == [1, 2, 2, 1]
@@ -119,12 +121,12 @@ def test_backends_agree(tmp_path, cache_dir, demo_dir, monkeypatch):
     monkeypatch.setattr(infer, "network_pixels", 2 * 32 * 64)
     classes = common.load_classes(common.CachePaths(cache_dir).classes)
     torch.manual_seed(4)
-    model = common.BirdNet(len(classes), 32, 64).eval()
+    model = common.MelEfficientNet(len(classes), 32, 64).eval()
     with torch.no_grad():  # an untrained net saturates its sigmoids; bring logits into the sensitive range
         model.head.weight.mul_(0.2 / model.head.weight.abs().sum(1, keepdim=True).mean())
     settings = common.MelSettings(n_mels=32, hop_length=1024)
-    common.export_artifact(model, settings, classes, str(tmp_path), "m")
-    common.save_json(infer.ensemble_manifest(["m"]), str(tmp_path / "manifest.json"))
+    export.export_artifact(model, settings, classes, str(tmp_path), "m")
+    files.save_json(infer.ensemble_manifest(["m"]), str(tmp_path / "manifest.json"))
     paths = infer.list_audio(os.path.join(demo_dir, "test_soundscapes"))
     outputs = {}
     torch.set_num_threads(2)
@@ -157,7 +159,7 @@ def test_backends_agree(tmp_path, cache_dir, demo_dir, monkeypatch):
 
 def test_tiny_budget_drops_models_and_writes_every_row(tiny_ensemble, audio_dir, tmp_path):
     out = tmp_path / "sub.csv"
-    result = run_alone(tmp_path, "--models", tiny_ensemble, "--audio", audio_dir, "--out", str(out),
+    result = run_alone(tmp_path, "--ensemble", tiny_ensemble, "--audio", audio_dir, "--out", str(out),
                        "--threads", "2", "--backend", "torch", "--budget-min", "0.0001")
     assert result.returncode == 0, result.stderr
     assert "dropping model" in result.stderr
@@ -175,7 +177,7 @@ def test_corrupt_file_warns_and_gets_neutral_rows(tiny_ensemble, audio_dir, tmp_
     with open(folder / "cut.flac", "r+b") as f:
         f.truncate(os.path.getsize(folder / "cut.flac") // 10)  # ... but a tenth of the data: it decodes short
     out = tmp_path / "sub.csv"
-    result = run_alone(tmp_path, "--models", tiny_ensemble, "--audio", str(folder), "--out", str(out),
+    result = run_alone(tmp_path, "--ensemble", tiny_ensemble, "--audio", str(folder), "--out", str(out),
                        "--threads", "2", "--backend", "torch")
     assert result.returncode == 0, result.stderr
     assert "broken.ogg" in result.stderr and "unreadable" in result.stderr
@@ -224,7 +226,7 @@ def test_file_damaged_partway_is_scored_up_to_the_damage(tiny_ensemble, tmp_path
     subs = {}
     for folder in (whole, damaged):
         out = tmp_path / f"{folder.name}.csv"
-        result = run_alone(tmp_path, "--models", tiny_ensemble, "--audio", str(folder), "--out", str(out),
+        result = run_alone(tmp_path, "--ensemble", tiny_ensemble, "--audio", str(folder), "--out", str(out),
                            "--threads", "2", "--backend", "torch", "--pp-weight", "0")
         assert result.returncode == 0, result.stderr
         subs[folder.name] = pd.read_csv(out).set_index("row_id")
@@ -237,7 +239,7 @@ def test_file_damaged_partway_is_scored_up_to_the_damage(tiny_ensemble, tmp_path
 def test_empty_folder_writes_a_valid_file(tiny_ensemble, tmp_path):
     (tmp_path / "empty").mkdir()
     out = tmp_path / "sub.csv"
-    result = run_alone(tmp_path, "--models", tiny_ensemble, "--audio", str(tmp_path / "empty"), "--out", str(out),
+    result = run_alone(tmp_path, "--ensemble", tiny_ensemble, "--audio", str(tmp_path / "empty"), "--out", str(out),
                        "--backend", "torch")
     assert result.returncode == 0, result.stderr
     sub = pd.read_csv(out)
@@ -246,7 +248,7 @@ def test_empty_folder_writes_a_valid_file(tiny_ensemble, tmp_path):
 
 
 def test_missing_models_is_one_line_error(tmp_path):
-    result = run_alone(tmp_path, "--models", str(tmp_path / "nothing"), "--audio", str(tmp_path))
+    result = run_alone(tmp_path, "--ensemble", str(tmp_path / "nothing"), "--audio", str(tmp_path))
     assert one_line_error(result) and "manifest.json" in result.stderr
 
 
@@ -256,5 +258,5 @@ def test_ensemble_from_an_older_export_is_one_line_error(tiny_ensemble, tmp_path
     spec = json.loads((old / "modelA.json").read_text())
     del spec["format"]  # exports of earlier versions: torch.export programs (.pt2) and no "format"
     (old / "modelA.json").write_text(json.dumps(spec))
-    result = run_alone(tmp_path, "--models", str(old), "--audio", str(tmp_path), "--backend", "torch")
+    result = run_alone(tmp_path, "--ensemble", str(old), "--audio", str(tmp_path), "--backend", "torch")
     assert one_line_error(result) and "older version" in result.stderr and "soup.py" in result.stderr

@@ -106,7 +106,7 @@ def test_budget_follows_the_competition_year(kaggle_root, tiny_ensemble, tmp_pat
     assert infer.default_budget_min(str(tmp_path / "my_recordings")) == 80
     audio = str(kaggle_root / "birdclef-2024" / "test_soundscapes")
     for given, expected in ((None, "110"), ("7", "7")):  # --budget-min still wins
-        result = run_alone(tmp_path, "--models", tiny_ensemble, "--audio", audio, "--out", str(tmp_path / "s.csv"),
+        result = run_alone(tmp_path, "--ensemble", tiny_ensemble, "--audio", audio, "--out", str(tmp_path / "s.csv"),
                            "--backend", "torch", *(["--budget-min", given] if given else []))
         assert result.returncode == 0 and f"time budget {expected} minutes" in result.stdout, result.stderr
 
@@ -116,7 +116,7 @@ def test_several_ensembles_stop_with_one_line(kaggle_root, tiny_ensemble, tmp_pa
     result = run_alone(tmp_path, "--kaggle-root", str(kaggle_root), "--out", str(tmp_path / "sub.csv"))
     assert one_line_error(result), result.stderr
     assert "older-ensemble" in result.stderr and "pytorch/default/1" in result.stderr
-    assert "--models" in result.stderr and not (tmp_path / "sub.csv").exists()
+    assert "--ensemble" in result.stderr and not (tmp_path / "sub.csv").exists()
 
 
 def test_class_mismatch_stops_before_scoring(kaggle_root, tmp_path):

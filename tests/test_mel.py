@@ -60,7 +60,7 @@ def test_standardised_mel_has_mean_0_std_1_and_its_own_key():
     except ValueError as err:
         assert "minmax" in str(err)
     else:
-        raise AssertionError("an unknown normalisation must be refused")
+        raise AssertionError("an unknown normalization must be refused")
 
 
 def test_mel_is_per_sample_and_batch_independent():

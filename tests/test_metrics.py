@@ -4,7 +4,7 @@ import pytest
 from sklearn.metrics import (average_precision_score, f1_score, label_ranking_average_precision_score,
                              roc_auc_score)
 
-from common import cmap, lrap, macro_roc_auc, micro_f1
+from metrics import cmap, lrap, macro_roc_auc, micro_f1
 
 
 def cases():

@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 import common
+import errors
 import prep
 from common import WINDOW_SAMPLES, CachePaths, assign_folds, target_matrix
 from helpers import one_line_error
@@ -283,6 +284,6 @@ def test_too_little_disk_is_one_line_before_writing(demo_dir, cache_dir, tmp_pat
     shutil.copytree(cache_dir, out)
     before = sorted(os.listdir(out))
     monkeypatch.setattr(prep.shutil, "disk_usage", lambda path: collections.namedtuple("u", "free")(10**6))
-    with pytest.raises(common.UserError, match="not enough disk for the training audio"):
+    with pytest.raises(errors.UserError, match="not enough disk for the training audio"):
         prep.prepare(demo_dir, out, n_threads=2)
     assert sorted(os.listdir(out)) == before  # the old cache is whole

@@ -8,7 +8,7 @@ import pytest
 
 import pseudo
 import report
-from common import UserError
+from errors import UserError
 from helpers import run_alone
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def tiny_cycle(cache_dir, demo_dir, souped_round, tmp_path_factory):
     (half / "metrics.csv").write_text("\n".join(lines[:2]) + "\n")  # header and epoch 1
     shutil.copy(os.path.join(model1, "config.json"), half / "config.json")
     out = work / "submission.csv"  # an infer.py run leaves its timing beside its submission
-    result = run_alone(work, "--models", str(work / "round1" / "ensemble"), "--audio",
+    result = run_alone(work, "--ensemble", str(work / "round1" / "ensemble"), "--audio",
                        os.path.join(demo_dir, "test_soundscapes"), "--out", str(out), "--backend", "torch")
     assert result.returncode == 0, result.stderr
     return work
@@ -39,7 +39,7 @@ def test_report_names_every_model_and_round(tiny_cycle, tmp_path):
     for text in ("Round 1", "Round 2", "model1", "model2", "pseudo1", "soup of epochs 1, 2"):
         assert text in page, text
     assert "trained, no soup yet" in page and "training: 1 of 2 epochs" in page and "missing" in page
-    assert "per-class floor (median) before normalisation" in page
+    assert "per-class floor (median) before normalization" in page
     timing = json.loads((tiny_cycle / "submission.timing.json").read_text())
     seconds = timing["seconds_per_soundscape"]["model1"]
     assert "submission.timing.json" in page and f"{seconds:.3f}" in page and seconds > 0

@@ -12,7 +12,8 @@ import pytest
 
 import pseudo
 import teacher
-from common import CachePaths, UserError
+from common import CachePaths
+from errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -166,10 +166,10 @@ def test_batches_are_the_same_whatever_the_workers_and_split_across_ranks(cache_
 
 
 def test_validation_reads_its_rows_in_chunks(cache_dir):
-    from common import BirdNet, MelFrontEnd, MelSettings, load_split
+    from common import MelEfficientNet, MelFrontEnd, MelSettings, load_split
     data = load_split(cache_dir, dict(dataset="bc24", fold="1", n_folds=5, seed=42))
     torch.manual_seed(0)
-    model, mel = BirdNet(len(data["classes"]), 32, 32), MelFrontEnd(MelSettings(n_mels=32, hop_length=1024))
+    model, mel = MelEfficientNet(len(data["classes"]), 32, 32), MelFrontEnd(MelSettings(n_mels=32, hop_length=1024))
     chunked = train.predict(model, mel, data["audio"], torch.device("cpu"), batch=3, rows=data["valid"])
     copied = train.predict(model, mel, np.asarray(data["audio"][data["valid"]]), torch.device("cpu"))
     assert chunked.shape == (len(data["valid"]), len(data["classes"])) and np.allclose(chunked, copied, atol=1e-6)
@@ -228,9 +228,9 @@ def test_make_passes_the_seed_weights_and_the_demo_random_init(tmp_path):
 
 def test_predict_under_amp_keeps_the_mel_in_float32():
     """A loud window's power passes fp16's 65504: the mel must stay outside autocast (CUDA AMP; here CPU's)."""
-    from common import BirdNet, MelFrontEnd, MelSettings
+    from common import MelEfficientNet, MelFrontEnd, MelSettings
     torch.manual_seed(0)
-    model = BirdNet(4, 32, 32)
+    model = MelEfficientNet(4, 32, 32)
     mel = MelFrontEnd(MelSettings(n_mels=32, hop_length=1024))
     t = np.arange(160000) / 32000
     noise = np.random.default_rng(0).uniform(-0.1, 0.1, (3, 160000))
@@ -252,7 +252,7 @@ def test_fold_all_trains_on_every_row_and_soups(cache_dir, tmp_path, capsys):
     assert metrics["auc"].isna().all() and metrics["train_loss"].notna().all()
     report = soup.make_soup(out, cache_dir, n_threads=2)
     assert report["kept_epochs"] == [1, 2] and report["validated"] is False
-    from common import onnx_installed
+    from export import onnx_installed
     assert os.path.exists(os.path.join(out, "export", "model1.ts"))
     assert os.path.exists(os.path.join(out, "export", "model1.onnx")) == onnx_installed()  # onnx: an extra
 

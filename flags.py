@@ -1,0 +1,62 @@
+"""Flags that several scripts share: one name, one meaning and one help text each, defined here once.
+
+    from flags import add_flag
+    add_flag(parser, "--threads", default=4)          # type and help from SHARED; default, required, choices given
+
+infer.py, which must stay self-contained, spells its shared flags' help texts out itself; a test checks that
+they equal these, and that no two scripts give one flag two helps.
+"""
+
+BACKENDS = ["auto", "openvino", "onnx", "torch"]
+PRECISIONS = ["auto", "f32", "bf16"]
+
+SHARED = {
+    # where things are
+    "--data": dict(help="dataset folder in BirdCLEF 2024 layout (train_metadata.csv) or 2025/2026 (train.csv, "
+                   "taxonomy.csv)"),
+    "--cache": dict(help="prep.py's cache folder (make's WORK/cache)"),
+    "--work": dict(help="the work folder (make's WORK): where this script's artifacts are read and written"),
+    "--out": dict(help="the file or folder this script writes (under a temporary name, then renamed)"),
+    "--models": dict(help="models table: a CSV like models.csv, one row per model (seed, folds, mel settings, "
+                     "image size, pseudo-label chance)"),
+    "--ensemble": dict(help="exported ensemble folder (make ensemble, soup.py bundle): a manifest.json and each "
+                       "model's .onnx, .ts and .json"),
+    "--model": dict(type=int, help="id of the row in the models table"),
+    "--audio": dict(help="folder of soundscapes to score"),
+    "--labels": dict(help="labels of those soundscapes, sample_submission format (row_id, then one 0/1 column per "
+                     "class)"),
+    "--soundscapes": dict(help="label every 5-s window of the audio files in this folder instead of the cache's "
+                          "windows"),
+    # how to run
+    "--threads": dict(type=int, help="CPU threads, in all"),
+    "--device": dict(help="auto (CUDA, then Apple's MPS, then CPU), cpu, cuda, cuda:1, mps"),
+    "--backend": dict(choices=BACKENDS, help="infer.py's engine for the exported networks: auto takes the fastest "
+                      "installed (openvino, then onnx, then torch = TorchScript)"),
+    "--precision": dict(choices=PRECISIONS, help="OpenVINO's float precision. auto: bf16 on CPUs that compute it "
+                        "natively (AVX512-BF16, AMX), else f32; f32: exact"),
+    "--batch-size": dict(type=int, help="items per batch: training samples per optimiser step (of all torchrun "
+                         "processes together), or windows or segments per network call"),
+    "--jobs": dict(type=int, help="runs side by side, the threads shared among them (default: min(2, threads))"),
+    # what to compute
+    "--epochs": dict(type=int, help="training epochs per model (no early stopping)"),
+    "--seed": dict(type=int, help="random seed: the same seed gives the same result"),
+    "--seeds": dict(help="training seeds, comma-separated: medians are over them"),
+    "--soup-start": dict(type=int, help="first epoch of the soup (default: 13 of 50, scaled to --epochs; soup.py: "
+                         "the one train.py used); negative: the last -N epochs"),
+    "--steps": dict(type=int, help="timed training steps per model (after one warm-up step)"),
+    "--pp-weight": dict(type=float, help="neighbour smoothing weight (the seed's post-processing); 0 disables"),
+    "--quick": dict(action="store_true", help="smoke test (make test runs it): tiny data and models, 1 epoch"),
+    # generated demos (demo_data.py)
+    "--per-species": dict(type=int, help="demo size: training recordings per species"),
+    "--unlabeled": dict(type=int, help="demo size: unlabeled one-minute soundscapes"),
+    "--test": dict(type=int, help="demo size: labelled test one-minute soundscapes (12 windows each)"),
+}
+
+
+def add_flag(parser, name, **given):
+    """parser.add_argument(name) with SHARED[name]'s type, choices and help; `given` adds default, required,
+    choices, dest or further option strings, never another help."""
+    if "help" in given:
+        raise ValueError(f"{name}'s help is SHARED's: one meaning in every script")
+    names = [name] + list(given.pop("aliases", []))
+    return parser.add_argument(*names, **{**SHARED[name], **given})
