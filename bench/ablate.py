@@ -1,7 +1,7 @@
 """What each part of the recipe is worth: the round-1 single model trained once per variant, one part changed at a
 time, scored on labelled soundscapes (the demo's by default).
 
-    python bench/ablate.py                                   # the demo, the issue's variants, 2 seeds (make bench-ablate)
+    python bench/ablate.py                                   # the demo, the default variants, 2 seeds (make bench-ablate)
     python bench/ablate.py --variants base,reference,demo    # reuses finished runs: only demo trains
     python bench/ablate.py --variants base --try "shift-1s=--time-shift 1.0" --try "no-aug=--aug-mixup 0 --aug-flip 0"
     python bench/ablate.py --data /data/my-site --labels /data/my-site-labels.csv --epochs 30 --base-args "--pretrained timm"
@@ -83,7 +83,7 @@ def variants_of(epochs):
         "more-epochs": (f"{round(epochs * 4 / 3)} epochs (not {epochs})", ["--epochs", str(round(epochs * 4 / 3))]),
         "fold-all": ("every file trains, no fold held out", ["--fold", "all"]),
         # whole recipes, not changes of the base
-        "reference": (f"issue 21's one-file baseline (train.py --preset reference), {preset_epochs} epochs",
+        "reference": (f"the one-file baseline's recipe (train.py --preset reference), {preset_epochs} epochs",
                       ["--preset", "reference", "--epochs", str(preset_epochs)]),
         "demo": (f"the demo's recipe (train.py --preset demo), {preset_epochs} epochs",
                  ["--preset", "demo", "--epochs", str(preset_epochs)]),

@@ -287,3 +287,13 @@ def test_too_little_disk_is_one_line_before_writing(demo_dir, cache_dir, tmp_pat
     with pytest.raises(errors.UserError, match="not enough disk for the training audio"):
         prep.prepare(demo_dir, out, n_threads=2)
     assert sorted(os.listdir(out)) == before  # the old cache is whole
+
+
+def test_empty_secondaries_of_2025_are_not_dropped_labels(capsys):
+    """BirdCLEF 2025 writes "['']" for a recording without secondary labels: no label, nothing dropped."""
+    assert common.parse_label_list("['']") == [] and common.parse_label_list("[' ', 'a']") == ["a"]
+    rows = pd.DataFrame(dict(filename=["a.ogg", "b.ogg", "c.ogg"], primary_label=["x", "y", "x"],
+                             secondary_labels=["['']", "['y', 'nobird']", ""]))
+    cleaned = prep.check_labels(rows, ["x", "y"])
+    assert list(cleaned["secondary_labels"]) == ["[]", "['y']", "[]"]
+    assert "dropped 1 secondary label(s)" in capsys.readouterr().err

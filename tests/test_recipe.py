@@ -181,3 +181,27 @@ def test_ablate_default_variants_cover_every_part():
     epochs_of = lambda variant: train.parse_args(["--model", "1"] + ablate.run_arguments(variant, args)).epochs
     assert epochs_of("reference") == ablate.preset_epochs
     assert epochs_of("base") == args.epochs < epochs_of("more-epochs")
+
+
+def test_decide_quick_runs_cycles_beside_the_oracle(tmp_path):
+    """bench/decide.py --quick: a tiny generated demo, the reference's cycle through make and the one-file oracle
+    (when ../shared has it), each round scored; the report has medians, spreads and verdicts; a rerun reuses."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import decide
+    recipes = "reference,oracle" if os.path.isfile(decide.oracle) else "reference"
+    work = str(tmp_path / "decide")
+    command = [sys.executable, os.path.join(ROOT, "bench", "decide.py"), "--quick", "--work", work, "--threads",
+               "2", "--recipes", recipes]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    runs = pd.read_csv(os.path.join(work, "runs.csv"))
+    assert set(runs["recipe"]) == set(recipes.split(",")) and set(runs["round"]) == {1, 2}
+    assert runs[["auc", "auc_pp"]].apply(lambda c: c.between(0, 1)).all().all()
+    report = open(os.path.join(work, "report.md")).read()
+    assert "| reference | 1 |" in report and "reference: round 2 over round 1" in report
+    assert "too few runs" in report  # one demo and one seed decide nothing
+    again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert again.returncode == 0 and "seed 1:" not in again.stdout  # finished runs are reused, not rerun
+    assert decide.verdict(np.array([0.01, 0.02, 0.03])) == "helps"
+    assert decide.verdict(np.array([-0.01, -0.02, -0.03])) == "hurts"
+    assert decide.verdict(np.array([0.05, -0.01, 0.03])) == "within noise"
