@@ -1,4 +1,6 @@
 """Model pieces: GeM, augmentations, loss, overfitting one batch, loading local pretrained weights."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -138,3 +140,36 @@ def test_global_stretch_of_a_ramp():
         rows = min(8, round(8 * factor))  # the frequency axis is stretched alike: shrunk, it is padded too
         assert torch.allclose(out[:rows, :kept], expected.expand(rows, kept), atol=1e-3), factor
         assert torch.all(out[:, kept:] == 0) and torch.all(out[rows:] == 0)
+
+
+def fake_hub_cache(home):
+    """A Hugging Face cache holding timm's file of the seed's weights (random values): what a box that fetched
+    them once has. Returns the donor model."""
+    import timm
+    from safetensors.torch import save_file
+    torch.manual_seed(7)
+    donor = timm.create_model(common.BACKBONE, num_classes=1000)
+    repo = home / "hub" / f"models--timm--{common.BACKBONE}"
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    save_file(donor.state_dict(), str(repo / "snapshots" / ("0" * 40) / "model.safetensors"))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    return donor
+
+
+def test_seed_weights_offline_from_the_cache_and_make_weights_file(tmp_path):
+    """With the hub unreachable, the seed's weights come from timm's cache when they are there; `make weights`
+    writes them to a file that --pretrained FILE loads."""
+    import subprocess
+    import sys
+    donor = fake_hub_cache(tmp_path / "hf")
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9")
+    env.pop("HF_HUB_OFFLINE", None)
+    out = tmp_path / "weights" / f"{common.BACKBONE}.pth"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(["make", "--no-print-directory", "-C", root, "weights", f"WORK={tmp_path}",
+                           f"PY={sys.executable}"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and out.is_file(), done.stdout + done.stderr
+    loaded = MelEfficientNet(3, 32, 32, pretrained=str(out))
+    key = "conv_stem.weight"
+    assert torch.equal(loaded.backbone.state_dict()[key], donor.state_dict()[key])
