@@ -31,19 +31,19 @@ trap 'rm -rf "$work"' EXIT
 import os, sys
 import numpy as np
 sys.path.insert(0, os.getcwd())
-import common, infer
+import common, export, files, infer
 from demo_data import write_ogg
 work = sys.argv[1]
 classes = [f"{i:04d}" for i in range(12)]  # numeric labels with leading zeros, as iNat ids are
 for k, (n_mels, hop, h, w) in enumerate([(64, 1024, 64, 128), (128, 512, 96, 96)]):
     import torch
     torch.manual_seed(k)
-    model = common.BirdNet(len(classes), h, w).eval()
+    model = common.MelEfficientNet(len(classes), h, w).eval()
     with torch.no_grad():  # bring an untrained net's logits into the range where sigmoids are not saturated
         model.head.weight.mul_(0.2 / model.head.weight.abs().sum(1, keepdim=True).mean())
-    common.export_artifact(model, common.MelSettings(n_mels=n_mels, hop_length=hop), classes,
+    export.export_artifact(model, common.MelSettings(n_mels=n_mels, hop_length=hop), classes,
                            os.path.join(work, "ensemble"), f"model{k}", value=0.7)
-common.save_json(dict(models=["model0", "model1"]), os.path.join(work, "ensemble", "manifest.json"))
+files.save_json(infer.ensemble_manifest(["model0", "model1"]), os.path.join(work, "ensemble", "manifest.json"))
 rng = np.random.default_rng(0)
 os.makedirs(os.path.join(work, "audio"))
 for k in range(3):
@@ -52,7 +52,7 @@ EOF
 backends=$("$PY" -c "import sys; sys.path.insert(0, '.'); import infer; d = sys.argv[1]; \
 print(' '.join(infer.available_backends(d, infer.read_specs(d))))" "$work/ensemble")
 for backend in $backends; do
-  "$PY" infer.py --models "$work/ensemble" --audio "$work/audio" --out "$work/reference-$backend.csv" \
+  "$PY" infer.py --ensemble "$work/ensemble" --audio "$work/audio" --out "$work/reference-$backend.csv" \
     --backend "$backend" --precision f32 --threads 2 > /dev/null 2>&1
 done
 echo "reference: torch $("$PY" -c 'import torch; print(torch.__version__)'), backends: $backends"
@@ -76,7 +76,7 @@ for backend in torch onnx openvino; do
   if ! "$venv/bin/python" -c "import $module" 2>/dev/null; then
     echo "compat $versions backend=$backend not installed"; continue
   fi
-  if (cd "$work/kernel" && PYTHONPATH= "$venv/bin/python" infer.py --models "$work/ensemble" --audio "$work/audio" \
+  if (cd "$work/kernel" && PYTHONPATH= "$venv/bin/python" infer.py --ensemble "$work/ensemble" --audio "$work/audio" \
         --out "$work/out-$backend.csv" --backend "$backend" --precision f32 --threads 2 > "$work/log-$backend" 2>&1); then
     "$venv/bin/python" - "$work/reference-$backend.csv" "$work/out-$backend.csv" "$TOLERANCE" "$versions" "$backend" <<'EOF' || failed=1
 import sys
