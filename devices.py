@@ -7,7 +7,6 @@ job holds (an exclusive lock file per GPU id, machine-wide, released when the pr
 trains on it alone. So a job that starts when another ends takes the GPU that job gave back, never one still
 busy.
 """
-import fcntl
 import os
 import sys
 import tempfile
@@ -45,6 +44,7 @@ def gpu_ids(gpus):
 def claim_gpu(gpus, folder=lock_dir, log=True):
     """Take the first of `gpus` ("0,1,2,3") that no other process holds and keep it until this process ends
     (or `release` is called on what this returns). Waits while all are held. Returns (gpu id, lock file)."""
+    import fcntl  # POSIX only, like make GPUS=...
     os.makedirs(folder, exist_ok=True)
     waited = False
     while True:
@@ -64,5 +64,6 @@ def claim_gpu(gpus, folder=lock_dir, log=True):
 
 def release(handle):
     """Give a GPU of `claim_gpu` back before the process ends."""
+    import fcntl
     fcntl.flock(handle, fcntl.LOCK_UN)
     handle.close()

@@ -7,7 +7,8 @@ The soup (seed, chapter 2): candidates are the saved epochs from the soup start 
 them in order and keep an epoch when it beats the best value so far of any tracked metric (LRAP, cMAP, F1,
 AUC); average the kept epochs' weights (float tensors averaged, integer buffers such as num_batches_tracked
 from the last kept epoch). Writes soup.pt, export/ (the artifact infer.py loads: the network as ONNX and
-TorchScript, mel settings, classes; see export.export_artifact) and, last, soup.json (kept epochs, soup metrics, best single epoch).
+TorchScript, mel settings, classes; see export.export_artifact) and, last, soup.json (kept epochs, soup
+metrics, best single epoch).
 """
 import argparse
 import json

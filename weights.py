@@ -1,7 +1,7 @@
 """The backbone's starting weights: the seed's ImageNet/JFT weights through timm (downloaded once into the Hugging
 Face cache), a local file, or none.
 
-    python -c "import weights; weights.save_seed_weights('work/weights/tf_efficientnet_b0.ns_jft_in1k.pth')"  # make weights
+    make weights     # python -c "import weights; weights.save_seed_weights('work/weights/<BACKBONE>.pth')"
 """
 import os
 

@@ -16,7 +16,8 @@ run and round) and <work>/report.md (the tables), and prints them.
 
 Verdicts: for recipe X against --base, the paired difference of the +pp AUC (same demo, same seed, same round)
 is "helps" when positive on every pair, "hurts" when negative on every pair, else "within noise" (and nothing
-under 3 pairs); the round gain (round R over round 1 of the same run) likewise. The spread of a recipe is the min-max of its runs.
+under 3 pairs); the round gain (round R over round 1 of the same run) likewise. The spread of a recipe is the
+min-max of its runs.
 """
 import argparse
 import json
@@ -39,7 +40,7 @@ import demo_data  # noqa: E402
 import infer  # noqa: E402
 import prep  # noqa: E402
 from common import HelpFormatter  # noqa: E402
-from flags import add_flag
+from flags import add_flag  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
 from score_demo import score_round  # noqa: E402
 

@@ -35,7 +35,7 @@ import infer  # noqa: E402
 import pseudo  # noqa: E402
 from common import (MelEfficientNet, CachePaths, HelpFormatter, MelSettings, TrainingSet, load_classes,  # noqa: E402
                     read_models_table, read_rows, target_matrix)
-from flags import add_flag
+from flags import add_flag  # noqa: E402
 from export import export_artifact  # noqa: E402
 from files import save_json  # noqa: E402
 from demo_data import write_ogg  # noqa: E402

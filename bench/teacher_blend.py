@@ -42,7 +42,7 @@ import pseudo  # noqa: E402
 import teacher  # noqa: E402
 from common import (SAMPLE_RATE, WINDOW_SAMPLES, CachePaths, HelpFormatter, read_audio,  # noqa: E402
                     read_models_table)
-from flags import add_flag
+from flags import add_flag  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
 from metrics import cmap, macro_roc_auc  # noqa: E402
 from demo_data import make_demo, write_ogg  # noqa: E402

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import (WINDOW_SAMPLES, AugmentChances, MelEfficientNet, HelpFormatter, MelFrontEnd, MelSettings,  # noqa: E402
-                    TrainingSet, augment, bce_focal_loss)
-from flags import add_flag
+from common import (WINDOW_SAMPLES, AugmentChances, HelpFormatter, MelEfficientNet, MelFrontEnd,  # noqa: E402
+                    MelSettings, TrainingSet, augment, bce_focal_loss)
+from flags import add_flag  # noqa: E402
 
 
 class FakePseudo:

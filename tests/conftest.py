@@ -52,8 +52,8 @@ def tiny_ensemble(cache_dir, tmp_path_factory):
     return export_tiny_ensemble(folder, classes, [("modelA", 32, 1024, 32, 64, 0.8), ("modelB", 48, 512, 32, 32, 0.7)])
 
 
-TINY_TRAINING = ["--models", os.path.join(ROOT, "models-demo.csv"), "--pretrained", "none", "--epochs", "2", "--batch-size", "8",
-                 "--threads", "2", "--image-height", "32", "--image-width", "32", "--n-mels", "32",
+TINY_TRAINING = ["--models", os.path.join(ROOT, "models-demo.csv"), "--pretrained", "none", "--epochs", "2",
+                 "--batch-size", "8", "--threads", "2", "--image-height", "32", "--image-width", "32", "--n-mels", "32",
                  "--max-train-files", "16", "--soup-start", "1"]
 
 

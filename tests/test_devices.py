@@ -76,7 +76,8 @@ def test_claims_wait_for_a_free_gpu_and_release(tmp_path):
     third, lock_c = claim_gpu("0,1", str(tmp_path), log=False)
     assert third == first   # the one given back
     # a claim in another process while both are held waits until one is given back
-    code = f"import sys; sys.path.insert(0, {ROOT!r}); import devices; print(devices.claim_gpu('0,1', {str(tmp_path)!r})[0])"
+    code = (f"import sys; sys.path.insert(0, {ROOT!r}); import devices; "
+            f"print(devices.claim_gpu('0,1', {str(tmp_path)!r})[0])")
     waiting = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     assert "waiting" in waiting.stderr.readline()   # it says so once, and waits
