@@ -229,7 +229,7 @@ class MelEfficientNet(nn.Module):
     """
 
     def __init__(self, n_classes, image_height=256, image_width=256, pretrained=None,
-                 dropout_rates=(0.1, 0.2, 0.3, 0.4, 0.5), gem_p=3.0, head="gem5", channels=3):
+                 dropout_rates=(0.1, 0.2, 0.3, 0.4, 0.5), gem_p=3.0, head="gem5", channels=3, head_dropout=0.0):
         super().__init__()
         import timm
         if head not in HEADS or channels not in (1, 3):
@@ -246,7 +246,9 @@ class MelEfficientNet(nn.Module):
             self.backbone = timm.create_model(BACKBONE, **kwargs)
         self.image_size, self.channels = (image_height, image_width), channels
         self.pool = GeM(gem_p) if head == "gem5" else AveragePool()
-        self.dropouts = nn.ModuleList(nn.Dropout(r) for r in (dropout_rates if head == "gem5" else ()))
+        # gem5: 5 dropout heads; plain: timm's head, one dropout of head_dropout (timm's drop_rate) when above 0
+        rates = dropout_rates if head == "gem5" else [head_dropout] if head_dropout > 0 else []
+        self.dropouts = nn.ModuleList(nn.Dropout(r) for r in rates)
         self.head = nn.Linear(self.backbone.num_features, n_classes)
         self.channels_last = False  # set on CUDA: NHWC convolutions are faster there
         self.register_buffer("resize_rows", None, persistent=False)  # set by inference_form
@@ -291,7 +293,8 @@ def build_model(config, pretrained=None):
     """The MelEfficientNet of a train.py config (config.json): size from the models table, head and channels from the
     recipe (an older config without them: the seed's)."""
     return MelEfficientNet(len(config["classes"]), int(config["image_height"]), int(config["image_width"]), pretrained,
-                   head=config.get("head", "gem5"), channels=int(config.get("channels", 3)))
+                   head=config.get("head", "gem5"), channels=int(config.get("channels", 3)),
+                   head_dropout=float(config.get("head_dropout", 0.0)))
 
 
 def mel_settings_of(config):

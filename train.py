@@ -53,6 +53,8 @@ channels = 3              # the mel image repeated to 3 channels; 1: fed as it i
 loss = "bce-focal"        # mean of BCE and focal loss; bce: BCE only
 optimizer = "adamw"       # adamw; sgd (nesterov, momentum 0.9)
 schedule = "cosine"       # linear warm-up then cosine; onecycle: torch's OneCycleLR
+onecycle_warmup = 0.3     # onecycle's share of warm-up steps (torch's default pct_start)
+head_dropout = 0.0        # the plain head's dropout (the gem5 head has five of its own)
 n_fft, f_min, f_max = 2048, 20.0, 16000.0
 normalize = "minmax"      # each mel image to [0, 1]; standard: mean 0 / std 1 (the seed is silent; measured best)
 time_shift_seconds = 0.5  # seconds: each sample rolled by up to +-this (the seed is silent; measured best)
@@ -72,7 +74,8 @@ PRESETS = {
     "demo": dict(channels=1, loss="bce", f_min=50.0, f_max=14000.0, time_shift=0.5, fold="all", batch_size=32,
                  lr=2e-3, soup_start=-5, pretrained="none"),
 }
-RECIPE = ("head", "channels", "loss", "optimizer", "schedule", "n_fft", "f_min", "f_max", "normalize", "time_shift")
+RECIPE = ("head", "channels", "loss", "optimizer", "schedule", "n_fft", "f_min", "f_max", "normalize", "time_shift",
+          "head_dropout")
 
 
 def add_recipe_flags(p):
@@ -93,6 +96,10 @@ def add_recipe_flags(p):
                    "momentum 0.9)")
     p.add_argument("--schedule", default=schedule, choices=["cosine", "onecycle"], help="cosine: linear warm-up "
                    "(--warmup-epochs) then cosine to 0; onecycle: torch's OneCycleLR peaking at --lr")
+    p.add_argument("--onecycle-warmup", type=float, default=onecycle_warmup, help="share of the steps that warm "
+                   "up under --schedule onecycle (torch's pct_start)")
+    p.add_argument("--head-dropout", type=float, default=head_dropout, help="dropout before the plain head's "
+                   "linear layer (timm's drop_rate); the gem5 head has its own five")
     p.add_argument("--n-fft", type=int, default=n_fft, help="STFT size")
     p.add_argument("--f-min", type=float, default=f_min, help="lowest mel frequency (Hz)")
     p.add_argument("--f-max", type=float, default=f_max, help="highest mel frequency (Hz)")
@@ -345,7 +352,8 @@ def build_training(args, config, procs):
     steps_per_epoch = max(1, len(dataset) // args.batch_size)  # the same for any number of processes
     total_steps = steps_per_epoch * args.epochs
     if args.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total_steps)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total_steps,
+                                                        pct_start=args.onecycle_warmup)
     else:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, int(args.warmup_epochs * steps_per_epoch), total_steps))
