@@ -6,10 +6,9 @@ pseudo-label mixing), the model, the losses and the augmentations.
 
 infer.py stays self-contained: it holds the audio reader and the mel front end, which this file imports from it
 (and re-exports for the training scripts), so the mel that trained a model is the mel that scores it. Files,
-metrics, devices, weights and the export live in small modules of their own (files.py, metrics.py, devices.py,
-weights.py, export.py).
+metrics, devices, weights, the export and the tables on disk live in small modules of their own (files.py,
+metrics.py, devices.py, weights.py, export.py, tables.py).
 """
-import ast
 import copy
 import os
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from infer import (SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, EXPORT_FORMAT, H
                    MelImage, MelSettings, NORMALIZATIONS, PowerSpectrogram, list_audio, mel_filterbank, read_audio,
                    windows_of)
 from errors import UserError
+from tables import CachePaths, load_classes, parse_label_list, read_rows
 from threads import ordered_map
 from weights import BACKBONE, create_seed_backbone  # noqa: F401
 
@@ -39,68 +39,8 @@ def first_five_seconds(audio):
     return windows_of(audio, 1)[0]
 
 
-def parse_label_list(text):
-    """'["a", "b"]' -> ['a', 'b']; empty, NaN or "['']" -> []."""
-    if not isinstance(text, str) or not text.strip():
-        return []
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        raise UserError(f"secondary_labels value is not a Python list literal: {text!r}")
-    labels = [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
-    return [label for label in labels if label.strip()]  # BirdCLEF 2025 writes "['']" for none
-
-
 # ----------------------------------------------------------------------------------------------------------
-# the training cache written by prep.py
-
-
-@dataclass(frozen=True)
-class CachePaths:
-    """File names inside a prep cache folder (the interface between prep.py and the training scripts)."""
-    root: str
-
-    @property
-    def audio(self):  # (N, WINDOW_SAMPLES) float16: first 5 s of every training file
-        return os.path.join(self.root, "train_audio.npy")
-
-    @property
-    def rows(self):  # filename, primary_label, secondary_labels, source, rating (row i <-> audio[i])
-        return os.path.join(self.root, "train_rows.csv")
-
-    @property
-    def classes(self):  # one class per line, the submission's column order
-        return os.path.join(self.root, "classes.txt")
-
-    @property
-    def unlabeled(self):  # path, duration_s, n_windows of every unlabeled soundscape
-        return os.path.join(self.root, "unlabeled.csv")
-
-    @property
-    def unlabeled_audio(self):  # (M, WINDOW_SAMPLES) float16: a random subset of unlabeled 5-s windows
-        return os.path.join(self.root, "unlabeled_windows.npy")
-
-    @property
-    def unlabeled_windows(self):  # path, end_second of each row of unlabeled_audio
-        return os.path.join(self.root, "unlabeled_windows.csv")
-
-    @property
-    def bad_files(self):
-        return os.path.join(self.root, "bad_files.csv")
-
-
-LABEL_COLUMNS = {"filename": str, "primary_label": str, "secondary_labels": str}
-
-
-def read_rows(path):
-    """prep.py's train_rows.csv; labels stay strings ("0123" stays "0123", iNat ids are not numbers)."""
-    rows = pd.read_csv(path, dtype=LABEL_COLUMNS, keep_default_na=False, na_values={"rating": [""]})
-    return rows
-
-
-def load_classes(path):
-    with open(path) as f:
-        return [line.strip() for line in f if line.strip()]
+# labels and folds of the training cache written by prep.py
 
 
 def target_matrix(rows, classes):
@@ -537,34 +477,3 @@ class TrainingSet:
                 yield self.build(plan, pin)
             return
         yield from ordered_map(lambda plan: self.build(plan, pin), plans, workers, ahead=2 * workers)
-
-
-# the models table's columns (the seed's names) and their types; fold is a number or "all"
-MODEL_COLUMNS = dict(id=int, seed=int, n_folds=int, fold=str, dataset=str, n_mels=int, hop_length=int,
-                     image_height=int, image_width=int, pseudoLabelChance=float, ampExpMin=float, ampExpMax=float)
-
-
-def kebab(name):
-    """A table column as a command-line flag: pseudoLabelChance -> pseudo-label-chance, n_mels -> n-mels."""
-    import re
-    return re.sub(r"(?<=[a-z])([A-Z])", r"-\1", name).replace("_", "-").lower()
-
-
-def read_models_table(path):
-    """models.csv -> DataFrame indexed by model id, checked for the seed's columns."""
-    table = read_table(path)
-    missing = [c for c in MODEL_COLUMNS if c not in table.columns]
-    if missing:
-        raise UserError(f"{path} lacks column(s): {', '.join(missing)}")
-    unknown = [c for c in table.columns if c not in MODEL_COLUMNS]
-    if unknown:
-        raise UserError(f"{path} has unknown column(s): {', '.join(unknown)} (known: {', '.join(MODEL_COLUMNS)})")
-    return table.set_index("id", drop=False)
-
-
-def read_table(path):
-    if not os.path.isfile(path):
-        raise UserError(f"file not found: {path}")
-    return pd.read_csv(path, comment="#", skipinitialspace=True)
-
-

@@ -6,7 +6,7 @@
 Input layouts: BirdCLEF 2024 (train_metadata.csv, train_audio/, unlabeled_soundscapes/, sample_submission.csv)
 and 2025/2026 (train.csv, taxonomy.csv, train_audio/, train_soundscapes/ used as unlabeled).
 
-Output (the cache folder, see common.CachePaths): train_audio.npy (first 5 s of every training file, 32 kHz mono
+Output (the cache folder, see tables.CachePaths): train_audio.npy (first 5 s of every training file, 32 kHz mono
 float16, zero-padded), train_rows.csv, classes.txt, unlabeled.csv (every unlabeled soundscape: path, duration,
 number of 5-s windows), unlabeled_windows.npy/.csv (a random subset of unlabeled 5-s windows, the audio that
 rounds 2 and 3 mix into training samples) and bad_files.csv (files skipped, with the reason). The cache is built
@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common import (LABEL_COLUMNS, WINDOW_SAMPLES, WINDOW_SECONDS, CachePaths, HelpFormatter, first_five_seconds,
-                    list_audio, parse_label_list, read_audio, windows_of)
+from common import WINDOW_SAMPLES, WINDOW_SECONDS, HelpFormatter, first_five_seconds, list_audio, read_audio, windows_of
+from tables import LABEL_COLUMNS, CachePaths, parse_label_list
 from flags import add_flag
 from errors import UserError, run_main
 from files import NpyRowWriter, swap_in

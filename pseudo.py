@@ -34,7 +34,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import infer
-from common import build_model, CachePaths, HelpFormatter, MelFrontEnd, MelSettings, WINDOW_SECONDS, load_classes
+from common import build_model, HelpFormatter, MelFrontEnd, MelSettings, WINDOW_SECONDS
+from tables import CachePaths, load_classes
 from flags import add_flag
 from infer import OldName
 from errors import UserError, run_main

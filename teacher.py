@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 import infer
 import prep
-from common import WINDOW_SECONDS, CachePaths, HelpFormatter, load_classes
+from common import WINDOW_SECONDS, HelpFormatter
+from tables import CachePaths, load_classes
 from flags import add_flag
 from errors import UserError, run_main
 from files import atomic_write, read_npy_rows

@@ -25,10 +25,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from common import (HEADS, LOSSES, MODEL_COLUMNS, NORMALIZATIONS, SAMPLE_RATE, AugmentChances, CachePaths,
-                    HelpFormatter, MelFrontEnd, PseudoWindows, TrainingSet, augment, build_model, kebab,
-                    load_classes, load_split, mel_settings_of, predict, read_models_table, split_summary,
-                    time_shift)
+from common import (HEADS, LOSSES, NORMALIZATIONS, SAMPLE_RATE, AugmentChances, HelpFormatter, MelFrontEnd,
+                    PseudoWindows, TrainingSet, augment, build_model, load_split, mel_settings_of, predict,
+                    split_summary, time_shift)
+from tables import MODEL_COLUMNS, CachePaths, kebab, load_classes, read_models_table
 from flags import SHARED, add_flag
 from errors import UserError, run_main
 from files import atomic_write, save_json

@@ -23,7 +23,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import infer  # noqa: E402
 from demo_data import write_ogg  # noqa: E402
-from common import MelEfficientNet, HelpFormatter, MelFrontEnd, MelSettings, read_models_table  # noqa: E402
+from common import MelEfficientNet, HelpFormatter, MelFrontEnd, MelSettings  # noqa: E402
+from tables import read_models_table  # noqa: E402
 from flags import add_flag  # noqa: E402
 from export import export_artifact  # noqa: E402
 from files import save_json  # noqa: E402

@@ -9,6 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import common  # noqa: E402
+import tables  # noqa: E402
 import files  # noqa: E402
 import export  # noqa: E402
 import demo_data  # noqa: E402
@@ -47,7 +48,7 @@ def export_tiny_ensemble(folder, classes, specs):
 
 @pytest.fixture(scope="session")
 def tiny_ensemble(cache_dir, tmp_path_factory):
-    classes = common.load_classes(common.CachePaths(cache_dir).classes)
+    classes = tables.load_classes(tables.CachePaths(cache_dir).classes)
     folder = str(tmp_path_factory.mktemp("ensemble"))
     return export_tiny_ensemble(folder, classes, [("modelA", 32, 1024, 32, 64, 0.8), ("modelB", 48, 512, 32, 32, 0.7)])
 

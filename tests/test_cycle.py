@@ -11,10 +11,12 @@ import pytest
 import torch
 
 import common
+import tables
 import errors
 import pseudo
 import soup
-from common import CachePaths, PseudoWindows, TrainingSet, mix_pseudo
+from common import PseudoWindows, TrainingSet, mix_pseudo
+from tables import CachePaths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,10 +93,10 @@ def test_pseudo_labels_of_every_window_of_given_files(cache_dir, pseudo_file):
     got = list(zip(labels["paths"], labels["end_seconds"].tolist()))
     assert len(got) == len(expected) and set(got) == expected
     probs = labels["probs"]
-    assert probs.shape == (len(expected), len(common.load_classes(CachePaths(cache_dir).classes)))
+    assert probs.shape == (len(expected), len(tables.load_classes(CachePaths(cache_dir).classes)))
     # minmax per class: floor 0, top 1 (a class the random models score constant becomes all 0)
     assert np.allclose(probs.min(0), 0) and np.all(np.isclose(probs.max(0), 1) | np.isclose(probs.max(0), 0))
-    assert list(labels["classes"]) == common.load_classes(CachePaths(cache_dir).classes)
+    assert list(labels["classes"]) == tables.load_classes(CachePaths(cache_dir).classes)
 
 
 def test_pl_norm():
@@ -110,7 +112,7 @@ def test_pl_norm():
 
 def test_training_set_mixing(cache_dir, pseudo_file):
     paths = CachePaths(cache_dir)
-    classes = common.load_classes(paths.classes)
+    classes = tables.load_classes(paths.classes)
     audio = np.load(paths.audio, mmap_mode="r")
     targets = common.target_matrix(pd.read_csv(paths.rows), classes)
     windows = PseudoWindows(cache_dir, pseudo_file, classes)
@@ -250,7 +252,7 @@ def test_numeric_labels_from_prep_to_submission(demo_dir, tmp_path):
     species = sorted(set(meta["primary_label"]))
     number = {s: f"{i:04d}" if i % 2 == 0 else str(1_000_000 + i) for i, s in enumerate(species)}
     meta["primary_label"] = meta["primary_label"].map(number)
-    meta["secondary_labels"] = [str([number[s] for s in common.parse_label_list(t)]) for t in meta["secondary_labels"]]
+    meta["secondary_labels"] = [str([number[s] for s in tables.parse_label_list(t)]) for t in meta["secondary_labels"]]
     meta.to_csv(root / "train_metadata.csv", index=False)
     sample = pd.read_csv(root / "sample_submission.csv", nrows=0)
     numeric_columns = ["row_id"] + [number[c] for c in sample.columns[1:]]
@@ -258,7 +260,7 @@ def test_numeric_labels_from_prep_to_submission(demo_dir, tmp_path):
 
     cache = str(tmp_path / "cache")
     prep.prepare(str(root), cache, n_threads=2)
-    assert common.load_classes(CachePaths(cache).classes) == numeric_columns[1:]
+    assert tables.load_classes(CachePaths(cache).classes) == numeric_columns[1:]
     model_dir = str(tmp_path / "model1")
     train.main(["--model", "1", "--models", os.path.join(ROOT, "models-demo.csv"), "--cache", cache,
                 "--out-dir", model_dir, "--epochs", "1", "--batch-size", "8", "--threads", "2", "--soup-start", "1",
@@ -292,7 +294,7 @@ def test_soup_engine_on_cpu_equals_the_exported_engine(cache_dir, souped_round):
     audio = np.load(CachePaths(cache_dir).unlabeled_audio)[:6].astype(np.float32)
     on_device = pseudo.SoupEngine.of_ensemble(ensemble, torch.device("cpu"))(torch.from_numpy(audio))
     exported = pseudo.ExportedEngine(ensemble, "torch", 2)(torch.from_numpy(audio))
-    assert on_device.shape == exported.shape == (6, len(common.load_classes(CachePaths(cache_dir).classes)))
+    assert on_device.shape == exported.shape == (6, len(tables.load_classes(CachePaths(cache_dir).classes)))
     assert np.abs(on_device - exported).max() < 1e-3 and exported.std() > 0
 
 

@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 
 import common
+import tables
 import files
 import export
 import infer
@@ -69,7 +70,7 @@ def test_neighbour_smoothing_math():
 
 
 def test_exported_model_equals_training_model(tmp_path, cache_dir):
-    classes = common.load_classes(common.CachePaths(cache_dir).classes)
+    classes = tables.load_classes(tables.CachePaths(cache_dir).classes)
     torch.manual_seed(3)
     model = common.MelEfficientNet(len(classes), 32, 64)
     model.eval()
@@ -119,7 +120,7 @@ def test_backends_agree(tmp_path, cache_dir, demo_dir, monkeypatch):
     # calls of 2 windows: each 12-s file (3 windows) runs one full call (OpenVINO's fixed-batch copy) and one
     # shorter call (its dynamic-batch copy)
     monkeypatch.setattr(infer, "network_pixels", 2 * 32 * 64)
-    classes = common.load_classes(common.CachePaths(cache_dir).classes)
+    classes = tables.load_classes(tables.CachePaths(cache_dir).classes)
     torch.manual_seed(4)
     model = common.MelEfficientNet(len(classes), 32, 64).eval()
     with torch.no_grad():  # an untrained net saturates its sigmoids; bring logits into the sensitive range

@@ -10,9 +10,11 @@ import pytest
 import soundfile as sf
 
 import common
+import tables
 import errors
 import prep
-from common import WINDOW_SAMPLES, CachePaths, assign_folds, target_matrix
+from common import WINDOW_SAMPLES, assign_folds, target_matrix
+from tables import CachePaths
 from helpers import one_line_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +29,7 @@ def test_demo_cache_contents(demo_dir, cache_dir):
     meta = pd.read_csv(os.path.join(demo_dir, "train_metadata.csv"))
     rows = pd.read_csv(paths.rows)
     audio = np.load(paths.audio, mmap_mode="r")
-    classes = common.load_classes(paths.classes)
+    classes = tables.load_classes(paths.classes)
     assert classes == [c for c in pd.read_csv(os.path.join(demo_dir, "sample_submission.csv")).columns if c != "row_id"]
     assert audio.shape == (len(meta), WINDOW_SAMPLES) and audio.dtype == np.float16
     assert list(rows["filename"]) == list(meta["filename"]) and set(rows["source"]) == {"base"}
@@ -45,7 +47,7 @@ def test_demo_cache_contents(demo_dir, cache_dir):
     # targets: primary and secondary species
     y = target_matrix(rows, classes)
     for i, (primary, secondary) in enumerate(zip(rows["primary_label"], rows["secondary_labels"])):
-        expected = {primary, *common.parse_label_list(secondary)}
+        expected = {primary, *tables.parse_label_list(secondary)}
         assert {classes[c] for c in np.flatnonzero(y[i])} == expected
     # unlabeled index: every soundscape with its window count; the window cache matches the audio
     unlabeled = pd.read_csv(paths.unlabeled)
@@ -96,7 +98,7 @@ def test_layout_2025(demo_dir, tmp_path):
     out = str(tmp_path / "cache")
     prep.prepare(str(tmp_path / "bc25"), out, n_threads=2)
     paths = CachePaths(out)
-    assert common.load_classes(paths.classes) == taxonomy
+    assert tables.load_classes(paths.classes) == taxonomy
     assert np.load(paths.audio, mmap_mode="r").shape == (6, WINDOW_SAMPLES)
     assert len(pd.read_csv(paths.unlabeled)) == 1
 
@@ -291,7 +293,7 @@ def test_too_little_disk_is_one_line_before_writing(demo_dir, cache_dir, tmp_pat
 
 def test_empty_secondaries_of_2025_are_not_dropped_labels(capsys):
     """BirdCLEF 2025 writes "['']" for a recording without secondary labels: no label, nothing dropped."""
-    assert common.parse_label_list("['']") == [] and common.parse_label_list("[' ', 'a']") == ["a"]
+    assert tables.parse_label_list("['']") == [] and tables.parse_label_list("[' ', 'a']") == ["a"]
     rows = pd.DataFrame(dict(filename=["a.ogg", "b.ogg", "c.ogg"], primary_label=["x", "y", "x"],
                              secondary_labels=["['']", "['y', 'nobird']", ""]))
     cleaned = prep.check_labels(rows, ["x", "y"])

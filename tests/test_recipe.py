@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import common
+import tables
 import infer
 import soup
 import train
@@ -46,7 +47,7 @@ def seed_table_lines():
 
 
 def test_models_csv_is_the_seed_table_and_the_defaults_are_the_seeds():
-    table = common.read_models_table(os.path.join(ROOT, "models.csv"))
+    table = tables.read_models_table(os.path.join(ROOT, "models.csv"))
     for line in seed_table_lines():
         name, *values = line.replace(" %", "").split()
         ours = [str(v) for v in table[name]]
@@ -129,7 +130,7 @@ def test_reference_preset_trains_soups_and_infers_with_its_settings(cache_dir, t
     soup.bundle(str(tmp_path / "ensemble"), [out])
     networks, front_end, classes, _ = infer.load_ensemble(str(tmp_path / "ensemble"), "torch", 2)
     assert networks[0].mel_settings == common.mel_settings_of(config)
-    waves = torch.as_tensor(np.asarray(np.load(common.CachePaths(cache_dir).audio, mmap_mode="r")[:3],
+    waves = torch.as_tensor(np.asarray(np.load(tables.CachePaths(cache_dir).audio, mmap_mode="r")[:3],
                                        dtype=np.float32))
     mel = front_end(waves)[networks[0].mel_key]
     model = common.build_model(config)

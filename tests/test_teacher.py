@@ -12,7 +12,7 @@ import pytest
 
 import pseudo
 import teacher
-from common import CachePaths
+from tables import CachePaths
 from errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
