@@ -20,6 +20,7 @@ under 3 pairs); the round gain (round R over round 1 of the same run) likewise. 
 min-max of its runs.
 """
 import argparse
+import glob
 import json
 import os
 import re
@@ -102,13 +103,9 @@ def run_recipe(name, recipe, data, cache, seed, args, threads):
         scores = score_round(os.path.join(out, f"round{r}", "ensemble"), paths, labels, infer.pp_weight,
                              backend="auto", precision="f32")
         results.append(dict(round=r, auc=scores[("ensemble", False)], auc_pp=scores[("ensemble", True)]))
-    minutes = sum(pd.read_csv(f)["seconds"].sum() for f in glob_metrics(out)) / 60
+    metrics = glob.glob(os.path.join(out, "round*", "model*", "metrics.csv"))
+    minutes = sum(pd.read_csv(f)["seconds"].sum() for f in metrics) / 60
     return results, minutes
-
-
-def glob_metrics(out):
-    import glob
-    return glob.glob(os.path.join(out, "round*", "model*", "metrics.csv"))
 
 
 def run_oracle(data, seed, args, threads):
