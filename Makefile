@@ -175,7 +175,7 @@ demo: $(DEMO_DATA)/train_metadata.csv | $(SETUP)
 	@$(PY) report.py --work $(DEMO_WORK) || echo "(no report: pip install matplotlib)"
 
 clean-demo:
-	rm -rf $(DEMO_WORK) $(DEMO_DATA) $(DEMO_DATA)-test-labels.csv
+	rm -rf $(DEMO_WORK) $(DEMO_DATA) $(DEMO_DATA)-test-labels.csv $(DEMO_DATA)-unlabeled-labels.csv
 
 test: | $(SETUP_TEST) $(SETUP_TEACHER)
 	$(PY) -m pytest -q tests

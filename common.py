@@ -10,6 +10,7 @@ metrics, devices, weights, the export and the tables on disk live in small modul
 metrics.py, devices.py, weights.py, export.py, tables.py).
 """
 import copy
+import math
 import os
 from dataclasses import dataclass
 
@@ -190,6 +191,12 @@ class MelEfficientNet(nn.Module):
         rates = dropout_rates if head == "gem5" else [head_dropout] if head_dropout > 0 else []
         self.dropouts = nn.ModuleList(nn.Dropout(r) for r in rates)
         self.head = nn.Linear(self.backbone.num_features, n_classes)
+        if head == "plain":  # timm's init of its own head: uniform(+-1/sqrt(classes)), zero bias; torch's default
+            # (+-1/sqrt(features)) starts the logits 1/30th as large, and the network then learnt slower from random
+            # init and gained nothing from a pseudo-label round on the demos (bench/decide.py, docs/accuracy.md)
+            bound = 1.0 / math.sqrt(n_classes)
+            nn.init.uniform_(self.head.weight, -bound, bound)
+            nn.init.zeros_(self.head.bias)
         self.channels_last = False  # set on CUDA: NHWC convolutions are faster there
         self.register_buffer("resize_rows", None, persistent=False)  # set by inference_form
         self.register_buffer("resize_cols", None, persistent=False)
@@ -419,6 +426,13 @@ class PseudoWindows:
         return len(self.index)
 
 
+def n_batches(n_rows, batch_size, world_size=1):
+    """Global batches in an epoch of n_rows: the full ones, and the partial last one when it gives each of the
+    world_size processes 2 rows at least."""
+    full, rest = divmod(n_rows, batch_size)
+    return max(1, full + (rest >= 2 * world_size))
+
+
 class TrainingSet:
     """Batches of (waveform, target) from the cache. Row i: first 5 s of recording i, its multi-hot target.
 
@@ -454,11 +468,12 @@ class TrainingSet:
     def epoch_plan(self, epoch, batch_size, rank=0, world_size=1):
         """[(rows, seed)] of this rank's batches in an epoch. batch_size is the global batch: under torchrun each
         of the world_size ranks takes its share of every global batch, so N processes take the steps of one
-        with the same samples. The last partial global batch is dropped (BatchNorm)."""
+        with the same samples. The last partial global batch is kept when every rank gets 2 rows of it at least
+        (BatchNorm needs 2); n_batches says how many there are."""
         order = np.random.default_rng((self.seed, epoch)).permutation(self.rows)
         share = batch_size // world_size
         return [(order[b * batch_size:(b + 1) * batch_size][rank::world_size][:share], (self.seed, epoch, b, rank))
-                for b in range(max(1, len(order) // batch_size))]
+                for b in range(n_batches(len(order), batch_size, world_size))]
 
     def build(self, plan, pin=False):
         """One planned batch: (waves, targets) tensors, in pinned memory when asked (copies to a GPU overlap)."""

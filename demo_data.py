@@ -4,11 +4,13 @@
     python demo_data.py --out /tmp/tiny --per-species 3 --unlabeled 3 --test 2 --soundscape-seconds 12
 
 Writes --out in the BirdCLEF 2024 layout (train_metadata.csv, train_audio/<species>/*.ogg,
-unlabeled_soundscapes/, test_soundscapes/, sample_submission.csv) and the test labels beside it, never inside
-(<out>-test-labels.csv: row_id and one 0/1 column per species, the format bench/score_demo.py reads). 12 species
-with parametric calls (sweeps, trills, harmonic notes, whistles, buzzes, vibrato; three confusable pairs); the
-soundscapes come from another "site": coloured noise, insect bands, wind, rain, reverberation, quieter
-overlapping calls and a skewed species mix. Deterministic for a given --seed, whatever the number of processes.
+unlabeled_soundscapes/, test_soundscapes/, sample_submission.csv) and the labels beside it, never inside:
+<out>-test-labels.csv (row_id and one 0/1 column per species, the format bench/score_demo.py reads) and
+<out>-unlabeled-labels.csv (the same for the unlabeled soundscapes' windows: bench/decide.py scores a round's
+pseudo labels with it; training never reads it). 12 species with parametric calls (sweeps, trills, harmonic
+notes, whistles, buzzes, vibrato; three confusable pairs); the soundscapes come from another "site": coloured
+noise, insect bands, wind, rain, reverberation, quieter overlapping calls and a skewed species mix.
+Deterministic for a given --seed, whatever the number of processes.
 """
 import argparse
 import math
@@ -213,6 +215,12 @@ def _demo_soundscape_file(job):
             for w, species in enumerate(present)]
 
 
+def labels_paths(out):
+    """(test labels, unlabeled windows' labels) of the demo at `out`: <out>-test-labels.csv,
+    <out>-unlabeled-labels.csv (row_id and one 0/1 column per species)."""
+    return out.rstrip("/") + "-test-labels.csv", out.rstrip("/") + "-unlabeled-labels.csv"
+
+
 def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=60, soundscape_s=60, processes=None):
     """Write the demo dataset (BirdCLEF 2024 layout) to `out` and its test labels beside it.
 
@@ -234,19 +242,23 @@ def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=60, sound
     with get_context("fork").Pool(processes or os.cpu_count() or 1) as pool:
         meta = list(tqdm(pool.imap(_demo_train_file, train_jobs), total=len(train_jobs), desc="demo train audio",
                          unit="file"))
-        list(tqdm(pool.imap(_demo_soundscape_file, soundscape_jobs), total=len(soundscape_jobs),
-                  desc="demo unlabeled soundscapes", unit="file"))
+        unlabeled = [row for rows in tqdm(pool.imap(_demo_soundscape_file, soundscape_jobs),
+                                          total=len(soundscape_jobs), desc="demo unlabeled soundscapes", unit="file")
+                     for row in rows]
         labels = [row for rows in tqdm(pool.imap(_demo_soundscape_file, test_jobs), total=len(test_jobs),
                                        desc="demo test soundscapes", unit="file") for row in rows]
     pd.DataFrame(meta, columns=["primary_label", "secondary_labels", "type", "filename", "rating", "author",
                                 "license"]).to_csv(os.path.join(tmp, "train_metadata.csv"), index=False)
     pd.DataFrame([[f"soundscape_0_{(w + 1) * 5}"] + [1.0 / len(names)] * len(names) for w in range(3)],
                  columns=["row_id"] + names).to_csv(os.path.join(tmp, "sample_submission.csv"), index=False)
-    # test labels live next to the dataset, never inside it
-    labels_path = out.rstrip("/") + "-test-labels.csv"
+    # labels live next to the dataset, never inside it: the test windows' (the score), the unlabeled windows'
+    # (how good a round's pseudo labels are: a diagnostic that training never reads)
+    labels_path, unlabeled_path = labels_paths(out)
     pd.DataFrame(labels, columns=["row_id"] + names).to_csv(labels_path + ".tmp", index=False)
+    pd.DataFrame(unlabeled, columns=["row_id"] + names).to_csv(unlabeled_path + ".tmp", index=False)
     swap_in(tmp, out)
     os.replace(labels_path + ".tmp", labels_path)
+    os.replace(unlabeled_path + ".tmp", unlabeled_path)
     print(f"demo dataset {out}: {len(meta)} train files, {n_unlabeled} unlabeled and {n_test} test soundscapes; "
           f"test labels {labels_path}")
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from common import (HEADS, LOSSES, NORMALIZATIONS, SAMPLE_RATE, AugmentChances, HelpFormatter, MelFrontEnd,
                     PseudoWindows, TrainingSet, augment, build_model, load_split, mel_settings_of, predict,
-                    split_summary, time_shift)
+                    n_batches, split_summary, time_shift)
 from tables import MODEL_COLUMNS, CachePaths, kebab, load_classes, read_models_table
 from flags import SHARED, add_flag
 from errors import UserError, run_main
@@ -349,7 +349,7 @@ def build_training(args, config, procs):
                                     weight_decay=args.weight_decay)
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = max(1, len(dataset) // args.batch_size)  # the same for any number of processes
+    steps_per_epoch = n_batches(len(dataset), args.batch_size, procs.world_size)  # each process takes as many
     total_steps = steps_per_epoch * args.epochs
     if args.schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total_steps,

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ import prep  # noqa: E402
 from common import HelpFormatter  # noqa: E402
 from flags import add_flag  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
+from metrics import macro_roc_auc  # noqa: E402
 from score_demo import score_round  # noqa: E402
 
 # defaults
@@ -102,24 +104,44 @@ def run_recipe(name, recipe, data, cache, seed, args, threads):
     for r in range(1, rounds + 1):
         scores = score_round(os.path.join(out, f"round{r}", "ensemble"), paths, labels, infer.pp_weight,
                              backend="auto", precision="f32")
-        results.append(dict(round=r, auc=scores[("ensemble", False)], auc_pp=scores[("ensemble", True)]))
+        results.append(dict(round=r, auc=scores[("ensemble", False)], auc_pp=scores[("ensemble", True)],
+                            labels_auc=labels_auc(os.path.join(out, f"pseudo{r - 1}.npz"), data)))
     metrics = glob.glob(os.path.join(out, "round*", "model*", "metrics.csv"))
     minutes = sum(pd.read_csv(f)["seconds"].sum() for f in metrics) / 60
     return results, minutes
+
+
+def labels_auc(pseudo_path, data):
+    """Macro AUC of a pseudo-label file against the demo's unlabeled-window labels; NaN without either."""
+    truth_path = demo_data.labels_paths(data)[1]
+    if not (os.path.isfile(pseudo_path) and os.path.isfile(truth_path)):
+        return float("nan")
+    labels = np.load(pseudo_path, allow_pickle=False)
+    rows = [f"{os.path.splitext(os.path.basename(p))[0]}_{int(e)}" for p, e in zip(labels["paths"],
+                                                                                  labels["end_seconds"])]
+    truth = pd.read_csv(truth_path).set_index("row_id").loc[rows, list(labels["classes"])]
+    return macro_roc_auc(truth.values, labels["probs"])
 
 
 def run_oracle(data, seed, args, threads):
     """../shared/oracle/baseline.py on one demo and seed: [{round 1}, {round 2}] from its SUMMARY line."""
     command = [sys.executable, args.oracle, "--data", data, "--epochs", str(args.epochs), "--seed", str(seed),
                "--threads", str(threads)]
+    truth_path = demo_data.labels_paths(data)[1]
+    where_oracle_looks = os.path.join(data.rstrip("/") + "_solution", "unlabeled_solution.csv")
+    if os.path.isfile(truth_path) and not os.path.isfile(where_oracle_looks):
+        os.makedirs(os.path.dirname(where_oracle_looks), exist_ok=True)
+        shutil.copyfile(truth_path, where_oracle_looks)
     done = subprocess.run(command, capture_output=True, text=True)
     summary = [line for line in done.stdout.splitlines() if line.startswith("SUMMARY")]
     if done.returncode or not summary:
         raise UserError(f"the oracle failed on {data} seed {seed}: {(done.stderr or done.stdout)[-300:]}")
     numbers = [float(x) for x in re.findall(r"\d+\.\d{4}", summary[0])]
     seconds = float(re.findall(r"\| (\d+) s", summary[0])[0])
-    return [dict(round=1, auc=numbers[0], auc_pp=numbers[1]), dict(round=2, auc=numbers[2], auc_pp=numbers[3])], \
-        seconds / 60
+    label_lines = re.findall(r"pseudo-label macro AUC on unlabeled windows: (\d+\.\d+)", done.stdout)
+    labels = float(label_lines[0]) if label_lines else float("nan")
+    return [dict(round=1, auc=numbers[0], auc_pp=numbers[1], labels_auc=float("nan")),
+            dict(round=2, auc=numbers[2], auc_pp=numbers[3], labels_auc=labels)], seconds / 60
 
 
 def run_one(task, recipes, args, threads, demos_of):
@@ -130,7 +152,11 @@ def run_one(task, recipes, args, threads, demos_of):
     done_path = os.path.join(out, "result.json")
     if os.path.isfile(done_path):
         with open(done_path) as f:
-            return json.load(f)
+            rows = json.load(f)
+        for row in rows:  # a run from before labels were scored
+            if "labels_auc" not in row and name != ORACLE:
+                row["labels_auc"] = labels_auc(os.path.join(out, f"pseudo{row['round'] - 1}.npz"), data)
+        return rows
     began = time.time()
     if name == ORACLE:
         results, minutes = run_oracle(data, seed, args, threads)
@@ -147,13 +173,15 @@ def run_one(task, recipes, args, threads, demos_of):
 
 
 def spread_table(runs):
-    """Per recipe and round: median, min-max and runs of the +pp AUC (and without pp), minutes per run."""
-    lines = ["| recipe | round | +pp median | +pp min-max | spread | no-pp median | runs | minutes per run |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Per recipe and round: median, min-max and runs of the +pp AUC (and without pp), the median AUC of the
+    pseudo labels that trained the round (on the unlabeled windows' labels), minutes per run."""
+    lines = ["| recipe | round | +pp median | +pp min-max | spread | no-pp median | its labels' AUC | runs | "
+             "minutes per run |", "|---|---|---|---|---|---|---|---|---|"]
     for (recipe, r), g in runs.groupby(["recipe", "round"], sort=False):
+        labels = g.labels_auc.median() if "labels_auc" in g and g.labels_auc.notna().any() else None
         lines.append(f"| {recipe} | {r} | {g.auc_pp.median():.4f} | {g.auc_pp.min():.4f}-{g.auc_pp.max():.4f} | "
-                     f"{g.auc_pp.max() - g.auc_pp.min():.4f} | {g.auc.median():.4f} | {len(g)} | "
-                     f"{g.minutes.median():.1f} |")
+                     f"{g.auc_pp.max() - g.auc_pp.min():.4f} | {g.auc.median():.4f} | "
+                     f"{'' if labels is None else f'{labels:.4f}'} | {len(g)} | {g.minutes.median():.1f} |")
     return "\n".join(lines)
 
 

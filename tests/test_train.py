@@ -148,21 +148,45 @@ def test_torchrun_two_processes_keep_the_recipe(cache_dir, tmp_path):
 
 
 def test_batches_are_the_same_whatever_the_workers_and_split_across_ranks(cache_dir):
-    from common import TrainingSet, load_split
+    from common import TrainingSet, load_split, n_batches
     config = dict(dataset="bc24", fold="4", n_folds=5, seed=42)
     data = load_split(cache_dir, config)
     dataset = TrainingSet(data["audio"], data["targets"], data["train"], seed=3)
     inline = list(dataset.epoch(2, 8))
     ahead = list(dataset.epoch(2, 8, workers=2))
-    assert len(inline) == len(ahead) == len(data["train"]) // 8
+    assert len(inline) == len(ahead) == n_batches(len(data["train"]), 8)
     for (a, t), (b, u) in zip(inline, ahead):
         assert torch.equal(a, b) and torch.equal(t, u)
     one = dataset.epoch_plan(2, 8)
     ranks = [dataset.epoch_plan(2, 8, rank, 2) for rank in (0, 1)]
-    for b, (rows, _) in enumerate(one):  # each global batch is split, not duplicated or reshuffled
+    assert len(ranks[0]) == len(ranks[1]) == n_batches(len(data["train"]), 8, 2)
+    for b, (rows, _) in enumerate(one[:len(ranks[0])]):  # each global batch is split, not duplicated or reshuffled
         halves = [ranks[r][b][0] for r in (0, 1)]
-        assert len(halves[0]) == len(halves[1]) == 4
+        assert len(halves[0]) == len(halves[1]) == 4 or len(rows) < 8
         assert sorted(np.concatenate(halves)) == sorted(rows)
+
+
+def test_the_last_partial_batch_is_kept_when_every_process_gets_two_rows():
+    from common import TrainingSet, n_batches
+    audio, targets = np.zeros((40, 4), np.float16), np.zeros((40, 3), np.float32)
+    for n_rows, world_size, sizes in ((20, 1, [8, 8, 4]), (17, 1, [8, 8]), (18, 1, [8, 8, 2]), (20, 2, [4, 4, 2]),
+                                      (18, 2, [4, 4]), (5, 1, [5])):
+        dataset = TrainingSet(audio, targets, np.arange(n_rows), seed=1)
+        plans = [dataset.epoch_plan(1, 8, rank, world_size) for rank in range(world_size)]
+        assert all(len(plan) == n_batches(n_rows, 8, world_size) for plan in plans)
+        assert [len(rows) for rows, _ in plans[0]] == sizes, (n_rows, world_size)
+        seen = np.concatenate([rows for plan in plans for rows, _ in plan])
+        assert len(set(seen)) == len(seen) == sum(sizes) * world_size
+
+
+def test_the_plain_head_starts_as_timms_own():
+    from common import MelEfficientNet
+    torch.manual_seed(0)
+    plain, gem5 = MelEfficientNet(12, 32, 32, head="plain", channels=1), MelEfficientNet(12, 32, 32)
+    bound = 1 / np.sqrt(12)
+    assert plain.head.weight.abs().max() <= bound and plain.head.weight.abs().max() > 0.9 * bound
+    assert not plain.head.bias.any()
+    assert gem5.head.weight.abs().max() <= 1 / np.sqrt(gem5.head.in_features)  # the seed's head: torch's init
 
 
 def test_validation_reads_its_rows_in_chunks(cache_dir):
