@@ -7,6 +7,7 @@
 #   make round1 DATA=/data/birdclef-2024 GPUS=0,1,2,3         # one model per free GPU
 #   make weights                                # the seed's weights into WORK/weights, for an offline box
 #   make ensemble DATA=/data/birdclef-2024      # round1 -> pseudo1 -> round2 -> pseudo2 -> round3 -> ensemble
+#   make ensemble DATA=... ROUNDS=2             # stop after round 2: its ensemble is the final one
 #   make submission DATA=/data/birdclef-2024    # infer.py on DATA/test_soundscapes
 #   make kaggle                                 # WORK/kaggle: the folder to upload, with KERNEL.md's cells
 #   make prep DATA=... WORK=... PY=python       # PY=python reuses an existing environment (Kaggle, Colab)
@@ -21,6 +22,8 @@ DEVICE  ?= auto
 TRAIN_ARGS ?=
 PREP_ARGS  ?=
 PL_NORM ?= floor
+# pseudo-label rounds before the final ensemble (the stop rule): the seed's 3; make demo's 2 (bench/decide.py)
+ROUNDS ?= 3
 # the backbone's starting weights: timm (the seed's ImageNet/JFT weights, downloaded once), none (random init)
 # or a file (make weights writes one)
 PRETRAINED ?= timm
@@ -75,6 +78,13 @@ $(call stamp,prep,$(DATA) $(PREP_ARGS))
 $(foreach r,1 2 3,$(foreach i,$(IDS),$(call stamp,round$(r)-model$(i),$(call MODEL_ROW,$(i)) \
 	epochs=$(EPOCHS) pretrained=$(PRETRAINED) $(TRAIN_ARGS)$(if $(and $(TEACHER),$(filter 1,$(r))), teacher=$(TEACHER)))))
 $(call stamp,pseudo,$(PL_NORM)$(if $(TEACHER), teacher=$(TEACHER) $(TEACHER_WEIGHT)))
+$(call stamp,ensemble,rounds=$(ROUNDS))
+# a final ensemble that is not a copy of round ROUNDS's (one made before ROUNDS changed) is made again
+$(shell [ -f $(WORK)/ensemble/manifest.json ] && [ -f $(WORK)/round$(ROUNDS)/ensemble/manifest.json ] && \
+	! cmp -s $(WORK)/ensemble/manifest.json $(WORK)/round$(ROUNDS)/ensemble/manifest.json && touch $(STAMPS)/ensemble)
+endif
+ifeq ($(filter $(ROUNDS),1 2 3),)
+$(error ROUNDS must be 1, 2 or 3, not "$(ROUNDS)")
 endif
 
 .PHONY: weights bench-gpu teacher bench-ablate setup prep round1 pseudo1 round2 pseudo2 round3 ensemble kaggle report submission demo demo-data test bench-train bench-infer bench-scale clean-demo
@@ -136,10 +146,10 @@ teacher: $(WORK)/teacher.npz
 $(WORK)/teacher.npz: $(CACHED) | $(SETUP_TEACHER)
 	$(PY) teacher.py --data "$(DATA)" --cache $(CACHE) --out $@ --threads $(THREADS)
 
-# the final round's ensemble, the folder to upload as a Kaggle dataset next to infer.py
+# the final round's ensemble (round ROUNDS), the folder to upload as a Kaggle dataset next to infer.py
 ensemble: $(WORK)/ensemble/manifest.json
-$(WORK)/ensemble/manifest.json: $(WORK)/round3/ensemble/manifest.json
-	rm -rf $(WORK)/ensemble.tmp && cp -r $(WORK)/round3/ensemble $(WORK)/ensemble.tmp
+$(WORK)/ensemble/manifest.json: $(WORK)/round$(ROUNDS)/ensemble/manifest.json $(STAMPS)/ensemble
+	rm -rf $(WORK)/ensemble.tmp && cp -r $(WORK)/round$(ROUNDS)/ensemble $(WORK)/ensemble.tmp
 	$(PY) -c "import files, sys; files.swap_in(*sys.argv[1:])" $(WORK)/ensemble.tmp $(WORK)/ensemble
 
 # the folder to upload to Kaggle: the ensemble, infer.py, the backends' wheels for the kernel's Python, KERNEL.md
@@ -161,8 +171,9 @@ $(WORK)/submission.csv: $(WORK)/ensemble/manifest.json
 # ---- the demo: synthetic data, small models, the whole cycle, then the score table
 DEMO_DATA := data/demo
 DEMO_WORK := work/demo
+DEMO_ROUNDS := 2
 DEMO_VARS := DATA=$(DEMO_DATA) WORK=$(DEMO_WORK) MODELS=models-demo.csv EPOCHS=16 PRETRAINED=none \
-	TRAIN_ARGS="--preset demo" PY=$(PY)
+	TRAIN_ARGS="--preset demo" ROUNDS=$(DEMO_ROUNDS) PY=$(PY)
 
 demo-data: $(DEMO_DATA)/train_metadata.csv
 $(DEMO_DATA)/train_metadata.csv: | $(SETUP)
@@ -171,7 +182,7 @@ $(DEMO_DATA)/train_metadata.csv: | $(SETUP)
 demo: $(DEMO_DATA)/train_metadata.csv | $(SETUP)
 	$(MAKE) --no-print-directory $(DEMO_VARS) ensemble
 	$(PY) bench/score_demo.py --work $(DEMO_WORK) --audio $(DEMO_DATA)/test_soundscapes \
-		--labels $(DEMO_DATA)-test-labels.csv --threads $(THREADS)
+		--labels $(DEMO_DATA)-test-labels.csv --threads $(THREADS) --rounds $(shell seq -s, 1 $(DEMO_ROUNDS))
 	@$(PY) report.py --work $(DEMO_WORK) || echo "(no report: pip install matplotlib)"
 
 clean-demo:

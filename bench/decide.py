@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
+import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -106,9 +107,24 @@ def run_recipe(name, recipe, data, cache, seed, args, threads):
                              backend="auto", precision="f32")
         results.append(dict(round=r, auc=scores[("ensemble", False)], auc_pp=scores[("ensemble", True)],
                             labels_auc=labels_auc(os.path.join(out, f"pseudo{r - 1}.npz"), data)))
+    add_best_member(results, out, cache, data)
     metrics = glob.glob(os.path.join(out, "round*", "model*", "metrics.csv"))
     minutes = sum(pd.read_csv(f)["seconds"].sum() for f in metrics) / 60
     return results, minutes
+
+
+def add_best_member(results, out, cache, data):
+    """Rounds 2 on: the AUC of the best member's labels beside the labels' AUC of the ensemble that made them
+    (both raw), where the labelling ensemble has more than one model."""
+    for row in results:
+        row.setdefault("best_member_labels_auc", float("nan"))
+        row.setdefault("ensemble_labels_auc", float("nan"))
+        ensemble = os.path.join(out, f"round{row['round'] - 1}", "ensemble")
+        if row["round"] > 1 and os.path.isdir(ensemble):
+            scores = members_labels_auc(ensemble, cache, data)
+            if len(scores) > 2:
+                row["ensemble_labels_auc"] = scores.pop("ensemble")
+                row["best_member_labels_auc"] = max(scores.values())
 
 
 def labels_auc(pseudo_path, data):
@@ -121,6 +137,29 @@ def labels_auc(pseudo_path, data):
                                                                                   labels["end_seconds"])]
     truth = pd.read_csv(truth_path).set_index("row_id").loc[rows, list(labels["classes"])]
     return macro_roc_auc(truth.values, labels["probs"])
+
+
+def members_labels_auc(ensemble_dir, cache, data):
+    """{member or "ensemble": macro AUC of its labels of the cached unlabeled windows} (raw mean sigmoid, before
+    normalization) against the demo's unlabeled-window labels: does the whole ensemble label better than its best
+    member? {} without those labels."""
+    truth_path = demo_data.labels_paths(data)[1]
+    if not os.path.isfile(truth_path):
+        return {}
+    table = pd.read_csv(os.path.join(cache, "unlabeled_windows.csv"))
+    audio = np.load(os.path.join(cache, "unlabeled_windows.npy"), mmap_mode="r")
+    networks, front_end, classes, _ = infer.load_ensemble(ensemble_dir, "auto", torch.get_num_threads())
+    rows = [f"{os.path.splitext(os.path.basename(p))[0]}_{int(e)}" for p, e in zip(table["path"], table["end_second"])]
+    truth = pd.read_csv(truth_path).set_index("row_id").loc[rows, classes].values
+    probs = {n.name: [] for n in networks}
+    for start in range(0, len(audio), 128):
+        mels = front_end(torch.from_numpy(audio[start:start + 128].astype(np.float32)))
+        for n in networks:
+            probs[n.name].append(torch.sigmoid(torch.from_numpy(n.logits(mels[n.mel_key]))).numpy())
+    probs = {name: np.concatenate(p) for name, p in probs.items()}
+    scores = {name: macro_roc_auc(truth, p) for name, p in probs.items()}
+    scores["ensemble"] = macro_roc_auc(truth, np.mean(list(probs.values()), axis=0))
+    return scores
 
 
 def run_oracle(data, seed, args, threads):
@@ -153,9 +192,12 @@ def run_one(task, recipes, args, threads, demos_of):
     if os.path.isfile(done_path):
         with open(done_path) as f:
             rows = json.load(f)
-        for row in rows:  # a run from before labels were scored
-            if "labels_auc" not in row and name != ORACLE:
+        if name != ORACLE and any("best_member_labels_auc" not in row for row in rows):  # from before labels
+            for row in rows:                                                             # were scored
                 row["labels_auc"] = labels_auc(os.path.join(out, f"pseudo{row['round'] - 1}.npz"), data)
+            add_best_member(rows, out, cache, data)
+            with open(done_path, "w") as f:
+                json.dump(rows, f)
         return rows
     began = time.time()
     if name == ORACLE:
@@ -218,6 +260,10 @@ def verdict_table(runs, base):
     for recipe in last.index:
         for r in range(2, int(last[recipe]) + 1):
             add(f"{recipe}: round {r} over round 1", paired(runs, recipe, recipe, r, 1))
+        if "best_member_labels_auc" in runs:
+            mine = runs[(runs.recipe == recipe) & runs.best_member_labels_auc.notna()]
+            add(f"{recipe}: labels of the whole ensemble over its best member's (labels' AUC)",
+                (mine.ensemble_labels_auc - mine.best_member_labels_auc).values)
         if recipe != base and base in last.index:
             add(f"{recipe} vs {base}, round 1", paired(runs, recipe, base, 1, 1))
             add(f"{recipe} vs {base}, final rounds ({int(last[recipe])} vs {int(last[base])})",

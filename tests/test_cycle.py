@@ -240,6 +240,28 @@ def test_changed_settings_rerun_exactly_what_depends_on_them(tmp_path):
     assert "prep.py" in plan_with(work, "PREP_ARGS=--max-unlabeled-windows 100")
 
 
+def test_rounds_sets_the_round_whose_ensemble_is_final(tmp_path):
+    work = str(tmp_path / "work")
+    fake_finished_cycle(work)
+    for r in (2, 3):  # what soup.py bundle writes: the round's own model folders
+        path = f"{work}/round{r}/ensemble/manifest.json"
+        age = os.stat(path).st_mtime
+        with open(path, "w") as f:
+            f.write(f'{{"sources": ["{work}/round{r}/model1"]}}')
+        os.utime(path, (age, age))
+    shutil.copy(f"{work}/round3/ensemble/manifest.json", f"{work}/ensemble/manifest.json")
+    os.utime(f"{work}/ensemble/manifest.json", (1_700_000_100,) * 2)
+    assert "cp -r" not in plan_with(work)  # the seed's 3 rounds: round 3's copy is the final ensemble
+    plan = plan_with(work, "ROUNDS=2")
+    assert f"cp -r {work}/round2/ensemble" in plan and "round3" not in plan and "train.py" not in plan
+    shutil.copy(f"{work}/round2/ensemble/manifest.json", f"{work}/ensemble/manifest.json")  # as if made
+    assert "cp -r" not in plan_with(work, "ROUNDS=2")
+    assert f"cp -r {work}/round3/ensemble" in plan_with(work, "ROUNDS=3")  # and back
+    wrong = subprocess.run(["make", "-n", "-C", ROOT, "ensemble", f"WORK={work}", "ROUNDS=4", "PY=python"],
+                           capture_output=True, text=True)
+    assert wrong.returncode != 0 and "ROUNDS must be 1, 2 or 3" in wrong.stderr
+
+
 def test_numeric_labels_from_prep_to_submission(demo_dir, tmp_path):
     """iNat-style labels ("0042", "1000003"): strings everywhere, leading zeros kept, as submission columns."""
     import prep

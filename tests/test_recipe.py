@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import common
+import demo_data
 import tables
 import infer
 import soup
@@ -198,6 +199,9 @@ def test_decide_quick_runs_cycles_beside_the_oracle(tmp_path):
     runs = pd.read_csv(os.path.join(work, "runs.csv"))
     assert set(runs["recipe"]) == set(recipes.split(",")) and set(runs["round"]) == {1, 2}
     assert runs[["auc", "auc_pp"]].apply(lambda c: c.between(0, 1)).all().all()
+    # the labels that trained round 2, scored against the demo's unlabeled windows' labels; round 1 had none
+    ours = runs[runs.recipe == "reference"].set_index("round").labels_auc
+    assert np.isnan(ours[1]) and 0 <= ours[2] <= 1
     report = open(os.path.join(work, "report.md")).read()
     assert "| reference | 1 |" in report and "reference: round 2 over round 1" in report
     assert "too few runs" in report  # one demo and one seed decide nothing
@@ -206,3 +210,27 @@ def test_decide_quick_runs_cycles_beside_the_oracle(tmp_path):
     assert decide.verdict(np.array([0.01, 0.02, 0.03])) == "helps"
     assert decide.verdict(np.array([-0.01, -0.02, -0.03])) == "hurts"
     assert decide.verdict(np.array([0.05, -0.01, 0.03])) == "within noise"
+
+
+def test_decide_scores_the_labels_of_each_member_and_of_the_ensemble(demo_dir, cache_dir, tiny_ensemble, tmp_path):
+    """The demo writes its unlabeled windows' labels beside it; decide scores pseudo labels against them: the
+    ensemble's equal sklearn's macro AUC of what pseudo.py writes (normalization none)."""
+    from sklearn.metrics import roc_auc_score
+    import pseudo
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import decide
+    truth = pd.read_csv(demo_data.labels_paths(demo_dir)[1]).set_index("row_id")
+    windows = pd.read_csv(os.path.join(cache_dir, "unlabeled_windows.csv"))
+    assert len(truth) == len(windows) == 9 and set(truth.columns) == {s[0] for s in demo_data.DEMO_SPECIES}
+    scores = decide.members_labels_auc(tiny_ensemble, cache_dir, demo_dir)
+    assert set(scores) == {"modelA", "modelB", "ensemble"} and all(0 <= v <= 1 for v in scores.values())
+    out = str(tmp_path / "pseudo.npz")
+    pseudo.pseudo_label(tiny_ensemble, cache_dir, out, how="none", n_threads=2)
+    labels = np.load(out)
+    rows = [f"{os.path.splitext(os.path.basename(p))[0]}_{e}" for p, e in zip(labels["paths"], labels["end_seconds"])]
+    y = truth.loc[rows, list(labels["classes"])].values
+    expected = np.mean([roc_auc_score(y[:, c], labels["probs"][:, c]) for c in range(y.shape[1])
+                        if 0 < y[:, c].sum() < len(y)])
+    assert abs(scores["ensemble"] - expected) < 1e-4
+    assert abs(decide.labels_auc(out, demo_dir) - expected) < 1e-6
+    assert np.isnan(decide.labels_auc(str(tmp_path / "none.npz"), demo_dir))
