@@ -426,11 +426,11 @@ class PseudoWindows:
         return len(self.index)
 
 
-def n_batches(n_rows, batch_size, world_size=1):
-    """Global batches in an epoch of n_rows: the full ones, and the partial last one when it gives each of the
-    world_size processes 2 rows at least."""
+def n_batches(n_rows, batch_size):
+    """Global batches in an epoch of n_rows: the full ones, and a partial last one of 2 rows or more (BatchNorm
+    trains on 2 at least); the same for any number of processes."""
     full, rest = divmod(n_rows, batch_size)
-    return max(1, full + (rest >= 2 * world_size))
+    return max(1, full + (rest >= 2))
 
 
 class TrainingSet:
@@ -468,12 +468,17 @@ class TrainingSet:
     def epoch_plan(self, epoch, batch_size, rank=0, world_size=1):
         """[(rows, seed)] of this rank's batches in an epoch. batch_size is the global batch: under torchrun each
         of the world_size ranks takes its share of every global batch, so N processes take the steps of one
-        with the same samples. The last partial global batch is kept when every rank gets 2 rows of it at least
-        (BatchNorm needs 2); n_batches says how many there are."""
+        with the same samples. A last partial batch trains too (n_batches); under torchrun, one too short to give
+        each process 2 rows is topped up from the epoch's first rows, as torch's DistributedSampler pads."""
         order = np.random.default_rng((self.seed, epoch)).permutation(self.rows)
         share = batch_size // world_size
-        return [(order[b * batch_size:(b + 1) * batch_size][rank::world_size][:share], (self.seed, epoch, b, rank))
-                for b in range(n_batches(len(order), batch_size, world_size))]
+        plan = []
+        for b in range(n_batches(len(order), batch_size)):
+            rows = order[b * batch_size:(b + 1) * batch_size]
+            if len(rows) < 2 * world_size:
+                rows = np.concatenate([rows, order[:2 * world_size - len(rows)]])
+            plan.append((rows[rank::world_size][:share], (self.seed, epoch, b, rank)))
+        return plan
 
     def build(self, plan, pin=False):
         """One planned batch: (waves, targets) tensors, in pinned memory when asked (copies to a GPU overlap)."""

@@ -10,8 +10,7 @@ windows training mixes in, so nothing is decoded and a round costs what the cach
 recorded. The label of a window is the mean of the models' sigmoid probabilities, then normalized per class
 over the labelled windows (the seed added a normalization in stage 2 because the pseudo labels' floor had grown
 too large): --pl-norm floor (default) maps each class's median to 0 and keeps 1 at 1; minmax rescales each
-class to [0, 1]; none keeps raw probabilities. On the demo, floor gave the best rounds 2 and 3 and minmax the
-worst (an unsure model's top guesses of ~0.3 become 1.0).
+class to [0, 1]; none keeps raw probabilities (docs/accuracy.md: what each did on bench/decide.py's demos).
 
 Engines: on CPU, infer.py's (the exported networks, fastest installed backend, one STFT per n_fft); with
 --device cuda (the default where CUDA is available) the round's soups run as torch models on the GPU in large
@@ -44,7 +43,7 @@ from devices import pick_device
 
 # defaults
 threads = os.cpu_count() or 2
-pl_norm = "floor"          # removes the floor that grows from round to round (README: measured on the demo)
+pl_norm = "floor"          # removes the floor that grows from round to round (the write-up's "normalization")
 batch_windows = 256        # windows per batch: a GPU's batch; on CPU infer.py's engine splits it further
 PL_NORMALIZATIONS = ("floor", "minmax", "none")
 teacher_weight = 1.0       # a covered class's label: max(ensemble's, weight * teacher's) (bench/teacher_blend.py)

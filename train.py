@@ -350,7 +350,7 @@ def build_training(args, config, procs):
                                     weight_decay=args.weight_decay)
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = n_batches(len(dataset), args.batch_size, procs.world_size)  # each process takes as many
+    steps_per_epoch = n_batches(len(dataset), args.batch_size)  # the same for any number of processes
     total_steps = steps_per_epoch * args.epochs
     if args.schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total_steps,

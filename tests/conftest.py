@@ -55,7 +55,7 @@ def tiny_ensemble(cache_dir, tmp_path_factory):
 
 TINY_TRAINING = ["--models", os.path.join(ROOT, "models-demo.csv"), "--pretrained", "none", "--epochs", "2",
                  "--batch-size", "8", "--threads", "2", "--image-height", "32", "--image-width", "32", "--n-mels", "32",
-                 "--max-train-files", "16", "--soup-start", "1"]
+                 "--max-train-files", "16", "--soup-start", "1", "--fold", "4"]
 
 
 @pytest.fixture(scope="session")

@@ -138,7 +138,8 @@ def test_reference_preset_trains_soups_and_infers_with_its_settings(cache_dir, t
     model.load_state_dict(torch.load(os.path.join(out, "soup.pt"), map_location="cpu"))
     with torch.no_grad():
         expected = model.eval()(common.MelFrontEnd(common.mel_settings_of(config))(waves)).numpy()
-    assert np.abs(networks[0].logits(mel) - expected).max() < 1e-4
+    # float32 rounding, relative: 3 steps of SGD at lr 0.1 on 16 rows leave logits of hundreds
+    assert np.abs(networks[0].logits(mel) - expected).max() < 1e-4 * max(1.0, np.abs(expected).max())
 
 
 def test_a_changed_recipe_part_trains_again(cache_dir, tmp_path, capsys):
