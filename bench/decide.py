@@ -43,6 +43,7 @@ import demo_data  # noqa: E402
 import infer  # noqa: E402
 import prep  # noqa: E402
 from common import HelpFormatter  # noqa: E402
+from tables import read_models_table  # noqa: E402
 from flags import add_flag  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
 from metrics import macro_roc_auc  # noqa: E402
@@ -214,16 +215,20 @@ def run_one(task, recipes, args, threads, demos_of):
     return rows
 
 
-def spread_table(runs):
+def spread_table(runs, models_of):
     """Per recipe and round: median, min-max and runs of the +pp AUC (and without pp), the median AUC of the
-    pseudo labels that trained the round (on the unlabeled windows' labels), minutes per run."""
+    pseudo labels that trained the round (on the unlabeled windows' labels), minutes per run and per model
+    trained (models_of: {recipe: models per round}; a run trains that many in each of its rounds)."""
     lines = ["| recipe | round | +pp median | +pp min-max | spread | no-pp median | its labels' AUC | runs | "
-             "minutes per run |", "|---|---|---|---|---|---|---|---|---|"]
+             "minutes per run | per model |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rounds = runs.groupby("recipe")["round"].max()
     for (recipe, r), g in runs.groupby(["recipe", "round"], sort=False):
         labels = g.labels_auc.median() if "labels_auc" in g and g.labels_auc.notna().any() else None
+        minutes = g.minutes.median()
         lines.append(f"| {recipe} | {r} | {g.auc_pp.median():.4f} | {g.auc_pp.min():.4f}-{g.auc_pp.max():.4f} | "
                      f"{g.auc_pp.max() - g.auc_pp.min():.4f} | {g.auc.median():.4f} | "
-                     f"{'' if labels is None else f'{labels:.4f}'} | {len(g)} | {g.minutes.median():.1f} |")
+                     f"{'' if labels is None else f'{labels:.4f}'} | {len(g)} | {minutes:.1f} | "
+                     f"{minutes / (models_of.get(recipe, 1) * rounds[recipe]):.1f} |")
     return "\n".join(lines)
 
 
@@ -260,6 +265,8 @@ def verdict_table(runs, base):
     for recipe in last.index:
         for r in range(2, int(last[recipe]) + 1):
             add(f"{recipe}: round {r} over round 1", paired(runs, recipe, recipe, r, 1))
+            if r > 2:  # does one more round pay: the stop rule (make's ROUNDS)
+                add(f"{recipe}: round {r} over round {r - 1}", paired(runs, recipe, recipe, r, r - 1))
         if "best_member_labels_auc" in runs:
             mine = runs[(runs.recipe == recipe) & runs.best_member_labels_auc.notna()]
             add(f"{recipe}: labels of the whole ensemble over its best member's (labels' AUC)",
@@ -320,13 +327,15 @@ def main(argv=None):
     with ThreadPoolExecutor(jobs) as pool:
         rows = [r for part in pool.map(lambda t: run_one(t, recipes, args, threads, demos_of), tasks) for r in part]
     runs = pd.DataFrame(rows)
+    models_of = {name: len(read_models_table(os.path.join(ROOT, recipe[0]))) for name, recipe in recipes.items()
+                 if os.path.isfile(os.path.join(ROOT, recipe[0]))}
     os.makedirs(args.work, exist_ok=True)
     runs.to_csv(os.path.join(args.work, "runs.csv"), index=False)
     windows = len(pd.read_csv(demos_of[demo_seeds[0]][0].rstrip("/") + "-test-labels.csv"))
     report = (f"{len(tasks)} runs: demos {args.demos} (demo_data.py --seed; {args.per_species} recordings per "
               f"species, {windows} test windows each), training seeds {args.seeds}, {args.epochs} epochs, random "
               f"init; test macro AUC of each round's ensemble, +pp = neighbour smoothing; "
-              f"{(time.time() - began) / 60:.1f} minutes in all\n\n" + spread_table(runs) + "\n\n"
+              f"{(time.time() - began) / 60:.1f} minutes in all\n\n" + spread_table(runs, models_of) + "\n\n"
               + verdict_table(runs, args.base if args.base in names else names[0]) + "\n")
     with open(os.path.join(args.work, "report.md"), "w") as f:
         f.write(report)
