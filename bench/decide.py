@@ -121,11 +121,16 @@ def add_best_member(results, out, cache, data):
         row.setdefault("best_member_labels_auc", float("nan"))
         row.setdefault("ensemble_labels_auc", float("nan"))
         ensemble = os.path.join(out, f"round{row['round'] - 1}", "ensemble")
-        if row["round"] > 1 and os.path.isdir(ensemble):
+        if row["round"] > 1 and os.path.isdir(ensemble) and n_members(ensemble) > 1:
             scores = members_labels_auc(ensemble, cache, data)
             if len(scores) > 2:
                 row["ensemble_labels_auc"] = scores.pop("ensemble")
                 row["best_member_labels_auc"] = max(scores.values())
+
+
+def n_members(ensemble_dir):
+    with open(os.path.join(ensemble_dir, "manifest.json")) as f:
+        return len(json.load(f)["models"])
 
 
 def labels_auc(pseudo_path, data):
@@ -273,8 +278,9 @@ def verdict_table(runs, base):
                 (mine.ensemble_labels_auc - mine.best_member_labels_auc).values)
         if recipe != base and base in last.index:
             add(f"{recipe} vs {base}, round 1", paired(runs, recipe, base, 1, 1))
-            add(f"{recipe} vs {base}, final rounds ({int(last[recipe])} vs {int(last[base])})",
-                paired(runs, recipe, base, int(last[recipe]), int(last[base])))
+            for r in range(2, int(last[recipe]) + 1):  # each later round against the base's final one
+                add(f"{recipe} round {r} vs {base} round {int(last[base])} (its final)",
+                    paired(runs, recipe, base, r, int(last[base])))
     return "\n".join(lines)
 
 
