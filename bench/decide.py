@@ -133,15 +133,19 @@ def n_members(ensemble_dir):
         return len(json.load(f)["models"])
 
 
+def row_ids(paths, end_seconds):
+    """The labels' row ids (<file stem>_<end second>) of windows given by soundscape path and end second."""
+    return [f"{os.path.splitext(os.path.basename(p))[0]}_{int(e)}" for p, e in zip(paths, end_seconds)]
+
+
 def labels_auc(pseudo_path, data):
     """Macro AUC of a pseudo-label file against the demo's unlabeled-window labels; NaN without either."""
     truth_path = demo_data.labels_paths(data)[1]
     if not (os.path.isfile(pseudo_path) and os.path.isfile(truth_path)):
         return float("nan")
     labels = np.load(pseudo_path, allow_pickle=False)
-    rows = [f"{os.path.splitext(os.path.basename(p))[0]}_{int(e)}" for p, e in zip(labels["paths"],
-                                                                                  labels["end_seconds"])]
-    truth = pd.read_csv(truth_path).set_index("row_id").loc[rows, list(labels["classes"])]
+    truth = pd.read_csv(truth_path).set_index("row_id")
+    truth = truth.loc[row_ids(labels["paths"], labels["end_seconds"]), list(labels["classes"])]
     return macro_roc_auc(truth.values, labels["probs"])
 
 
@@ -155,8 +159,7 @@ def members_labels_auc(ensemble_dir, cache, data):
     table = pd.read_csv(os.path.join(cache, "unlabeled_windows.csv"))
     audio = np.load(os.path.join(cache, "unlabeled_windows.npy"), mmap_mode="r")
     networks, front_end, classes, _ = infer.load_ensemble(ensemble_dir, "auto", torch.get_num_threads())
-    rows = [f"{os.path.splitext(os.path.basename(p))[0]}_{int(e)}" for p, e in zip(table["path"], table["end_second"])]
-    truth = pd.read_csv(truth_path).set_index("row_id").loc[rows, classes].values
+    truth = pd.read_csv(truth_path).set_index("row_id").loc[row_ids(table["path"], table["end_second"]), classes].values
     probs = {n.name: [] for n in networks}
     for start in range(0, len(audio), 128):
         mels = front_end(torch.from_numpy(audio[start:start + 128].astype(np.float32)))
