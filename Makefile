@@ -22,6 +22,8 @@ DEVICE  ?= auto
 TRAIN_ARGS ?=
 PREP_ARGS  ?=
 PL_NORM ?= floor
+# the models of a round's ensemble that pseudo-label (comma-separated names: model1,model3); empty: all of them
+PL_MEMBERS ?=
 # pseudo-label rounds before the final ensemble (the stop rule): the seed's 3; make demo's 2 (bench/decide.py)
 ROUNDS ?= 3
 # the backbone's starting weights: timm (the seed's ImageNet/JFT weights, downloaded once), none (random init)
@@ -77,7 +79,8 @@ ifneq ($(filter $(CYCLE_GOALS),$(MAKECMDGOALS)),)
 $(call stamp,prep,$(DATA) $(PREP_ARGS))
 $(foreach r,1 2 3,$(foreach i,$(IDS),$(call stamp,round$(r)-model$(i),$(call MODEL_ROW,$(i)) \
 	epochs=$(EPOCHS) pretrained=$(PRETRAINED) $(TRAIN_ARGS)$(if $(and $(TEACHER),$(filter 1,$(r))), teacher=$(TEACHER)))))
-$(call stamp,pseudo,$(PL_NORM)$(if $(TEACHER), teacher=$(TEACHER) $(TEACHER_WEIGHT)))
+$(call stamp,pseudo,$(PL_NORM)$(if $(PL_MEMBERS), members=$(PL_MEMBERS))$(if $(TEACHER), \
+	teacher=$(TEACHER) $(TEACHER_WEIGHT)))
 $(call stamp,ensemble,rounds=$(ROUNDS))
 # a final ensemble that is not a copy of round ROUNDS's (one made before ROUNDS changed) is made again
 $(shell [ -f $(WORK)/ensemble/manifest.json ] && [ -f $(WORK)/round$(ROUNDS)/ensemble/manifest.json ] && \
@@ -135,7 +138,8 @@ $(eval $(call ROUND,3))
 define PSEUDO
 $(WORK)/pseudo$(1).npz: $(WORK)/round$(1)/ensemble/manifest.json $(CACHED) $(STAMPS)/pseudo $(TEACHER)
 	$(PY) pseudo.py --ensemble $(WORK)/round$(1)/ensemble --cache $(CACHE) --out $$@ --threads $(THREADS) \
-		--device $(DEVICE) --pl-norm $(PL_NORM) $(if $(TEACHER),--teacher $(TEACHER) --teacher-weight $(TEACHER_WEIGHT))
+		--device $(DEVICE) --pl-norm $(PL_NORM) $(if $(PL_MEMBERS),--members $(PL_MEMBERS)) \
+		$(if $(TEACHER),--teacher $(TEACHER) --teacher-weight $(TEACHER_WEIGHT))
 pseudo$(1): $(WORK)/pseudo$(1).npz
 endef
 $(eval $(call PSEUDO,1))

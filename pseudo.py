@@ -129,12 +129,29 @@ def write_labels(out, paths, end_seconds, raw, classes, how, covered=None, teach
 # engines: (B, samples) float32 waveforms -> (B, classes) mean sigmoid probabilities
 
 
+def chosen_members(available, members):
+    """The members that label: all of `available` (the manifest's model names) when `members` is empty, else
+    those named in `members` (a comma-separated string), checked: an unknown name is a one-line error."""
+    if not members:
+        return list(available)
+    chosen = [m.strip() for m in members.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in available]
+    if unknown or not chosen:
+        raise UserError(f"--members {members!r}: not in the ensemble ({', '.join(unknown)}); "
+                        f"its models: {', '.join(available)}")
+    return chosen
+
+
 class ExportedEngine:
     """infer.py's engine on CPU: the exported networks with the fastest installed backend."""
 
-    def __init__(self, models_dir, backend, n_threads):
+    def __init__(self, models_dir, backend, n_threads, members=None):
         self.networks, self.front_end, self.classes, self.backend = infer.load_ensemble(models_dir, backend,
                                                                                         n_threads)
+        if members:  # only the chosen networks, and only the mels they read
+            keep = chosen_members([n.name for n in self.networks], members)
+            self.networks = [n for n in self.networks if n.name in keep]
+            self.front_end = infer.FrontEnd([n.mel_settings for n in self.networks])
 
     def __call__(self, waves):
         mels = self.front_end(waves)
@@ -142,13 +159,16 @@ class ExportedEngine:
         return np.mean(probs, axis=0)
 
 
-def soup_dirs(models_dir):
-    """The model folders an ensemble was bundled from: beside the ensemble folder (a moved work folder keeps
-    working), else where the manifest says they were."""
+def soup_dirs(models_dir, members=None):
+    """The model folders an ensemble was bundled from (those of `members` only, when given): beside the ensemble
+    folder (a moved work folder keeps working), else where the manifest says they were."""
     with open(os.path.join(models_dir, "manifest.json")) as f:
         manifest = json.load(f)
+    keep = chosen_members(manifest["models"], members)
     found = []
     for source, name in zip(manifest.get("sources") or [None] * len(manifest["models"]), manifest["models"]):
+        if name not in keep:
+            continue
         beside = os.path.join(os.path.dirname(os.path.abspath(models_dir)), name)
         for folder in (beside, source):
             if folder and os.path.isfile(os.path.join(folder, "soup.pt")):
@@ -179,10 +199,10 @@ class SoupEngine:
             self.classes = [str(c) for c in config["classes"]]
 
     @classmethod
-    def of_ensemble(cls, models_dir, device):
-        """The soups an ensemble folder was bundled from."""
+    def of_ensemble(cls, models_dir, device, members=None):
+        """The soups an ensemble folder was bundled from (of `members` only, when given)."""
         soups = []
-        for folder in soup_dirs(models_dir):
+        for folder in soup_dirs(models_dir, members):
             with open(os.path.join(folder, "config.json")) as f:
                 config = json.load(f)
             model = build_model(config)
@@ -225,8 +245,9 @@ def rank_batches(n_rows, batch, rank, world_size):
 
 
 def pseudo_label(models_dir, cache, out, how=pl_norm, n_threads=threads, backend="auto", device="cpu",
-                 batch=batch_windows, teacher=None, teacher_weight=teacher_weight):
-    """Label every window of the cache's unlabeled_windows.npy and write `out` (see the module docstring)."""
+                 batch=batch_windows, teacher=None, teacher_weight=teacher_weight, members=None):
+    """Label every window of the cache's unlabeled_windows.npy and write `out` (see the module docstring);
+    `members` (comma-separated model names) labels with those of the ensemble only."""
     paths_of = CachePaths(cache)
     for path in (paths_of.unlabeled_windows, paths_of.unlabeled_audio, paths_of.classes):
         if not os.path.isfile(path):
@@ -244,8 +265,8 @@ def pseudo_label(models_dir, cache, out, how=pl_norm, n_threads=threads, backend
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
     torch.set_num_threads(max(1, n_threads))
-    engine = SoupEngine.of_ensemble(models_dir, device) if device.type == "cuda" \
-        else ExportedEngine(models_dir, backend, n_threads)
+    engine = SoupEngine.of_ensemble(models_dir, device, members) if device.type == "cuda" \
+        else ExportedEngine(models_dir, backend, n_threads, members)
     if engine.classes != load_classes(paths_of.classes):
         raise UserError(f"{models_dir}: the ensemble's classes differ from the cache's")
     n_audio = len(np.load(paths_of.unlabeled_audio, mmap_mode="r"))
@@ -303,12 +324,14 @@ def main():
                    "classes it covers")
     p.add_argument("--teacher-weight", type=float, default=teacher_weight, help="trust in the teacher: a covered "
                    "class's label is max(ensemble, w * teacher); 0 leaves the ensemble's labels")
+    p.add_argument("--members", default="", help="the ensemble's models that label, comma-separated names "
+                   "(model1,model3: the manifest's); empty: all of them (docs/accuracy.md: what one did)")
     args = p.parse_args()
     if args.soundscapes:
         return pseudo_label_soundscapes(args.ensemble, args.soundscapes, args.out, args.pl_norm, args.threads,
                                         args.backend)
     pseudo_label(args.ensemble, args.cache, args.out, args.pl_norm, args.threads, args.backend, args.device,
-                 args.batch_size, args.teacher, args.teacher_weight)
+                 args.batch_size, args.teacher, args.teacher_weight, args.members)
 
 
 if __name__ == "__main__":

@@ -6,18 +6,24 @@ only what holds on every demo and seed.
     python bench/decide.py                                   # demos 1,2,3 x seeds 1,2: demo, reference, oracle
     python bench/decide.py --recipes demo,reference --demos 1,2,3,4 --seeds 1,2,3
     python bench/decide.py --add-recipe "demo-minmax=models-demo.csv|--preset demo|3|minmax"
+    python bench/decide.py --add-recipe "demo-model2=models-demo.csv|--preset demo|2|floor|PL_MEMBERS=model2"
     python bench/decide.py --quick                           # smoke test (make test): one tiny demo, 1 epoch
 
-A recipe is a models table, train.py arguments, a number of rounds and a pseudo-label normalization; each run is
-the real make path (`make roundR` with its own WORK, sharing the demo's prep cache) from random init, scored by
-infer.py's code on the demo's test soundscapes with and without neighbour smoothing. Runs live in
+A recipe is a models table, train.py arguments, a number of rounds, a pseudo-label normalization and, optionally,
+more make variables; each run is the real make path (`make roundR` with its own WORK, sharing the demo's prep
+cache) from random init, scored by infer.py's code on the demo's test soundscapes with and without neighbour
+smoothing. Recipes that differ only in pseudo-label settings (make's PL_* variables) train the same round 1: a
+run takes it from a finished run of another such recipe (same demo and seed) as hard links, not training it again. Runs live in
 <work>/demo<D>/<recipe>-seed<S>/ with a result.json: a rerun reuses finished ones. Writes <work>/runs.csv (every
 run and round) and <work>/report.md (the tables), and prints them.
 
-Verdicts: for recipe X against --base, the paired difference of the +pp AUC (same demo, same seed, same round)
-is "helps" when positive on every pair, "hurts" when negative on every pair, else "within noise" (and nothing
-under 3 pairs); the round gain (round R over round 1 of the same run) likewise. The spread of a recipe is the
-min-max of its runs.
+Noise and verdicts: a run's AUC moves with the training seed (one run's seed sd: the standard deviation between
+seeds on the same demo, pooled over demos) and with the demo (datasets differ in difficulty; that is not noise to
+a comparison made on the same demos). The noise of a median of n runs is two standard errors of it,
+2 x 1.2533 x seed sd / sqrt(n). For recipe X against --base, the paired differences of the +pp AUC (same demo,
+same seed) are "helps" when their median is above the noise of that median (the differences' own seed sd),
+"hurts" when below minus it, else "within noise" (nothing under 3 pairs); round gains (round R over round 1 of
+the same run) likewise; the table also counts the pairs above 0.
 """
 import argparse
 import glob
@@ -55,23 +61,44 @@ demos = "1,2,3"              # demo_data.py --seed of each generated demo (make 
 seeds = "1,2"                # training seeds (train.py --seed; the oracle's --seed)
 epochs = 16                  # make demo's
 oracle = os.path.join(ROOT, "..", "shared", "oracle", "baseline.py")
-RECIPES = {  # name: (models table, train.py arguments, rounds, pseudo-label normalization)
-    "demo": ("models-demo.csv", "--preset demo", 3, "floor"),
-    "reference": ("bench/models-reference.csv", "--preset reference", 2, "floor"),
+RECIPES = {  # name: (models table, train.py arguments, rounds, pseudo-label normalization, more make variables)
+    "demo": ("models-demo.csv", "--preset demo", 3, "floor", ""),
+    "reference": ("bench/models-reference.csv", "--preset reference", 2, "floor", ""),
 }
 ORACLE = "oracle"           # the one-file script: round 1 and one pseudo-label round
 
 
 def parse_recipes(tries):
-    """--add-recipe NAME=MODELS|TRAIN_ARGS|ROUNDS|PL_NORM -> RECIPES plus them."""
+    """--add-recipe NAME=MODELS|TRAIN_ARGS|ROUNDS|PL_NORM[|MAKE_VARIABLES] -> RECIPES plus them."""
     recipes = dict(RECIPES)
     for text in tries:
         name, _, spec = text.partition("=")
         parts = spec.split("|")
-        if not name.strip() or len(parts) != 4 or not parts[2].strip().isdigit():
-            raise UserError(f"--add-recipe takes NAME=MODELS|TRAIN_ARGS|ROUNDS|PL_NORM, not {text!r}")
-        recipes[name.strip()] = (parts[0].strip(), parts[1].strip(), int(parts[2]), parts[3].strip())
+        if not name.strip() or len(parts) not in (4, 5) or not parts[2].strip().isdigit():
+            raise UserError(f"--add-recipe takes NAME=MODELS|TRAIN_ARGS|ROUNDS|PL_NORM[|MAKE_VARIABLES], not {text!r}")
+        recipes[name.strip()] = (parts[0].strip(), parts[1].strip(), int(parts[2]), parts[3].strip(),
+                                 parts[4].strip() if len(parts) == 5 else "")
     return recipes
+
+
+def same_round1(recipe, other):
+    """Do two recipes train the same round 1: the same table and train.py arguments, and no make variable but
+    pseudo-label ones (PL_*), which act from round 2 on?"""
+    pl_only = all(v.startswith("PL_") for r in (recipe, other) for v in shlex.split(r[4]))
+    return pl_only and recipe[:2] == other[:2]
+
+
+def reuse_round1(name, recipes, out, seed):
+    """Link a finished round 1 of another recipe that trains the same one (same demo, seed) into `out`."""
+    if os.path.exists(os.path.join(out, "round1")):
+        return
+    for other, recipe in recipes.items():
+        source = os.path.join(os.path.dirname(out), f"{other}-seed{seed}", "round1")
+        if other != name and same_round1(recipes[name], recipe) and \
+                os.path.isfile(os.path.join(source, "ensemble", "manifest.json")):
+            shutil.copytree(source, os.path.join(out, "round1"), symlinks=True, copy_function=os.link)
+            print(f"{name} seed {seed}: round 1 linked from {source}", flush=True)
+            return
 
 
 def make_demo_data(root, demo_seed, size, threads):
@@ -85,18 +112,19 @@ def make_demo_data(root, demo_seed, size, threads):
     return data, cache
 
 
-def run_recipe(name, recipe, data, cache, seed, args, threads):
+def run_recipe(name, recipes, data, cache, seed, args, threads):
     """One recipe's cycle through make on one demo and seed; [{round, auc, auc_pp}] and minutes."""
-    models, train_args, rounds, pl_norm = recipe
+    models, train_args, rounds, pl_norm, make_variables = recipes[name]
     out = os.path.join(os.path.dirname(cache), f"{name}-seed{seed}")
     os.makedirs(out, exist_ok=True)
     if not os.path.exists(os.path.join(out, "cache")):
         os.symlink(os.path.abspath(cache), os.path.join(out, "cache"))
+    reuse_round1(name, recipes, out, seed)
     extra = shlex.split(args.quick_args) if args.quick else []
     command = ["make", "--no-print-directory", "-C", ROOT, f"round{rounds}", f"DATA={data}", f"WORK={out}",
                f"MODELS={models}", f"EPOCHS={args.epochs}", "PRETRAINED=none", f"PL_NORM={pl_norm}",
                f"THREADS={threads}", "DEVICE=cpu", f"PY={sys.executable}",
-               "TRAIN_ARGS=" + " ".join([train_args, "--seed", str(seed)] + extra)]
+               "TRAIN_ARGS=" + " ".join([train_args, "--seed", str(seed)] + extra)] + shlex.split(make_variables)
     with open(out + ".log", "a") as log:
         if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode:
             raise UserError(f"{name} seed {seed} on {data}: make failed (see {out}.log)")
@@ -212,7 +240,7 @@ def run_one(task, recipes, args, threads, demos_of):
     if name == ORACLE:
         results, minutes = run_oracle(data, seed, args, threads)
     else:
-        results, minutes = run_recipe(name, recipes[name], data, cache, seed, args, threads)
+        results, minutes = run_recipe(name, recipes, data, cache, seed, args, threads)
     rows = [dict(recipe=name, demo=demo, seed=seed, minutes=minutes, wall_minutes=(time.time() - began) / 60, **r)
             for r in results]
     os.makedirs(out, exist_ok=True)
@@ -223,19 +251,38 @@ def run_one(task, recipes, args, threads, demos_of):
     return rows
 
 
+def seed_sd(values, demos):
+    """One run's seed-to-seed noise: the standard deviation of `values` between training seeds on the same demo,
+    pooled over the demos that have two seeds or more (the demos' own difficulty is left out: it is not noise
+    to a paired comparison); NaN without such a demo."""
+    frame = pd.DataFrame(dict(value=np.asarray(values, float), demo=np.asarray(demos)))
+    groups = [g.value.values for _, g in frame.groupby("demo") if len(g) > 1]
+    if not groups:
+        return float("nan")
+    squares = sum(((g - g.mean()) ** 2).sum() for g in groups)
+    return float(np.sqrt(squares / sum(len(g) - 1 for g in groups)))
+
+
+def median_noise(values, demos):
+    """The noise of a median of n runs: two standard errors, 2 x 1.2533 x seed_sd / sqrt(n) (1.2533: a median's
+    standard error over a mean's, for normal noise). An effect is told from noise only beyond it."""
+    return 2 * 1.2533 * seed_sd(values, demos) / np.sqrt(len(values))
+
+
 def spread_table(runs, models_of):
-    """Per recipe and round: median, min-max and runs of the +pp AUC (and without pp), the median AUC of the
-    pseudo labels that trained the round (on the unlabeled windows' labels), minutes per run and per model
-    trained (models_of: {recipe: models per round}; a run trains that many in each of its rounds)."""
-    lines = ["| recipe | round | +pp median | +pp min-max | spread | no-pp median | its labels' AUC | runs | "
-             "minutes per run | per model |", "|---|---|---|---|---|---|---|---|---|---|"]
+    """Per recipe and round: median, min-max and runs of the +pp AUC (and without pp); one run's seed-to-seed
+    noise (seed_sd) and the noise of the median (median_noise); the median AUC of the pseudo labels that trained
+    the round (on the unlabeled windows' labels), minutes per run and per model trained (models_of: {recipe:
+    models per round}; a run trains that many in each of its rounds)."""
+    lines = ["| recipe | round | +pp median | +pp min-max | one run's seed sd | noise of the median | no-pp median | "
+             "its labels' AUC | runs | minutes per run | per model |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     rounds = runs.groupby("recipe")["round"].max()
     for (recipe, r), g in runs.groupby(["recipe", "round"], sort=False):
         labels = g.labels_auc.median() if "labels_auc" in g and g.labels_auc.notna().any() else None
         minutes = g.minutes.median()
         lines.append(f"| {recipe} | {r} | {g.auc_pp.median():.4f} | {g.auc_pp.min():.4f}-{g.auc_pp.max():.4f} | "
-                     f"{g.auc_pp.max() - g.auc_pp.min():.4f} | {g.auc.median():.4f} | "
-                     f"{'' if labels is None else f'{labels:.4f}'} | {len(g)} | {minutes:.1f} | "
+                     f"{seed_sd(g.auc_pp, g.demo):.4f} | {median_noise(g.auc_pp, g.demo):.4f} | "
+                     f"{g.auc.median():.4f} | {'' if labels is None else f'{labels:.4f}'} | {len(g)} | {minutes:.1f} | "
                      f"{minutes / (models_of.get(recipe, 1) * rounds[recipe]):.1f} |")
     return "\n".join(lines)
 
@@ -243,43 +290,53 @@ def spread_table(runs, models_of):
 min_pairs = 3               # fewer paired runs than this decide nothing
 
 
-def verdict(differences):
+def verdict(differences, demos):
+    """"helps" / "hurts" when the median paired difference is beyond the noise of that median (median_noise of
+    the differences: the pairing's own seed-to-seed noise), else "within noise"."""
+    differences = np.asarray(differences, float)
     if len(differences) < min_pairs:
         return f"too few runs (under {min_pairs})"
-    if (differences > 0).all():
-        return "helps"
-    if (differences < 0).all():
-        return "hurts"
-    return "within noise"
+    noise = median_noise(differences, demos)
+    if np.isnan(noise):
+        return "no noise estimate (one seed per demo)"
+    median = np.median(differences)
+    return "helps" if median > noise else "hurts" if median < -noise else "within noise"
 
 
-def paired(runs, recipe, base, round_of, base_round_of):
-    """+pp differences recipe(round_of) - base(base_round_of) on the (demo, seed) pairs both ran."""
-    a = runs[(runs.recipe == recipe) & (runs["round"] == round_of)].set_index(["demo", "seed"]).auc_pp
-    b = runs[(runs.recipe == base) & (runs["round"] == base_round_of)].set_index(["demo", "seed"]).auc_pp
-    both = a.index.intersection(b.index)
-    return (a[both] - b[both]).values
+def paired(runs, recipe, base, round_of, base_round_of, column="auc_pp", base_column=None):
+    """Differences recipe(round_of) - base(base_round_of) of a column (+pp AUC) on the (demo, seed) pairs both
+    ran: (differences, their demos)."""
+    a = runs[(runs.recipe == recipe) & (runs["round"] == round_of)].set_index(["demo", "seed"])[column]
+    b = runs[(runs.recipe == base) & (runs["round"] == base_round_of)].set_index(["demo", "seed"])[
+        base_column or column]
+    both = a[a.notna()].index.intersection(b[b.notna()].index)
+    return (a[both] - b[both]).values, both.get_level_values("demo").values
 
 
-def verdict_table(runs, base):
-    """Each recipe's final round and round 1 against the base's (paired), and each recipe's round gains."""
+def verdict_table(runs, bases):
+    """Each recipe's round gains, and its rounds against each base's round 1 and final round (paired)."""
     last = runs.groupby("recipe")["round"].max()
-    lines = ["| comparison | pairs | median difference (+pp) | min-max | verdict |", "|---|---|---|---|---|"]
+    lines = ["| comparison | pairs | median difference | noise of the median | min-max | pairs above 0 | verdict |",
+             "|---|---|---|---|---|---|---|"]
 
-    def add(text, d):
+    def add(text, pair):
+        d, demos = pair
         if len(d):
-            lines.append(f"| {text} | {len(d)} | {np.median(d):+.4f} | {d.min():+.4f} to {d.max():+.4f} | "
-                         f"{verdict(d)} |")
+            lines.append(f"| {text} | {len(d)} | {np.median(d):+.4f} | {median_noise(d, demos):.4f} | "
+                         f"{d.min():+.4f} to {d.max():+.4f} | {int((d > 0).sum())} of {len(d)} | "
+                         f"{verdict(d, demos)} |")
     for recipe in last.index:
         for r in range(2, int(last[recipe]) + 1):
             add(f"{recipe}: round {r} over round 1", paired(runs, recipe, recipe, r, 1))
             if r > 2:  # does one more round pay: the stop rule (make's ROUNDS)
                 add(f"{recipe}: round {r} over round {r - 1}", paired(runs, recipe, recipe, r, r - 1))
         if "best_member_labels_auc" in runs:
-            mine = runs[(runs.recipe == recipe) & runs.best_member_labels_auc.notna()]
-            add(f"{recipe}: labels of the whole ensemble over its best member's (labels' AUC)",
-                (mine.ensemble_labels_auc - mine.best_member_labels_auc).values)
-        if recipe != base and base in last.index:
+            for r in range(2, int(last[recipe]) + 1):
+                add(f"{recipe}: the labels that trained round {r}, the whole ensemble's over its best member's "
+                    "(labels' AUC)",
+                    paired(runs, recipe, recipe, r, r, "ensemble_labels_auc", "best_member_labels_auc"))
+    for i, base in enumerate(bases):  # each pair of recipes once: a base is not held against an earlier base
+        for recipe in (r for r in last.index if r != base and r not in bases[:i] and base in last.index):
             add(f"{recipe} vs {base}, round 1", paired(runs, recipe, base, 1, 1))
             for r in range(2, int(last[recipe]) + 1):  # each later round against the base's final one
                 add(f"{recipe} round {r} vs {base} round {int(last[base])} (its final)",
@@ -292,9 +349,12 @@ def parse_args(argv=None):
     add_flag(p, "--work", default=work)
     p.add_argument("--recipes", default=",".join(list(RECIPES) + [ORACLE]), help="comma-separated, from: "
                    + ", ".join(list(RECIPES) + [ORACLE]) + " and --add-recipe names")
-    p.add_argument("--add-recipe", dest="tries", action="append", default=[], metavar="NAME=MODELS|ARGS|ROUNDS|PL_NORM",
-                   help="another recipe, e.g. \"demo-minmax=models-demo.csv|--preset demo|3|minmax\"")
-    p.add_argument("--base", default=ORACLE, help="the recipe the others are held against")
+    p.add_argument("--add-recipe", dest="tries", action="append", default=[],
+                   metavar="NAME=MODELS|ARGS|ROUNDS|PL_NORM[|MAKE_VARIABLES]", help="another recipe, e.g. "
+                   "\"demo-minmax=models-demo.csv|--preset demo|3|minmax\" or "
+                   "\"demo-model2=models-demo.csv|--preset demo|2|floor|PL_MEMBERS=model2\"")
+    p.add_argument("--base", default=f"{ORACLE},reference", help="the recipes the others are held against, "
+                   "comma-separated")
     p.add_argument("--demos", default=demos, help="demo_data.py seeds of the generated demos")
     add_flag(p, "--seeds", default=seeds)
     add_flag(p, "--epochs", default=epochs)
@@ -345,7 +405,7 @@ def main(argv=None):
               f"species, {windows} test windows each), training seeds {args.seeds}, {args.epochs} epochs, random "
               f"init; test macro AUC of each round's ensemble, +pp = neighbour smoothing; "
               f"{(time.time() - began) / 60:.1f} minutes in all\n\n" + spread_table(runs, models_of) + "\n\n"
-              + verdict_table(runs, args.base if args.base in names else names[0]) + "\n")
+              + verdict_table(runs, [b for b in args.base.split(",") if b in names] or names[:1]) + "\n")
     with open(os.path.join(args.work, "report.md"), "w") as f:
         f.write(report)
     print("\n" + report)

@@ -237,6 +237,8 @@ def test_changed_settings_rerun_exactly_what_depends_on_them(tmp_path):
     plan_with(work)
     plan = plan_with(work, "PL_NORM=none")
     assert plan.count("pseudo.py") == 2 and trained(plan) == [(i, r) for i in "123" for r in "23"]
+    plan = plan_with(work, "PL_NORM=none", "PL_MEMBERS=model2")  # who labels: the same again, told to pseudo.py
+    assert plan.count("--members model2") == 2 and trained(plan) == [(i, r) for i in "123" for r in "23"]
     assert "prep.py" in plan_with(work, "PREP_ARGS=--max-unlabeled-windows 100")
 
 
@@ -318,6 +320,22 @@ def test_soup_engine_on_cpu_equals_the_exported_engine(cache_dir, souped_round):
     exported = pseudo.ExportedEngine(ensemble, "torch", 2)(torch.from_numpy(audio))
     assert on_device.shape == exported.shape == (6, len(tables.load_classes(CachePaths(cache_dir).classes)))
     assert np.abs(on_device - exported).max() < 1e-3 and exported.std() > 0
+
+
+def test_members_pseudo_label_with_the_named_models_only(cache_dir, tiny_ensemble, souped_round):
+    waves = torch.from_numpy(np.load(CachePaths(cache_dir).unlabeled_audio)[:4].astype(np.float32))
+    both = pseudo.ExportedEngine(tiny_ensemble, "torch", 2)
+    b_only = pseudo.ExportedEngine(tiny_ensemble, "torch", 2, members="modelB")
+    assert [n.name for n in b_only.networks] == ["modelB"]
+    network_b = [n for n in both.networks if n.name == "modelB"][0]
+    expected = torch.sigmoid(torch.from_numpy(network_b.logits(both.front_end(waves)[network_b.mel_key]))).numpy()
+    assert np.allclose(b_only(waves), expected, atol=1e-6) and not np.allclose(both(waves), expected, atol=1e-4)
+    with pytest.raises(errors.UserError, match="modelC"):
+        pseudo.ExportedEngine(tiny_ensemble, "torch", 2, members="modelB,modelC")
+    ensemble = str(souped_round / "round1" / "ensemble")  # the GPU engine's code chooses the same way
+    assert len(pseudo.SoupEngine.of_ensemble(ensemble, torch.device("cpu"), members="model1").models) == 1
+    with pytest.raises(errors.UserError, match="its models: model1"):
+        pseudo.SoupEngine.of_ensemble(ensemble, torch.device("cpu"), members="model2")
 
 
 def test_torchrun_pseudo_labels_equal_a_single_process(cache_dir, tiny_ensemble, tmp_path):

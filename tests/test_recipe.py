@@ -208,9 +208,16 @@ def test_decide_quick_runs_cycles_beside_the_oracle(tmp_path):
     assert "too few runs" in report  # one demo and one seed decide nothing
     again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0 and "seed 1:" not in again.stdout  # finished runs are reused, not rerun
-    assert decide.verdict(np.array([0.01, 0.02, 0.03])) == "helps"
-    assert decide.verdict(np.array([-0.01, -0.02, -0.03])) == "hurts"
-    assert decide.verdict(np.array([0.05, -0.01, 0.03])) == "within noise"
+
+    demos = [1, 1, 2, 2]  # seed sd: sqrt(((0.01^2 + 0.01^2) + (0.005^2 + 0.005^2)) / 2) = 0.0079
+    sd = np.sqrt((2 * 0.01 ** 2 + 2 * 0.005 ** 2) / 2)
+    assert abs(decide.seed_sd([0.70, 0.72, 0.80, 0.81], demos) - sd) < 1e-9  # the demos' own level is left out
+    assert abs(decide.median_noise([0.70, 0.72, 0.80, 0.81], demos) - 2 * 1.2533 * sd / 2) < 1e-9
+    assert decide.verdict([0.02, 0.04, 0.03, 0.04], demos) == "helps"        # median 0.035 > noise 0.014
+    assert decide.verdict([-0.02, -0.04, -0.03, -0.04], demos) == "hurts"
+    assert decide.verdict([0.002, 0.022, -0.01, 0.0], demos) == "within noise"  # median 0.001, noise 0.014
+    assert decide.verdict([0.02, 0.03, 0.04], [1, 2, 3]).startswith("no noise estimate")
+    assert decide.verdict([0.02, 0.03], [1, 1]).startswith("too few runs")
 
 
 def test_decide_scores_the_labels_of_each_member_and_of_the_ensemble(demo_dir, cache_dir, tiny_ensemble, tmp_path):
