@@ -12,8 +12,9 @@ only what holds on every demo and seed.
 A recipe is a models table, train.py arguments, a number of rounds, a pseudo-label normalization and, optionally,
 more make variables; each run is the real make path (`make roundR` with its own WORK, sharing the demo's prep
 cache) from random init, scored by infer.py's code on the demo's test soundscapes with and without neighbour
-smoothing. Recipes that differ only in pseudo-label settings (make's PL_* variables) train the same round 1: a
-run takes it from a finished run of another such recipe (same demo and seed) as hard links, not training it again. Runs live in
+smoothing. Recipes that differ only in pseudo-label settings (PL_NORM, make's PL_* variables) train the same
+round 1, and recipes that differ only in their number of rounds the same first rounds: a run takes those from a
+finished run of such a recipe (same demo and seed) as hard links, not training them again. Runs live in
 <work>/demo<D>/<recipe>-seed<S>/ with a result.json: a rerun reuses finished ones. Writes <work>/runs.csv (every
 run and round) and <work>/report.md (the tables), and prints them.
 
@@ -81,35 +82,33 @@ def parse_recipes(tries):
     return recipes
 
 
-def same_round1(recipe, other):
-    """Do two recipes train the same round 1: the same table and train.py arguments, and no make variable but
-    pseudo-label ones (PL_*), which act from round 2 on?"""
-    pl_only = all(v.startswith("PL_") for r in (recipe, other) for v in shlex.split(r[4]))
-    return pl_only and recipe[:2] == other[:2]
+def shared_rounds(recipe, other):
+    """How many first rounds two recipes train alike: none; round 1 when they have the same table and train.py
+    arguments and no make variable but pseudo-label ones (PL_*, which act from round 2 on); every round both
+    have when their pseudo-label settings are the same too."""
+    if recipe[:2] != other[:2] or not all(v.startswith("PL_") for r in (recipe, other) for v in shlex.split(r[4])):
+        return 0
+    return min(recipe[2], other[2]) if recipe[3:] == other[3:] else 1
 
 
-def reuse_round1(name, recipes, out, seed):
-    """Link a finished round 1 of another recipe that trains the same one (same demo, seed) into `out`."""
+def reuse_rounds(name, recipes, out, seed):
+    """Link the finished rounds (and the pseudo labels between them) of another recipe that trains them alike
+    (same demo, seed) into `out`, as hard links: the same files, not trained again."""
     if os.path.exists(os.path.join(out, "round1")):
         return
     for other, recipe in recipes.items():
-        source = os.path.join(os.path.dirname(out), f"{other}-seed{seed}", "round1")
-        if other != name and same_round1(recipes[name], recipe) and \
-                os.path.isfile(os.path.join(source, "ensemble", "manifest.json")):
-            shutil.copytree(source, os.path.join(out, "round1"), symlinks=True, copy_function=os.link)
-            print(f"{name} seed {seed}: round 1 linked from {source}", flush=True)
+        source = os.path.join(os.path.dirname(out), f"{other}-seed{seed}")
+        n = shared_rounds(recipes[name], recipe) if other != name else 0
+        while n and not os.path.isfile(os.path.join(source, f"round{n}", "ensemble", "manifest.json")):
+            n -= 1
+        if n:
+            for r in range(1, n + 1):
+                shutil.copytree(os.path.join(source, f"round{r}"), os.path.join(out, f"round{r}"), symlinks=True,
+                                copy_function=os.link)
+                if r < n:
+                    os.link(os.path.join(source, f"pseudo{r}.npz"), os.path.join(out, f"pseudo{r}.npz"))
+            print(f"{name} seed {seed}: rounds 1-{n} linked from {source}", flush=True)
             return
-
-
-def make_demo_data(root, demo_seed, size, threads):
-    """data/demo<D> (demo_data.py --seed D at the given size) and its prep cache; reused when there."""
-    data = os.path.join(root, f"demo{demo_seed}", "data")
-    if not os.path.isfile(os.path.join(data, "train_metadata.csv")):
-        demo_data.make_demo(data, demo_seed=demo_seed, processes=threads, **size)
-    cache = os.path.join(root, f"demo{demo_seed}", "cache")
-    if not os.path.isfile(os.path.join(cache, "train_rows.csv")):
-        prep.prepare(data, cache, n_threads=threads)
-    return data, cache
 
 
 def run_recipe(name, recipes, data, cache, seed, args, threads):
@@ -119,7 +118,7 @@ def run_recipe(name, recipes, data, cache, seed, args, threads):
     os.makedirs(out, exist_ok=True)
     if not os.path.exists(os.path.join(out, "cache")):
         os.symlink(os.path.abspath(cache), os.path.join(out, "cache"))
-    reuse_round1(name, recipes, out, seed)
+    reuse_rounds(name, recipes, out, seed)
     extra = shlex.split(args.quick_args) if args.quick else []
     command = ["make", "--no-print-directory", "-C", ROOT, f"round{rounds}", f"DATA={data}", f"WORK={out}",
                f"MODELS={models}", f"EPOCHS={args.epochs}", "PRETRAINED=none", f"PL_NORM={pl_norm}",

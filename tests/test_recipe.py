@@ -242,3 +242,33 @@ def test_decide_scores_the_labels_of_each_member_and_of_the_ensemble(demo_dir, c
     assert abs(scores["ensemble"] - expected) < 1e-4
     assert abs(decide.labels_auc(out, demo_dir) - expected) < 1e-6
     assert np.isnan(decide.labels_auc(str(tmp_path / "none.npz"), demo_dir))
+
+
+def test_decide_links_the_rounds_another_recipe_trained_alike(tmp_path):
+    """A recipe that differs only in pseudo-label settings shares round 1; one that differs only in its rounds
+    shares every round both have; the shared rounds are hard links of the finished run's files."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import decide
+    recipes = decide.parse_recipes(["longer=bench/models-reference.csv|--preset reference|3|floor",
+                                    "raw=bench/models-reference.csv|--preset reference|2|none",
+                                    "one=bench/models-reference.csv|--preset reference|2|floor|PL_MEMBERS=model1",
+                                    "taught=bench/models-reference.csv|--preset reference|2|floor|TEACHER=t.npz"])
+    assert decide.shared_rounds(recipes["longer"], recipes["reference"]) == 2
+    assert decide.shared_rounds(recipes["raw"], recipes["reference"]) == 1
+    assert decide.shared_rounds(recipes["one"], recipes["reference"]) == 1
+    assert decide.shared_rounds(recipes["taught"], recipes["reference"]) == 0  # a teacher changes round 1
+    assert decide.shared_rounds(recipes["demo"], recipes["reference"]) == 0
+    source = tmp_path / "demo1" / "reference-seed1"
+    for r in (1, 2):
+        (source / f"round{r}" / "ensemble").mkdir(parents=True)
+        (source / f"round{r}" / "ensemble" / "manifest.json").write_text("{}")
+    (source / "pseudo1.npz").write_bytes(b"labels")
+    out = tmp_path / "demo1" / "longer-seed1"
+    out.mkdir()
+    decide.reuse_rounds("longer", recipes, str(out), 1)
+    for name in ("round1/ensemble/manifest.json", "round2/ensemble/manifest.json", "pseudo1.npz"):
+        assert os.path.samefile(out / name, source / name)
+    raw = tmp_path / "demo1" / "raw-seed1"
+    raw.mkdir()
+    decide.reuse_rounds("raw", recipes, str(raw), 1)
+    assert (raw / "round1").is_dir() and not (raw / "round2").exists() and not (raw / "pseudo1.npz").exists()
