@@ -111,6 +111,17 @@ def reuse_rounds(name, recipes, out, seed):
             return
 
 
+def make_demo_data(root, demo_seed, size, threads):
+    """data/demo<D> (demo_data.py --seed D at the given size) and its prep cache; reused when there."""
+    data = os.path.join(root, f"demo{demo_seed}", "data")
+    if not os.path.isfile(os.path.join(data, "train_metadata.csv")):
+        demo_data.make_demo(data, demo_seed=demo_seed, processes=threads, **size)
+    cache = os.path.join(root, f"demo{demo_seed}", "cache")
+    if not os.path.isfile(os.path.join(cache, "train_rows.csv")):
+        prep.prepare(data, cache, n_threads=threads)
+    return data, cache
+
+
 def run_recipe(name, recipes, data, cache, seed, args, threads):
     """One recipe's cycle through make on one demo and seed; [{round, auc, auc_pp}] and minutes."""
     models, train_args, rounds, pl_norm, make_variables = recipes[name]
