@@ -414,7 +414,10 @@ def main(argv=None):
     report = (f"{len(tasks)} runs: demos {args.demos} (demo_data.py --seed; {args.per_species} recordings per "
               f"species, {windows} test windows each), training seeds {args.seeds}, {args.epochs} epochs, random "
               f"init; test macro AUC of each round's ensemble, +pp = neighbour smoothing; "
-              f"{(time.time() - began) / 60:.1f} minutes in all\n\n" + spread_table(runs, models_of) + "\n\n"
+              f"{(time.time() - began) / 60:.1f} minutes in all. One run's seed sd: how far training seeds on the "
+              f"same demo scatter (pooled over demos); noise of the median: two standard errors of a median of that "
+              f"many runs; a difference helps or hurts only when its median is beyond its own noise\n\n"
+              + spread_table(runs, models_of) + "\n\n"
               + verdict_table(runs, [b for b in args.base.split(",") if b in names] or names[:1]) + "\n")
     with open(os.path.join(args.work, "report.md"), "w") as f:
         f.write(report)
