@@ -331,7 +331,7 @@ def verdict_table(runs, bases):
 
     def add(text, pair):
         d, demos = pair
-        if len(d):
+        if len(d) and d.any():  # all zeros: the same rounds, shared (reuse_rounds)
             lines.append(f"| {text} | {len(d)} | {np.median(d):+.4f} | {median_noise(d, demos):.4f} | "
                          f"{d.min():+.4f} to {d.max():+.4f} | {int((d > 0).sum())} of {len(d)} | "
                          f"{verdict(d, demos)} |")
