@@ -1,9 +1,9 @@
 """Decide recipes on evidence: each recipe's whole cycle (round 1, pseudo labels, the later rounds) on several
 generated demos and training seeds, beside the one-file oracle (../shared/oracle/baseline.py) on the same demos
-and seeds; per recipe and round, the median and the spread (min-max) of test macro AUC, and verdicts that count
-only what holds on every demo and seed.
+and seeds; per recipe and round, the median, the min-max and the noise of test macro AUC, and verdicts that call
+a difference only beyond the noise of its median.
 
-    python bench/decide.py                                   # demos 1,2,3 x seeds 1,2: demo, reference, oracle
+    python bench/decide.py                                   # demos 1,2,3 x seeds 1,2,3: every recipe, the oracle
     python bench/decide.py --recipes demo,reference --demos 1,2,3,4 --seeds 1,2,3
     python bench/decide.py --add-recipe "demo-minmax=models-demo.csv|--preset demo|3|minmax"
     python bench/decide.py --add-recipe "demo-model2=models-demo.csv|--preset demo|2|floor|PL_MEMBERS=model2"
@@ -59,12 +59,13 @@ from score_demo import score_round  # noqa: E402
 # defaults
 work = "work/decide"
 demos = "1,2,3"              # demo_data.py --seed of each generated demo (make demo's is 0)
-seeds = "1,2"                # training seeds (train.py --seed; the oracle's --seed)
+seeds = "1,2,3"              # training seeds (train.py --seed; the oracle's --seed)
 epochs = 16                  # make demo's
 oracle = os.path.join(ROOT, "..", "shared", "oracle", "baseline.py")
 RECIPES = {  # name: (models table, train.py arguments, rounds, pseudo-label normalization, more make variables)
     "demo": ("models-demo.csv", "--preset demo", 3, "floor", ""),
     "reference": ("bench/models-reference.csv", "--preset reference", 2, "floor", ""),
+    "reference3": ("bench/models-reference.csv", "--preset reference", 3, "floor", ""),  # as many rounds as demo
 }
 ORACLE = "oracle"           # the one-file script: round 1 and one pseudo-label round
 
@@ -363,7 +364,7 @@ def parse_args(argv=None):
                    metavar="NAME=MODELS|ARGS|ROUNDS|PL_NORM[|MAKE_VARIABLES]", help="another recipe, e.g. "
                    "\"demo-minmax=models-demo.csv|--preset demo|3|minmax\" or "
                    "\"demo-model2=models-demo.csv|--preset demo|2|floor|PL_MEMBERS=model2\"")
-    p.add_argument("--base", default=f"{ORACLE},reference", help="the recipes the others are held against, "
+    p.add_argument("--base", default=f"{ORACLE},reference,reference3", help="the recipes the others are held against, "
                    "comma-separated")
     p.add_argument("--demos", default=demos, help="demo_data.py seeds of the generated demos")
     add_flag(p, "--seeds", default=seeds)
