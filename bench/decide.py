@@ -330,9 +330,13 @@ def verdict_table(runs, bases):
     lines = ["| comparison | pairs | median difference | noise of the median | min-max | pairs above 0 | verdict |",
              "|---|---|---|---|---|---|---|"]
 
+    shown = set()  # a comparison of rounds that recipes share (reuse_rounds) is shown once, under its first name
+
     def add(text, pair):
         d, demos = pair
-        if len(d) and d.any():  # all zeros: the same rounds, shared (reuse_rounds)
+        key = tuple(np.round(d, 6))
+        if len(d) and d.any() and key not in shown:  # all zeros: the same rounds, shared
+            shown.add(key)
             lines.append(f"| {text} | {len(d)} | {np.median(d):+.4f} | {median_noise(d, demos):.4f} | "
                          f"{d.min():+.4f} to {d.max():+.4f} | {int((d > 0).sum())} of {len(d)} | "
                          f"{verdict(d, demos)} |")
