@@ -325,7 +325,7 @@ def paired(runs, recipe, base, round_of, base_round_of, column="auc_pp", base_co
 
 
 def verdict_table(runs, bases):
-    """Each recipe's round gains, and its rounds against each base's round 1 and final round (paired)."""
+    """Each recipe's round gains, and its rounds against each base's same round and final round (paired)."""
     last = runs.groupby("recipe")["round"].max()
     lines = ["| comparison | pairs | median difference | noise of the median | min-max | pairs above 0 | verdict |",
              "|---|---|---|---|---|---|---|"]
@@ -353,9 +353,13 @@ def verdict_table(runs, bases):
     for i, base in enumerate(bases):  # each pair of recipes once: a base is not held against an earlier base
         for recipe in (r for r in last.index if r != base and r not in bases[:i] and base in last.index):
             add(f"{recipe} vs {base}, round 1", paired(runs, recipe, base, 1, 1))
-            for r in range(2, int(last[recipe]) + 1):  # each later round against the base's final one
-                add(f"{recipe} round {r} vs {base} round {int(last[base])} (its final)",
-                    paired(runs, recipe, base, r, int(last[base])))
+            final = int(last[base])
+            for r in range(2, int(last[recipe]) + 1):  # each later round against the base's same and final one
+                if r <= final:
+                    add(f"{recipe} round {r} vs {base} round {r}" + (" (its final)" if r == final else ""),
+                        paired(runs, recipe, base, r, r))
+                if r != final:
+                    add(f"{recipe} round {r} vs {base} round {final} (its final)", paired(runs, recipe, base, r, final))
     return "\n".join(lines)
 
 
