@@ -308,7 +308,7 @@ def pseudo_label_soundscapes(models_dir, folder, out, how=pl_norm, n_threads=thr
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    add_flag(p, "--ensemble", required=True)
+    add_flag(p, "--ensemble")
     p.add_argument("--models", dest="ensemble", action=OldName, help=argparse.SUPPRESS)  # the old name
     add_flag(p, "--cache", default="work/cache")
     add_flag(p, "--soundscapes")
@@ -327,6 +327,8 @@ def main():
     p.add_argument("--members", default="", help="the ensemble's models that label, comma-separated names "
                    "(model1,model3: the manifest's); empty: all of them (docs/accuracy.md: what one did)")
     args = p.parse_args()
+    if not args.ensemble:
+        p.error("the following arguments are required: --ensemble")
     if args.soundscapes:
         return pseudo_label_soundscapes(args.ensemble, args.soundscapes, args.out, args.pl_norm, args.threads,
                                         args.backend)

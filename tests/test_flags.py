@@ -4,6 +4,7 @@ works for one release, with a note."""
 import argparse
 import importlib
 import os
+import subprocess
 import sys
 from collections import defaultdict
 
@@ -66,3 +67,19 @@ def test_old_models_flag_of_infer_still_works_with_a_note(tiny_ensemble, demo_di
                        "--backend", "torch")
     assert result.returncode == 0, result.stderr
     assert "--models is now --ensemble" in result.stderr and (tmp_path / "s.csv").exists()
+
+
+def test_old_models_flag_of_pseudo_and_kaggle_still_works_with_a_note(tiny_ensemble, cache_dir, tmp_path):
+    out = tmp_path / "pseudo.npz"
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "pseudo.py"), "--models", tiny_ensemble, "--cache",
+                             cache_dir, "--out", str(out), "--threads", "2", "--device", "cpu"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "--models is now --ensemble" in result.stderr and out.exists()
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "kaggle.py"), "--models", tiny_ensemble, "--out",
+                             str(tmp_path / "kaggle"), "--wheels", "none"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "--models is now --ensemble" in result.stderr and (tmp_path / "kaggle" / "KERNEL.md").exists()
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "pseudo.py"), "--cache", cache_dir, "--out",
+                             str(out)], capture_output=True, text=True)
+    assert result.returncode == 2 and "--ensemble" in result.stderr

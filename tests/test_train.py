@@ -291,8 +291,6 @@ def run_script(*args):
 def test_settings_errors_are_one_line(cache_dir, tmp_path):
     from helpers import one_line_error
     base = ["--model", "1", "--cache", cache_dir, "--out-dir", str(tmp_path / "x"), *TINY]
-    result = run_script(*base, "--dataset", "bc24+")  # the demo cache has no extra rows
-    assert one_line_error(result) and "--extra" in result.stderr
     result = run_script(*base, "--pseudoLabelChance", "150")
     assert one_line_error(result) and "percent" in result.stderr
     table = pd.read_csv(TINY[1], comment="#")
@@ -301,3 +299,16 @@ def test_settings_errors_are_one_line(cache_dir, tmp_path):
     result = run_script(*base, "--models", str(bad_table))
     assert one_line_error(result) and "pseudo_chance" in result.stderr
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_bc24_plus_without_extra_recordings_trains_on_the_competitions(cache_dir, capsys):
+    """The seed's model 5 (bc24+) on a cache without extra rows: one note, the same rows as bc24."""
+    from common import load_split
+    config = dict(dataset="bc24", fold="1", n_folds=5, seed=70)
+    plain = load_split(cache_dir, config)
+    assert "note" not in capsys.readouterr().err
+    plus = load_split(cache_dir, {**config, "dataset": "bc24+"})
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(notes) == 1 and "without extra recordings" in notes[0] and "--extra" in notes[0]
+    assert np.array_equal(plain["train"], plus["train"]) and np.array_equal(plain["valid"], plus["valid"])
+    assert len(plus["train"]) > 0
