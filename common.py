@@ -109,8 +109,8 @@ def load_split(cache_dir, config, max_train_files=None):
     audio = np.load(paths.audio, mmap_mode="r")
     targets = target_matrix(rows, classes)
     if config["dataset"] == "bc24+" and not rows["source"].eq("extra").any():
-        # the seed's model 5 added Xeno-canto files of the competition's species; without them it is the
-        # competition data alone, so the seed's whole table runs on what a competitor downloads
+        # the write-up's model 5 added Xeno-canto files of the competition's species; without them it is the
+        # competition data alone, so the write-up's whole table runs on what a competitor downloads
         print(f"note: dataset bc24+ without extra recordings ({paths.rows} has none): training on the "
               f"competition's; add yours with make prep PREP_ARGS=\"--extra FILE\"", file=sys.stderr, flush=True)
     usable = np.flatnonzero(rows["source"].eq("base") | (config["dataset"] == "bc24+"))
@@ -165,9 +165,9 @@ HEADS = ("gem5", "plain")
 class MelEfficientNet(nn.Module):
     """(B, 1, n_mels, frames) mel -> (B, n_classes) logits.
 
-    The mel is resized to (image_height, image_width) inside the network (and repeated to 3 channels, the seed's
+    The mel is resized to (image_height, image_width) inside the network (and repeated to 3 channels, the write-up's
     input; channels=1 feeds it as it is), so models that differ only in image size share one mel.
-    head "gem5" (the seed's): EfficientNet-B0 features -> GeM -> 5 dropout heads: in training the logits are
+    head "gem5" (the write-up's): EfficientNet-B0 features -> GeM -> 5 dropout heads: in training the logits are
     the mean of one classifier applied to 5 differently dropped copies; in eval the dropouts are the identity and
     the 5 copies agree. head "plain": timm's own head, average pooling and one linear layer.
     """
@@ -180,7 +180,7 @@ class MelEfficientNet(nn.Module):
             raise UserError(f"head must be one of {', '.join(HEADS)} and channels 1 or 3, not {head!r}, {channels!r}")
         # in_chans=1 with pretrained weights: timm sums the stem's RGB weights
         kwargs = dict(num_classes=0, global_pool="", in_chans=channels)
-        if pretrained == "timm":  # the seed's weights: timm downloads them once and caches them
+        if pretrained == "timm":  # the write-up's weights: timm downloads them once and caches them
             self.backbone = create_seed_backbone(**kwargs)
         else:
             if pretrained:  # a local file: pretrained_cfg_overlay points timm at it, nothing is downloaded
@@ -241,7 +241,7 @@ class MelEfficientNet(nn.Module):
 
 def build_model(config, pretrained=None):
     """The MelEfficientNet of a train.py config (config.json): size from the models table, head and channels from the
-    recipe (an older config without them: the seed's)."""
+    recipe (an older config without them: the write-up's)."""
     return MelEfficientNet(len(config["classes"]), int(config["image_height"]), int(config["image_width"]), pretrained,
                    head=config.get("head", "gem5"), channels=int(config.get("channels", 3)),
                    head_dropout=float(config.get("head_dropout", 0.0)))
@@ -400,7 +400,7 @@ def augment(mel, targets, chances, generator=None):
 
 
 def mix_pseudo(wave, target, window, pseudo_target, gain_wave, gain_window):
-    """The seed's pseudo-label mixing: gain_wave * wave + gain_window * window, target = max(target, pseudo)."""
+    """The write-up's pseudo-label mixing: gain_wave * wave + gain_window * window, target = max(target, pseudo)."""
     return gain_wave * wave + gain_window * window, np.maximum(target, pseudo_target)
 
 

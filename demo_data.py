@@ -2,6 +2,7 @@
 
     python demo_data.py --out data/demo
     python demo_data.py --out /tmp/tiny --per-species 3 --unlabeled 3 --test 2 --soundscape-seconds 12
+    python demo_data.py --out /tmp/bc26 --layout 2026    # as Kaggle ships BirdCLEF+ 2026 (a hidden test set)
 
 Writes --out in the BirdCLEF 2024 layout (train_metadata.csv, train_audio/<species>/*.ogg,
 unlabeled_soundscapes/, test_soundscapes/, sample_submission.csv) and the labels beside it, never inside:
@@ -10,7 +11,10 @@ unlabeled_soundscapes/, test_soundscapes/, sample_submission.csv) and the labels
 pseudo labels with it; training never reads it). 12 species with parametric calls (sweeps, trills, harmonic
 notes, whistles, buzzes, vibrato; three confusable pairs); the soundscapes come from another "site": coloured
 noise, insect bands, wind, rain, reverberation, quieter overlapping calls and a skewed species mix.
-Deterministic for a given --seed, whatever the number of processes.
+Deterministic for a given --seed, whatever the number of processes. --layout 2026 writes the same data as a
+downloaded BirdCLEF+ 2026 folder: train.csv, taxonomy.csv, train_audio/, train_soundscapes/ (the unlabeled ones),
+sample_submission.csv and an empty test_soundscapes/ (Kaggle hides the test set); the labelled test soundscapes
+go beside it, in <out>-test_soundscapes/.
 """
 import argparse
 import math
@@ -221,8 +225,10 @@ def labels_paths(out):
     return out.rstrip("/") + "-test-labels.csv", out.rstrip("/") + "-unlabeled-labels.csv"
 
 
-def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=60, soundscape_s=60, processes=None):
-    """Write the demo dataset (BirdCLEF 2024 layout) to `out` and its test labels beside it.
+def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=60, soundscape_s=60, processes=None,
+              layout="2024"):
+    """Write the demo dataset (BirdCLEF 2024 layout, or 2026's: to_layout_2026) to `out` and its test labels
+    beside it.
 
     Files are rendered in parallel; each one's randomness comes from (seed, file), so the result does not
     depend on the number of processes.
@@ -256,11 +262,36 @@ def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=60, sound
     labels_path, unlabeled_path = labels_paths(out)
     pd.DataFrame(labels, columns=["row_id"] + names).to_csv(labels_path + ".tmp", index=False)
     pd.DataFrame(unlabeled, columns=["row_id"] + names).to_csv(unlabeled_path + ".tmp", index=False)
+    if layout == "2026":
+        to_layout_2026(tmp, hidden_tests_path(out))
     swap_in(tmp, out)
     os.replace(labels_path + ".tmp", labels_path)
     os.replace(unlabeled_path + ".tmp", unlabeled_path)
     print(f"demo dataset {out}: {len(meta)} train files, {n_unlabeled} unlabeled and {n_test} test soundscapes; "
           f"test labels {labels_path}")
+
+
+def hidden_tests_path(out):
+    """Where a 2026-layout demo keeps its labelled test soundscapes: beside the dataset, as Kaggle keeps its own."""
+    return out.rstrip("/") + "-test_soundscapes"
+
+
+def to_layout_2026(folder, tests_out):
+    """Reshape a demo `folder` written in the 2024 layout into the 2026 one, as Kaggle ships it: train.csv (with
+    collection) and taxonomy.csv, unlabeled_soundscapes/ as train_soundscapes/, test_soundscapes/ left empty;
+    the labelled test soundscapes move to `tests_out`."""
+    meta = pd.read_csv(os.path.join(folder, "train_metadata.csv"))
+    meta.insert(4, "collection", "XC")
+    meta.to_csv(os.path.join(folder, "train.csv"), index=False)
+    os.remove(os.path.join(folder, "train_metadata.csv"))
+    names = [s[0] for s in DEMO_SPECIES]
+    pd.DataFrame({"primary_label": names, "inat_taxon_id": range(1, len(names) + 1), "scientific_name": names,
+                  "common_name": names, "class_name": "Aves"}).to_csv(os.path.join(folder, "taxonomy.csv"),
+                                                                      index=False)
+    os.rename(os.path.join(folder, "unlabeled_soundscapes"), os.path.join(folder, "train_soundscapes"))
+    shutil.rmtree(tests_out, ignore_errors=True)
+    os.rename(os.path.join(folder, "test_soundscapes"), tests_out)
+    os.makedirs(os.path.join(folder, "test_soundscapes"))
 
 
 def main(argv=None):
@@ -271,8 +302,12 @@ def main(argv=None):
     add_flag(parser, "--unlabeled", default=60)
     add_flag(parser, "--test", default=60)
     parser.add_argument("--soundscape-seconds", type=float, default=60, help="length of each soundscape")
+    parser.add_argument("--layout", default="2024", choices=["2024", "2026"], help="the dataset's layout: 2024 "
+                        "(train_metadata.csv, test_soundscapes/ filled) or 2026 (train.csv, taxonomy.csv, an empty "
+                        "test_soundscapes/, the test soundscapes beside the folder)")
     args = parser.parse_args(argv)
-    make_demo(args.out, args.seed, args.per_species, args.unlabeled, args.test, args.soundscape_seconds)
+    make_demo(args.out, args.seed, args.per_species, args.unlabeled, args.test, args.soundscape_seconds,
+              layout=args.layout)
 
 
 

@@ -44,7 +44,7 @@ SHARED = {
     "--soup-start": dict(type=int, help="first epoch of the soup (default: 13 of 50, scaled to --epochs; soup.py: "
                          "the one train.py used); negative: the last -N epochs"),
     "--steps": dict(type=int, help="timed training steps per model (after one warm-up step)"),
-    "--pp-weight": dict(type=float, help="neighbour smoothing weight (the seed's post-processing); 0 disables"),
+    "--pp-weight": dict(type=float, help="neighbour smoothing weight (the write-up's post-processing); 0 disables"),
     "--quick": dict(action="store_true", help="smoke test (make test runs it): tiny data and models, 1 epoch"),
     # generated demos (demo_data.py)
     "--per-species": dict(type=int, help="demo size: training recordings per species"),

@@ -15,7 +15,7 @@ image size, classes, value, cost), <name>.onnx (for OpenVINO / ONNX Runtime) and
 The mel front end is defined in this file (common.py imports it for training): one STFT per n_fft serves every
 mel whose hop is a multiple of the shortest. Each soundscape is cut into 5-s windows (the last zero-padded);
 row_id is <file stem>_<end second>. The ensemble is the mean of the models' sigmoid probabilities; then per
-file p[t] + w * (p[t-1] + p[t+1]), divided by 1 + 2w (the seed's post-processing with w = 0.5; the divisor keeps
+file p[t] + w * (p[t-1] + p[t+1]), divided by 1 + 2w (the write-up's post-processing with w = 0.5; the divisor keeps
 values in [0, 1] and changes no ranking). Models run in order of value for cost and are dropped, with a
 warning, when the projected time would pass --budget-min. Scores --audio (default: test_soundscapes of the
 newest <kaggle-root>/birdclef-*). Writes --out (default submission.csv): a complete submission, always, with
@@ -666,7 +666,7 @@ def parse_args(argv):
     p.add_argument("--budget-min", type=float, default=None, help="time budget in minutes, counted from the "
                    f"start of main (default: by the competition's year, {budget_min_by_year[2024]:g} for BirdCLEF "
                    f"2024, else {budget_min:g})")
-    p.add_argument("--pp-weight", type=float, default=pp_weight, help="neighbour smoothing weight (the seed's "
+    p.add_argument("--pp-weight", type=float, default=pp_weight, help="neighbour smoothing weight (the write-up's "
                    "post-processing); 0 disables")
     return p.parse_args(argv)
 

@@ -2,7 +2,7 @@
 scripts), its label columns, and the models table.
 
     CachePaths("work/cache").rows                # work/cache/train_rows.csv
-    read_models_table("models.csv").loc[4]       # the seed's model 4: seed, folds, mel settings, image size
+    read_models_table("models.csv").loc[4]       # the write-up's model 4: seed, folds, mel settings, image size
 """
 import ast
 import os
@@ -74,7 +74,7 @@ def load_classes(path):
         return [line.strip() for line in f if line.strip()]
 
 
-# the models table's columns (the seed's names) and their types; fold is a number or "all"
+# the models table's columns (the write-up's names) and their types; fold is a number or "all"
 MODEL_COLUMNS = dict(id=int, seed=int, n_folds=int, fold=str, dataset=str, n_mels=int, hop_length=int,
                      image_height=int, image_width=int, pseudoLabelChance=float, ampExpMin=float, ampExpMax=float)
 
@@ -85,7 +85,7 @@ def kebab(name):
 
 
 def read_models_table(path):
-    """models.csv -> DataFrame indexed by model id, checked for the seed's columns."""
+    """models.csv -> DataFrame indexed by model id, checked for the write-up's columns."""
     table = read_table(path)
     missing = [c for c in MODEL_COLUMNS if c not in table.columns]
     if missing:

@@ -36,7 +36,7 @@ from metrics import all_metrics
 from weights import PRETRAINED_CHOICES, pretrained_of
 from devices import claim_gpu, gpu_ids, pick_device
 
-# defaults: the seed's recipe
+# defaults: the write-up's recipe
 models = "models.csv"
 cache = "work/cache"
 work = "work"
@@ -47,7 +47,7 @@ warmup_epochs = 3         # linear warm-up, then cosine annealing to zero
 weight_decay = 1e-2
 soup_start_of_50 = 13     # the seed soups epochs 13-50; scaled to other epoch counts
 threads = os.cpu_count() or 2
-# the recipe's parts that are not in the models table (the seed's; where it is silent, what measured best)
+# the recipe's parts that are not in the models table (the write-up's; where it is silent, what measured best)
 head = "gem5"             # GeM pooling + 5 dropout heads; plain: timm's average pooling + one linear layer
 channels = 3              # the mel image repeated to 3 channels; 1: fed as it is
 loss = "bce-focal"        # mean of BCE and focal loss; bce: BCE only
@@ -68,11 +68,11 @@ ONE_FILE_RECIPE = dict(head="plain", channels=1, loss="bce", optimizer="sgd", sc
                        weight_decay=5e-4, batch_size=32, f_min=50.0, f_max=14000.0, normalize="standard",
                        time_shift=0.5, fold="all", soup_start=-1, pretrained="none", **AUGMENTATIONS_OFF)
 PRESETS = {
-    "seed": {},
+    "writeup": {},
     # the one-file baseline whole: its one model's mel and image size too
     "reference": dict(ONE_FILE_RECIPE, n_mels=64, hop_length=1250, image_height=64, image_width=128),
     # make demo's: the recipe whose pseudo-label round paid on every demo of bench/decide.py, on a models table
-    # that keeps the seed's diversity (mel settings, image sizes, pseudo-label chances): docs/accuracy.md
+    # that keeps the write-up's diversity (mel settings, image sizes, pseudo-label chances): docs/accuracy.md
     "demo": ONE_FILE_RECIPE,
 }
 RECIPE = ("head", "channels", "loss", "optimizer", "schedule", "n_fft", "f_min", "f_max", "normalize", "time_shift",
@@ -88,11 +88,11 @@ def add_recipe_flags(p):
     p.add_argument("--weight-decay", type=float, default=weight_decay, help="AdamW weight decay")
     add_flag(p, "--soup-start")
     p.add_argument("--head", default=head, choices=HEADS, help="gem5: GeM pooling + 5 dropout heads "
-                   "(the seed's); plain: timm's average pooling + one linear layer")
+                   "(the write-up's); plain: timm's average pooling + one linear layer")
     p.add_argument("--channels", type=int, default=channels, choices=[1, 3], help="image channels: the mel "
-                   "repeated to 3 (the seed's) or fed as 1")
+                   "repeated to 3 (the write-up's) or fed as 1")
     p.add_argument("--loss", default=loss, choices=list(LOSSES), help="mean of BCE and focal loss (the "
-                   "seed's), or BCE only")
+                   "write-up's), or BCE only")
     p.add_argument("--optimizer", default=optimizer, choices=["adamw", "sgd"], help="AdamW, or SGD (nesterov, "
                    "momentum 0.9)")
     p.add_argument("--schedule", default=schedule, choices=["cosine", "onecycle"], help="cosine: linear warm-up "
@@ -118,7 +118,7 @@ def add_table_flags(p):
     """A flag per column of the models table, to override its value (kebab-case, and the table's own name)."""
     notes = dict(fold="a fold of n_folds held out for validation, or 'all': train on every row, no validation; the "
                  "soup then averages every epoch from the soup start on", pseudoLabelChance="percent, as in the "
-                 "seed's table")
+                 "write-up's table")
     for column, kind in MODEL_COLUMNS.items():  # --pseudo-label-chance, also --pseudoLabelChance (the table's name)
         if column != "id":
             names = list(dict.fromkeys([f"--{kebab(column)}", f"--{column}"]))
@@ -129,13 +129,18 @@ def add_table_flags(p):
                                + (f" ({notes[column]})" if column in notes else ""))
 
 
+def preset_name(name):
+    """A preset's name; "seed", the write-up's recipe's old name, still works."""
+    return "writeup" if name == "seed" else name
+
+
 def parse_args(argv=None):
     first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--preset", default="seed", choices=list(PRESETS))
+    first.add_argument("--preset", default="writeup", type=preset_name, choices=list(PRESETS))
     preset = first.parse_known_args(argv)[0].preset
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--preset", default="seed", choices=list(PRESETS), help="a set of defaults for the flags below "
-                   "(--help after it shows them): seed = the seed's recipe, demo = make demo's, reference = the "
+    p.add_argument("--preset", default="writeup", type=preset_name, choices=list(PRESETS), help="a set of defaults "
+                   "for the flags below (--help after it shows them): writeup = the write-up's recipe, demo = make demo's, reference = the "
                    "one-file baseline (1 channel, plain head, BCE, SGD one-cycle, standardised 64x128 mels, time "
                    "shift, no augmentation, every file)")
     add_flag(p, "--model", required=True)
@@ -179,7 +184,7 @@ def model_config(args):
         raise UserError(f"fold must be 0..{int(config['n_folds']) - 1} or all, not {config['fold']!r}")
     chance = float(config["pseudoLabelChance"])
     if not 0 <= chance <= 100:
-        raise UserError(f"pseudoLabelChance is a percent (the seed's 35 means 35 %), 0 to 100, not {chance:g}")
+        raise UserError(f"pseudoLabelChance is a percent (the write-up's 35 means 35 %), 0 to 100, not {chance:g}")
     config["pseudoLabelChance"] = chance / 100
     config.update({name: getattr(args, name) for name in RECIPE})
     return config
@@ -330,7 +335,7 @@ class Training:
 
 
 def build_training(args, config, procs):
-    """Model (the seed's weights first: offline without them it stops before any data is read), data,
+    """Model (the write-up's weights first: offline without them it stops before any data is read), data,
     optimiser, schedule and gradient scaler."""
     device, seed = procs.device, int(config["seed"])
     torch.manual_seed(seed)

@@ -1,4 +1,4 @@
-"""The backbone's starting weights: the seed's ImageNet/JFT weights through timm (downloaded once into the Hugging
+"""The backbone's starting weights: the write-up's ImageNet/JFT weights through timm (downloaded once into the Hugging
 Face cache), a local file, or none.
 
     make weights     # python -c "import weights; weights.save_seed_weights('work/weights/<BACKBONE>.pth')"
@@ -10,9 +10,9 @@ import torch
 from errors import UserError
 from files import atomic_write
 
-BACKBONE = "tf_efficientnet_b0.ns_jft_in1k"   # the seed's tf_efficientnet_b0_ns
+BACKBONE = "tf_efficientnet_b0.ns_jft_in1k"   # the write-up's tf_efficientnet_b0_ns
 WEIGHTS_FILE = f"{BACKBONE}.pth"   # what `make weights` writes into the work folder
-PRETRAINED_CHOICES = "timm (the seed's weights, downloaded once by timm), none (random init) or a weights file"
+PRETRAINED_CHOICES = "timm (the write-up's weights, downloaded once by timm), none (random init) or a weights file"
 
 
 def pretrained_of(value):
@@ -28,7 +28,7 @@ def pretrained_of(value):
 
 
 def hub_reachable(timeout=3.0):
-    """Whether the Hugging Face hub (timm's source of the seed's weights; HF_ENDPOINT moves it) answers a TCP
+    """Whether the Hugging Face hub (timm's source of the write-up's weights; HF_ENDPOINT moves it) answers a TCP
     connection within `timeout` seconds. Offline, timm would retry for about a minute and print each retry."""
     import socket
     from urllib.parse import urlparse
@@ -42,7 +42,7 @@ def hub_reachable(timeout=3.0):
 
 
 def create_seed_backbone(**kwargs):
-    """timm's BACKBONE with the seed's ImageNet/JFT weights: downloaded once into timm's cache (the Hugging Face
+    """timm's BACKBONE with the write-up's ImageNet/JFT weights: downloaded once into timm's cache (the Hugging Face
     cache) when the hub answers, else taken from that cache; neither: one UserError that names both ways out."""
     import logging
     import timm
@@ -63,7 +63,7 @@ def create_seed_backbone(**kwargs):
     except Exception as err:
         reason = "the Hugging Face hub is unreachable and they are not in its local cache" if offline else \
             (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        raise UserError(f"cannot get the seed's weights ({BACKBONE}): {reason}; either run `make weights` where "
+        raise UserError(f"cannot get the write-up's weights ({BACKBONE}): {reason}; either run `make weights` where "
                         f"there is internet and pass PRETRAINED=<work>/weights/{WEIGHTS_FILE} (train.py "
                         f"--pretrained FILE), or train from random init with PRETRAINED=none") from None
     finally:
@@ -72,8 +72,8 @@ def create_seed_backbone(**kwargs):
 
 
 def save_seed_weights(path):
-    """Fetch the seed's weights (as train.py --pretrained timm does) and write them to `path` (written under a
+    """Fetch the write-up's weights (as train.py --pretrained timm does) and write them to `path` (written under a
     temporary name, then renamed), for an offline box: train.py --pretrained FILE reads this file."""
     backbone = create_seed_backbone(num_classes=1000)  # the checkpoint's own layout, classifier included
     atomic_write(path, lambda tmp: torch.save(backbone.state_dict(), tmp))
-    print(f"{path}: the seed's weights ({BACKBONE}); train with PRETRAINED={path}")
+    print(f"{path}: the write-up's weights ({BACKBONE}); train with PRETRAINED={path}")

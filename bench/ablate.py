@@ -8,7 +8,7 @@ time, scored on labelled soundscapes (the demo's by default).
     python bench/ablate.py --quick                           # smoke test: 2 variants, 1 seed, 1 tiny epoch
 
 Each variant is train.py's arguments (the same train.py the cycle runs, a preset or flags): `base` is train.py's
-defaults (the seed's recipe) with --base-args (batch, lr and soup at the demo's size); every other variant changes
+defaults (the write-up's recipe) with --base-args (batch, lr and soup at the demo's size); every other variant changes
 one part of it; `reference` and `demo` are whole presets, trained for 16 epochs as they were run. Each run is
 prep's cache -> train.py -> soup.py -> its export scored by infer.py's code (fastest backend, f32) on
 --audio against --labels (bench/score_demo.py). Runs live in <work>/<variant>-seed<S>: a rerun reuses the
@@ -48,7 +48,7 @@ model = 1                    # the row whose single model is ablated (64 mels at
 epochs = 12                  # make demo trains 16; 12 keeps the ablation under 30 minutes on 2 cores, and the
                              # more-epochs variant shows what the 4 epochs are worth
 preset_epochs = 16           # the whole recipes (reference, demo) train as they were run: 16 epochs
-# the seed's recipe at the demo's size (soup of the last 5), from random init as the demo trains
+# the write-up's recipe at the demo's size (soup of the last 5), from random init as the demo trains
 base_args = "--batch-size 32 --lr 2e-3 --soup-start -5 --pretrained none"
 seeds = "1,2"
 
@@ -61,7 +61,7 @@ def variants_of(epochs):
     other_shift = 0.5 if train.time_shift_seconds == 0 else 0.0
     off = ["0"]
     return {
-        "base": ("train.py's defaults: the seed's recipe", []),
+        "base": ("train.py's defaults: the write-up's recipe", []),
         "no-flip": ("no horizontal flip", ["--aug-flip"] + off),
         "no-coarse-dropout": ("no coarse dropout", ["--aug-coarse-dropout"] + off),
         "no-mixup": ("no mixup", ["--aug-mixup"] + off),

@@ -2,7 +2,7 @@
 step with AMP: mel, augmentations, forward, backward, AdamW), the loader's samples/s with the worker threads
 train.py gives it on that device, and their ratio (below 1: the GPU waits for data); pseudo-labelling windows/s
 on the device (pseudo.py's engine for a GPU: every model of the table, AMP, batches of 256 windows); and the
-projected hours of the seed's whole cycle at BirdCLEF 2024 size (24,459 recordings, 50 epochs over 80% of them
+projected hours of the write-up's whole cycle at BirdCLEF 2024 size (24,459 recordings, 50 epochs over 80% of them
 per model, 3 rounds, 2 pseudo-label rounds over prep's 20,000 cached windows). Random weights: speed only.
 
     python bench/gpu.py                                  # the GPU, models.csv (make bench-gpu)
@@ -34,7 +34,7 @@ from errors import run_main  # noqa: E402
 from devices import pick_device  # noqa: E402
 from train_speed import loader_speed, train_speed  # noqa: E402
 
-# defaults: the seed's table and recipe at BirdCLEF 2024 size
+# defaults: the write-up's table and recipe at BirdCLEF 2024 size
 models = "models.csv"
 steps = 10                # timed training steps per model (after one warm-up step)
 batches = 48              # timed loader batches
@@ -84,7 +84,7 @@ def pseudo_speed(table, device, n_batches, batch=pseudo.batch_windows):
 
 
 def projected_hours(table, figures, windows_per_s, n_gpus):
-    """Hours of the seed's cycle on this device: 3 rounds of every model (50 epochs over 80% of the rows, at the
+    """Hours of the write-up's cycle on this device: 3 rounds of every model (50 epochs over 80% of the rows, at the
     slower of the step and the loader), 2 pseudo-label rounds; with n_gpus, a round's models spread over them
     longest first (make GPUS=...)."""
     round_models = sorted((train.epochs * rows_2024 * 0.8 / min(figures[i]) / 3600 for i in table.index),
@@ -124,7 +124,7 @@ def main(argv=None):
     windows_per_s = pseudo_speed(table, device, args.pseudo_batches, args.pseudo_batch_size)
     print(f"pseudo-labelling, {len(table)} models: {windows_per_s:.1f} windows/s", flush=True)
     hours, model_hours, pseudo_hours = projected_hours(table, figures, windows_per_s, args.n_gpus)
-    print(f"projected, the seed's cycle at BirdCLEF 2024 size on {args.n_gpus} x {describe(device)}: {hours:.1f} h "
+    print(f"projected, the write-up's cycle at BirdCLEF 2024 size on {args.n_gpus} x {describe(device)}: {hours:.1f} h "
           f"(training {model_hours:.1f} h per round in all, one pseudo-label round {pseudo_hours:.2f} h; prep, "
           f"soups and exports run on the CPU: make bench-scale)")
     ratio = min(loader / speed for speed, loader in figures.values())

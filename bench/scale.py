@@ -1,5 +1,5 @@
 """The project at BirdCLEF 2024 size on this machine: time, memory and disk of each step, and the projected time
-of the seed's whole 3-round cycle. Accuracy means nothing here: the data are links to a few recordings.
+of the write-up's whole 3-round cycle. Accuracy means nothing here: the data are links to a few recordings.
 
     python bench/scale.py --threads 2            # 24,459 training rows, 182 classes, 8,444 4-min soundscapes
     python bench/scale.py --quick                # a small version, for the tests
@@ -12,9 +12,9 @@ once; then measures, each as its own process where memory matters:
   with the number of soundscapes);
 - a training step (mel, augmentations, forward, backward) in samples/s for a 64x128 and a 256x256 model
   (bench/train_speed.py's), and the loader on the real cache;
-- pseudo-labelling seconds per 1,000 cached windows with the seed's six models (random weights) for each
+- pseudo-labelling seconds per 1,000 cached windows with the write-up's six models (random weights) for each
   installed backend, and pseudo.py's peak RSS on the caches of both sizes (with one small model).
-Prints the projected time of every step of the cycle with the seed's settings (50 epochs, batch 64).
+Prints the projected time of every step of the cycle with the write-up's settings (50 epochs, batch 64).
 """
 import argparse
 import os
@@ -42,7 +42,7 @@ from demo_data import write_ogg  # noqa: E402
 from train_speed import train_speed  # noqa: E402
 
 FULL = dict(rows=24459, classes=182, soundscapes=8444)
-QUICK = dict(rows=400, classes=20, soundscapes=40)
+QUICK = dict(rows=200, classes=20, soundscapes=20)
 SOUNDSCAPE_S = 240
 
 
@@ -101,7 +101,7 @@ def folder_gb(folder):
 
 
 def seed_ensemble(folder, classes):
-    """The seed's six models (models.csv), random weights, exported for infer.py's engine."""
+    """The write-up's six models (models.csv), random weights, exported for infer.py's engine."""
     table = read_models_table(os.path.join(ROOT, "models.csv"))
     for model_id, row in table.iterrows():
         torch.manual_seed(int(model_id))
@@ -146,7 +146,7 @@ def measure_training(cache, classes):
 
 
 def measure_pseudo(root, caches, classes, windows, threads, figures):
-    """Seconds per 1,000 windows of the seed's six models per backend, and pseudo.py's time and memory at both
+    """Seconds per 1,000 windows of the write-up's six models per backend, and pseudo.py's time and memory at both
     sizes (one small model) into figures. Returns ({backend: s per 1,000}, the models table)."""
     cache = CachePaths(caches["full"])
     n_windows = len(np.load(cache.unlabeled_audio, mmap_mode="r"))
@@ -177,7 +177,7 @@ def measure_pseudo(root, caches, classes, windows, threads, figures):
 
 
 def project(table, small, large, per_1000, n_windows, rows, prep_seconds):
-    """[(step, seconds)] of the seed's cycle: 3 rounds x 6 models x 50 epochs over the training rows, 2
+    """[(step, seconds)] of the write-up's cycle: 3 rounds x 6 models x 50 epochs over the training rows, 2
     pseudo-label rounds; seconds per sample interpolated by image pixels between the two measured sizes."""
     epochs = 50
     per_sample = {}

@@ -193,8 +193,9 @@ def fake_finished_cycle(work):
         os.utime(path, (1_700_000_000 + age, 1_700_000_000 + age))
 
 
-def plan_with(work, *settings, models=None):
-    result = subprocess.run(["make", "-n", "-C", ROOT, "ensemble", f"WORK={work}",
+def plan_with(work, *settings, models=None, dry_run=True):
+    """make -n ensemble's plan (dry_run=False: make itself, which on a finished cycle only writes the stamps)."""
+    result = subprocess.run(["make", *(["-n"] if dry_run else []), "-C", ROOT, "ensemble", f"WORK={work}",
                              f"MODELS={models or os.path.join(ROOT, 'models-demo.csv')}", "PY=python",
                              "DATA=nowhere", *settings], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -208,7 +209,7 @@ def trained(plan):
 def test_changed_settings_rerun_exactly_what_depends_on_them(tmp_path):
     work = str(tmp_path / "work")
     fake_finished_cycle(work)
-    assert "train.py" not in plan_with(work)  # first look: the settings become the stamps, nothing to do
+    assert "train.py" not in plan_with(work, dry_run=False)  # the run's end: the settings become the stamps
     assert "train.py" not in plan_with(work, "THREADS=7", "DEVICE=cuda:1")  # change no result
     everything = [(i, r) for i in "123" for r in "123"]
     plan = plan_with(work, "EPOCHS=30")
@@ -216,14 +217,14 @@ def test_changed_settings_rerun_exactly_what_depends_on_them(tmp_path):
 
     work = str(tmp_path / "work2")
     fake_finished_cycle(work)
-    plan_with(work)
+    plan_with(work, dry_run=False)
     assert trained(plan_with(work, 'TRAIN_ARGS=--lr 5e-4')) == everything
 
     work = str(tmp_path / "work3")
     fake_finished_cycle(work)
     table = tmp_path / "models.csv"
     shutil.copy(os.path.join(ROOT, "models-demo.csv"), table)
-    plan_with(work, models=table)
+    plan_with(work, models=table, dry_run=False)
     text = table.read_text()
     row2 = [line for line in text.splitlines() if line.startswith("2,")][0]
     table.write_text(text.replace(row2, row2.replace(",45,", ",40,")))  # model 2's pseudo-label chance
@@ -234,7 +235,7 @@ def test_changed_settings_rerun_exactly_what_depends_on_them(tmp_path):
 
     work = str(tmp_path / "work4")
     fake_finished_cycle(work)
-    plan_with(work)
+    plan_with(work, dry_run=False)
     plan = plan_with(work, "PL_NORM=none")
     assert plan.count("pseudo.py") == 2 and trained(plan) == [(i, r) for i in "123" for r in "23"]
     plan = plan_with(work, "PL_NORM=none", "PL_MEMBERS=model2")  # who labels: the same again, told to pseudo.py
@@ -253,7 +254,7 @@ def test_rounds_sets_the_round_whose_ensemble_is_final(tmp_path):
         os.utime(path, (age, age))
     shutil.copy(f"{work}/round3/ensemble/manifest.json", f"{work}/ensemble/manifest.json")
     os.utime(f"{work}/ensemble/manifest.json", (1_700_000_100,) * 2)
-    assert "cp -r" not in plan_with(work)  # the seed's 3 rounds: round 3's copy is the final ensemble
+    assert "cp -r" not in plan_with(work)  # the write-up's 3 rounds: round 3's copy is the final ensemble
     plan = plan_with(work, "ROUNDS=2")
     assert f"cp -r {work}/round2/ensemble" in plan and "round3" not in plan and "train.py" not in plan
     shutil.copy(f"{work}/round2/ensemble/manifest.json", f"{work}/ensemble/manifest.json")  # as if made
@@ -359,9 +360,9 @@ def test_bench_scale_quick_runs_to_the_end(tmp_path):
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    assert "prep full: 400 rows, 40 soundscapes" in out and "prep quarter: 100 rows, 10 soundscapes" in out
+    assert "prep full: 200 rows, 20 soundscapes" in out and "prep quarter: 50 rows, 5 soundscapes" in out
     assert "| whole cycle |" in out and "pseudo_round_min=" in out
     cached = len(pd.read_csv(CachePaths(str(tmp_path / "scale" / "cache-full")).unlabeled_windows))
-    assert cached == 40 * 48  # every window of 40 four-minute soundscapes (under the default cap)
+    assert cached == 20 * 48  # every window of 20 four-minute soundscapes (under the default cap)
     labels = np.load(tmp_path / "scale" / "pseudo-full.npz")
     assert len(labels["probs"]) == cached

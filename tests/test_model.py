@@ -62,7 +62,7 @@ def test_dropout_heads_mean_in_training_and_identity_in_eval():
         model.backbone.eval()  # BatchNorm as above: only the dropouts train
         assert torch.allclose(model(mel), by_hand, atol=1e-5)
         model = MelEfficientNet(4, 32, 32).train()
-        assert not torch.equal(model(mel), model(mel))  # the seed's rates: dropout active
+        assert not torch.equal(model(mel), model(mel))  # the write-up's rates: dropout active
 
 
 def test_tiny_model_overfits_one_batch():
@@ -143,7 +143,7 @@ def test_global_stretch_of_a_ramp():
 
 
 def fake_hub_cache(home):
-    """A Hugging Face cache holding timm's file of the seed's weights (random values): what a box that fetched
+    """A Hugging Face cache holding timm's file of the write-up's weights (random values): what a box that fetched
     them once has. Returns the donor model."""
     import timm
     from safetensors.torch import save_file
@@ -158,7 +158,7 @@ def fake_hub_cache(home):
 
 
 def test_seed_weights_offline_from_the_cache_and_make_weights_file(tmp_path):
-    """With the hub unreachable, the seed's weights come from timm's cache when they are there; `make weights`
+    """With the hub unreachable, the write-up's weights come from timm's cache when they are there; `make weights`
     writes them to a file that --pretrained FILE loads."""
     import subprocess
     import sys

@@ -1,5 +1,5 @@
 """Every part of the recipe is a setting: presets, head, channels, loss, optimizer, schedule, mel, time shift; the
-seed's table and defaults stay the write-up's; bench/ablate.py runs."""
+write-up's table and defaults stay the write-up's; bench/ablate.py runs."""
 import json
 import os
 import re

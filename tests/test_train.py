@@ -187,7 +187,7 @@ def test_the_plain_head_starts_as_timms_own():
     bound = 1 / np.sqrt(12)
     assert plain.head.weight.abs().max() <= bound and plain.head.weight.abs().max() > 0.9 * bound
     assert not plain.head.bias.any()
-    assert gem5.head.weight.abs().max() <= 1 / np.sqrt(gem5.head.in_features)  # the seed's head: torch's init
+    assert gem5.head.weight.abs().max() <= 1 / np.sqrt(gem5.head.in_features)  # the write-up's head: torch's init
 
 
 def test_validation_reads_its_rows_in_chunks(cache_dir):
@@ -218,7 +218,7 @@ def test_device_choice():
 
 
 def test_seed_weights_offline_stop_at_once_with_one_line(cache_dir, tmp_path):
-    """The seed's weights are train.py's default; with the hub unreachable (HF_ENDPOINT at a closed port) and no
+    """The write-up's weights are train.py's default; with the hub unreachable (HF_ENDPOINT at a closed port) and no
     cached copy, train.py stops in seconds with one line naming both ways out, without timm's retries."""
     from helpers import one_line_error
     env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
@@ -302,7 +302,7 @@ def test_settings_errors_are_one_line(cache_dir, tmp_path):
 
 
 def test_bc24_plus_without_extra_recordings_trains_on_the_competitions(cache_dir, capsys):
-    """The seed's model 5 (bc24+) on a cache without extra rows: one note, the same rows as bc24."""
+    """The write-up's model 5 (bc24+) on a cache without extra rows: one note, the same rows as bc24."""
     from common import load_split
     config = dict(dataset="bc24", fold="1", n_folds=5, seed=70)
     plain = load_split(cache_dir, config)

@@ -1,0 +1,125 @@
+"""The road a competitor takes: the seed's whole table through make on a downloaded-2026-style folder, then the
+steps after it (kaggle, submission, timing) that must reuse the run's settings and never plan training again."""
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from helpers import ROOT
+
+import demo_data
+
+
+def make(*args, dry_run=False):
+    """make in the repository with this test's Python; (return code, stdout, stderr)."""
+    result = subprocess.run(["make", *(["-n"] if dry_run else []), "--no-print-directory", "-C", ROOT,
+                             f"PY={sys.executable}", *args], capture_output=True, text=True)
+    return result.returncode, result.stdout, result.stderr
+
+
+def settings_files(work):
+    """{path: (content, mtime)} of everything make keeps in WORK/.settings."""
+    found = {}
+    for folder, _, names in os.walk(os.path.join(work, ".settings")):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path) as f:
+                found[path] = (f.read(), os.stat(path).st_mtime_ns)
+    return found
+
+
+def plans_no_work(plan):
+    return not any(step in plan for step in ("prep.py", "train.py", "soup.py", "pseudo.py"))
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    """make ensemble with models.csv (the seed's six models, 3 rounds) for 1 epoch from a weights file, on a
+    tiny dataset in the layout Kaggle ships for 2026 (train.csv, taxonomy.csv, an empty test_soundscapes/)."""
+    root = tmp_path_factory.mktemp("real")
+    data, work = str(root / "birdclef-2026"), str(root / "work")
+    demo_data.make_demo(data, demo_seed=2, per_species=2, n_unlabeled=2, n_test=1, soundscape_s=10, layout="2026")
+    import timm
+    weights = str(root / "b0.pth")  # stands in for make weights' file: the same architecture, no download
+    torch.save(timm.create_model("tf_efficientnet_b0.ns_jft_in1k", pretrained=False).state_dict(), weights)
+    code, out, err = make("ensemble", f"DATA={data}", f"WORK={work}", "EPOCHS=1", f"PRETRAINED={weights}",
+                          "THREADS=1", "-j2")
+    assert code == 0, err[-3000:]
+    return dict(data=data, work=work, weights=weights, out=out, err=err)
+
+
+def test_the_seeds_whole_table_runs_to_its_ensemble(real_run):
+    import json
+    manifest = json.load(open(os.path.join(real_run["work"], "ensemble", "manifest.json")))
+    assert manifest["models"] == [f"model{i}" for i in range(1, 7)]
+    assert all(os.path.exists(os.path.join(real_run["work"], f"round{r}", "model5", "soup.json")) for r in (1, 2, 3))
+    assert "dataset bc24+ without extra recordings" in real_run["err"]  # model 5, on the competition's data
+    line = [s for s in real_run["out"].splitlines() if s.startswith("settings of")][0]
+    assert f"DATA={real_run['data']} (given)" in line and "MODELS=models.csv (default)" in line
+    assert "EPOCHS=1 (given)" in line
+
+
+def test_later_calls_reuse_the_runs_settings_and_plan_no_training(real_run):
+    work = real_run["work"]
+    before = settings_files(work)
+    assert any(p.endswith(os.path.join("run", "PRETRAINED")) for p in before)
+    code, plan, err = make("kaggle", f"WORK={work}", dry_run=True)
+    assert code == 0, err
+    assert plans_no_work(plan) and "kaggle.py" in plan
+    line = [s for s in plan.splitlines() if s.startswith("settings of")][0]
+    assert f"DATA={real_run['data']} (recorded)" in line and f"PRETRAINED={real_run['weights']} (recorded)" in line
+
+    # submission: the downloaded folder's test_soundscapes/ is empty (hidden): one line, before anything runs
+    code, out, err = make("submission", f"WORK={work}")
+    errors = [s for s in err.splitlines() if s.strip()]
+    assert code != 0 and len(errors) == 1 and "holds no audio" in errors[0] and "hides the test set" in errors[0]
+    assert not os.path.exists(os.path.join(work, "submission.csv"))
+    hidden = demo_data.hidden_tests_path(real_run["data"])  # as if Kaggle's test set were there
+    for name in os.listdir(hidden):
+        os.link(os.path.join(hidden, name), os.path.join(real_run["data"], "test_soundscapes", name))
+    try:
+        code, plan, err = make("submission", f"WORK={work}", dry_run=True)
+        assert code == 0, err
+        assert plans_no_work(plan) and "infer.py" in plan
+        # the real thing: the kaggle folder and the submission, and still no training
+        code, out, err = make("kaggle", "submission", f"WORK={work}", "KAGGLE_WHEELS=none")
+        assert code == 0, err[-3000:]
+        assert plans_no_work(out)
+        rows = pd.read_csv(os.path.join(work, "submission.csv"))
+        assert len(rows) == 2 and list(rows.columns[1:]) == [s[0] for s in demo_data.DEMO_SPECIES]
+        assert os.path.exists(os.path.join(work, "kaggle", "KERNEL.md"))
+    finally:
+        for name in os.listdir(hidden):
+            os.remove(os.path.join(real_run["data"], "test_soundscapes", name))
+    assert settings_files(work) == before  # contents and dates: nothing rewritten
+
+    # a changed setting is planned again and, under -n, written nowhere
+    code, plan, err = make("ensemble", f"WORK={work}", "EPOCHS=2", dry_run=True)
+    assert code == 0 and plan.count("train.py") == 18 and "prep.py" not in plan
+    assert settings_files(work) == before
+
+
+def test_timing_projects_the_hidden_test_set(real_run):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "timing.py"), "--ensemble",
+                             os.path.join(real_run["work"], "ensemble"), "--data", real_run["data"], "--files", "2",
+                             "--threads", "1"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    verdict = result.stdout.strip().splitlines()[-1]
+    assert "2026: 700 x 60 s" in verdict and "of infer.py's 80" in verdict and "fits" in verdict
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "timing.py"), "--ensemble",
+                             os.path.join(real_run["work"], "ensemble"), "--data", real_run["data"], "--files", "2",
+                             "--threads", "1", "--budget-min", "0.01"], capture_output=True, text=True)
+    assert result.returncode == 1 and "does not fit; infer.py would drop" in result.stdout
+
+
+def test_projection_drops_the_least_valuable_models_first():
+    import timing
+    seconds = {"a": 2.0, "b": 4.0, "c": 3.0}  # network seconds over 100 s of audio; 1 s more of decoding and mels
+    total, kept, kept_min = timing.project(60, 10, 100, seconds, ["a", "b", "c"], 1000, 2.2, 1.0)
+    assert total == pytest.approx((60 + 10 / 100 * 1000) / 60)
+    assert kept == ["a", "b"] and kept_min == pytest.approx((60 + 7 / 100 * 1000) / 60)
+    assert timing.project(60, 10, 100, seconds, ["a", "b", "c"], 1000, 2.2, 0.5)[1] == ["a", "b", "c"]
+    assert timing.spread(list("abcdefghij"), 3) == ["a", "e", "j"] and timing.spread(["a"], 3) == ["a"]
