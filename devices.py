@@ -4,7 +4,7 @@
 
 make GPUS=0,1,2,3 runs as many training jobs as there are GPUs; each job's train.py claims a GPU that no other
 job holds (an exclusive lock file per GPU id, machine-wide, released when the process ends, crash included) and
-trains on it alone. So a job that starts when another ends takes the GPU that job gave back, never one still
+trains on it alone; GPUS=0,0,1,1 gives each GPU two slots, two jobs side by side. So a job that starts when another ends takes the GPU that job gave back, never one still
 busy.
 """
 import os
@@ -41,15 +41,26 @@ def gpu_ids(gpus):
     return ids
 
 
+def gpu_slots(gpus):
+    """The job slots of `gpus` in the order they are taken: an id named twice ("0,0,1,1") has two slots, and
+    every GPU's first slot comes before any GPU's second, so jobs spread over the GPUs before they share one.
+    "0,0,1,1" -> [("0", 0), ("1", 0), ("0", 1), ("1", 1)]."""
+    seen, slots = {}, []
+    for gpu in gpu_ids(gpus):
+        seen[gpu] = seen.get(gpu, -1) + 1
+        slots.append((gpu, seen[gpu]))
+    return sorted(slots, key=lambda s: s[1])
+
+
 def claim_gpu(gpus, folder=lock_dir, log=True):
-    """Take the first of `gpus` ("0,1,2,3") that no other process holds and keep it until this process ends
+    """Take the first slot of `gpus` ("0,1,2,3"; "0,0,1,1": two jobs per GPU) that no other process holds and keep it until this process ends
     (or `release` is called on what this returns). Waits while all are held. Returns (gpu id, lock file)."""
     import fcntl  # POSIX only, like make GPUS=...
     os.makedirs(folder, exist_ok=True)
     waited = False
     while True:
-        for gpu in gpu_ids(gpus):
-            handle = open(os.path.join(folder, f"gpu{gpu}.lock"), "a")
+        for gpu, slot in gpu_slots(gpus):
+            handle = open(os.path.join(folder, f"gpu{gpu}.lock" if slot == 0 else f"gpu{gpu}.slot{slot}.lock"), "a")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:

@@ -8,7 +8,7 @@
 Reads the ensemble (a folder from `soup.py bundle`) and the cache's unlabeled_windows.npy/.csv: the audio of the
 windows training mixes in, so nothing is decoded and a round costs what the cache holds, not what the site
 recorded. The label of a window is the mean of the models' sigmoid probabilities, then normalized per class
-over the labelled windows (the seed added a normalization in stage 2 because the pseudo labels' floor had grown
+over the labelled windows (the write-up added a normalization in stage 2 because the pseudo labels' floor had grown
 too large): --pl-norm floor (default) maps each class's median to 0 and keeps 1 at 1; minmax rescales each
 class to [0, 1]; none keeps raw probabilities (docs/accuracy.md: what each did on bench/decide.py's demos).
 
@@ -40,6 +40,7 @@ from infer import OldName
 from errors import UserError, run_main
 from files import atomic_write, read_npy_rows
 from devices import pick_device
+from threads import ordered_map
 
 # defaults
 threads = os.cpu_count() or 2
@@ -154,7 +155,8 @@ class ExportedEngine:
             self.front_end = infer.FrontEnd([n.mel_settings for n in self.networks])
 
     def __call__(self, waves):
-        mels = self.front_end(waves)
+        """(B, samples) tensor, float16 as cached -> (B, classes) mean probabilities."""
+        mels = self.front_end(waves.float())
         probs = [torch.sigmoid(torch.from_numpy(n.logits(mels[n.mel_key]))).numpy() for n in self.networks]
         return np.mean(probs, axis=0)
 
@@ -211,8 +213,12 @@ class SoupEngine:
         return cls(soups, device)
 
     def __call__(self, waves):
+        """(B, samples) tensor, float16 as cached -> (B, classes) mean probabilities. The batch crosses to the
+        device as float16 from pinned memory (half the bytes, no wait) and becomes float32 there."""
         with torch.no_grad():
-            waves = waves.to(self.device, non_blocking=True)
+            if self.device.type == "cuda":
+                waves = waves.pin_memory()
+            waves = waves.to(self.device, non_blocking=True).float()
             mels = {key: front_end(waves) for key, front_end in self.front_ends.items()}  # float32, no autocast
             total = 0
             for key, model in self.models:
@@ -228,11 +234,13 @@ class SoupEngine:
 def label_windows(engine, audio_path, rows, batch=batch_windows, show=True):
     """(len(rows), classes) probabilities of the windows `rows` (ascending, in runs of whole batches) of the
     (M, samples) float16 .npy file, read and scored a batch at a time: memory holds one batch of audio."""
-    out = []
-    for start in tqdm(range(0, len(rows), batch), desc="pseudo-label batches", unit="batch", disable=not show):
+    def read(start):  # on a thread, a batch ahead of the engine
         part = rows[start:start + batch]
-        waves = read_npy_rows(audio_path, int(part[0]), int(part[-1]) + 1)[part - part[0]]
-        out.append(engine(torch.from_numpy(waves.astype(np.float32))))
+        return torch.from_numpy(np.ascontiguousarray(read_npy_rows(audio_path, int(part[0]), int(part[-1]) + 1)
+                                                     [part - part[0]]))
+    starts = range(0, len(rows), batch)
+    out = [engine(waves) for waves in tqdm(ordered_map(read, starts, n_threads=1, ahead=2), total=len(starts),
+                                           desc="pseudo-label batches", unit="batch", disable=not show)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 

@@ -3,7 +3,7 @@
     python soup.py --model-dir work/round1/model4 --cache work/cache
     python soup.py bundle --out work/round1/ensemble work/round1/model1 work/round1/model2
 
-The soup (seed, chapter 2): candidates are the saved epochs from the soup start (13 of 50 in the seed); walk
+The soup (the write-up, chapter 2): candidates are the saved epochs from the soup start (13 of 50 in the write-up); walk
 them in order and keep an epoch when it beats the best value so far of any tracked metric (LRAP, cMAP, F1,
 AUC); average the kept epochs' weights (float tensors averaged, integer buffers such as num_batches_tracked
 from the last kept epoch). Writes soup.pt, export/ (the artifact infer.py loads: the network as ONNX and

@@ -45,8 +45,9 @@ batch_size = 64
 lr = 1e-3                 # peak learning rate
 warmup_epochs = 3         # linear warm-up, then cosine annealing to zero
 weight_decay = 1e-2
-soup_start_of_50 = 13     # the seed soups epochs 13-50; scaled to other epoch counts
+soup_start_of_50 = 13     # the write-up soups epochs 13-50; scaled to other epoch counts
 threads = os.cpu_count() or 2
+progress_every = 20       # steps between the progress bar's loss readings (each one waits for the device)
 # the recipe's parts that are not in the models table (the write-up's; where it is silent, what measured best)
 head = "gem5"             # GeM pooling + 5 dropout heads; plain: timm's average pooling + one linear layer
 channels = 3              # the mel image repeated to 3 channels; 1: fed as it is
@@ -56,9 +57,9 @@ schedule = "cosine"       # linear warm-up then cosine; onecycle: torch's OneCyc
 onecycle_warmup = 0.3     # onecycle's share of warm-up steps (torch's default pct_start)
 head_dropout = 0.0        # the plain head's dropout (the gem5 head has five of its own)
 n_fft, f_min, f_max = 2048, 20.0, 16000.0
-normalize = "minmax"      # each mel image to [0, 1]; standard: mean 0 / std 1 (the seed is silent; measured best)
-time_shift_seconds = 0.5  # seconds: each sample rolled by up to +-this (the seed is silent; measured best)
-pretrained = "timm"       # the seed fine-tunes tf_efficientnet_b0_ns (ImageNet/JFT weights); none: random init
+normalize = "minmax"      # each mel image to [0, 1]; standard: mean 0 / std 1 (the write-up is silent; measured best)
+time_shift_seconds = 0.5  # seconds: each sample rolled by up to +-this (the write-up is silent; measured best)
+pretrained = "timm"       # the write-up fine-tunes tf_efficientnet_b0_ns (ImageNet/JFT weights); none: random init
 
 # presets: other defaults for the flags (and the models table's columns); a flag given on the command line wins
 AUGMENTATIONS_OFF = {f"aug_{name}": 0.0 for name in vars(AugmentChances())}
@@ -160,6 +161,8 @@ def parse_args(argv=None):
                    "CUDA (float16, gradient scaling); on also runs CPU autocast (bfloat16; tests the same code path)")
     p.add_argument("--loader-workers", default="auto", help="threads that build batches ahead: auto = 0 on CPU "
                    "(the step is the bottleneck and needs the cores), min(8, cores) on a GPU")
+    p.add_argument("--compile", default="off", choices=["off", "on"], help="torch.compile the network (the "
+                   "first steps of each image shape pay the compilation)")
     p.add_argument("--max-train-files", type=int, help="use only this many training rows (quick runs)")
     add_table_flags(p)
     p.set_defaults(**PRESETS[preset])
@@ -292,6 +295,8 @@ def set_up_processes(args):
         raise UserError(f"--batch-size {args.batch_size} is the batch of all {procs.world_size} processes "
                         f"together: make it a multiple of {procs.world_size}")
     torch.set_num_threads(max(1, args.threads))
+    if procs.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its kernels once and keeps the fastest
     return procs
 
 
@@ -334,6 +339,35 @@ class Training:
     soup_start: int
 
 
+def make_optimizer(name, model, lr, weight_decay, device):
+    """SGD (nesterov, momentum 0.9) or AdamW; AdamW fused on CUDA: one kernel for all parameters, and
+    GradScaler's inf check stays on the device (no wait)."""
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=device.type == "cuda")
+
+
+def make_scaler(device, amp):
+    """Gradient scaling for float16 AMP (CUDA); bfloat16's gradients need none. torch.amp.GradScaler("cuda")
+    from torch 2.3 on; torch.cuda.amp's before (deprecated since)."""
+    scaled = amp and device.type == "cuda"
+    return torch.amp.GradScaler("cuda", enabled=scaled) if hasattr(torch.amp, "GradScaler") \
+        else torch.cuda.amp.GradScaler(enabled=scaled)
+
+
+def step_state(model, mel, device, amp, chances=None, optimizer="adamw"):
+    """What train_step needs, outside a run (benchmarks, tests): the model and mel on `device`, the recipe's
+    optimiser at a constant learning rate, the scaler, the write-up's augmentation chances."""
+    from types import SimpleNamespace
+    model = model.to(device).to(memory_format=torch.channels_last)
+    model.channels_last = True
+    model.train()
+    opt = make_optimizer(optimizer, model, lr, weight_decay, device)
+    return SimpleNamespace(trained=model, mel=mel.to(device), chances=chances or AugmentChances(), amp=amp,
+                           optimizer=opt, scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                           scaler=make_scaler(device, amp))
+
+
 def build_training(args, config, procs):
     """Model (the write-up's weights first: offline without them it stops before any data is read), data,
     optimiser, schedule and gradient scaler."""
@@ -350,11 +384,7 @@ def build_training(args, config, procs):
     pseudo = PseudoWindows(args.cache, args.pseudo, data["classes"]) if args.pseudo else None
     dataset = TrainingSet(data["audio"], data["targets"], data["train"], pseudo, config["pseudoLabelChance"],
                           (config["ampExpMin"], config["ampExpMax"]), seed)
-    if args.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
-                                    weight_decay=args.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = make_optimizer(args.optimizer, model, args.lr, args.weight_decay, device)
     steps_per_epoch = n_batches(len(dataset), args.batch_size)  # the same for any number of processes
     total_steps = steps_per_epoch * args.epochs
     if args.schedule == "onecycle":
@@ -364,14 +394,13 @@ def build_training(args, config, procs):
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, int(args.warmup_epochs * steps_per_epoch), total_steps))
     amp = args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
-    # torch.amp.GradScaler("cuda") from torch 2.3 on; torch.cuda.amp's before (deprecated since)
-    scaled = amp and device.type == "cuda"  # float16 gradients need scaling; bfloat16 ones do not
-    scaler = torch.amp.GradScaler("cuda", enabled=scaled) if hasattr(torch.amp, "GradScaler") \
-        else torch.cuda.amp.GradScaler(enabled=scaled)
+    scaler = make_scaler(device, amp)
     soup_start = max(1, args.epochs + 1 + args.soup_start) if args.soup_start and args.soup_start < 0 \
         else args.soup_start or max(1, round(args.epochs * soup_start_of_50 / 50))
     trained = model if not procs.distributed else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device] if device.type == "cuda" else None)
+    if args.compile == "on":  # the graph compiled once per image shape; the weights stay `model`'s
+        trained = torch.compile(trained)
     chances = AugmentChances(**{k: getattr(args, f"aug_{k}") for k in vars(AugmentChances())})
     return Training(model, trained, MelFrontEnd(mel_settings_of(config)).to(device), data, dataset, chances,
                     optimizer, scheduler, scaler, amp, steps_per_epoch, soup_start)
@@ -390,38 +419,48 @@ def resume(run, last_path, device):
     return state["epoch"] + 1, state["history"]
 
 
+def train_step(run, waves, targets, generator, shift_samples, loss_function, amp_dtype):
+    """One optimiser step on a batch already on the device; returns the loss as a device tensor. Nothing here
+    waits for the device (no .item(), no host-side branch on device values), and the host's work does not grow
+    with the batch: every augmentation is a few operations on the whole batch."""
+    with torch.no_grad():
+        images, targets = augment(run.mel(time_shift(waves, shift_samples, generator)), targets, run.chances,
+                                  generator)
+    with torch.autocast(waves.device.type, dtype=amp_dtype, enabled=run.amp):
+        loss = loss_function(run.trained(images), targets)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)   # fused AdamW on CUDA: the scaler's inf check stays on the device
+    run.scaler.update()
+    run.scheduler.step()
+    return loss.detach()
+
+
 def train_one_epoch(run, args, config, procs, epoch):
-    """One pass over this rank's batches; returns the mean training loss."""
+    """One pass over this rank's batches; returns the mean training loss (read from the device once, at the end;
+    the progress bar reads it every progress_every steps)."""
     device, seed = procs.device, int(config["seed"])
-    # dropout and augmentations repeat exactly after a resume; each rank draws its own
+    # dropout and augmentations repeat exactly after a resume; each rank draws its own, on its own device
     torch.manual_seed(seed * 1000 + epoch + 7919 * procs.rank)
-    generator = torch.Generator().manual_seed(seed * 1000 + epoch + 7919 * procs.rank)
+    generator = torch.Generator(device=device).manual_seed(seed * 1000 + epoch + 7919 * procs.rank)
     workers = (0 if device.type == "cpu" else min(8, os.cpu_count() or 1)) if args.loader_workers == "auto" \
         else int(args.loader_workers)
     shift_samples = int(round(args.time_shift * SAMPLE_RATE))
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16  # CPU autocast computes in bfloat16
     loss_function = LOSSES[args.loss]
     run.trained.train()
-    losses = []
+    loss_sum, steps = torch.zeros((), device=device), 0
     batches = run.dataset.epoch(epoch, args.batch_size, procs.rank, procs.world_size, workers,
                                 pin=device.type == "cuda")
     bar = tqdm(batches, total=run.steps_per_epoch, desc=f"model {args.model} epoch {epoch}/{args.epochs}",
                unit="batch", disable=procs.rank != 0)
     for waves, targets in bar:
         waves, targets = waves.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with torch.no_grad():
-            images, targets = augment(run.mel(time_shift(waves, shift_samples, generator)), targets, run.chances,
-                                      generator)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=run.amp):
-            loss = loss_function(run.trained(images), targets)
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        run.scheduler.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-    return float(np.mean(losses))
+        loss_sum += train_step(run, waves, targets, generator, shift_samples, loss_function, amp_dtype)
+        steps += 1
+        if steps % progress_every == 0 or steps == run.steps_per_epoch:
+            bar.set_postfix(loss=f"{float(loss_sum) / steps:.4f}")
+    return float(loss_sum) / max(1, steps)
 
 
 def validate_and_save(run, args, procs, epoch, train_loss, seconds, history, out_dir, inputs):

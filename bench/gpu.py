@@ -1,5 +1,7 @@
 """A GPU box in one command: for each model of the models table, training samples/s on the device (train.py's
-step with AMP: mel, augmentations, forward, backward, AdamW), the loader's samples/s with the worker threads
+step with AMP: time shift, mel, augmentations, forward, backward, fused AdamW; best and median of several
+interleaved timings after full-size warm-up, and the step's host time beside its device time: host time near
+the device's means the host is the bottleneck), validation's samples/s, the loader's samples/s with the worker threads
 train.py gives it on that device, and their ratio (below 1: the GPU waits for data); pseudo-labelling windows/s
 on the device (pseudo.py's engine for a GPU: every model of the table, AMP, batches of 256 windows); and the
 projected hours of the write-up's whole cycle at BirdCLEF 2024 size (24,459 recordings, 50 epochs over 80% of them
@@ -7,7 +9,7 @@ per model, 3 rounds, 2 pseudo-label rounds over prep's 20,000 cached windows). R
 
     python bench/gpu.py                                  # the GPU, models.csv (make bench-gpu)
     python bench/gpu.py --n-gpus 4                         # ... projected with the models spread over 4 GPUs
-    python bench/gpu.py --device cpu --steps 1 --batches 2 --batch-size 8 --pseudo-batch-size 8  # small, anywhere
+    python bench/gpu.py --device cpu --steps 1 --repeats 1 --batches 2 --batch-size 8 --pseudo-batch-size 8  # anywhere
     make bench-gpu DEVICE=cpu
 
 Ends with one line: gpu device=... train_samples_per_s=<per model> loader_ratio=<min> pseudo_windows_per_s=...
@@ -32,13 +34,15 @@ from tables import read_models_table  # noqa: E402
 from flags import add_flag  # noqa: E402
 from errors import run_main  # noqa: E402
 from devices import pick_device  # noqa: E402
-from train_speed import loader_speed, train_speed  # noqa: E402
+from train_speed import StepBench, loader_speed  # noqa: E402
+import numpy as np  # noqa: E402
 
 # defaults: the write-up's table and recipe at BirdCLEF 2024 size
 models = "models.csv"
-steps = 10                # timed training steps per model (after one warm-up step)
+steps = 20                # timed training steps per model and repeat (after two warm-up steps)
+repeats = 3               # timings per model, interleaved: best and median
 batches = 48              # timed loader batches
-pseudo_batches = 4        # timed pseudo-labelling batches of 256 windows
+pseudo_batches = 8        # timed pseudo-labelling batches of 256 windows per repeat
 rows_2024 = 24459         # BirdCLEF 2024's training recordings
 classes_2024 = 182
 cached_windows = 20000    # prep's default cap of unlabeled windows (what a pseudo-label round scores)
@@ -49,25 +53,41 @@ def loader_workers(device):
     return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
 
 
-def measure_models(table, device, n_steps, n_batches, batch_size):
-    """{model id: (train samples/s, loader samples/s)} for each row of the table."""
+def measure_models(table, device, n_steps, n_batches, batch_size, repeats):
+    """{model id: figures} for each row of the table: train.py's step timed `repeats` times, the models
+    interleaved (each repeat starts one model later), after two full-size warm-up steps each; the best and
+    median samples/s, the step's device and host milliseconds, validation's samples/s, the loader's."""
     workers = loader_workers(device)
     with tempfile.TemporaryDirectory() as folder:
         loader = loader_speed(folder, batch_size, n_batches, workers, threads=True,
                               rows=min(4096, batch_size * n_batches))
+    benches = {i: StepBench(int(row["image_height"]), int(row["image_width"]), int(row["n_mels"]),
+                            int(row["hop_length"]), batch_size, classes_2024, device, amp=True)
+               for i, row in table.iterrows()}
+    for bench in benches.values():
+        bench.steps(2)  # cuDNN's and the allocator's first calls at the full batch
+        bench.evaluate(1)
+    ids, times = list(benches), {i: [] for i in benches}
+    for r in range(repeats):
+        for i in ids[r % len(ids):] + ids[:r % len(ids)]:
+            times[i].append(benches[i].steps(n_steps))
     figures = {}
-    for model_id, row in table.iterrows():
-        speed = train_speed(int(row["image_height"]), int(row["image_width"]), int(row["n_mels"]),
-                            int(row["hop_length"]), batch_size, n_steps, classes_2024, device, amp=True)
-        figures[model_id] = (speed, loader)
-        print(f"model {model_id} ({int(row['image_height'])}x{int(row['image_width'])}, {int(row['n_mels'])} mels, "
-              f"hop {int(row['hop_length'])}): train {speed:8.1f} samples/s, loader ({workers} worker threads) "
-              f"{loader:8.1f} samples/s, loader/train {loader / speed:5.2f}", flush=True)
+    for i, row in table.iterrows():
+        step_s, host_s = np.median([t[0] for t in times[i]]), np.median([t[1] for t in times[i]])
+        best = batch_size / min(t[0] for t in times[i])
+        speed, valid = batch_size / step_s, batch_size / benches[i].evaluate(max(1, n_steps // 2))
+        figures[i] = dict(speed=speed, best=best, loader=loader, valid=valid)
+        print(f"model {i} ({int(row['image_height'])}x{int(row['image_width'])}, {int(row['n_mels'])} mels, "
+              f"hop {int(row['hop_length'])}): train {best:8.1f} best / {speed:8.1f} median samples/s, step "
+              f"{1000 * step_s:7.1f} ms on the device, {1000 * host_s:7.1f} ms on the host; validation "
+              f"{valid:8.1f} samples/s; loader ({workers} worker threads) {loader:8.1f} samples/s, loader/train "
+              f"{loader / speed:5.2f}", flush=True)
     return figures
 
 
-def pseudo_speed(table, device, n_batches, batch=pseudo.batch_windows):
-    """Windows/s of pseudo.py's GPU engine (every model of the table, AMP) on batches of its size."""
+def pseudo_speed(table, device, n_batches, batch=pseudo.batch_windows, repeats=3):
+    """Median windows/s of pseudo.py's GPU engine (every model of the table, AMP) over `repeats` runs of
+    n_batches, on float16 batches as the cache holds them, after two full-size warm-up batches."""
     soups = []
     for model_id, row in table.iterrows():
         torch.manual_seed(int(model_id))
@@ -75,20 +95,25 @@ def pseudo_speed(table, device, n_batches, batch=pseudo.batch_windows):
                       classes=[str(c) for c in range(classes_2024)])
         soups.append((config, MelEfficientNet(classes_2024, int(row["image_height"]), int(row["image_width"]))))
     engine = pseudo.SoupEngine(soups, device)
-    waves = torch.randn(batch, WINDOW_SAMPLES) * 0.1
-    engine(waves[:8])  # warm-up
-    began = time.perf_counter()
-    for _ in range(n_batches):
-        engine(waves)
-    return n_batches * len(waves) / (time.perf_counter() - began)
+    waves = (torch.randn(batch, WINDOW_SAMPLES) * 0.1).half()
+    engine(waves)
+    engine(waves)
+    speeds = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        for _ in range(n_batches):
+            engine(waves)
+        speeds.append(n_batches * len(waves) / (time.perf_counter() - began))
+    return float(np.median(speeds))
 
 
 def projected_hours(table, figures, windows_per_s, n_gpus):
-    """Hours of the write-up's cycle on this device: 3 rounds of every model (50 epochs over 80% of the rows, at the
-    slower of the step and the loader), 2 pseudo-label rounds; with n_gpus, a round's models spread over them
-    longest first (make GPUS=...)."""
-    round_models = sorted((train.epochs * rows_2024 * 0.8 / min(figures[i]) / 3600 for i in table.index),
-                          reverse=True)
+    """Hours of the write-up's cycle on this device: 3 rounds of every model (50 epochs: training over 80% of
+    the rows at the slower of the step and the loader, validation over the other 20%), 2 pseudo-label rounds;
+    with n_gpus, a round's models spread over them longest first (make GPUS=...)."""
+    def model_hours(f):
+        return train.epochs * rows_2024 * (0.8 / min(f["speed"], f["loader"]) + 0.2 / f["valid"]) / 3600
+    round_models = sorted((model_hours(figures[i]) for i in table.index), reverse=True)
     gpus = [0.0] * n_gpus
     for hours in round_models:  # each job takes the GPU that frees first
         gpus[gpus.index(min(gpus))] += hours
@@ -112,6 +137,8 @@ def main(argv=None):
     add_flag(p, "--batch-size", default=train.batch_size)
     p.add_argument("--pseudo-batch-size", type=int, default=pseudo.batch_windows, help="windows per pseudo-labelling "
                    "batch (pseudo.py's on a GPU)")
+    p.add_argument("--repeats", type=int, default=repeats, help="timings per model (interleaved) and of "
+                   "pseudo-labelling: best and median are reported")
     p.add_argument("--n-gpus", type=int, default=1, help="GPUs the projection spreads a round's models over")
     add_flag(p, "--threads", default=os.cpu_count() or 2)
     args = p.parse_args(argv)
@@ -120,16 +147,16 @@ def main(argv=None):
     table = read_models_table(args.models)
     print(f"device {describe(device)}, torch {torch.__version__}, {os.cpu_count()} CPU cores, {args.models}, "
           f"batch {args.batch_size}", flush=True)
-    figures = measure_models(table, device, args.steps, args.batches, args.batch_size)
-    windows_per_s = pseudo_speed(table, device, args.pseudo_batches, args.pseudo_batch_size)
+    figures = measure_models(table, device, args.steps, args.batches, args.batch_size, args.repeats)
+    windows_per_s = pseudo_speed(table, device, args.pseudo_batches, args.pseudo_batch_size, args.repeats)
     print(f"pseudo-labelling, {len(table)} models: {windows_per_s:.1f} windows/s", flush=True)
     hours, model_hours, pseudo_hours = projected_hours(table, figures, windows_per_s, args.n_gpus)
     print(f"projected, the write-up's cycle at BirdCLEF 2024 size on {args.n_gpus} x {describe(device)}: {hours:.1f} h "
           f"(training {model_hours:.1f} h per round in all, one pseudo-label round {pseudo_hours:.2f} h; prep, "
           f"soups and exports run on the CPU: make bench-scale)")
-    ratio = min(loader / speed for speed, loader in figures.values())
+    ratio = min(f["loader"] / f["speed"] for f in figures.values())
     print(f"gpu device={describe(device)} train_samples_per_s="
-          + "/".join(f"{figures[i][0]:.1f}" for i in table.index)
+          + "/".join(f"{figures[i]['speed']:.1f}" for i in table.index)
           + f" loader_ratio={ratio:.2f} pseudo_windows_per_s={windows_per_s:.1f} cycle_hours={hours:.1f}")
 
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import (WINDOW_SAMPLES, AugmentChances, HelpFormatter, MelEfficientNet, MelFrontEnd,  # noqa: E402
-                    MelSettings, TrainingSet, augment, bce_focal_loss)
+from common import (SAMPLE_RATE, WINDOW_SAMPLES, HelpFormatter, MelEfficientNet, MelFrontEnd,  # noqa: E402
+                    MelSettings, TrainingSet, bce_focal_loss)
 from flags import add_flag  # noqa: E402
 
 
@@ -42,39 +42,56 @@ def memmap(path, rows, rng):
     return np.load(path, mmap_mode="r")
 
 
-def train_speed(height, width, n_mels, hop, batch, steps, n_classes=182, device="cpu", amp=False):
-    """Samples/s of train.py's step (mel, augmentations, forward, backward, AdamW) on `device`, with AMP as
-    train.py runs it (float16 autocast and gradient scaling on CUDA, bfloat16 autocast on CPU)."""
-    device = torch.device(device)
-    torch.manual_seed(0)
-    mel = MelFrontEnd(MelSettings(n_mels=n_mels, hop_length=hop)).to(device)
-    model = MelEfficientNet(n_classes, height, width).to(device).to(memory_format=torch.channels_last)
-    model.channels_last = True
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    waves = torch.randn(batch, WINDOW_SAMPLES, device=device) * 0.1
-    targets = (torch.rand(batch, n_classes, device=device) < 0.02).float()
-    generator = torch.Generator().manual_seed(0)
-    times = []
-    for step in range(steps + 1):  # the first step warms up
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+class StepBench:
+    """train.py's own step (train.train_step: time shift, mel, the write-up's augmentations, forward, backward,
+    AdamW, the scheduler) for one model on `device`, with AMP as train.py runs it, on a fixed random batch."""
+
+    def __init__(self, height, width, n_mels, hop, batch, n_classes=182, device="cpu", amp=False):
+        import train
+        self.train, self.device, self.batch = train, torch.device(device), batch
+        torch.manual_seed(0)
+        self.run = train.step_state(MelEfficientNet(n_classes, height, width),
+                                    MelFrontEnd(MelSettings(n_mels=n_mels, hop_length=hop)), self.device, amp)
+        self.waves = torch.randn(batch, WINDOW_SAMPLES, device=self.device) * 0.1
+        self.targets = (torch.rand(batch, n_classes, device=self.device) < 0.02).float()
+        self.generator = torch.Generator(device=self.device).manual_seed(0)
+        self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.shift = int(round(train.time_shift_seconds * SAMPLE_RATE))
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def steps(self, n):
+        """(seconds per step, host seconds per step): the host's time is until its last step is dispatched, the
+        device's until it is done. Host time near the device's: the host is the bottleneck."""
+        self.sync()
         began = time.perf_counter()
-        with torch.no_grad():
-            images, t = augment(mel(waves), targets, AugmentChances(), generator)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-            loss = bce_focal_loss(model(images), t)
-        optimizer.zero_grad()
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if step:
-            times.append(time.perf_counter() - began)
-    return batch / np.mean(times)
+        for _ in range(n):
+            self.train.train_step(self.run, self.waves, self.targets, self.generator, self.shift, bce_focal_loss,
+                                  self.amp_dtype)
+        host = time.perf_counter() - began
+        self.sync()
+        return (time.perf_counter() - began) / n, host / n
+
+    def evaluate(self, n):
+        """Seconds per batch of validation's forward pass (no gradients, AMP as in training)."""
+        self.sync()
+        began = time.perf_counter()
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.run.amp):
+            self.run.trained.eval()
+            for _ in range(n):
+                self.run.trained(self.run.mel(self.waves))
+            self.run.trained.train()
+        self.sync()
+        return (time.perf_counter() - began) / n
+
+
+def train_speed(height, width, n_mels, hop, batch, steps, n_classes=182, device="cpu", amp=False):
+    """Samples/s of train.py's step (StepBench) on `device`, after one warm-up step."""
+    bench = StepBench(height, width, n_mels, hop, batch, n_classes, device, amp)
+    bench.steps(1)
+    return batch / bench.steps(steps)[0]
 
 
 def loader_speed(folder, batch, batches, workers=0, threads=False, n_classes=182, rows=4096):

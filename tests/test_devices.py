@@ -93,13 +93,14 @@ def test_claims_wait_for_a_free_gpu_and_release(tmp_path):
 
 def test_make_bench_gpu_on_cpu_prints_its_figures():
     """make bench-gpu DEVICE=cpu, small: a line per model, pseudo-labelling, the projection, then the last line."""
-    small = "--steps 1 --batches 2 --batch-size 8 --pseudo-batches 1 --pseudo-batch-size 8 --n-gpus 2"
+    small = "--steps 1 --repeats 2 --batches 2 --batch-size 8 --pseudo-batches 1 --pseudo-batch-size 8 --n-gpus 2"
     result = subprocess.run(["make", "--no-print-directory", "-C", ROOT, "bench-gpu", "DEVICE=cpu", "THREADS=2",
                              f"PY={sys.executable}", "MODELS=models-demo.csv", f"BENCH_GPU_ARGS={small}"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
-    assert sum(line.startswith("model ") and "loader/train" in line for line in lines) == 3
+    models = [line for line in lines if line.startswith("model ") and "loader/train" in line]
+    assert len(models) == 3 and all("ms on the host" in line and "median" in line for line in models)
     assert any("on 2 x cpu" in line for line in lines)
     last = dict(field.split("=", 1) for field in lines[-1].split()[1:])
     assert lines[-1].startswith("gpu ") and last["device"] == "cpu"
@@ -107,3 +108,12 @@ def test_make_bench_gpu_on_cpu_prints_its_figures():
     assert all(float(v) > 0 for v in last["train_samples_per_s"].split("/"))
     assert float(last["loader_ratio"]) > 0 and float(last["pseudo_windows_per_s"]) > 0
     assert float(last["cycle_hours"]) > 0
+
+
+def test_a_gpu_named_twice_has_two_slots_taken_after_every_gpus_first(tmp_path):
+    from devices import gpu_slots
+    assert gpu_slots("0,0,1,1") == [("0", 0), ("1", 0), ("0", 1), ("1", 1)]
+    held = [claim_gpu("0,0,1,1", str(tmp_path), log=False) for _ in range(4)]
+    assert [gpu for gpu, _ in held] == ["0", "1", "0", "1"]  # spread first, then shared
+    release(held[0][1])
+    assert claim_gpu("0,0,1,1", str(tmp_path), log=False)[0] == "0"  # the slot given back

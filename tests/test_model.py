@@ -25,12 +25,12 @@ def test_augmentations_identity_at_zero_and_keep_shapes():
     targets = torch.rand(6, 5)
     assert torch.equal(horizontal_flip(mel, 0.0, g), mel)
     assert torch.equal(coarse_dropout(mel, 0.0, g), mel)
-    assert torch.equal(stretch(mel, 0.0, g), mel) and torch.equal(stretch(mel, 0.0, g, local=True), mel)
+    assert torch.equal(stretch(mel, 0.0, 0.0, g), mel)
     m, t = mixup(mel, targets, 0.0, g)
     assert torch.equal(m, mel) and torch.equal(t, targets)
     m, t = augment(mel, targets, AugmentChances(0, 0, 0, 0, 0), g)
     assert torch.equal(m, mel) and torch.equal(t, targets)
-    out = stretch(mel, 1.0, g, local=True)  # local: segments of random factors (global: test below)
+    out = stretch(mel, 0.0, 1.0, g)  # local: segments of random factors (global: test below)
     assert out.shape == mel.shape and not torch.equal(out, mel)
     assert torch.equal(horizontal_flip(mel, 1.0, g), mel.flip(-1))
     m, t = mixup(mel, targets, 1.0, g)
@@ -132,7 +132,7 @@ def test_global_stretch_of_a_ramp():
     width = 50
     ramp = torch.arange(width, dtype=torch.float32).expand(1, 1, 8, width).clone()
     for factor in (1.1, 0.9):
-        out = stretch(ramp, 1.0, torch.Generator().manual_seed(0), factors=(factor, factor))[0, 0]
+        out = stretch(ramp, 1.0, 0.0, torch.Generator().manual_seed(0), factors=(factor, factor))[0, 0]
         resized = round(width * factor)
         kept = min(width, resized)
         j = torch.arange(kept, dtype=torch.float32)

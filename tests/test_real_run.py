@@ -1,4 +1,4 @@
-"""The road a competitor takes: the seed's whole table through make on a downloaded-2026-style folder, then the
+"""The road a competitor takes: the write-up's whole table through make on a downloaded-2026-style folder, then the
 steps after it (kaggle, submission, timing) that must reuse the run's settings and never plan training again."""
 import os
 import subprocess
@@ -37,7 +37,7 @@ def plans_no_work(plan):
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
-    """make ensemble with models.csv (the seed's six models, 3 rounds) for 1 epoch from a weights file, on a
+    """make ensemble with models.csv (the write-up's six models, 3 rounds) for 1 epoch from a weights file, on a
     tiny dataset in the layout Kaggle ships for 2026 (train.csv, taxonomy.csv, an empty test_soundscapes/)."""
     root = tmp_path_factory.mktemp("real")
     data, work = str(root / "birdclef-2026"), str(root / "work")
