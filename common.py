@@ -545,3 +545,62 @@ class TrainingSet:
                 yield self.build(plan, pin)
             return
         yield from ordered_map(lambda plan: self.build(plan, pin), plans, workers, ahead=2 * workers)
+
+
+def to_device_in_chunks(array, rows, device, chunk=4096):
+    """array[rows] (a float16 memmap's rows) as one float16 tensor on `device`, copied a chunk at a time so the
+    host never holds the whole of it."""
+    out = torch.empty((len(rows),) + tuple(array.shape[1:]), dtype=torch.float16, device=device)
+    for start in range(0, len(rows), chunk):
+        part = np.asarray(rows[start:start + chunk])
+        out[start:start + len(part)] = torch.from_numpy(np.ascontiguousarray(array[part], dtype=np.float16)).to(device)
+    return out
+
+
+class DeviceTrainingSet(TrainingSet):
+    """A TrainingSet whose first-5-s audio and pseudo-labelled windows live in device memory (a GPU's, where they
+    fit): a batch is a gather and a mix on the device, and the host only draws the batch's few random numbers,
+    vectorised. Its randomness comes from (seed, epoch, batch) as TrainingSet's, drawn in another order: the same
+    mixing (chance, gains, max of the targets), not the same numbers."""
+
+    def __init__(self, base, device):
+        super().__init__(base.audio, base.targets, base.rows, base.pseudo, base.pseudo_mix_chance,
+                         base.amp_exp_range, base.seed)
+        self.device = torch.device(device)
+        self.position = np.full(len(base.audio), -1, dtype=np.int64)  # cache row -> row of the device copy
+        self.position[self.rows] = np.arange(len(self.rows))
+        self.audio_on_device = to_device_in_chunks(base.audio, self.rows, self.device)
+        self.targets_on_device = torch.from_numpy(np.asarray(base.targets[self.rows], np.float32)).to(self.device)
+        if self.pseudo is not None:
+            self.windows_on_device = to_device_in_chunks(self.pseudo.audio, self.pseudo.index, self.device)
+            self.pseudo_targets_on_device = torch.from_numpy(self.pseudo.targets).to(self.device)
+
+    @staticmethod
+    def bytes_needed(base):
+        """Device bytes the copy takes: the training rows' audio and the pseudo-labelled windows, float16."""
+        windows = len(base.pseudo.index) if base.pseudo is not None else 0
+        return (len(base.rows) + windows) * WINDOW_SAMPLES * 2
+
+    def batch(self, rows, rng):
+        take = torch.from_numpy(self.position[np.asarray(rows)]).to(self.device)
+        waves, targets = self.audio_on_device[take].float(), self.targets_on_device[take]
+        if self.pseudo is None or self.pseudo_mix_chance <= 0:
+            return waves, targets
+        n, (lo, hi) = len(rows), self.amp_exp_range
+        chosen = torch.from_numpy(rng.random(n) < self.pseudo_mix_chance).to(self.device)
+        window = torch.from_numpy(rng.integers(len(self.pseudo), size=n)).to(self.device)
+        gains = torch.from_numpy((10.0 ** rng.uniform(lo, hi, size=(n, 2))).astype(np.float32)).to(self.device)
+        mixed = gains[:, :1] * waves + gains[:, 1:] * self.windows_on_device[window].float()
+        waves = torch.where(chosen[:, None], mixed, waves)
+        targets = torch.where(chosen[:, None], torch.maximum(targets, self.pseudo_targets_on_device[window]),
+                              targets)
+        return waves, targets
+
+    def build(self, plan, pin=False):
+        rows, seed = plan
+        return self.batch(rows, np.random.default_rng(seed))
+
+    def epoch(self, epoch, batch_size, rank=0, world_size=1, workers=0, pin=False):
+        """This rank's batches, built in order as the step asks (no worker threads: building is the device's)."""
+        for plan in self.epoch_plan(epoch, batch_size, rank, world_size):
+            yield self.build(plan)

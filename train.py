@@ -26,7 +26,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from common import (HEADS, LOSSES, NORMALIZATIONS, SAMPLE_RATE, AugmentChances, HelpFormatter, MelFrontEnd,
-                    PseudoWindows, TrainingSet, augment, build_model, load_split, mel_settings_of, predict,
+                    DeviceTrainingSet, PseudoWindows, TrainingSet, augment, build_model, load_split, mel_settings_of, predict,
                     n_batches, split_summary, time_shift)
 from tables import MODEL_COLUMNS, CachePaths, kebab, load_classes, read_models_table
 from flags import SHARED, add_flag
@@ -161,6 +161,9 @@ def parse_args(argv=None):
                    "CUDA (float16, gradient scaling); on also runs CPU autocast (bfloat16; tests the same code path)")
     p.add_argument("--loader-workers", default="auto", help="threads that build batches ahead: auto = 0 on CPU "
                    "(the step is the bottleneck and needs the cores), min(8, cores) on a GPU")
+    p.add_argument("--cache-on-device", default="auto", choices=["auto", "on", "off"], help="hold the training "
+                   "audio and pseudo-labelled windows in the device's memory and build batches there (auto: on a GPU "
+                   "whose free memory holds them twice over; on CPU, on runs the same code)")
     p.add_argument("--compile", default="off", choices=["off", "on"], help="torch.compile the network (the "
                    "first steps of each image shape pay the compilation)")
     p.add_argument("--max-train-files", type=int, help="use only this many training rows (quick runs)")
@@ -217,8 +220,10 @@ def input_signature(args, config):
     and a run resumes on another number of GPUs."""
     cache = CachePaths(args.cache)
     where = ("threads", "device", "out_dir", "work", "cache", "pseudo", "models", "round", "pretrained", "gpus",
-             "loader_workers")
+             "loader_workers", "compile", "cache_on_device")
     settings = {k: v for k, v in vars(args).items() if k not in where}
+    if settings.get("preset") == "writeup":  # the write-up's recipe's old name: runs recorded under it are reused
+        settings["preset"] = "seed"
     pretrained = args.pretrained and (file_digest(args.pretrained) if os.path.isfile(args.pretrained)
                                       else args.pretrained)
     signature = dict(config=config, settings=settings, pretrained=pretrained,
@@ -368,6 +373,15 @@ def step_state(model, mel, device, amp, chances=None, optimizer="adamw"):
                            scaler=make_scaler(device, amp))
 
 
+def cache_on_device(choice, dataset, device):
+    """--cache-on-device: on, off, or auto = on for a GPU whose free memory holds the copy twice over."""
+    if choice != "auto":
+        return choice == "on"
+    if device.type != "cuda":
+        return False
+    return 2 * DeviceTrainingSet.bytes_needed(dataset) < torch.cuda.mem_get_info(device)[0]
+
+
 def build_training(args, config, procs):
     """Model (the write-up's weights first: offline without them it stops before any data is read), data,
     optimiser, schedule and gradient scaler."""
@@ -384,6 +398,11 @@ def build_training(args, config, procs):
     pseudo = PseudoWindows(args.cache, args.pseudo, data["classes"]) if args.pseudo else None
     dataset = TrainingSet(data["audio"], data["targets"], data["train"], pseudo, config["pseudoLabelChance"],
                           (config["ampExpMin"], config["ampExpMax"]), seed)
+    if cache_on_device(args.cache_on_device, dataset, device):
+        dataset = DeviceTrainingSet(dataset, device)
+        if procs.rank == 0:
+            print(f"model {args.model}: the training audio and pseudo-labelled windows in {device}'s memory "
+                  f"({DeviceTrainingSet.bytes_needed(dataset) / 1e9:.1f} GB)", flush=True)
     optimizer = make_optimizer(args.optimizer, model, args.lr, args.weight_decay, device)
     steps_per_epoch = n_batches(len(dataset), args.batch_size)  # the same for any number of processes
     total_steps = steps_per_epoch * args.epochs

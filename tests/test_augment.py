@@ -145,3 +145,4 @@ def test_a_step_never_waits_for_the_gpu():
         train.train_step(run, waves, targets, g, 8000, common.bce_focal_loss, torch.float16)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+

@@ -366,3 +366,36 @@ def test_bench_scale_quick_runs_to_the_end(tmp_path):
     assert cached == 20 * 48  # every window of 20 four-minute soundscapes (under the default cap)
     labels = np.load(tmp_path / "scale" / "pseudo-full.npz")
     assert len(labels["probs"]) == cached
+
+
+def test_training_set_on_the_device_mixes_as_the_host_one(cache_dir, pseudo_file):
+    """DeviceTrainingSet (here on the CPU, the code a GPU runs): without mixing, the host set's batches exactly;
+    with it, each chosen sample is gain * wave + gain * one pseudo-labelled window and its target the max of both,
+    at the set chance."""
+    from common import DeviceTrainingSet, PseudoWindows, TrainingSet, load_split
+    data = load_split(cache_dir, dict(dataset="bc24", fold="all", n_folds=5, seed=1))
+    plain = TrainingSet(data["audio"], data["targets"], data["train"], seed=3)
+    on_device = DeviceTrainingSet(plain, "cpu")
+    for (w1, t1), (w2, t2) in zip(plain.epoch(1, 8), on_device.epoch(1, 8)):
+        assert torch.equal(w1, w2) and torch.equal(t1, t2)
+    pseudo = PseudoWindows(cache_dir, pseudo_file, data["classes"])
+    mixing = DeviceTrainingSet(TrainingSet(data["audio"], data["targets"], data["train"], pseudo, 0.5, (0.0, 0.0),
+                                           seed=3), "cpu")
+    windows = torch.from_numpy(np.asarray(pseudo.audio[pseudo.index], np.float32))
+    mixed = total = 0
+    for epoch in range(1, 6):
+        for (waves, targets), (rows, _) in zip(mixing.epoch(epoch, 8), mixing.epoch_plan(epoch, 8)):
+            own = torch.from_numpy(np.asarray(data["audio"][rows], np.float32))
+            own_targets = torch.from_numpy(data["targets"][rows])
+            for wave, target, o, ot in zip(waves, targets, own, own_targets):
+                total += 1
+                if torch.equal(wave, o):
+                    assert torch.equal(target, ot)
+                    continue
+                j = int(torch.argmin((windows - (wave - o)).abs().amax(1)))  # gains 10**0 = 1: wave = own + window
+                assert torch.allclose(wave, o + windows[j], atol=1e-3)
+                assert torch.equal(target, torch.maximum(ot, torch.from_numpy(pseudo.targets[j])))
+                mixed += 1
+    assert abs(mixed - total * 0.5) <= 4.5 * np.sqrt(total * 0.25)
+    expected_bytes = (len(data["train"]) + len(pseudo.index)) * common.WINDOW_SAMPLES * 2
+    assert DeviceTrainingSet.bytes_needed(mixing) == expected_bytes

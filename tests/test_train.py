@@ -312,3 +312,24 @@ def test_bc24_plus_without_extra_recordings_trains_on_the_competitions(cache_dir
     assert len(notes) == 1 and "without extra recordings" in notes[0] and "--extra" in notes[0]
     assert np.array_equal(plain["train"], plus["train"]) and np.array_equal(plain["valid"], plus["valid"])
     assert len(plus["train"]) > 0
+
+
+def test_run_identity_keeps_the_old_preset_name_and_leaves_out_how_it_runs(cache_dir):
+    """A run trained before the write-up's preset was renamed (seed -> writeup), or with other ways to run the
+    same recipe (--compile, --cache-on-device), is the same run: resumed and reused, never trained again."""
+    base = ["--model", "1", "--models", TINY[1], "--cache", cache_dir]
+    config = train.model_config(train.parse_args(base))
+    signature = train.input_signature(train.parse_args(base), config)
+    assert signature["settings"]["preset"] == "seed"
+    for other in (["--preset", "seed"], ["--compile", "on", "--cache-on-device", "on"]):
+        assert train.input_signature(train.parse_args(base + other), config) == signature
+    assert train.input_signature(train.parse_args(base + ["--lr", "5e-4"]), config) != signature
+
+
+def test_training_from_the_cache_in_device_memory(cache_dir, tmp_path, capsys):
+    """--cache-on-device on (on CPU here: the code a GPU runs) trains, says so, and writes its epochs."""
+    out = str(tmp_path / "model1")
+    train.main(["--model", "1", "--cache", cache_dir, "--out-dir", out, *TINY, "--cache-on-device", "on"])
+    assert "in cpu's memory" in capsys.readouterr().out
+    metrics = pd.read_csv(os.path.join(out, "metrics.csv"))
+    assert len(metrics) == 2 and metrics["train_loss"].notna().all()
