@@ -29,7 +29,7 @@ DRY_RUN := $(findstring n,$(firstword -$(MAKEFLAGS)))$(findstring q,$(firstword 
 define recall
 ifeq ($$(origin $(1)),undefined)
 ifneq ($$(shell test -f $(RUN_SETTINGS)/$(1) && echo yes),)
-$(1) := $$(file <$(RUN_SETTINGS)/$(1))
+$(1) := $$(shell cat $(RUN_SETTINGS)/$(1))
 $(1).from := recorded
 endif
 endif
