@@ -43,6 +43,8 @@ SHARED = {
     "--seeds": dict(help="training seeds, comma-separated: medians are over them"),
     "--soup-start": dict(type=int, help="first epoch of the soup (default: 13 of 50, scaled to --epochs; soup.py: "
                          "the one train.py used); negative: the last -N epochs"),
+    "--repeats": dict(type=int, help="timed runs of each measurement, interleaved with the others: medians (and "
+                      "bests) are reported"),
     "--steps": dict(type=int, help="timed training steps per model (after one warm-up step)"),
     "--pp-weight": dict(type=float, help="neighbour smoothing weight (the write-up's post-processing); 0 disables"),
     "--quick": dict(action="store_true", help="smoke test (make test runs it): tiny data and models, 1 epoch"),

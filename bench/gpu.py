@@ -137,8 +137,7 @@ def main(argv=None):
     add_flag(p, "--batch-size", default=train.batch_size)
     p.add_argument("--pseudo-batch-size", type=int, default=pseudo.batch_windows, help="windows per pseudo-labelling "
                    "batch (pseudo.py's on a GPU)")
-    p.add_argument("--repeats", type=int, default=repeats, help="timings per model (interleaved) and of "
-                   "pseudo-labelling: best and median are reported")
+    add_flag(p, "--repeats", default=repeats)
     p.add_argument("--n-gpus", type=int, default=1, help="GPUs the projection spreads a round's models over")
     add_flag(p, "--threads", default=os.cpu_count() or 2)
     args = p.parse_args(argv)

@@ -69,7 +69,7 @@ def main():
     add_flag(p, "--models", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                     "models.csv"))
     add_flag(p, "--precision", default="auto")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved runs of both; medians are reported")
+    add_flag(p, "--repeats", default=3)
     p.add_argument("--no-eager", action="store_true", help="skip the eager baseline")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
