@@ -41,7 +41,7 @@ def real_run(tmp_path_factory):
     tiny dataset in the layout Kaggle ships for 2026 (train.csv, taxonomy.csv, an empty test_soundscapes/)."""
     root = tmp_path_factory.mktemp("real")
     data, work = str(root / "birdclef-2026"), str(root / "work")
-    demo_data.make_demo(data, demo_seed=2, per_species=2, n_unlabeled=2, n_test=1, soundscape_s=10, layout="2026")
+    demo_data.make_demo(data, demo_seed=2, per_species=1, n_unlabeled=2, n_test=1, soundscape_s=10, layout="2026")
     import timm
     weights = str(root / "b0.pth")  # stands in for make weights' file: the same architecture, no download
     torch.save(timm.create_model("tf_efficientnet_b0.ns_jft_in1k", pretrained=False).state_dict(), weights)
@@ -51,7 +51,7 @@ def real_run(tmp_path_factory):
     return dict(data=data, work=work, weights=weights, out=out, err=err)
 
 
-def test_the_seeds_whole_table_runs_to_its_ensemble(real_run):
+def test_the_write_ups_whole_table_runs_to_its_ensemble(real_run):
     import json
     manifest = json.load(open(os.path.join(real_run["work"], "ensemble", "manifest.json")))
     assert manifest["models"] == [f"model{i}" for i in range(1, 7)]
