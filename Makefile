@@ -46,7 +46,9 @@ PREP_ARGS  ?=
 PL_NORM ?= floor
 # the models of a round's ensemble that pseudo-label (comma-separated names: model1,model3); empty: all of them
 PL_MEMBERS ?=
-# pseudo-label rounds before the final ensemble (the stop rule): the write-up's 3; make demo's 2 (bench/decide.py)
+# pseudo-label rounds before the final ensemble (the stop rule): the write-up's 3; make demo's 2 (bench/decide.py);
+# auto: decided by the site's held-out labelled soundscapes (site_score.py rounds; a dataset with
+# train_soundscapes_labels.csv): another round while one beats the last beyond noise, then the best-scoring round
 ROUNDS ?= 3
 # the backbone's starting weights: timm (the write-up's ImageNet/JFT weights, downloaded once), none (random init)
 # or a file (make weights writes one)
@@ -110,7 +112,9 @@ space := $(subst ,, )
 CYCLE_GOALS := prep round% pseudo% ensemble kaggle submission timing teacher $(WORK)/%
 ifneq ($(filter $(CYCLE_GOALS),$(MAKECMDGOALS)),)
 $(foreach v,$(RECORDED),$(call record,$(v)))
+ifeq ($(AUTO_ROUND),)
 $(info settings of $(WORK): $(foreach v,$(RECORDED),$(call show,$(v))))
+endif
 STAMP.prep := $(call stamp,prep,$(DATA) $(PREP_ARGS))
 $(foreach r,1 2 3,$(foreach i,$(IDS),$(eval STAMP.round$(r)-model$(i) := $(call stamp,round$(r)-model$(i),$(call \
 	MODEL_ROW,$(i)) epochs=$(EPOCHS) pretrained=$(PRETRAINED) $(TRAIN_ARGS)$(if $(and $(TEACHER),$(filter \
@@ -119,13 +123,14 @@ STAMP.pseudo := $(call stamp,pseudo,$(PL_NORM)$(if $(PL_MEMBERS), members=$(PL_M
 	teacher=$(TEACHER) $(TEACHER_WEIGHT)))
 STAMP.ensemble := $(call stamp,ensemble,rounds=$(ROUNDS))
 # a final ensemble that is not a copy of round ROUNDS's (one made before ROUNDS changed) is made again
-ifneq ($(shell [ -f $(WORK)/ensemble/manifest.json ] && [ -f $(WORK)/round$(ROUNDS)/ensemble/manifest.json ] && \
+ifneq ($(shell [ "$(ROUNDS)" != auto ] && [ -f $(WORK)/ensemble/manifest.json ] && \
+	[ -f $(WORK)/round$(ROUNDS)/ensemble/manifest.json ] && \
 	! cmp -s $(WORK)/ensemble/manifest.json $(WORK)/round$(ROUNDS)/ensemble/manifest.json && echo stale),)
 STAMP.ensemble := FORCE
 endif
 endif
-ifeq ($(filter $(ROUNDS),1 2 3),)
-$(error ROUNDS must be 1, 2 or 3, not "$(ROUNDS)")
+ifeq ($(filter $(ROUNDS),1 2 3 auto),)
+$(error ROUNDS must be 1, 2, 3 or auto, not "$(ROUNDS)")
 endif
 
 .PHONY: FORCE timing weights bench-gpu teacher bench-ablate setup prep round1 pseudo1 round2 pseudo2 round3 ensemble kaggle report submission demo demo-data test bench-train bench-infer bench-scale clean-demo
@@ -170,7 +175,10 @@ define ROUND
 $(foreach i,$(IDS),$(eval $(call MODEL,$(1),$(i))))
 $(WORK)/round$(1)/ensemble/manifest.json: $(foreach i,$(IDS),$(WORK)/round$(1)/model$(i)/soup.json)
 	$(PY) soup.py bundle --out $(WORK)/round$(1)/ensemble $(foreach i,$(IDS),$(WORK)/round$(1)/model$(i))
-round$(1): $(WORK)/round$(1)/ensemble/manifest.json
+# the round's score on the site's held-out labelled soundscapes (where the dataset has them; else an empty report)
+$(WORK)/round$(1)/site.json: $(WORK)/round$(1)/ensemble/manifest.json $(CACHED)
+	$(PY) site_score.py score --ensemble $(WORK)/round$(1)/ensemble --cache $(CACHE) --out $$@ --threads $(THREADS)
+round$(1): $(WORK)/round$(1)/ensemble/manifest.json $(WORK)/round$(1)/site.json
 endef
 $(eval $(call ROUND,1))
 $(eval $(call ROUND,2))
@@ -178,7 +186,8 @@ $(eval $(call ROUND,3))
 
 # pseudo labels of round R's ensemble (explicit rules: a missing one is rebuilt, never treated as intermediate)
 define PSEUDO
-$(WORK)/pseudo$(1).npz: $(WORK)/round$(1)/ensemble/manifest.json $(CACHED) $(STAMP.pseudo) $(TEACHER)
+$(WORK)/pseudo$(1).npz: $(WORK)/round$(1)/ensemble/manifest.json $(CACHED) $(STAMP.pseudo) $(TEACHER) | \
+	$(WORK)/round$(1)/site.json
 	$(PY) pseudo.py --ensemble $(WORK)/round$(1)/ensemble --cache $(CACHE) --out $$@ --threads $(THREADS) \
 		--device $(DEVICE) --pl-norm $(PL_NORM) $(if $(PL_MEMBERS),--members $(PL_MEMBERS)) \
 		$(if $(TEACHER),--teacher $(TEACHER) --teacher-weight $(TEACHER_WEIGHT))
@@ -194,9 +203,23 @@ $(WORK)/teacher.npz: $(CACHED) | $(SETUP_TEACHER)
 
 # the final round's ensemble (round ROUNDS), the folder to upload as a Kaggle dataset next to infer.py
 ensemble: $(WORK)/ensemble/manifest.json
-$(WORK)/ensemble/manifest.json: $(WORK)/round$(ROUNDS)/ensemble/manifest.json $(STAMP.ensemble)
-	rm -rf $(WORK)/ensemble.tmp && cp -r $(WORK)/round$(ROUNDS)/ensemble $(WORK)/ensemble.tmp
+COPY_FINAL = rm -rf $(WORK)/ensemble.tmp && cp -r $(WORK)/round$(1)/ensemble $(WORK)/ensemble.tmp && \
 	$(PY) -c "import files, sys; files.swap_in(*sys.argv[1:])" $(WORK)/ensemble.tmp $(WORK)/ensemble
+ifneq ($(ROUNDS),auto)
+$(WORK)/ensemble/manifest.json: $(WORK)/round$(ROUNDS)/ensemble/manifest.json $(STAMP.ensemble) \
+	$(foreach r,$(wordlist 1,$(ROUNDS),1 2 3),$(WORK)/round$(r)/site.json)
+	$(call COPY_FINAL,$(ROUNDS))
+else ifeq ($(DRY_RUN),)
+# ROUNDS=auto: site_score.py names the next round to train (a make of its score) until it names the final one
+$(WORK)/ensemble/manifest.json: $(CACHED) FORCE | $(SETUP)
+	@while next=$$($(PY) site_score.py rounds --work $(WORK)) && [ "$${next% *}" = train ]; do \
+		$(MAKE) --no-print-directory AUTO_ROUND=1 $(WORK)/round$${next#train }/site.json || exit 1; done; \
+	[ "$${next% *}" = final ] || exit 1; \
+	cmp -s $(WORK)/round$${next#final }/ensemble/manifest.json $@ || { $(call COPY_FINAL,$${next#final }); }
+else
+$(WORK)/ensemble/manifest.json: $(CACHED) FORCE
+	@echo "ROUNDS=auto: rounds 1, then 2 and 3 while the site's held-out score gains beyond noise (site_score.py rounds)"
+endif
 
 # the folder to upload to Kaggle: the ensemble, infer.py, the backends' wheels for the kernel's Python, KERNEL.md
 KAGGLE_WHEELS ?= openvino onnxruntime

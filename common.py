@@ -27,7 +27,7 @@ from infer import (SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, EXPORT_FORMAT, H
                    MelImage, MelSettings, NORMALIZATIONS, PowerSpectrogram, list_audio, mel_filterbank, read_audio,
                    windows_of)
 from errors import UserError
-from tables import CachePaths, load_classes, parse_label_list, read_rows
+from tables import CachePaths, load_classes, parse_label_list, read_rows, read_site_labels, split_labels
 from threads import ordered_map
 from weights import BACKBONE, create_seed_backbone  # noqa: F401
 
@@ -47,14 +47,8 @@ def first_five_seconds(audio):
 
 def target_matrix(rows, classes):
     """Multi-hot targets: 1.0 for the primary and every secondary species of each row."""
-    index = {c: i for i, c in enumerate(classes)}
-    y = np.zeros((len(rows), len(classes)), dtype=np.float32)
-    for r, (primary, secondary) in enumerate(zip(rows["primary_label"], rows["secondary_labels"])):
-        y[r, index[primary]] = 1.0
-        for s in parse_label_list(secondary):
-            if s in index:
-                y[r, index[s]] = 1.0
-    return y
+    return labels_matrix([[primary] + parse_label_list(secondary)
+                          for primary, secondary in zip(rows["primary_label"], rows["secondary_labels"])], classes)
 
 
 def assign_folds(primary_labels, n_folds, seed):
@@ -97,9 +91,52 @@ def predict(model, mel, waves, device, batch=64, amp=False, rows=None):
     return torch.cat(out).numpy() if out else np.zeros((0, model.head.out_features), np.float32)
 
 
-def load_split(cache_dir, config, max_train_files=None):
+class StackedRows:
+    """Two (N, samples) arrays read as one, rows of `first` then rows of `second` (the training recordings' first
+    5 s and the site's labelled windows, both float16 memmaps): indexed by an array of rows, it reads each part
+    from its own array; nothing is copied until then."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+        self.shape = (len(first) + len(second),) + tuple(first.shape[1:])
+        self.dtype = first.dtype
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        if isinstance(rows, slice):
+            rows = np.arange(len(self))[rows]
+        rows = np.asarray(rows)
+        if rows.ndim == 0:
+            return self[rows[None]][0]
+        out = np.empty((len(rows),) + self.shape[1:], dtype=self.dtype)
+        below = rows < len(self.first)
+        out[below] = self.first[rows[below]]
+        out[~below] = self.second[rows[~below] - len(self.first)]
+        return out
+
+
+def site_repeats(n_recordings, n_windows, share):
+    """How many times each labelled site window is dealt in an epoch so that they make about `share` of its
+    samples (at least once: a labelled window always trains)."""
+    return max(1, int(round(share * n_recordings / max(1, n_windows) / (1 - share))))
+
+
+def labels_matrix(label_lists, classes):
+    """Multi-hot targets of lists of labels (labels that are not classes are left out)."""
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.zeros((len(label_lists), len(classes)), dtype=np.float32)
+    for r, labels in enumerate(label_lists):
+        y[r, [index[label] for label in labels if label in index]] = 1.0
+    return y
+
+
+def load_split(cache_dir, config, max_train_files=None, site_share=0.0):
     """Training rows, validation rows (the model's fold of the competition data; none for fold 'all'), audio
-    memmap, targets. A class's only recording always trains (assign_folds puts it in no fold)."""
+    memmap, targets. A class's only recording always trains (assign_folds puts it in no fold). With site_share
+    > 0 and a cache that holds the site's labelled training windows, they follow the recordings in `audio` and
+    `targets` and train too, each dealt site_repeats times (never in a fold's validation)."""
     paths = CachePaths(cache_dir)
     for f in (paths.audio, paths.rows, paths.classes):
         if not os.path.isfile(f):
@@ -124,15 +161,27 @@ def load_split(cache_dir, config, max_train_files=None):
     train = np.setdiff1d(usable, valid)
     if max_train_files:
         train = np.random.default_rng(int(config["seed"])).permutation(train)[:max_train_files]
-    return dict(rows=rows, classes=classes, audio=audio, targets=targets, train=np.sort(train), valid=valid)
+    site = read_site_labels(paths.site_labels)
+    site = site[site["split"] == "train"]
+    repeats = 0
+    if site_share > 0 and len(site) and os.path.isfile(paths.site_audio):
+        first = len(audio)
+        audio = StackedRows(audio, np.load(paths.site_audio, mmap_mode="r"))
+        targets = np.concatenate([targets, labels_matrix([split_labels(t) for t in site["labels"]], classes)])
+        repeats = site_repeats(len(train), len(site), site_share)
+        train = np.concatenate([train, np.tile(first + np.arange(len(site)), repeats)])
+    return dict(rows=rows, classes=classes, audio=audio, targets=targets, train=np.sort(train), valid=valid,
+                site_windows=len(site) if repeats else 0, site_repeats=repeats)
 
 
 def split_summary(data, config):
     """One line: classes, those without validation positives, training and validation rows."""
     no_positives = int((data["targets"][data["valid"]].sum(0) == 0).sum())
     untrained = int((data["targets"][data["train"]].sum(0) == 0).sum())
+    site = (f" (the site's {data['site_windows']} labelled windows among them, each {data['site_repeats']}x)"
+            if data.get("site_repeats") else "")
     return (f"model {config['id']} fold {config['fold']}: {len(data['classes'])} classes ({no_positives} without "
-            f"validation positives, {untrained} without training rows), {len(data['train'])} training rows, "
+            f"validation positives, {untrained} without training rows), {len(data['train'])} training rows{site}, "
             f"{len(data['valid'])} validation rows")
 
 
@@ -567,10 +616,11 @@ class DeviceTrainingSet(TrainingSet):
         super().__init__(base.audio, base.targets, base.rows, base.pseudo, base.pseudo_mix_chance,
                          base.amp_exp_range, base.seed)
         self.device = torch.device(device)
+        distinct = np.unique(self.rows)  # a site window dealt several times an epoch is copied once
         self.position = np.full(len(base.audio), -1, dtype=np.int64)  # cache row -> row of the device copy
-        self.position[self.rows] = np.arange(len(self.rows))
-        self.audio_on_device = to_device_in_chunks(base.audio, self.rows, self.device)
-        self.targets_on_device = torch.from_numpy(np.asarray(base.targets[self.rows], np.float32)).to(self.device)
+        self.position[distinct] = np.arange(len(distinct))
+        self.audio_on_device = to_device_in_chunks(base.audio, distinct, self.device)
+        self.targets_on_device = torch.from_numpy(np.asarray(base.targets[distinct], np.float32)).to(self.device)
         if self.pseudo is not None:
             self.windows_on_device = to_device_in_chunks(self.pseudo.audio, self.pseudo.index, self.device)
             self.pseudo_targets_on_device = torch.from_numpy(self.pseudo.targets).to(self.device)
@@ -579,7 +629,7 @@ class DeviceTrainingSet(TrainingSet):
     def bytes_needed(base):
         """Device bytes the copy takes: the training rows' audio and the pseudo-labelled windows, float16."""
         windows = len(base.pseudo.index) if base.pseudo is not None else 0
-        return (len(base.rows) + windows) * WINDOW_SAMPLES * 2
+        return (len(np.unique(base.rows)) + windows) * WINDOW_SAMPLES * 2
 
     def batch(self, rows, rng):
         take = torch.from_numpy(self.position[np.asarray(rows)]).to(self.device)

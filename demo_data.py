@@ -3,6 +3,7 @@
     python demo_data.py --out data/demo
     python demo_data.py --out /tmp/tiny --per-species 3 --unlabeled 3 --test 2 --soundscape-seconds 12
     python demo_data.py --out /tmp/bc26 --layout 2026    # as Kaggle ships BirdCLEF+ 2026 (a hidden test set)
+    python demo_data.py --out /tmp/site --labelled-soundscapes 16   # and some of the site's soundscapes labelled
 
 Writes --out in the BirdCLEF 2024 layout (train_metadata.csv, train_audio/<species>/*.ogg,
 unlabeled_soundscapes/, test_soundscapes/, sample_submission.csv) and the labels beside it, never inside:
@@ -14,7 +15,8 @@ noise, insect bands, wind, rain, reverberation, quieter overlapping calls and a 
 Deterministic for a given --seed, whatever the number of processes. --layout 2026 writes the same data as a
 downloaded BirdCLEF+ 2026 folder: train.csv, taxonomy.csv, train_audio/, train_soundscapes/ (the unlabeled ones),
 sample_submission.csv and an empty test_soundscapes/ (Kaggle hides the test set); the labelled test soundscapes
-go beside it, in <out>-test_soundscapes/.
+go beside it, in <out>-test_soundscapes/. --labelled-soundscapes N labels the first N unlabeled soundscapes in
+train_soundscapes_labels.csv as BirdCLEF+ 2026 does, and adds a species that only the site has.
 """
 import argparse
 import math
@@ -43,6 +45,10 @@ DEMO_SPECIES = [  # name, call kind, low Hz, high Hz, note seconds, notes per ph
     ("kingfi", "whistle", 7000, 7600, 0.3, 3, 0.1),
     ("lesrav", "vibrato", 3000, 3300, 0.8, 1, 0.0),
 ]
+# with --labelled-soundscapes: an insect sonotype that calls only at the site (no training recording), as 25 of
+# BirdCLEF+ 2026's scored classes do; only the site's labelled soundscapes can teach it
+SITE_ONLY_SPECIES = ("son001", "trill", 9300, 9700, 0.015, 30, 0.012)
+SITE_ONLY_MIN_WEIGHT = 0.12  # its least share of the site's species mix, so the labelled soundscapes hold a few
 
 
 def render_phrase(rng, kind, low, high, note_s, n_notes, gap_s, sr=SAMPLE_RATE):
@@ -136,7 +142,7 @@ def reverb(rng, x, sr=SAMPLE_RATE):
     return y.astype(np.float32)
 
 
-def demo_soundscape(rng, duration_s, species_weights):
+def demo_soundscape(rng, duration_s, species_weights, species=DEMO_SPECIES):
     """A target-site soundscape: loud coloured noise, insect bands, wind, rain, reverberant distant calls.
 
     Returns the audio and, per 5-s window, the set of species calling in it.
@@ -162,17 +168,17 @@ def demo_soundscape(rng, duration_s, species_weights):
     n_windows = int(math.ceil(duration_s / WINDOW_SECONDS))
     present = [set() for _ in range(n_windows)]
     n_species = rng.integers(1, 5)
-    for s in rng.choice(len(DEMO_SPECIES), size=n_species, replace=False, p=species_weights):
+    for s in rng.choice(len(species), size=n_species, replace=False, p=species_weights):
         t0 = rng.uniform(0, duration_s)
         for _ in range(rng.integers(1, 6)):  # a bout of a few phrases
             if t0 > duration_s - 0.3:
                 break
-            phrase = render_phrase(rng, *DEMO_SPECIES[s][1:])
+            phrase = render_phrase(rng, *species[s][1:])
             start, end = place(calls, phrase, int(t0 * sr), rng.uniform(0.08, 0.5))
             for w in range(start // WINDOW_SAMPLES, (end - 1) // WINDOW_SAMPLES + 1):
                 overlap = min(end, (w + 1) * WINDOW_SAMPLES) - max(start, w * WINDOW_SAMPLES)
                 if overlap >= 0.2 * sr:
-                    present[w].add(DEMO_SPECIES[s][0])
+                    present[w].add(species[s][0])
             t0 += len(phrase) / sr + rng.uniform(0.3, 4.0)
     track += reverb(rng, calls)
     return np.clip(track, -1, 1), present
@@ -210,13 +216,33 @@ def _demo_train_file(job):
 
 def _demo_soundscape_file(job):
     """Render and write one soundscape; returns its test-label rows."""
-    tmp, demo_seed, folder, prefix, kind, k, seconds, weights = job
+    tmp, demo_seed, folder, prefix, kind, k, seconds, weights, species = job
     rng = np.random.default_rng([demo_seed, kind, k])
-    audio, present = demo_soundscape(rng, seconds, weights)
+    audio, present = demo_soundscape(rng, seconds, weights, species)
     stem = f"{prefix}{demo_seed:02d}{k:04d}"
     write_ogg(os.path.join(tmp, folder, f"{stem}.ogg"), audio)
-    return [[f"{stem}_{(w + 1) * WINDOW_SECONDS}"] + [int(s[0] in species) for s in DEMO_SPECIES]
-            for w, species in enumerate(present)]
+    return [[f"{stem}_{(w + 1) * WINDOW_SECONDS}"] + [int(s[0] in calling) for s in species]
+            for w, calling in enumerate(present)]
+
+
+def clock(seconds):
+    """Seconds as Kaggle's site labels write them: 65 -> "00:01:05"."""
+    return f"{int(seconds) // 3600:02d}:{int(seconds) % 3600 // 60:02d}:{int(seconds) % 60:02d}"
+
+
+def site_labels(window_rows, names, n_files, folder_names):
+    """BirdCLEF+ 2026's train_soundscapes_labels.csv for the first n_files soundscapes, as Kaggle writes it: one row
+    per window with a call (";"-separated labels, HH:MM:SS bounds), every row twice, the last file labelled only
+    in its first half."""
+    rows = []
+    for row in window_rows:
+        stem, end = row[0].rsplit("_", 1)
+        file_number = folder_names.index(stem) if stem in folder_names else n_files
+        labels = [name for name, present in zip(names, row[1:]) if present]
+        partial = file_number == n_files - 1 and int(end) > 30
+        if file_number < n_files and labels and not partial:
+            rows += 2 * [(f"{stem}.ogg", clock(int(end) - WINDOW_SECONDS), clock(int(end)), ";".join(labels))]
+    return pd.DataFrame(rows, columns=["filename", "start", "end", "primary_label"])
 
 
 def labels_paths(out):
@@ -226,9 +252,10 @@ def labels_paths(out):
 
 
 def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=60, soundscape_s=60, processes=None,
-              layout="2024"):
+              layout="2024", n_labelled=0):
     """Write the demo dataset (BirdCLEF 2024 layout, or 2026's: to_layout_2026) to `out` and its test labels
-    beside it.
+    beside it. n_labelled > 0: the site also has a species no training recording has (SITE_ONLY_SPECIES), and
+    the first n_labelled unlabeled soundscapes are labelled in train_soundscapes_labels.csv (site_labels).
 
     Files are rendered in parallel; each one's randomness comes from (seed, file), so the result does not
     depend on the number of processes.
@@ -236,13 +263,18 @@ def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=60, sound
     from multiprocessing import get_context
     tmp = out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    names = [s[0] for s in DEMO_SPECIES]
+    site_species = DEMO_SPECIES + ([SITE_ONLY_SPECIES] if n_labelled else [])
+    names = [s[0] for s in site_species]
     # the target site favours some species over others
     weights = np.random.default_rng([demo_seed, 1]).dirichlet(np.full(len(names), 2.0))
-    train_jobs = [(tmp, demo_seed, s, k) for s in range(len(names)) for k in range(per_species)]
-    soundscape_jobs = [(tmp, demo_seed, "unlabeled_soundscapes", "U", 2, k, soundscape_s, weights)
+    if n_labelled:
+        weights[-1] = max(weights[-1], SITE_ONLY_MIN_WEIGHT)
+        weights /= weights.sum()
+    train_jobs = [(tmp, demo_seed, s, k) for s in range(len(DEMO_SPECIES)) for k in range(per_species)]
+    soundscape_jobs = [(tmp, demo_seed, "unlabeled_soundscapes", "U", 2, k, soundscape_s, weights, site_species)
                        for k in range(n_unlabeled)]
-    test_jobs = [(tmp, demo_seed, "test_soundscapes", "T", 3, k, soundscape_s, weights) for k in range(n_test)]
+    test_jobs = [(tmp, demo_seed, "test_soundscapes", "T", 3, k, soundscape_s, weights, site_species)
+                 for k in range(n_test)]
     for folder in ("unlabeled_soundscapes", "test_soundscapes"):
         os.makedirs(os.path.join(tmp, folder), exist_ok=True)
     with get_context("fork").Pool(processes or os.cpu_count() or 1) as pool:
@@ -259,16 +291,20 @@ def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=60, sound
                  columns=["row_id"] + names).to_csv(os.path.join(tmp, "sample_submission.csv"), index=False)
     # labels live next to the dataset, never inside it: the test windows' (the score), the unlabeled windows'
     # (how good a round's pseudo labels are: a diagnostic that training never reads)
+    if n_labelled:
+        stems = [f"U{demo_seed:02d}{k:04d}" for k in range(n_unlabeled)]
+        site_labels(unlabeled, names, n_labelled, stems).to_csv(os.path.join(tmp, "train_soundscapes_labels.csv"),
+                                                                index=False)
     labels_path, unlabeled_path = labels_paths(out)
     pd.DataFrame(labels, columns=["row_id"] + names).to_csv(labels_path + ".tmp", index=False)
     pd.DataFrame(unlabeled, columns=["row_id"] + names).to_csv(unlabeled_path + ".tmp", index=False)
     if layout == "2026":
-        to_layout_2026(tmp, hidden_tests_path(out))
+        to_layout_2026(tmp, hidden_tests_path(out), names)
     swap_in(tmp, out)
     os.replace(labels_path + ".tmp", labels_path)
     os.replace(unlabeled_path + ".tmp", unlabeled_path)
-    print(f"demo dataset {out}: {len(meta)} train files, {n_unlabeled} unlabeled and {n_test} test soundscapes; "
-          f"test labels {labels_path}")
+    print(f"demo dataset {out}: {len(meta)} train files, {n_unlabeled} unlabeled and {n_test} test soundscapes"
+          f"{f' ({n_labelled} of the unlabeled labelled)' if n_labelled else ''}; test labels {labels_path}")
 
 
 def hidden_tests_path(out):
@@ -276,7 +312,7 @@ def hidden_tests_path(out):
     return out.rstrip("/") + "-test_soundscapes"
 
 
-def to_layout_2026(folder, tests_out):
+def to_layout_2026(folder, tests_out, names):
     """Reshape a demo `folder` written in the 2024 layout into the 2026 one, as Kaggle ships it: train.csv (with
     collection) and taxonomy.csv, unlabeled_soundscapes/ as train_soundscapes/, test_soundscapes/ left empty;
     the labelled test soundscapes move to `tests_out`."""
@@ -284,7 +320,6 @@ def to_layout_2026(folder, tests_out):
     meta.insert(4, "collection", "XC")
     meta.to_csv(os.path.join(folder, "train.csv"), index=False)
     os.remove(os.path.join(folder, "train_metadata.csv"))
-    names = [s[0] for s in DEMO_SPECIES]
     pd.DataFrame({"primary_label": names, "inat_taxon_id": range(1, len(names) + 1), "scientific_name": names,
                   "common_name": names, "class_name": "Aves"}).to_csv(os.path.join(folder, "taxonomy.csv"),
                                                                       index=False)
@@ -305,9 +340,14 @@ def main(argv=None):
     parser.add_argument("--layout", default="2024", choices=["2024", "2026"], help="the dataset's layout: 2024 "
                         "(train_metadata.csv, test_soundscapes/ filled) or 2026 (train.csv, taxonomy.csv, an empty "
                         "test_soundscapes/, the test soundscapes beside the folder)")
+    parser.add_argument("--labelled-soundscapes", type=int, default=0, help="label this many of the unlabeled "
+                        "soundscapes as BirdCLEF+ 2026 does (train_soundscapes_labels.csv: rows written twice, one "
+                        "file labelled in part), and give the site a species that no training recording has")
     args = parser.parse_args(argv)
+    if not 0 <= args.labelled_soundscapes <= args.unlabeled:
+        parser.error(f"--labelled-soundscapes must be 0 to --unlabeled ({args.unlabeled})")
     make_demo(args.out, args.seed, args.per_species, args.unlabeled, args.test, args.soundscape_seconds,
-              layout=args.layout)
+              layout=args.layout, n_labelled=args.labelled_soundscapes)
 
 
 

@@ -11,6 +11,13 @@ float16, zero-padded), train_rows.csv, classes.txt, unlabeled.csv (every unlabel
 number of 5-s windows), unlabeled_windows.npy/.csv (a random subset of unlabeled 5-s windows, the audio that
 rounds 2 and 3 mix into training samples) and bad_files.csv (files skipped, with the reason). The cache is built
 under a temporary name and renamed when complete, so an interrupted run leaves no half cache.
+
+The site's labelled soundscapes (BirdCLEF+ 2026's train_soundscapes_labels.csv, in any layout's dataset folder):
+read as Kaggle writes them (rows written twice merged, ";"-separated labels, HH:MM:SS windows; only listed windows
+are labelled), split by file into held-out files (--site-holdout of them, scored after every round by site_score.py)
+and training files, whose labelled windows are cached (site_labels.csv, site_windows.npy) and trained on by every
+round. Neither is ever pseudo-labelled: the held-out files' windows and the labelled windows stay out of the
+unlabeled window cache.
 """
 import argparse
 import math
@@ -23,7 +30,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from common import WINDOW_SAMPLES, WINDOW_SECONDS, HelpFormatter, first_five_seconds, list_audio, read_audio, windows_of
-from tables import LABEL_COLUMNS, CachePaths, parse_label_list
+from tables import LABEL_COLUMNS, CachePaths, parse_label_list, split_labels
 from flags import add_flag
 from errors import UserError, run_main
 from files import NpyRowWriter, swap_in
@@ -34,6 +41,8 @@ threads = os.cpu_count() or 2
 max_unlabeled_windows = 20000   # 20k windows of float16 = 6.4 GB on disk (memory-mapped, not loaded)
 GB_PER_10K_WINDOWS = 10000 * WINDOW_SAMPLES * 2 / 1e9  # 3.2
 seed = 42
+site_holdout = 0.25             # share of the labelled soundscape files held out to score each round on the site
+SITE_LABELS_FILE = "train_soundscapes_labels.csv"
 
 REQUIRED_COLUMNS = ("primary_label", "filename")
 
@@ -176,16 +185,39 @@ def index_unlabeled(folder, n_threads):
     return pd.DataFrame(records, columns=["path", "duration_s", "n_windows"]), bad
 
 
-def write_unlabeled_windows(unlabeled, audio_path, table_path, cap, rng, n_threads):
-    """Cache the audio of a random subset of unlabeled windows (all of them when fewer than `cap`).
+def read_windows(item):
+    """(path, [window index, ...]) -> ((waves, the indices decoded), None), or (None, reason). The file is decoded
+    only as far as its last window (and 1 s more, so that resampling sees no edge there)."""
+    path, windows = item
+    try:
+        needed = (max(windows) + 1) * WINDOW_SECONDS
+        audio = read_audio(path, max_seconds=needed + 1)
+        kept = [w for w in windows if w * WINDOW_SAMPLES < len(audio)]  # a damaged file: what decoded
+        return (windows_of(audio, max(windows) + 1)[kept], kept), None
+    except Exception as err:
+        return None, describe(err)
+
+
+def write_unlabeled_windows(unlabeled, audio_path, table_path, cap, rng, n_threads, labelled=None):
+    """Cache the audio of a random subset of unlabeled windows (all of them when fewer than `cap`), leaving out
+    the `labelled` ones ({path: {window index, ...}, or None for every window of the file}: the site's labelled
+    windows are never pseudo-labelled).
 
     Memory holds the chosen windows' indices, never a list of every window; each file is decoded only as far
-    as its last chosen window (and 1 s more, so that resampling sees no edge there).
+    as its last chosen window.
     """
+    labelled = labelled or {}
     counts = unlabeled["n_windows"].to_numpy(dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)])  # window k of the whole set is in file i: starts[i] <= k
+    skipped = [int(starts[i]) + w for i, path in enumerate(unlabeled["path"]) if path in labelled
+               for w in (range(counts[i]) if labelled[path] is None else labelled[path]) if w < counts[i]]
     total = int(starts[-1])
-    chosen = np.sort(rng.choice(total, size=min(cap, total), replace=False)) if total else np.zeros(0, np.int64)
+    if skipped:  # draw enough to leave the labelled ones out and still fill the cap
+        drawn = rng.choice(total, size=min(cap + len(skipped), total), replace=False)
+        chosen = np.sort(drawn[~np.isin(drawn, skipped)][:cap])
+        total -= len(skipped)
+    else:
+        chosen = np.sort(rng.choice(total, size=min(cap, total), replace=False)) if total else np.zeros(0, np.int64)
     files = np.searchsorted(starts, chosen, side="right") - 1
     by_file = {}
     for k, i in zip(chosen.tolist(), files.tolist()):
@@ -195,18 +227,8 @@ def write_unlabeled_windows(unlabeled, audio_path, table_path, cap, rng, n_threa
     check_disk(os.path.dirname(os.path.abspath(audio_path)), len(chosen), "unlabeled window cache")
     out = NpyRowWriter(audio_path, len(chosen), (WINDOW_SAMPLES,))
 
-    def load(item):
-        path, windows = item
-        try:
-            needed = (max(windows) + 1) * WINDOW_SECONDS
-            audio = read_audio(path, max_seconds=needed + 1)
-            kept = [w for w in windows if w * WINDOW_SAMPLES < len(audio)]  # a damaged file: what decoded
-            return (windows_of(audio, max(windows) + 1)[kept], kept), None
-        except Exception as err:
-            return None, describe(err)
-
     table, bad = [], []
-    for path, (loaded, reason) in zip(by_file, tqdm(ordered_map(load, by_file.items(), n_threads),
+    for path, (loaded, reason) in zip(by_file, tqdm(ordered_map(read_windows, by_file.items(), n_threads),
                                                      total=len(by_file), desc="unlabeled windows", unit="file")):
         if loaded is None:  # its rows are not written: the ones after it close the gap, the tail is cut at the end
             bad.append((path, reason))
@@ -219,7 +241,98 @@ def write_unlabeled_windows(unlabeled, audio_path, table_path, cap, rng, n_threa
     return bad
 
 
-def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_windows, seed=seed):
+def seconds_of(text):
+    """A site label's time, "HH:MM:SS" (as Kaggle writes it), "MM:SS" or plain seconds -> seconds."""
+    parts = str(text).strip().split(":")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise UserError(f"{SITE_LABELS_FILE}: a time is neither HH:MM:SS nor seconds: {text!r}")
+    return sum(v * 60 ** k for k, v in enumerate(reversed(values)))
+
+
+def read_site_labels(path, folder, classes):
+    """Kaggle's train_soundscapes_labels.csv -> one row per labelled 5-s window: path (in the soundscape `folder`),
+    end_second, labels (";"-separated classes). Rows written twice are merged, their labels united; a label that
+    is not a class is dropped, with one warning line; a file missing from the folder is skipped, with one note."""
+    table = read_csv(path, "site labels", dtype=str, keep_default_na=False)
+    missing = [c for c in ("filename", "start", "end", "primary_label") if c not in table.columns]
+    if missing:
+        raise UserError(f"{path} lacks required column(s): {', '.join(missing)}")
+    known, unknown, windows = set(classes), set(), {}
+    for filename, end, labels in zip(table["filename"], table["end"], table["primary_label"]):
+        end_second = int(round(seconds_of(end)))
+        merged = windows.setdefault((os.path.join(folder, filename), end_second), [])
+        for label in split_labels(labels):
+            if label not in known:
+                unknown.add(label)
+            elif label not in merged:
+                merged.append(label)
+    if unknown:
+        print(f"warning: {path}: {len(unknown)} label(s) are not classes of the dataset and were dropped: "
+              f"{', '.join(sorted(unknown)[:5])}{' ...' if len(unknown) > 5 else ''}", file=sys.stderr)
+    site = pd.DataFrame([(p, e, ";".join(labels)) for (p, e), labels in sorted(windows.items())],
+                        columns=["path", "end_second", "labels"])
+    absent = sorted(p for p in set(site["path"]) if not os.path.isfile(p))
+    if absent:
+        print(f"note: {path}: {len(absent)} labelled file(s) are not in {folder} and were skipped: "
+              f"{', '.join(os.path.basename(p) for p in absent[:3])}{' ...' if len(absent) > 3 else ''}",
+              file=sys.stderr)
+    return site[~site["path"].isin(absent)].reset_index(drop=True)
+
+
+def split_site_files(site, share, rng):
+    """The split of each labelled window, by file: `share` of the files (at least one, and never all of them when
+    there are two or more) "valid", held out to score rounds on the site; the others "train"."""
+    files = sorted(set(site["path"]))
+    n_valid = min(max(1, int(round(share * len(files)))), len(files) - 1) if share > 0 and len(files) > 1 else 0
+    valid = set(rng.permutation(files)[:n_valid].tolist())
+    return np.where(site["path"].isin(valid), "valid", "train")
+
+
+def window_index(end_second):
+    """The 5-s window of a soundscape that ends at end_second (Kaggle's row_id suffix): 5 -> 0, 10 -> 1."""
+    return max(0, int(math.ceil(end_second / WINDOW_SECONDS)) - 1)
+
+
+def write_site_windows(site, paths, n_threads):
+    """Cache the audio of the site's training windows (site_windows.npy, in site_labels.csv order) and write
+    site_labels.csv; a file that does not decode loses its windows, and is listed with the reason."""
+    train = site[site["split"] == "train"]
+    by_file = {}
+    for path, end_second in zip(train["path"], train["end_second"]):
+        by_file.setdefault(path, []).append(window_index(end_second))
+    out = NpyRowWriter(paths.site_audio, len(train), (WINDOW_SAMPLES,))
+    written, bad = set(), []
+    for path, (loaded, reason) in zip(by_file, tqdm(ordered_map(read_windows, by_file.items(), n_threads),
+                                                     total=len(by_file), desc="site windows", unit="file")):
+        if loaded is None:
+            bad.append((path, reason))
+            continue
+        waves, kept = loaded
+        out.write(waves)
+        written.update((path, w) for w in kept)
+    out.close()
+    keep = [split == "valid" or (path, window_index(end)) in written
+            for path, end, split in zip(site["path"], site["end_second"], site["split"])]
+    site = site[keep].reset_index(drop=True)
+    site.to_csv(paths.site_labels, index=False)
+    return site, bad
+
+
+def labelled_windows(site):
+    """{path: {window index, ...} or None (all)} of the windows the unlabeled cache leaves out: each window of a held-out file
+    (scored on the site, never trained on) and each labelled window of a training file (trained on as labelled)."""
+    skip = {}
+    for path, end_second, split in zip(site["path"], site["end_second"], site["split"]):
+        skip.setdefault(path, set()).add(window_index(end_second))
+    for path in set(site.loc[site["split"] == "valid", "path"]):
+        skip[path] = None  # every window of the file
+    return skip
+
+
+def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_windows, seed=seed,
+            site_labels="on", holdout=site_holdout):
     meta_path, audio_root, unlabeled_folder = find_layout(data)
     rows = read_metadata(meta_path, audio_root, "base")
     classes = class_list(data, rows)
@@ -227,6 +340,11 @@ def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_w
         rows = pd.concat([rows, read_metadata(extra, os.path.dirname(os.path.abspath(extra)), "extra")],
                          ignore_index=True)
     rows = check_labels(rows, classes)
+    site_path = os.path.join(data, SITE_LABELS_FILE)
+    site = None
+    if site_labels == "on" and os.path.isfile(site_path):
+        site = read_site_labels(site_path, unlabeled_folder, classes)
+        site["split"] = split_site_files(site, holdout, np.random.default_rng([seed, 1]))
 
     tmp = out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -242,8 +360,12 @@ def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_w
     unlabeled, bad_unlabeled = index_unlabeled(unlabeled_folder, n_threads)
     unlabeled.to_csv(paths.unlabeled, index=False)
     bad += bad_unlabeled
+    if site is not None:
+        site, bad_site = write_site_windows(site, paths, n_threads)
+        bad += bad_site
     bad += write_unlabeled_windows(unlabeled, paths.unlabeled_audio, paths.unlabeled_windows, window_cap,
-                                   np.random.default_rng(seed), n_threads)
+                                   np.random.default_rng(seed), n_threads,
+                                   labelled_windows(site) if site is not None else None)
     pd.DataFrame(bad, columns=["path", "reason"]).to_csv(paths.bad_files, index=False)
     for path, reason in bad:
         print(f"skipped {path}: {reason}", file=sys.stderr)
@@ -251,6 +373,12 @@ def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_w
     swap_in(tmp, out)
     print(f"cache {out}: {len(rows)} training files, {len(classes)} classes, {len(unlabeled)} unlabeled "
           f"soundscapes ({unlabeled['n_windows'].sum() if len(unlabeled) else 0} windows), {len(bad)} skipped")
+    if site is not None:
+        split = site.groupby("split")["path"]
+        print(f"site labels {site_path}: {split.nunique().get('train', 0)} file(s) ({split.size().get('train', 0)} "
+              f"windows) trained on, {split.nunique().get('valid', 0)} file(s) ({split.size().get('valid', 0)} "
+              f"labelled windows) held out to score each round; "
+              f"{len(set(split_labels(';'.join(site['labels']))))} classes with a positive")
 
 
 def main():
@@ -264,8 +392,16 @@ def main():
                         f"cost {GB_PER_10K_WINDOWS:.1f} GB of disk and set the cost of a pseudo-label round; a "
                         f"number above the site's total caches every window)")
     add_flag(parser, "--seed", default=seed)
+    parser.add_argument("--site-labels", default="on", choices=["on", "off"], help=f"read the site's labelled "
+                        f"soundscapes ({SITE_LABELS_FILE}, where the dataset has it): train on them, score rounds on "
+                        f"a held-out share; off: they are unlabeled soundscapes like the rest")
+    parser.add_argument("--site-holdout", type=float, default=site_holdout, help="share of the labelled soundscape "
+                        "files held out (by file) to score each round on the site; 0: every one trains")
     args = parser.parse_args()
-    prepare(args.data, args.out, args.extra, args.threads, args.max_unlabeled_windows, args.seed)
+    if not 0 <= args.site_holdout < 1:
+        parser.error(f"--site-holdout is a share, 0 to below 1, not {args.site_holdout:g}")
+    prepare(args.data, args.out, args.extra, args.threads, args.max_unlabeled_windows, args.seed, args.site_labels,
+            args.site_holdout)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,14 @@ class CachePaths:
         return os.path.join(self.root, "unlabeled_windows.csv")
 
     @property
+    def site_labels(self):  # the site's labelled windows: path, end_second, labels (";"-separated), split
+        return os.path.join(self.root, "site_labels.csv")  # ("train": trained on; "valid": held out, scored)
+
+    @property
+    def site_audio(self):  # (K, WINDOW_SAMPLES) float16: the labelled windows of split "train", in site_labels order
+        return os.path.join(self.root, "site_windows.npy")
+
+    @property
     def bad_files(self):
         return os.path.join(self.root, "bad_files.csv")
 
@@ -67,6 +75,20 @@ def read_rows(path):
     """prep.py's train_rows.csv; labels stay strings ("0123" stays "0123", iNat ids are not numbers)."""
     rows = pd.read_csv(path, dtype=LABEL_COLUMNS, keep_default_na=False, na_values={"rating": [""]})
     return rows
+
+
+def split_labels(text):
+    """The site labels' ";"-separated list: "a;b" -> ["a", "b"]; empty or NaN -> []."""
+    if not isinstance(text, str):
+        return []
+    return [label.strip() for label in text.split(";") if label.strip()]
+
+
+def read_site_labels(path):
+    """prep.py's site_labels.csv (labels stay strings); an empty table when the cache has none."""
+    if not os.path.isfile(path):
+        return pd.DataFrame(columns=["path", "end_second", "labels", "split"])
+    return pd.read_csv(path, dtype={"path": str, "labels": str, "split": str}, keep_default_na=False)
 
 
 def load_classes(path):

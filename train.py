@@ -59,6 +59,7 @@ head_dropout = 0.0        # the plain head's dropout (the gem5 head has five of 
 n_fft, f_min, f_max = 2048, 20.0, 16000.0
 normalize = "minmax"      # each mel image to [0, 1]; standard: mean 0 / std 1 (the write-up is silent; measured best)
 time_shift_seconds = 0.5  # seconds: each sample rolled by up to +-this (the write-up is silent; measured best)
+site_share = 0.1          # the site's labelled windows' share of an epoch's samples (where the dataset has them)
 pretrained = "timm"       # the write-up fine-tunes tf_efficientnet_b0_ns (ImageNet/JFT weights); none: random init
 
 # presets: other defaults for the flags (and the models table's columns); a flag given on the command line wins
@@ -167,6 +168,9 @@ def parse_args(argv=None):
     p.add_argument("--compile", default="off", choices=["off", "on"], help="torch.compile the network (the "
                    "first steps of each image shape pay the compilation)")
     p.add_argument("--max-train-files", type=int, help="use only this many training rows (quick runs)")
+    p.add_argument("--site-share", type=float, default=site_share, help="the site's labelled training windows "
+                   "(where prep cached them) make about this share of each epoch's samples, each dealt a whole "
+                   "number of times, once at least; 0: not trained on")
     add_table_flags(p)
     p.set_defaults(**PRESETS[preset])
     return p.parse_args(argv)
@@ -229,6 +233,9 @@ def input_signature(args, config):
     signature = dict(config=config, settings=settings, pretrained=pretrained,
                      rows=file_digest(cache.rows), classes=file_digest(cache.classes),
                      pseudo=args.pseudo and [file_digest(args.pseudo), file_digest(cache.unlabeled_windows)])
+    # the site's labelled windows count where they train; a cache without them keeps its runs' old identity
+    if settings.pop("site_share", 0) > 0 and os.path.isfile(cache.site_audio):
+        signature.update(site_share=args.site_share, site=file_digest(cache.site_labels))
     return json.loads(json.dumps(signature, default=str))
 
 
@@ -392,7 +399,7 @@ def build_training(args, config, procs):
     # NHWC convolutions: faster on CUDA and about 2x faster on CPU here (bench/train_speed.py)
     model = model.to(memory_format=torch.channels_last)
     model.channels_last = True
-    data = load_split(args.cache, config, args.max_train_files)
+    data = load_split(args.cache, config, args.max_train_files, args.site_share)
     if procs.rank == 0:
         print(split_summary(data, config), flush=True)
     pseudo = PseudoWindows(args.cache, args.pseudo, data["classes"]) if args.pseudo else None

@@ -21,28 +21,17 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import infer  # noqa: E402
+import site_score  # noqa: E402
 from common import HelpFormatter  # noqa: E402
 from flags import add_flag  # noqa: E402
 from metrics import macro_roc_auc  # noqa: E402
 
 
 def score_round(ensemble_dir, paths, labels, pp_weight, backend="torch", precision="f32"):
-    networks, front_end, classes, _ = infer.load_ensemble(ensemble_dir, backend, torch.get_num_threads(), precision)
+    """{(member or "ensemble", smoothed): macro AUC} of a round's ensemble on the labelled soundscapes."""
+    frames, classes = site_score.predict_windows(ensemble_dir, paths, pp_weight, backend, precision)
     truth = labels.set_index("row_id")[classes]
-    raw = {}
-    for net in sorted(networks, key=lambda n: n.name):
-        raw[net.name], n_windows_of, _, _ = infer.predict_files(paths, [net], front_end, pp=0.0, log=False)
-    scores = {}
-    members = list(raw)
-    for name in members + ["ensemble"]:
-        for weight in (0.0, pp_weight):
-            results = {}
-            for path in paths:
-                parts = [raw[m][path] for m in (members if name == "ensemble" else [name])]
-                results[path] = infer.smooth_neighbours(np.mean(parts, axis=0), weight)
-            frame = infer.submission_frame(paths, results, n_windows_of, classes).set_index("row_id")
-            scores[(name, weight > 0)] = macro_roc_auc(truth.loc[frame.index].values, frame[classes].values)
-    return scores
+    return {key: macro_roc_auc(truth.loc[frame.index].values, frame.values) for key, frame in frames.items()}
 
 
 def main():
@@ -73,11 +62,19 @@ def main():
     print(f"\nmacro ROC-AUC on {len(labels)} test windows ({len(paths)} soundscapes), {args.backend} "
           f"{args.precision}; "
           f"pp = neighbour post-processing (weight {args.pp_weight})")
-    header = "| round | " + " | ".join(f"{m}{' +pp' if pp else ''}" for m, pp in wide.columns) + " |"
+    sites = {r: site_score.round_report(args.work, r) for r in wide.index}
+    with_site = any(sites.values())
+    header = "| round | " + " | ".join(f"{m}{' +pp' if pp else ''}" for m, pp in wide.columns) + " |" + \
+        (" held-out site +pp |" if with_site else "")
     print(header)
-    print("|" + "---|" * (len(wide.columns) + 1))
+    print("|" + "---|" * (len(wide.columns) + 1 + with_site))
     for r, values in wide.iterrows():
-        print(f"| {r} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
+        print(f"| {r} | " + " | ".join(f"{v:.4f}" for v in values) + " |" + (
+            f" {sites[r]['auc_pp']:.4f} |" if sites[r] else " - |" if with_site else ""))
+    if with_site:
+        some = next(v for v in sites.values() if v)
+        print(f"held-out site: the labelled soundscapes prep held out ({some['files']} files, {some['windows']} "
+              f"windows; noise +-{some['noise']:.4f}), the score that ROUNDS=auto decides on")
     if args.birdnet:
         score_birdnet(args, paths, labels, os.path.join(args.work, f"round{args.rounds.split(',')[-1]}", "ensemble"))
 

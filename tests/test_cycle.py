@@ -153,7 +153,8 @@ def test_make_rebuilds_only_what_depends_on_a_deleted_artifact(tmp_path):
     ids = [1, 2, 3]
     files = [f"{work}/cache/train_rows.csv"]
     for r in (1, 2, 3):
-        files += [f"{work}/round{r}/model{i}/soup.json" for i in ids] + [f"{work}/round{r}/ensemble/manifest.json"]
+        files += [f"{work}/round{r}/model{i}/soup.json" for i in ids] + [f"{work}/round{r}/ensemble/manifest.json",
+                                                                         f"{work}/round{r}/site.json"]
         if r < 3:
             files.append(f"{work}/pseudo{r}.npz")
     files.append(f"{work}/ensemble/manifest.json")
@@ -183,7 +184,8 @@ def fake_finished_cycle(work):
     """Empty artifacts of a whole demo cycle, each newer than what it was built from."""
     files = [f"{work}/cache/train_rows.csv"]
     for r in (1, 2, 3):
-        files += [f"{work}/round{r}/model{i}/soup.json" for i in (1, 2, 3)] + [f"{work}/round{r}/ensemble/manifest.json"]
+        files += [f"{work}/round{r}/model{i}/soup.json" for i in (1, 2, 3)] + [
+            f"{work}/round{r}/ensemble/manifest.json", f"{work}/round{r}/site.json"]
         if r < 3:
             files.append(f"{work}/pseudo{r}.npz")
     files.append(f"{work}/ensemble/manifest.json")
@@ -262,7 +264,7 @@ def test_rounds_sets_the_round_whose_ensemble_is_final(tmp_path):
     assert f"cp -r {work}/round3/ensemble" in plan_with(work, "ROUNDS=3")  # and back
     wrong = subprocess.run(["make", "-n", "-C", ROOT, "ensemble", f"WORK={work}", "ROUNDS=4", "PY=python"],
                            capture_output=True, text=True)
-    assert wrong.returncode != 0 and "ROUNDS must be 1, 2 or 3" in wrong.stderr
+    assert wrong.returncode != 0 and "ROUNDS must be 1, 2, 3 or auto" in wrong.stderr
 
 
 def test_numeric_labels_from_prep_to_submission(demo_dir, tmp_path):

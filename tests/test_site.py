@@ -1,0 +1,177 @@
+"""The site's labelled soundscapes: read as Kaggle writes them, split by file, cached, trained on, scored, and the
+stop rule of ROUNDS=auto."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import common  # noqa: E402
+import demo_data  # noqa: E402
+import prep  # noqa: E402
+import site_score  # noqa: E402
+from files import save_json  # noqa: E402
+from metrics import macro_roc_auc  # noqa: E402
+from tables import CachePaths, read_site_labels, split_labels  # noqa: E402
+
+
+def test_times_as_kaggle_writes_them():
+    assert prep.seconds_of("00:01:05") == 65 and prep.seconds_of("01:00:00") == 3600 and prep.seconds_of("15") == 15
+    assert [prep.window_index(e) for e in (5, 10, 60)] == [0, 1, 11]
+    assert demo_data.clock(65) == "00:01:05"
+    with pytest.raises(prep.UserError):
+        prep.seconds_of("noon")
+
+
+def test_doubled_rows_merge_unknown_labels_warn_once_and_missing_files_are_skipped(tmp_path, capsys):
+    folder = tmp_path / "train_soundscapes"
+    folder.mkdir()
+    for name in ("a.ogg", "b.ogg"):
+        (folder / name).write_bytes(b"")  # only their presence is read here
+    labels = tmp_path / "train_soundscapes_labels.csv"
+    pd.DataFrame([("a.ogg", "00:00:00", "00:00:05", "x;y"), ("a.ogg", "00:00:00", "00:00:05", "x;y"),
+                  ("a.ogg", "00:00:05", "00:00:10", "y;mystery1"), ("a.ogg", "00:00:05", "00:00:10", "z"),
+                  ("b.ogg", "00:00:55", "00:01:00", "mystery2"), ("gone.ogg", "00:00:00", "00:00:05", "x")],
+                 columns=["filename", "start", "end", "primary_label"]).to_csv(labels, index=False)
+    site = prep.read_site_labels(str(labels), str(folder), ["x", "y", "z"])
+    err = capsys.readouterr().err
+    assert list(site["end_second"]) == [5, 10, 60]  # one row per window: the doubled rows merged
+    assert [split_labels(t) for t in site["labels"]] == [["x", "y"], ["y", "z"], []]  # united; unknown dropped
+    assert list(site["path"]) == [str(folder / "a.ogg")] * 2 + [str(folder / "b.ogg")]
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "2 label(s)" in warnings[0] and "mystery1, mystery2" in warnings[0]
+    assert "gone.ogg" in err and "skipped" in err
+
+
+def test_split_is_by_file_and_never_holds_out_every_file():
+    site = pd.DataFrame({"path": [f"f{i // 3}" for i in range(30)], "end_second": [5] * 30, "labels": "x"})
+    split = prep.split_site_files(site, 0.25, np.random.default_rng(0))
+    per_file = pd.Series(split).groupby(site["path"]).nunique()
+    assert (per_file == 1).all() and (split == "valid").sum() == 3 * 2  # 10 files: 2.5 -> 2 whole files held out
+    one = site[site["path"] == "f0"]
+    assert (prep.split_site_files(one, 0.25, np.random.default_rng(0)) == "train").all()
+    assert (prep.split_site_files(site, 0.0, np.random.default_rng(0)) == "train").all()
+
+
+@pytest.fixture(scope="module")
+def site_demo(tmp_path_factory):
+    """A tiny demo whose first 6 unlabeled soundscapes are labelled, and its cache."""
+    root = tmp_path_factory.mktemp("site")
+    data = str(root / "data")
+    demo_data.make_demo(data, demo_seed=3, per_species=2, n_unlabeled=8, n_test=2, soundscape_s=30, n_labelled=6)
+    cache = str(root / "cache")
+    prep.prepare(data, cache, n_threads=2, holdout=0.34)
+    return data, cache
+
+
+def test_demo_writes_labels_as_kaggle_does(site_demo):
+    data, _ = site_demo
+    table = pd.read_csv(os.path.join(data, "train_soundscapes_labels.csv"), dtype=str)
+    assert list(table.columns) == ["filename", "start", "end", "primary_label"]
+    assert (table.groupby(list(table.columns)).size() == 2).all()  # every row twice
+    assert table["start"].str.fullmatch(r"\d\d:\d\d:\d\d").all()
+    labelled = sorted(set(table["filename"]))
+    assert len(labelled) <= 6 and all(f.startswith("U") for f in labelled)
+    last = table[table["filename"] == "U030005.ogg"]
+    assert len(last) == 0 or last["end"].max() <= "00:00:30"  # the last file: labelled in its first half only
+    assert demo_data.SITE_ONLY_SPECIES[0] in pd.read_csv(os.path.join(data, "sample_submission.csv")).columns
+    assert not os.path.isdir(os.path.join(data, "train_audio", demo_data.SITE_ONLY_SPECIES[0]))
+
+
+def test_prep_caches_training_windows_and_keeps_labelled_ones_out_of_the_unlabeled_cache(site_demo):
+    data, cache = site_demo
+    paths = CachePaths(cache)
+    site = read_site_labels(paths.site_labels)
+    assert set(site["split"]) == {"train", "valid"}
+    assert (site.groupby("path")["split"].nunique() == 1).all()  # by file
+    train = site[site["split"] == "train"]
+    audio = np.load(paths.site_audio)
+    assert len(audio) == len(train)
+    path, end = train["path"].iloc[-1], int(train["end_second"].iloc[-1])
+    expected = common.windows_of(common.read_audio(path), end // 5)[end // 5 - 1]
+    assert np.allclose(audio[-1].astype(np.float32), expected, atol=1e-3)  # float16 of the window ending there
+    unlabeled = pd.read_csv(paths.unlabeled_windows)
+    cached = set(zip(unlabeled["path"], unlabeled["end_second"]))
+    assert not cached & set(zip(train["path"], train["end_second"]))  # labelled windows: never pseudo-labelled
+    held_out = set(site.loc[site["split"] == "valid", "path"])
+    assert not held_out & set(unlabeled["path"])  # held-out files: not a window of them
+    assert len(unlabeled) > 0
+
+
+def test_site_windows_train_with_their_labels_and_teach_the_site_only_species(site_demo):
+    _, cache = site_demo
+    config = dict(dataset="bc24", fold="all", n_folds=5, seed=1)
+    without = common.load_split(cache, config)
+    data = common.load_split(cache, config, site_share=0.5)
+    site = read_site_labels(CachePaths(cache).site_labels)
+    n_site = int((site["split"] == "train").sum())
+    first = len(without["audio"])
+    assert data["site_windows"] == n_site and data["site_repeats"] == common.site_repeats(len(without["train"]),
+                                                                                           n_site, 0.5)
+    assert len(data["train"]) == len(without["train"]) + n_site * data["site_repeats"]
+    rows = np.arange(first - 2, first + 2)
+    stacked = data["audio"][rows]
+    assert np.array_equal(stacked[:2], without["audio"][rows[:2]])
+    assert np.array_equal(stacked[2:], np.load(CachePaths(cache).site_audio)[:2])
+    only = data["classes"].index(demo_data.SITE_ONLY_SPECIES[0])
+    assert without["targets"][:, only].sum() == 0  # no recording of it
+    expected = [demo_data.SITE_ONLY_SPECIES[0] in split_labels(t) for t in site.loc[site["split"] == "train", "labels"]]
+    assert np.array_equal(data["targets"][first:, only] > 0, expected)
+    assert common.site_repeats(35000, 550, 0.1) == 7 and common.site_repeats(100, 550, 0.1) == 1
+
+
+def synthetic_round(work, r, truth, probs, files):
+    """A round's site.json and .npz as site_score.py score writes them."""
+    os.makedirs(os.path.join(work, f"round{r}"), exist_ok=True)
+    out = os.path.join(work, f"round{r}", "site.json")
+    row_ids = np.array([f"{f}_{5 * (i + 1)}" for i, f in enumerate(files)])
+    np.savez(out + ".npz", row_ids=row_ids, truth=truth, probs=probs)
+    save_json(dict(windows=len(truth), files=len(set(files)), auc_pp=macro_roc_auc(truth, probs), auc=0.0), out)
+
+
+def test_rounds_auto_trains_on_while_gains_beat_the_noise_then_keeps_the_best(tmp_path):
+    rng = np.random.default_rng(0)
+    files = np.repeat([f"S{i:02d}" for i in range(20)], 12)
+    truth = (rng.random((len(files), 6)) < 0.2).astype(np.int8)
+    noisy = lambda sd: (truth + rng.normal(0, sd, truth.shape)).astype(np.float32)  # noqa: E731
+    work = str(tmp_path)
+    assert site_score.decide_rounds(work)[0] == ("train", 1)
+    synthetic_round(work, 1, truth, noisy(1.5), files)
+    assert site_score.decide_rounds(work)[0] == ("train", 2)
+    synthetic_round(work, 2, truth, noisy(0.5), files)  # far better: beyond noise
+    assert site_score.decide_rounds(work)[0] == ("train", 3)
+    round2 = np.load(os.path.join(work, "round2", "site.json.npz"))["probs"]
+    synthetic_round(work, 3, truth, round2 + rng.normal(0, 0.02, truth.shape).astype(np.float32), files)
+    (what, final), lines = site_score.decide_rounds(work)
+    scores = {r: json.load(open(os.path.join(work, f"round{r}", "site.json")))["auc_pp"] for r in (1, 2, 3)}
+    assert what == "final" and final == max(scores, key=scores.get) and final in (2, 3)
+    assert "not beyond noise" in lines[-2] and json.load(open(os.path.join(work, "rounds.json")))["final"] == final
+
+    work = str(tmp_path / "flat")  # round 2 no better than round 1: stop there, keep the better one
+    synthetic_round(work, 1, truth, noisy(0.5), files)
+    synthetic_round(work, 2, truth, np.load(os.path.join(work, "round1", "site.json.npz"))["probs"] * 0.9, files)
+    (what, final), _ = site_score.decide_rounds(work)
+    assert what == "final" and final == 1  # a tie goes to the earlier round
+
+
+def test_bootstrap_noise_shrinks_with_more_files():
+    rng = np.random.default_rng(1)
+    sds = []
+    for n_files in (5, 40):
+        files = np.repeat(np.arange(n_files), 12)
+        truth = (rng.random((len(files), 5)) < 0.3).astype(np.int8)
+        sds.append(site_score.bootstrap_sd(truth, truth + rng.normal(0, 1, truth.shape), files))
+    assert sds[1] < sds[0] and np.isnan(site_score.bootstrap_sd(truth, truth, np.zeros(len(truth))))
+
+
+def test_rounds_auto_without_labels_is_one_line(tmp_path):
+    save_json(dict(windows=0), str(tmp_path / "round1" / "site.json"))
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "site_score.py"), "rounds", "--work", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "ROUNDS=1, 2 or 3" in result.stderr
