@@ -5,7 +5,8 @@
     make report
 
 Reads what the cycle left in --work: roundR/modelID/{metrics.csv, soup.json, config.json} (training curves, the
-soup's kept epochs and metrics), pseudoR.npz (pseudo labels), scores.csv (bench/score_demo.py's test scores;
+soup's kept epochs and metrics), roundR/site.json (the held-out site score, site_score.py),
+rounds.json (ROUNDS=auto's decision), pseudoR.npz (pseudo labels), scores.csv (bench/score_demo.py's test scores;
 computed here when --labels and --audio are given) and *.timing.json (seconds per soundscape and model, written
 by infer.py beside its submission). Writes --out (default WORK/report/): index.html and the PNG figures it
 shows, beside it. A missing or half-finished round or model is shown as missing. Needs matplotlib, an optional
@@ -181,7 +182,14 @@ def test_auc(scores, r, name):
     return out
 
 
-def model_section(plt, state, r, m, tmp, scores):
+def site_report(work, r):
+    """Round r's score on the site's held-out labelled soundscapes (site_score.py's site.json), or {}."""
+    path = os.path.join(work, f"round{r}", "site.json")
+    report = read_json(path) if os.path.isfile(path) else {}
+    return report if report.get("windows") else {}
+
+
+def model_section(plt, state, r, m, tmp, scores, site=None):
     """(the round table's row, the model's section: curves and the soup against the best epoch)."""
     soup, metrics = state["soup"] or {}, state["metrics"]
     best = soup.get("best_single_epoch") or (
@@ -193,7 +201,8 @@ def model_section(plt, state, r, m, tmp, scores):
            fmt(best.get("auc")) + (f" (epoch {int(best['epoch'])})" if best.get("epoch") else ""),
            fmt((soup.get("soup") or {}).get("auc")),
            f"{100 * chance:.0f} %" if chance is not None and r > 1 else "&ndash;",
-           fmt(test.get(False)), fmt(test.get(True))]
+           fmt(test.get(False)), fmt(test.get(True))] + (
+        [fmt(site["members"].get(f"model{m} +pp"))] if site else [])
     if metrics is None or not len(metrics):
         return row, f"<h3>round {r}, model{m}</h3><p>{html.escape(state['status'])}</p>"
     image = f"round{r}_model{m}.png"
@@ -209,19 +218,34 @@ def model_section(plt, state, r, m, tmp, scores):
 def round_sections(plt, work, r, models, ids, tmp, scores):
     """A round's heading, its table (every model, then the ensemble) and each model's section."""
     ensemble = os.path.isfile(os.path.join(work, f"round{r}", "ensemble", "manifest.json"))
+    site = site_report(work, r)
     rows, sections = [], []
     for m in ids:
         state = model_state(models[m]) if m in models else dict(metrics=None, soup=None, config={},
                                                                   status="missing")
-        row, section = model_section(plt, state, r, m, tmp, scores)
+        row, section = model_section(plt, state, r, m, tmp, scores, site)
         rows.append(row)
         sections.append(section)
     test = test_auc(scores, r, "ensemble")
     rows.append(["ensemble", "bundled" if ensemble else "missing", "&ndash;", "&ndash;", "&ndash;",
-                 fmt(test.get(False)), fmt(test.get(True))])
-    return [f"<h2>Round {r}</h2><p>ensemble: {'bundled' if ensemble else 'missing'}</p>",
+                 fmt(test.get(False)), fmt(test.get(True))] + ([fmt(site.get("auc_pp"))] if site else []))
+    site_line = (f"<p>held-out site: the site's labelled soundscapes that prep held out ({site['files']} files, "
+                 f"{site['windows']} windows, {site['classes_with_positive']} classes with a positive); the "
+                 f"ensemble's macro AUC {fmt(site['auc'])}, +pp {fmt(site['auc_pp'])}, noise "
+                 f"&plusmn;{fmt(site['noise'])}</p>" if site else "")
+    return [f"<h2>Round {r}</h2><p>ensemble: {'bundled' if ensemble else 'missing'}</p>", site_line,
             table(["model", "status", "valid AUC, best epoch", "valid AUC, soup", "pseudo-label chance",
-                   "test AUC", "test AUC +pp"], rows)] + sections
+                   "test AUC", "test AUC +pp"] + (["held-out site AUC +pp"] if site else []), rows)] + sections
+
+
+def rounds_section(work):
+    """ROUNDS=auto's decision (site_score.py rounds' rounds.json), or nothing."""
+    path = os.path.join(work, "rounds.json")
+    if not os.path.isfile(path):
+        return ""
+    decision = read_json(path)
+    return (f"<h2>Rounds (ROUNDS=auto)</h2><p>final ensemble: round {decision['final']}</p><ul>"
+            + "".join(f"<li>{html.escape(line)}</li>" for line in decision["reasons"]) + "</ul>")
 
 
 def timing_section(work):
@@ -253,6 +277,7 @@ def write_report(work, out=None, audio=None, labels=None):
         body.append("<p>No round has started yet (no roundR/modelID folder).</p>")
     for r in range(1, max(rounds or [0]) + 1):
         body += round_sections(plt, work, r, rounds.get(r, {}), ids, tmp, scores)
+    body.append(rounds_section(work))
     pseudo = pseudo_sections(plt, work, tmp)
     body.append("<h2>Pseudo labels</h2>" + ("".join(pseudo) if pseudo else "<p>none yet</p>"))
     body.append(timing_section(work))

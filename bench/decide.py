@@ -7,6 +7,7 @@ a difference only beyond the noise of its median.
     python bench/decide.py --recipes demo,reference --demos 1,2,3,4 --seeds 1,2,3
     python bench/decide.py --add-recipe "demo-minmax=models-demo.csv|--preset demo|3|minmax"
     python bench/decide.py --add-recipe "demo-model2=models-demo.csv|--preset demo|2|floor|PL_MEMBERS=model2"
+    python bench/decide.py --recipes demo,demo-nosite        # what the site's labelled soundscapes are worth
     python bench/decide.py --quick                           # smoke test (make test): one tiny demo, 1 epoch
 
 A recipe is a models table, train.py arguments, a number of rounds, a pseudo-label normalization and, optionally,
@@ -54,7 +55,7 @@ from tables import read_models_table  # noqa: E402
 from flags import add_flag  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
 from metrics import macro_roc_auc  # noqa: E402
-from score_demo import score_round  # noqa: E402
+import site_score  # noqa: E402
 
 # defaults
 work = "work/decide"
@@ -66,6 +67,9 @@ RECIPES = {  # name: (models table, train.py arguments, rounds, pseudo-label nor
     "demo": ("models-demo.csv", "--preset demo", 3, "floor", ""),
     "reference": ("bench/models-reference.csv", "--preset reference", 2, "floor", ""),
     "reference3": ("bench/models-reference.csv", "--preset reference", 3, "floor", ""),  # as many rounds as demo
+    # make demo's recipe without the site's labelled soundscapes (held out from pseudo labels as in demo, never
+    # trained on): what they are worth
+    "demo-nosite": ("models-demo.csv", "--preset demo --site-share 0", 3, "floor", ""),
 }
 ORACLE = "oracle"           # the one-file script: round 1 and one pseudo-label round
 
@@ -113,11 +117,13 @@ def reuse_rounds(name, recipes, out, seed):
 
 
 def make_demo_data(root, demo_seed, size, threads):
-    """data/demo<D> (demo_data.py --seed D at the given size) and its prep cache; reused when there."""
-    data = os.path.join(root, f"demo{demo_seed}", "data")
+    """<root>/demo<D>[-labelled<N>]/data (demo_data.py --seed D at the given size; N labelled soundscapes) and its
+    prep cache; reused when there."""
+    folder = f"demo{demo_seed}" + (f"-labelled{size['n_labelled']}" if size.get("n_labelled") else "")
+    data = os.path.join(root, folder, "data")
     if not os.path.isfile(os.path.join(data, "train_metadata.csv")):
         demo_data.make_demo(data, demo_seed=demo_seed, processes=threads, **size)
-    cache = os.path.join(root, f"demo{demo_seed}", "cache")
+    cache = os.path.join(root, folder, "cache")
     if not os.path.isfile(os.path.join(cache, "train_rows.csv")):
         prep.prepare(data, cache, n_threads=threads)
     return data, cache
@@ -143,14 +149,51 @@ def run_recipe(name, recipes, data, cache, seed, args, threads):
     labels = pd.read_csv(data.rstrip("/") + "-test-labels.csv")
     results = []
     for r in range(1, rounds + 1):
-        scores = score_round(os.path.join(out, f"round{r}", "ensemble"), paths, labels, infer.pp_weight,
-                             backend="auto", precision="f32")
-        results.append(dict(round=r, auc=scores[("ensemble", False)], auc_pp=scores[("ensemble", True)],
-                            labels_auc=labels_auc(os.path.join(out, f"pseudo{r - 1}.npz"), data)))
+        frames, classes = site_score.predict_windows(os.path.join(out, f"round{r}", "ensemble"), paths,
+                                                     infer.pp_weight, backend="auto", precision="f32")
+        truth = labels.set_index("row_id").loc[frames[("ensemble", True)].index]
+        site = site_score.round_report(out, r) or {}
+        results.append(dict(round=r, auc=macro_roc_auc(truth[classes].values, frames[("ensemble", False)].values),
+                            auc_pp=macro_roc_auc(truth[classes].values, frames[("ensemble", True)].values),
+                            labels_auc=labels_auc(os.path.join(out, f"pseudo{r - 1}.npz"), data),
+                            site_auc_pp=site.get("auc_pp", float("nan")),
+                            site_only_auc_pp=site_only_auc(truth, frames[("ensemble", True)])))
     add_best_member(results, out, cache, data)
     metrics = glob.glob(os.path.join(out, "round*", "model*", "metrics.csv"))
     minutes = sum(pd.read_csv(f)["seconds"].sum() for f in metrics) / 60
     return results, minutes
+
+
+def site_only_auc(truth, predicted):
+    """Test ROC-AUC (+pp) of the demo's site-only species (no training recording); NaN where the demo has none."""
+    name = demo_data.SITE_ONLY_SPECIES[0]
+    if name not in truth or name not in predicted or not 0 < truth[name].sum() < len(truth):
+        return float("nan")
+    return macro_roc_auc(truth[[name]].values, predicted[[name]].values)
+
+
+def ranking_table(runs):
+    """How well the held-out site score ranks what the test score ranks: of every two rounds of a run, and of every
+    two recipes' same round on the same demo and seed, the share where the higher held-out score is the higher
+    test score (pairs whose test scores differ by under 0.001 left out)."""
+    if "site_auc_pp" not in runs or runs.site_auc_pp.isna().all():
+        return ""
+    scored = runs[runs.site_auc_pp.notna()]
+    lines = ["| pairs | compared | held-out score picks the better | share |", "|---|---|---|---|"]
+    for what, keys, differ in (("two rounds of one run", ["recipe", "demo", "seed"], "round"),
+                               ("two recipes, same round, demo and seed", ["round", "demo", "seed"], "recipe")):
+        agree = total = 0
+        for _, g in scored.groupby(keys):
+            rows = g.to_dict("records")
+            for i in range(len(rows)):
+                for j in range(i + 1, len(rows)):
+                    test = rows[i]["auc_pp"] - rows[j]["auc_pp"]
+                    if abs(test) >= 0.001:
+                        total += 1
+                        agree += np.sign(rows[i]["site_auc_pp"] - rows[j]["site_auc_pp"]) == np.sign(test)
+        if total:
+            lines.append(f"| {what} | {total} | {agree} | {agree / total:.2f} |")
+    return "\n".join(lines)
 
 
 def add_best_member(results, out, cache, data):
@@ -363,6 +406,20 @@ def verdict_table(runs, bases):
     return "\n".join(lines)
 
 
+def site_tables(runs):
+    """Where the demos have labelled soundscapes: the site-only species' test AUC and the ranking table."""
+    if "site_only_auc_pp" not in runs or runs.site_only_auc_pp.isna().all():
+        return ""
+    lines = ["\nThe species only the site has (no training recording): its test ROC-AUC (+pp)\n",
+             "| recipe | round | median | min-max | runs |", "|---|---|---|---|---|"]
+    for (recipe, r), g in runs[runs.site_only_auc_pp.notna()].groupby(["recipe", "round"], sort=False):
+        lines.append(f"| {recipe} | {r} | {g.site_only_auc_pp.median():.4f} | {g.site_only_auc_pp.min():.4f}-"
+                     f"{g.site_only_auc_pp.max():.4f} | {len(g)} |")
+    ranking = ranking_table(runs)
+    return "\n".join(lines) + ("\n\nThe held-out site score against the test score\n\n" + ranking if ranking
+                               else "") + "\n"
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_flag(p, "--work", default=work)
@@ -380,6 +437,9 @@ def parse_args(argv=None):
     add_flag(p, "--per-species", default=30)
     add_flag(p, "--test", default=60)
     add_flag(p, "--unlabeled", default=60)
+    p.add_argument("--labelled-soundscapes", type=int, default=20, help="of the unlabeled soundscapes, this many "
+                   "labelled as BirdCLEF+ 2026's (demo_data.py; make demo's 20), with a species only the site has; 0: "
+                   "none (the demos before site labels)")
     p.add_argument("--oracle", default=oracle, help="the one-file script")
     add_flag(p, "--threads", default=os.cpu_count() or 2)
     add_flag(p, "--jobs")
@@ -393,7 +453,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.quick:
         args.demos, args.seeds, args.epochs = "1", "1", 1
-        args.per_species, args.test, args.unlabeled = 2, 2, 2
+        args.per_species, args.test, args.unlabeled = 2, 2, 4
+        args.labelled_soundscapes = min(args.labelled_soundscapes, 3)
     recipes = parse_recipes(args.tries)
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
     unknown = [n for n in names if n not in recipes and n != ORACLE]
@@ -403,7 +464,8 @@ def main(argv=None):
         raise UserError(f"the oracle is not at {args.oracle} (--oracle FILE, or leave {ORACLE} out of --recipes)")
     jobs = args.jobs or max(1, min(2, args.threads))
     threads = max(1, args.threads // jobs)
-    size = dict(per_species=args.per_species, n_test=args.test, n_unlabeled=args.unlabeled)
+    size = dict(per_species=args.per_species, n_test=args.test, n_unlabeled=args.unlabeled,
+                n_labelled=args.labelled_soundscapes)
     demo_seeds = [int(d) for d in args.demos.split(",")]
     demos_of = {d: make_demo_data(os.path.abspath(args.work), d, size, args.threads) for d in demo_seeds}
     # the quick recipes first: partial results come early
@@ -427,7 +489,8 @@ def main(argv=None):
               f"same demo scatter (pooled over demos); noise of the median: two standard errors of a median of that "
               f"many runs; a difference helps or hurts only when its median is beyond its own noise\n\n"
               + spread_table(runs, models_of) + "\n\n"
-              + verdict_table(runs, [b for b in args.base.split(",") if b in names] or names[:1]) + "\n")
+              + verdict_table(runs, [b for b in args.base.split(",") if b in names] or names[:1]) + "\n"
+              + site_tables(runs))
     with open(os.path.join(args.work, "report.md"), "w") as f:
         f.write(report)
     print("\n" + report)

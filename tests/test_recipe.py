@@ -206,6 +206,10 @@ def test_decide_quick_runs_cycles_beside_the_oracle(tmp_path):
     report = open(os.path.join(work, "report.md")).read()
     assert "| reference | 1 |" in report and "reference: round 2 over round 1" in report
     assert "too few runs" in report  # one demo and one seed decide nothing
+    # the demo's labelled soundscapes: each round scored on the held-out ones, and the site-only species on the test
+    assert runs[runs.recipe == "reference"][["site_auc_pp", "site_only_auc_pp"]].apply(
+        lambda c: c.between(0, 1)).all().all()
+    assert "The species only the site has" in report and "held-out site score against the test score" in report
     again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0 and "seed 1:" not in again.stdout  # finished runs are reused, not rerun
 

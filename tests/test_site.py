@@ -175,3 +175,38 @@ def test_rounds_auto_without_labels_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "site_score.py"), "rounds", "--work", str(tmp_path)],
                             capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "ROUNDS=1, 2 or 3" in result.stderr
+
+
+def test_score_is_infer_pys_own_and_shows_in_the_report(site_demo, tmp_path, capsys):
+    import shutil
+    import conftest
+    import report
+    from tables import load_classes
+    _, cache = site_demo
+    classes = load_classes(CachePaths(cache).classes)
+    ensemble = conftest.export_tiny_ensemble(str(tmp_path / "work" / "round1" / "ensemble"), classes,
+                                             [("modelA", 32, 1024, 32, 64, 0.8), ("modelB", 48, 512, 32, 32, 0.7)])
+    out = str(tmp_path / "work" / "round1" / "site.json")
+    scored = site_score.score(ensemble, cache, out, threads=2)
+    line = [x for x in capsys.readouterr().out.splitlines() if "held out" in x]
+    site = read_site_labels(CachePaths(cache).site_labels)
+    valid = site[site["split"] == "valid"]
+    assert len(line) == 1 and f"{valid['path'].nunique()} files, {len(valid)} windows" in line[0]
+    # the oracle: infer.py itself on a folder of the held-out files, scored on their labelled windows
+    audio = tmp_path / "held_out"
+    audio.mkdir()
+    for path in set(valid["path"]):
+        shutil.copy(path, audio)
+    submission = tmp_path / "submission.csv"
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "infer.py"), "--ensemble", ensemble, "--audio",
+                             str(audio), "--out", str(submission), "--backend", "torch", "--threads", "2"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    predicted = pd.read_csv(submission).set_index("row_id")
+    row_ids = [f"{os.path.splitext(os.path.basename(p))[0]}_{e}" for p, e in zip(valid["path"], valid["end_second"])]
+    truth = np.array([[c in split_labels(t) for c in classes] for t in valid["labels"]])
+    assert scored["auc_pp"] == pytest.approx(macro_roc_auc(truth, predicted.loc[row_ids, classes].values), abs=1e-4)
+    assert set(scored["members"]) == {"modelA", "modelA +pp", "modelB", "modelB +pp", "ensemble", "ensemble +pp"}
+    os.makedirs(tmp_path / "work" / "round1" / "model1")  # a round the report lists (its model not trained here)
+    page = open(report.write_report(str(tmp_path / "work"), str(tmp_path / "report"))).read()
+    assert "held-out site AUC +pp" in page and f"{scored['auc_pp']:.4f}" in page
