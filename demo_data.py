@@ -48,7 +48,7 @@ DEMO_SPECIES = [  # name, call kind, low Hz, high Hz, note seconds, notes per ph
 # with --labelled-soundscapes: an insect sonotype that calls only at the site (no training recording), as 25 of
 # BirdCLEF+ 2026's scored classes do; only the site's labelled soundscapes can teach it
 SITE_ONLY_SPECIES = ("son001", "trill", 9300, 9700, 0.015, 30, 0.012)
-SITE_ONLY_MIN_WEIGHT = 0.12  # its least share of the site's species mix, so the labelled soundscapes hold a few
+SITE_ONLY_MIN_WEIGHT = 0.25  # its least share of the site's species mix, so the labelled soundscapes hold a few
 
 
 def render_phrase(rng, kind, low, high, note_s, n_notes, gap_s, sr=SAMPLE_RATE):
@@ -232,15 +232,15 @@ def clock(seconds):
 
 def site_labels(window_rows, names, n_files, folder_names):
     """BirdCLEF+ 2026's train_soundscapes_labels.csv for the first n_files soundscapes, as Kaggle writes it: one row
-    per window with a call (";"-separated labels, HH:MM:SS bounds), every row twice, the last file labelled only
-    in its first half."""
+    per window of a labelled file (";"-separated labels, HH:MM:SS bounds; a window where nothing calls has none),
+    every row twice, the last file labelled only in its first half."""
     rows = []
     for row in window_rows:
         stem, end = row[0].rsplit("_", 1)
         file_number = folder_names.index(stem) if stem in folder_names else n_files
         labels = [name for name, present in zip(names, row[1:]) if present]
         partial = file_number == n_files - 1 and int(end) > 30
-        if file_number < n_files and labels and not partial:
+        if file_number < n_files and not partial:
             rows += 2 * [(f"{stem}.ogg", clock(int(end) - WINDOW_SECONDS), clock(int(end)), ";".join(labels))]
     return pd.DataFrame(rows, columns=["filename", "start", "end", "primary_label"])
 
@@ -340,9 +340,7 @@ def main(argv=None):
     parser.add_argument("--layout", default="2024", choices=["2024", "2026"], help="the dataset's layout: 2024 "
                         "(train_metadata.csv, test_soundscapes/ filled) or 2026 (train.csv, taxonomy.csv, an empty "
                         "test_soundscapes/, the test soundscapes beside the folder)")
-    parser.add_argument("--labelled-soundscapes", type=int, default=0, help="label this many of the unlabeled "
-                        "soundscapes as BirdCLEF+ 2026 does (train_soundscapes_labels.csv: rows written twice, one "
-                        "file labelled in part), and give the site a species that no training recording has")
+    add_flag(parser, "--labelled-soundscapes", default=0)
     args = parser.parse_args(argv)
     if not 0 <= args.labelled_soundscapes <= args.unlabeled:
         parser.error(f"--labelled-soundscapes must be 0 to --unlabeled ({args.unlabeled})")

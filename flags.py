@@ -52,6 +52,9 @@ SHARED = {
     "--per-species": dict(type=int, help="demo size: training recordings per species"),
     "--unlabeled": dict(type=int, help="demo size: unlabeled one-minute soundscapes"),
     "--test": dict(type=int, help="demo size: labelled test one-minute soundscapes (12 windows each)"),
+    "--labelled-soundscapes": dict(type=int, help="demo size: of the unlabeled soundscapes, this many labelled as "
+                                   "BirdCLEF+ 2026 does (train_soundscapes_labels.csv: rows written twice, one file "
+                                   "labelled in part), with a species that no training recording has; 0: none"),
 }
 
 

@@ -437,9 +437,7 @@ def parse_args(argv=None):
     add_flag(p, "--per-species", default=30)
     add_flag(p, "--test", default=60)
     add_flag(p, "--unlabeled", default=60)
-    p.add_argument("--labelled-soundscapes", type=int, default=20, help="of the unlabeled soundscapes, this many "
-                   "labelled as BirdCLEF+ 2026's (demo_data.py; make demo's 20), with a species only the site has; 0: "
-                   "none (the demos before site labels)")
+    add_flag(p, "--labelled-soundscapes", default=10)  # make demo's
     p.add_argument("--oracle", default=oracle, help="the one-file script")
     add_flag(p, "--threads", default=os.cpu_count() or 2)
     add_flag(p, "--jobs")
