@@ -9,6 +9,7 @@ per model, 3 rounds, 2 pseudo-label rounds over prep's 20,000 cached windows). R
 
     python bench/gpu.py                                  # the GPU, models.csv (make bench-gpu)
     python bench/gpu.py --n-gpus 4                         # ... projected with the models spread over 4 GPUs
+    python bench/gpu.py --compile both --slots 2           # ... and torch.compile on/off, 2 jobs sharing the GPU
     python bench/gpu.py --device cpu --steps 1 --repeats 1 --batches 2 --batch-size 8 --pseudo-batch-size 8  # anywhere
     make bench-gpu DEVICE=cpu
 
@@ -53,36 +54,77 @@ def loader_workers(device):
     return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
 
 
-def measure_models(table, device, n_steps, n_batches, batch_size, repeats):
-    """{model id: figures} for each row of the table: train.py's step timed `repeats` times, the models
-    interleaved (each repeat starts one model later), after two full-size warm-up steps each; the best and
+def measure_models(table, device, n_steps, n_batches, batch_size, repeats, compile="off"):
+    """{(model id, compiled): figures} for each row of the table (compile: off, on, or both = each row twice, as
+    train.py --compile off and on): train.py's step timed `repeats` times, the variants interleaved (each repeat
+    starts one later), after two full-size warm-up steps each (the compilation, cuDNN's search); the best and
     median samples/s, the step's device and host milliseconds, validation's samples/s, the loader's."""
     workers = loader_workers(device)
     with tempfile.TemporaryDirectory() as folder:
         loader = loader_speed(folder, batch_size, n_batches, workers, threads=True,
                               rows=min(4096, batch_size * n_batches))
-    benches = {i: StepBench(int(row["image_height"]), int(row["image_width"]), int(row["n_mels"]),
-                            int(row["hop_length"]), batch_size, classes_2024, device, amp=True)
-               for i, row in table.iterrows()}
-    for bench in benches.values():
-        bench.steps(2)  # cuDNN's and the allocator's first calls at the full batch
-        bench.evaluate(1)
-    ids, times = list(benches), {i: [] for i in benches}
-    for r in range(repeats):
-        for i in ids[r % len(ids):] + ids[:r % len(ids)]:
-            times[i].append(benches[i].steps(n_steps))
-    figures = {}
+    variants = {"off": [False], "on": [True], "both": [False, True]}[compile]
+    benches = {}
     for i, row in table.iterrows():
-        step_s, host_s = np.median([t[0] for t in times[i]]), np.median([t[1] for t in times[i]])
-        best = batch_size / min(t[0] for t in times[i])
-        speed, valid = batch_size / step_s, batch_size / benches[i].evaluate(max(1, n_steps // 2))
-        figures[i] = dict(speed=speed, best=best, loader=loader, valid=valid)
-        print(f"model {i} ({int(row['image_height'])}x{int(row['image_width'])}, {int(row['n_mels'])} mels, "
-              f"hop {int(row['hop_length'])}): train {best:8.1f} best / {speed:8.1f} median samples/s, step "
-              f"{1000 * step_s:7.1f} ms on the device, {1000 * host_s:7.1f} ms on the host; validation "
-              f"{valid:8.1f} samples/s; loader ({workers} worker threads) {loader:8.1f} samples/s, loader/train "
-              f"{loader / speed:5.2f}", flush=True)
+        for compiled in variants:
+            began = time.perf_counter()
+            bench = StepBench(int(row["image_height"]), int(row["image_width"]), int(row["n_mels"]),
+                              int(row["hop_length"]), batch_size, classes_2024, device, amp=True, compile=compiled)
+            bench.steps(2)  # cuDNN's and the allocator's first calls at the full batch (and the compilation)
+            bench.evaluate(1)
+            benches[i, compiled] = bench
+            if compiled:
+                print(f"model {i}: compiled and warmed up in {time.perf_counter() - began:.0f} s", flush=True)
+    keys, times = list(benches), {k: [] for k in benches}
+    for r in range(repeats):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            times[k].append(benches[k].steps(n_steps))
+    figures = {}
+    for (i, compiled), bench in benches.items():
+        row = table.loc[i]
+        step_s, host_s = np.median([t[0] for t in times[i, compiled]]), np.median([t[1] for t in times[i, compiled]])
+        best = batch_size / min(t[0] for t in times[i, compiled])
+        speed, valid = batch_size / step_s, batch_size / bench.evaluate(max(1, n_steps // 2))
+        figures[i, compiled] = dict(speed=speed, best=best, loader=loader, valid=valid)
+        print(f"model {i}{' compiled' if compiled else ''} ({int(row['image_height'])}x{int(row['image_width'])}, "
+              f"{int(row['n_mels'])} mels, hop {int(row['hop_length'])}): train {best:8.1f} best / {speed:8.1f} "
+              f"median samples/s, step {1000 * step_s:7.1f} ms on the device, {1000 * host_s:7.1f} ms on the host; "
+              f"validation {valid:8.1f} samples/s; loader ({workers} worker threads) {loader:8.1f} samples/s, "
+              f"loader/train {loader / speed:5.2f}", flush=True)
     return figures
+
+
+def _slot_job(row, device, batch_size, seconds, barrier, results, slot):
+    """One of several processes sharing the device (make GPUS=0,0): train.py's step for `seconds` after warm-up,
+    all starting together; its samples/s into results[slot]."""
+    torch.backends.cudnn.benchmark = True
+    bench = StepBench(int(row["image_height"]), int(row["image_width"]), int(row["n_mels"]), int(row["hop_length"]),
+                      batch_size, classes_2024, device, amp=True)
+    bench.steps(2)
+    barrier.wait()
+    began, n = time.perf_counter(), 0
+    while time.perf_counter() - began < seconds:
+        bench.steps(5)
+        n += 5
+    results[slot] = n * batch_size / (time.perf_counter() - began)
+
+
+def slots_speed(row, device, batch_size, slots, seconds=8.0):
+    """Samples/s of `slots` training processes on one device together (the sum), each its own model: whether
+    several jobs per GPU (make GPUS=0,0,...) pay."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")  # CUDA in each child, never forked
+    with ctx.Manager() as manager:
+        barrier, results = manager.Barrier(slots), manager.dict()
+        jobs = [ctx.Process(target=_slot_job, args=(dict(row), str(device), batch_size, seconds, barrier, results, k))
+                for k in range(slots)]
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.join()
+        if len(results) < slots:
+            raise RuntimeError(f"{slots - len(results)} of {slots} slot processes failed")
+        return float(sum(results.values()))
 
 
 def pseudo_speed(table, device, n_batches, batch=pseudo.batch_windows, repeats=3):
@@ -139,14 +181,30 @@ def main(argv=None):
                    "batch (pseudo.py's on a GPU)")
     add_flag(p, "--repeats", default=repeats)
     p.add_argument("--n-gpus", type=int, default=1, help="GPUs the projection spreads a round's models over")
+    p.add_argument("--compile", default="off", choices=["off", "on", "both"], help="train.py --compile: the step "
+                   "with the network torch.compile'd; both: each model both ways, interleaved (the projection "
+                   "takes the uncompiled figures, train.py's default)")
+    p.add_argument("--slots", type=int, default=1, help="above 1: also measure this many training processes "
+                   "sharing the device, each model in turn, against one (make GPUS=0,0,...)")
     add_flag(p, "--threads", default=os.cpu_count() or 2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as train.py sets it
     table = read_models_table(args.models)
     print(f"device {describe(device)}, torch {torch.__version__}, {os.cpu_count()} CPU cores, {args.models}, "
           f"batch {args.batch_size}", flush=True)
-    figures = measure_models(table, device, args.steps, args.batches, args.batch_size, args.repeats)
+    measured = measure_models(table, device, args.steps, args.batches, args.batch_size, args.repeats, args.compile)
+    compiled = args.compile == "on"
+    figures = {i: f for (i, c), f in measured.items() if c == compiled}
+    if args.compile == "both":
+        print("torch.compile's gain, median step: " + ", ".join(
+            f"model {i} x{measured[i, True]['speed'] / measured[i, False]['speed']:.2f}" for i in table.index))
+    for i, row in table.iterrows() if args.slots > 1 else ():
+        one, several = (slots_speed(row, device, args.batch_size, k) for k in (1, args.slots))
+        print(f"model {i}, {args.slots} processes on one device: {several:.1f} samples/s together against "
+              f"{one:.1f} for one (x{several / one:.2f})", flush=True)
     windows_per_s = pseudo_speed(table, device, args.pseudo_batches, args.pseudo_batch_size, args.repeats)
     print(f"pseudo-labelling, {len(table)} models: {windows_per_s:.1f} windows/s", flush=True)
     hours, model_hours, pseudo_hours = projected_hours(table, figures, windows_per_s, args.n_gpus)

@@ -44,14 +44,17 @@ def memmap(path, rows, rng):
 
 class StepBench:
     """train.py's own step (train.train_step: time shift, mel, the write-up's augmentations, forward, backward,
-    AdamW, the scheduler) for one model on `device`, with AMP as train.py runs it, on a fixed random batch."""
+    AdamW, the scheduler) for one model on `device`, with AMP as train.py runs it, on a fixed random batch;
+    compile=True: with the network torch.compile'd (train.py --compile on)."""
 
-    def __init__(self, height, width, n_mels, hop, batch, n_classes=182, device="cpu", amp=False):
+    def __init__(self, height, width, n_mels, hop, batch, n_classes=182, device="cpu", amp=False, compile=False):
         import train
         self.train, self.device, self.batch = train, torch.device(device), batch
         torch.manual_seed(0)
         self.run = train.step_state(MelEfficientNet(n_classes, height, width),
                                     MelFrontEnd(MelSettings(n_mels=n_mels, hop_length=hop)), self.device, amp)
+        if compile:  # train.py --compile on: the network compiled, the step around it as it is
+            self.run.trained = torch.compile(self.run.trained)
         self.waves = torch.randn(batch, WINDOW_SAMPLES, device=self.device) * 0.1
         self.targets = (torch.rand(batch, n_classes, device=self.device) < 0.02).float()
         self.generator = torch.Generator(device=self.device).manual_seed(0)

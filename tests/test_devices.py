@@ -110,6 +110,16 @@ def test_make_bench_gpu_on_cpu_prints_its_figures():
     assert float(last["cycle_hours"]) > 0
 
 
+def test_bench_gpu_measures_jobs_sharing_a_device():
+    """bench/gpu.py --slots: each of several processes steps its own model on one device, all together; their
+    samples/s are summed (on CPU, two processes sharing 2 cores)."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import gpu
+    row = {"image_height": 64, "image_width": 64, "n_mels": 64, "hop_length": 1024}
+    together = gpu.slots_speed(row, "cpu", 4, 2, seconds=1.0)
+    assert together > 0
+
+
 def test_a_gpu_named_twice_has_two_slots_taken_after_every_gpus_first(tmp_path):
     from devices import gpu_slots
     assert gpu_slots("0,0,1,1") == [("0", 0), ("1", 0), ("0", 1), ("1", 1)]
