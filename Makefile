@@ -69,8 +69,8 @@ MAKEFLAGS += -j$(N_GPUS)
 JOB_THREADS := $(shell echo $$(( $(THREADS) / $(N_GPUS) > 0 ? $(THREADS) / $(N_GPUS) : 1 )))
 endif
 
-# What each step installs into .venv (only when PY is the default one): the cycle, the runtime, the speed extras
-# and the report's plotting library; make test adds the test tools and the teacher's; make teacher the teacher's
+# What each step installs into .venv (only when PY is the default one): the cycle, the runtime, the speed extras,
+# the report's plotting library and prep's speech detector; make test adds the test tools and the teacher's; make teacher the teacher's
 VENV := $(filter .venv/bin/python,$(PY))
 SETUP := $(if $(VENV),.venv/.installed,)
 SETUP_TEST := $(if $(VENV),.venv/.installed-test,)
@@ -138,9 +138,9 @@ endif
 FORCE:
 
 setup: $(SETUP)
-.venv/.installed: requirements.txt requirements-speed.txt requirements-report.txt
+.venv/.installed: requirements.txt requirements-speed.txt requirements-report.txt requirements-speech.txt
 	test -x .venv/bin/python || python3 -m venv .venv
-	.venv/bin/pip install -q -r requirements.txt -r requirements-speed.txt -r requirements-report.txt
+	.venv/bin/pip install -q -r requirements.txt -r requirements-speed.txt -r requirements-report.txt -r requirements-speech.txt
 	touch $@
 .venv/.installed-test: .venv/.installed requirements-dev.txt
 	.venv/bin/pip install -q -r requirements-dev.txt

@@ -12,6 +12,12 @@ number of 5-s windows), unlabeled_windows.npy/.csv (a random subset of unlabeled
 rounds 2 and 3 mix into training samples) and bad_files.csv (files skipped, with the reason). The cache is built
 under a temporary name and renamed when complete, so an interrupted run leaves no half cache.
 
+Spoken openings (sound archives' recordings, such as 2025's CSA, begin with an announcement): with --speech on
+(auto: on where silero-vad is installed, as make installs it), speech.py's detector looks at every training file's
+first 5 s; a file whose opening is speech gets its window from where the speech ends (the first 5 s of the
+animal), one that is speech throughout is left out (bad_files.csv), and speech.csv lists them all with the second
+the speech ends, to listen to a few.
+
 The site's labelled soundscapes (BirdCLEF+ 2026's train_soundscapes_labels.csv, in any layout's dataset folder):
 read as Kaggle writes them (rows written twice merged, ";"-separated labels, HH:MM:SS windows; only listed windows
 are labelled), split by file into held-out files (--site-holdout of them, scored after every round by site_score.py)
@@ -29,12 +35,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common import WINDOW_SAMPLES, WINDOW_SECONDS, HelpFormatter, first_five_seconds, list_audio, read_audio, windows_of
+from common import SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, HelpFormatter, first_five_seconds, list_audio, read_audio, windows_of
 from tables import LABEL_COLUMNS, CachePaths, parse_label_list, split_labels
 from flags import add_flag
 from errors import UserError, run_main
 from files import NpyRowWriter, swap_in
 from threads import ordered_map
+import speech
 
 # defaults
 threads = os.cpu_count() or 2
@@ -140,24 +147,75 @@ def check_disk(folder, n_windows, what):
                                                        if what == "unlabeled window cache" else ""))
 
 
-def write_training_audio(rows, out_path, n_threads):
-    """Decode the first 5 s of every row into a float16 .npy; return the good rows and the bad ones.
+def after_opening_speech(detector, batch, scan_seconds=speech.scan_seconds):
+    """batch: [(path, first 5 s)]. Each file whose opening is speech (speech.opening_speech_end) is read again,
+    up to scan_seconds, for where its speech ends; its window becomes the 5 s from there. Returns [(wave or None,
+    speech end seconds or None)]: None for a file that is speech throughout (under speech.min_left_seconds after
+    it, or speech to the end of what was read)."""
+    probs = detector.probabilities(np.stack([wave for _, wave in batch]))
+    out = []
+    for (path, wave), p in zip(batch, probs):
+        if speech.opening_speech_end(p) is None:
+            out.append((wave, None))
+            continue
+        audio = read_audio(path, max_seconds=scan_seconds)
+        end = speech.opening_speech_end(detector.probabilities(audio[None])[0])
+        end = end if end is not None else 0.0  # the longer look found none: the 5-s look was a burst
+        left = len(audio) / SAMPLE_RATE - end
+        out.append((None if left < speech.min_left_seconds else first_five_seconds(audio[int(end * SAMPLE_RATE):]),
+                    end))
+    return out
+
+
+def write_training_audio(rows, out_path, n_threads, detector=None):
+    """Decode the first 5 s of every row into a float16 .npy; return the good rows, the bad ones and the rows of
+    speech.csv (with a speech detector: files whose opening is speech get the 5 s after it, in batches).
 
     Rows are written in order as they decode; a file that fails leaves no gap, and the unused tail is cut off
     in place at the end: no second array on disk, no array in memory."""
     check_disk(os.path.dirname(os.path.abspath(out_path)), len(rows), "training audio")
     audio = NpyRowWriter(out_path + ".all", len(rows), (WINDOW_SAMPLES,))
-    good, bad = [], []
+    good, bad, spoken, pending = [], [], [], []
+
+    def flush():
+        waves = after_opening_speech(detector, [(rows["path"].iloc[i], w) for i, w in pending]) if detector \
+            else [(w, None) for _, w in pending]
+        for (i, _), (wave, end) in zip(pending, waves):
+            if end is not None:
+                spoken.append((rows["path"].iloc[i], end, wave is not None))
+            if wave is None:
+                bad.append((rows["path"].iloc[i], f"speech almost throughout (to {end:.1f} s; speech.py)"))
+            else:
+                audio.write(wave[None])
+                good.append(i)
+        pending.clear()
+
     results = ordered_map(decode_first_five_seconds, rows["path"], n_threads)
     for i, (wave, reason) in enumerate(tqdm(results, total=len(rows), desc="train audio", unit="file")):
         if wave is None:
             bad.append((rows["path"].iloc[i], reason))
         else:
-            audio.write(wave[None])
-            good.append(i)
+            pending.append((i, wave))
+        if len(pending) == speech.BATCH:
+            flush()
+    flush()
     audio.close()
     os.replace(out_path + ".all", out_path)
-    return rows.iloc[good].reset_index(drop=True), bad
+    return rows.iloc[good].reset_index(drop=True), bad, spoken
+
+
+def speech_detector(choice):
+    """--speech: on (silero-vad must be installed), off, or auto (on where it is installed, else a note)."""
+    if choice == "off":
+        return None
+    try:
+        return speech.SpeechDetector()
+    except ImportError:
+        if choice == "on":
+            raise UserError("--speech on needs silero-vad: pip install -r requirements-speech.txt (or --speech off)")
+        print("note: speech in the recordings' openings is not looked for: silero-vad is not installed "
+              "(pip install -r requirements-speech.txt)", file=sys.stderr)
+        return None
 
 
 def soundscape_info(path):
@@ -332,7 +390,7 @@ def labelled_windows(site):
 
 
 def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_windows, seed=seed,
-            site_labels="on", holdout=site_holdout):
+            site_labels="on", holdout=site_holdout, speech_check="auto"):
     meta_path, audio_root, unlabeled_folder = find_layout(data)
     rows = read_metadata(meta_path, audio_root, "base")
     classes = class_list(data, rows)
@@ -350,7 +408,7 @@ def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_w
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     paths = CachePaths(tmp)
-    rows, bad = write_training_audio(rows, paths.audio, n_threads)
+    rows, bad, spoken = write_training_audio(rows, paths.audio, n_threads, speech_detector(speech_check))
     if len(rows) == 0:
         shutil.rmtree(tmp)
         raise UserError("no training file could be decoded (see the reasons above)")
@@ -367,12 +425,18 @@ def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_w
                                    np.random.default_rng(seed), n_threads,
                                    labelled_windows(site) if site is not None else None)
     pd.DataFrame(bad, columns=["path", "reason"]).to_csv(paths.bad_files, index=False)
+    pd.DataFrame(spoken, columns=["path", "speech_end_seconds", "kept"]).to_csv(paths.speech, index=False)
     for path, reason in bad:
         print(f"skipped {path}: {reason}", file=sys.stderr)
 
     swap_in(tmp, out)
     print(f"cache {out}: {len(rows)} training files, {len(classes)} classes, {len(unlabeled)} unlabeled "
           f"soundscapes ({unlabeled['n_windows'].sum() if len(unlabeled) else 0} windows), {len(bad)} skipped")
+    if spoken:
+        ends = [end for _, end, _ in spoken]
+        print(f"speech: {len(spoken)} training file(s) open with it (median {np.median(ends):.1f} s), "
+              f"{sum(kept for *_, kept in spoken)} trained on from where it ends, "
+              f"{sum(not kept for *_, kept in spoken)} left out (speech almost throughout); {out}/speech.csv")
     if site is not None:
         split = site.groupby("split")["path"]
         print(f"site labels {site_path}: {split.nunique().get('train', 0)} file(s) ({split.size().get('train', 0)} "
@@ -397,11 +461,15 @@ def main():
                         f"a held-out share; off: they are unlabeled soundscapes like the rest")
     parser.add_argument("--site-holdout", type=float, default=site_holdout, help="share of the labelled soundscape "
                         "files held out (by file) to score each round on the site; 0: every one trains")
+    parser.add_argument("--speech", default="auto", choices=["auto", "on", "off"], help="look for speech in each "
+                        "training file's opening (speech.py, Silero VAD) and take its 5-s window from where the speech "
+                        "ends; auto: on where silero-vad is installed (make installs it). The soundscapes are not "
+                        "looked at: nobody speaks on the site's recorders")
     args = parser.parse_args()
     if not 0 <= args.site_holdout < 1:
         parser.error(f"--site-holdout is a share, 0 to below 1, not {args.site_holdout:g}")
     prepare(args.data, args.out, args.extra, args.threads, args.max_unlabeled_windows, args.seed, args.site_labels,
-            args.site_holdout)
+            args.site_holdout, args.speech)
 
 
 if __name__ == "__main__":

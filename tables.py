@@ -56,6 +56,10 @@ class CachePaths:
         return os.path.join(self.root, "unlabeled_windows.csv")
 
     @property
+    def speech(self):  # training files whose opening is speech: path, speech_end_seconds, kept (False: left out)
+        return os.path.join(self.root, "speech.csv")
+
+    @property
     def site_labels(self):  # the site's labelled windows: path, end_second, labels (";"-separated), split
         return os.path.join(self.root, "site_labels.csv")  # ("train": trained on; "valid": held out, scored)
 

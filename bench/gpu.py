@@ -9,7 +9,7 @@ per model, 3 rounds, 2 pseudo-label rounds over prep's 20,000 cached windows). R
 
     python bench/gpu.py                                  # the GPU, models.csv (make bench-gpu)
     python bench/gpu.py --n-gpus 4                         # ... projected with the models spread over 4 GPUs
-    python bench/gpu.py --compile both --slots 2           # ... and torch.compile on/off, 2 jobs sharing the GPU
+    python bench/gpu.py --with-compile --slots 2           # ... and torch.compile on/off, 2 jobs sharing the GPU
     python bench/gpu.py --device cpu --steps 1 --repeats 1 --batches 2 --batch-size 8 --pseudo-batch-size 8  # anywhere
     make bench-gpu DEVICE=cpu
 
@@ -54,16 +54,16 @@ def loader_workers(device):
     return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
 
 
-def measure_models(table, device, n_steps, n_batches, batch_size, repeats, compile="off"):
-    """{(model id, compiled): figures} for each row of the table (compile: off, on, or both = each row twice, as
-    train.py --compile off and on): train.py's step timed `repeats` times, the variants interleaved (each repeat
+def measure_models(table, device, n_steps, n_batches, batch_size, repeats, with_compile=False):
+    """{(model id, compiled): figures} for each row of the table (with_compile: each row twice, as train.py
+    --compile off and on): train.py's step timed `repeats` times, the variants interleaved (each repeat
     starts one later), after two full-size warm-up steps each (the compilation, cuDNN's search); the best and
     median samples/s, the step's device and host milliseconds, validation's samples/s, the loader's."""
     workers = loader_workers(device)
     with tempfile.TemporaryDirectory() as folder:
         loader = loader_speed(folder, batch_size, n_batches, workers, threads=True,
                               rows=min(4096, batch_size * n_batches))
-    variants = {"off": [False], "on": [True], "both": [False, True]}[compile]
+    variants = [False, True] if with_compile else [False]
     benches = {}
     for i, row in table.iterrows():
         for compiled in variants:
@@ -181,9 +181,9 @@ def main(argv=None):
                    "batch (pseudo.py's on a GPU)")
     add_flag(p, "--repeats", default=repeats)
     p.add_argument("--n-gpus", type=int, default=1, help="GPUs the projection spreads a round's models over")
-    p.add_argument("--compile", default="off", choices=["off", "on", "both"], help="train.py --compile: the step "
-                   "with the network torch.compile'd; both: each model both ways, interleaved (the projection "
-                   "takes the uncompiled figures, train.py's default)")
+    p.add_argument("--with-compile", action="store_true", help="also time each model's step as train.py --compile "
+                   "on runs it (the network torch.compile'd), interleaved with the plain one; the projection keeps "
+                   "the plain figures, train.py's default")
     p.add_argument("--slots", type=int, default=1, help="above 1: also measure this many training processes "
                    "sharing the device, each model in turn, against one (make GPUS=0,0,...)")
     add_flag(p, "--threads", default=os.cpu_count() or 2)
@@ -195,10 +195,10 @@ def main(argv=None):
     table = read_models_table(args.models)
     print(f"device {describe(device)}, torch {torch.__version__}, {os.cpu_count()} CPU cores, {args.models}, "
           f"batch {args.batch_size}", flush=True)
-    measured = measure_models(table, device, args.steps, args.batches, args.batch_size, args.repeats, args.compile)
-    compiled = args.compile == "on"
-    figures = {i: f for (i, c), f in measured.items() if c == compiled}
-    if args.compile == "both":
+    measured = measure_models(table, device, args.steps, args.batches, args.batch_size, args.repeats,
+                              args.with_compile)
+    figures = {i: f for (i, compiled), f in measured.items() if not compiled}
+    if args.with_compile:
         print("torch.compile's gain, median step: " + ", ".join(
             f"model {i} x{measured[i, True]['speed'] / measured[i, False]['speed']:.2f}" for i in table.index))
     for i, row in table.iterrows() if args.slots > 1 else ():

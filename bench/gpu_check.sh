@@ -32,4 +32,4 @@ check round2 240 bash -c "$PY demo_data.py --out /tmp/gpu-demo --per-species 6 -
     MODELS=models-demo.csv EPOCHS=3 TRAIN_ARGS='--preset demo' DEVICE=cuda PRETRAINED=none PY=$PY THREADS=$THREADS"
 (grep -v '^[0-9]' models.csv; grep '^6,' models.csv) >"$OUT/model6.csv"
 check compile-slots 200 $PY bench/gpu.py --device cuda --threads "$THREADS" --models "$OUT/model6.csv" \
-    --compile both --slots 2 --pseudo-batches 1
+    --with-compile --slots 2 --pseudo-batches 1

@@ -54,10 +54,11 @@ def test_the_cycle_installs_no_test_or_teacher_tools(tmp_path):
     (scored / "test_soundscapes" / "a.ogg").touch()
     for goal in ("round1", "ensemble", "kaggle", "timing", "report", "submission", "demo"):
         files, packages = installed_files(plan(tmp_path, goal, f"DATA={scored}"))
-        assert files == {"requirements.txt", "requirements-speed.txt", "requirements-report.txt"}, goal
+        assert files == {"requirements.txt", "requirements-speed.txt", "requirements-report.txt",
+                         "requirements-speech.txt"}, goal
         assert not packages, goal
         names = set().union(*(requirements(os.path.join(ROOT, f)) for f in files))
-        assert {"torch", "timm", "openvino", "matplotlib"} <= names
+        assert {"torch", "timm", "openvino", "matplotlib", "silero-vad"} <= names
         assert not names & (TEST_ONLY | TEACHER_ONLY), goal
 
 

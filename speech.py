@@ -1,0 +1,120 @@
+"""Spoken announcements at the start of training recordings. Sound archives (the Colombian Sound Archive in
+BirdCLEF+ 2025's train_audio) open a recording with a voice: recording number, place, date, recordist. The
+write-up trains on each recording's first 5 s, which then hold a voice and no animal; prep.py asks this file
+where the speech in a recording's opening ends and starts the training window there.
+
+    python speech.py data/birdclef-2025/train_audio/1139490/CSA36385.ogg    # the speech in a file's opening
+    python speech.py --seconds 120 FILE...                                    # ... looking 120 s in
+
+The detector is Silero VAD (the silero-vad package: its model ships in the wheel, nothing is downloaded), run on
+16-kHz audio in 32-ms frames, many recordings per batch. An optional extra: pip install -r requirements-speech.txt
+(make installs it).
+"""
+import argparse
+
+import numpy as np
+
+from common import SAMPLE_RATE, WINDOW_SECONDS, HelpFormatter
+from flags import add_flag
+
+# defaults
+threshold = 0.4          # speech probability of a frame that starts speech (2025's public notebooks used ~0.4)
+opening_seconds = 5.0    # speech that starts inside the first window makes it a voice, not an animal
+bridge_seconds = 1.0     # pauses shorter than this join speech (an announcement pauses between its items)
+min_speech_seconds = 0.25  # shorter bursts are not speech (Silero's own minimum)
+scan_seconds = 60.0      # how far into a recording prep looks for the end of its opening speech
+min_left_seconds = 1.0   # a recording with less than this after its speech is speech throughout: left out
+threads = 2
+
+VAD_RATE = 16000
+FRAME_SAMPLES = 512                      # Silero's frame at 16 kHz
+FRAME_SECONDS = FRAME_SAMPLES / VAD_RATE
+BATCH = 256                              # recordings per call of the model
+
+
+class SpeechDetector:
+    """Silero VAD over batches of 32-kHz waveforms: probabilities(waves) -> (B, frames) speech probability of
+    each 32-ms frame. Raises ImportError when silero-vad is not installed."""
+
+    def __init__(self):
+        import torch
+        n_threads = torch.get_num_threads()
+        from silero_vad import load_silero_vad  # its import sets torch to one thread: put ours back
+        torch.set_num_threads(n_threads)
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.load's deprecation note
+            self.model = load_silero_vad()
+
+    def probabilities(self, waves):
+        """waves: (B, samples) float32 at 32 kHz, equal lengths. Returns (B, frames) float32."""
+        import torch
+        from scipy.signal import resample_poly
+        waves = np.asarray(waves, dtype=np.float32)
+        at_16k = resample_poly(waves, VAD_RATE, SAMPLE_RATE, axis=1).astype(np.float32)
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(at_16k), BATCH):
+                out.append(self.model.audio_forward(torch.from_numpy(at_16k[start:start + BATCH]), VAD_RATE).numpy())
+        return np.concatenate(out)
+
+
+def speech_frames(probs, threshold=threshold):
+    """(frames,) bool: Silero's hysteresis, speech starts at threshold and ends below threshold - 0.15."""
+    speaking, out = False, np.zeros(len(probs), dtype=bool)
+    for i, p in enumerate(probs):
+        speaking = p >= threshold if not speaking else p >= threshold - 0.15
+        out[i] = speaking
+    return out
+
+
+def speech_segments(probs, threshold=threshold, bridge=bridge_seconds, min_speech=min_speech_seconds):
+    """[(start s, end s)] of speech from one recording's frame probabilities: pauses under `bridge` joined,
+    segments under `min_speech` dropped."""
+    frames = speech_frames(probs, threshold)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], frames.astype(np.int8), [0]])))
+    segments = []
+    for start, end in zip(edges[::2] * FRAME_SECONDS, edges[1::2] * FRAME_SECONDS):
+        if segments and start - segments[-1][1] < bridge:
+            segments[-1] = (segments[-1][0], end)
+        else:
+            segments.append((start, end))
+    return [(round(s, 3), round(e, 3)) for s, e in segments if e - s >= min_speech]
+
+
+def opening_speech_end(probs, threshold=threshold, opening=opening_seconds):
+    """Seconds where the speech that starts in a recording's opening ends, or None when its opening holds none."""
+    segments = [seg for seg in speech_segments(probs, threshold) if seg[0] < opening]
+    return segments[0][1] if segments else None
+
+
+def main(argv=None):
+    from infer import read_audio
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("files", nargs="+", help="audio files")
+    p.add_argument("--seconds", type=float, default=scan_seconds, help="how far into each file to look")
+    p.add_argument("--threshold", type=float, default=threshold, help="speech probability that starts speech")
+    add_flag(p, "--threads", default=threads)
+    args = p.parse_args(argv)
+    import torch
+    torch.set_num_threads(args.threads)
+    detector = SpeechDetector()
+    torch.set_num_threads(args.threads)
+    for path in args.files:
+        try:
+            audio = read_audio(path, max_seconds=args.seconds)
+        except Exception as err:  # one unreadable file does not stop the others
+            print(f"{path}: unreadable ({type(err).__name__}: {err})".replace("\n", " "))
+            continue
+        probs = detector.probabilities(audio[None])[0]
+        segments = speech_segments(probs, args.threshold)
+        end = opening_speech_end(probs, args.threshold)
+        print(f"{path}: " + (f"opens with speech to {end:.1f} s; " if end is not None else "no speech in its first "
+                             f"{WINDOW_SECONDS:g} s; ")
+              + ("speech at " + ", ".join(f"{s:.1f}-{e:.1f} s" for s, e in segments) if segments else "no speech")
+              + f" (first {len(audio) / SAMPLE_RATE:.0f} s)")
+
+
+if __name__ == "__main__":
+    from errors import run_main
+    run_main(main)
