@@ -30,6 +30,7 @@ from tqdm import tqdm
 from common import SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, HelpFormatter
 from flags import add_flag
 from files import swap_in
+from errors import UserError, run_main
 
 DEMO_SPECIES = [  # name, call kind, low Hz, high Hz, note seconds, notes per phrase, note gap seconds
     ("amecho", "sweep_up", 2500, 5000, 0.12, 4, 0.08),
@@ -194,16 +195,56 @@ def write_ogg(path, audio, sr=SAMPLE_RATE):
             f.write(audio[start:start + sr])
 
 
-def _demo_train_file(job):
-    """Render and write one train recording; its randomness depends only on (seed, species, index)."""
+PLACES = ["Villavicencio", "Leticia", "Puerto Carreno", "Mitu", "San Jose del Guaviare", "Florencia", "Yopal"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December"]
+RECORDISTS = ["Maria Lopez", "Juan Perez", "Ana Gomez", "Carlos Ruiz", "Luisa Torres", "Diego Castro"]
+
+
+def spoken_announcement(rng, min_s=3.0, max_s=9.0):
+    """A sound archive's spoken opening, as 2025's CSA recordings have: espeak-ng says a made-up recording number,
+    place, date and recordist in a random voice, speed and pitch; cut to min_s..max_s seconds, 32 kHz float32."""
+    import io
+    import subprocess
+    import soundfile as sf
     from scipy.signal import resample_poly
-    tmp, demo_seed, s, k = job
+    target = rng.uniform(min_s, max_s)
+    items = [f"Recording number {rng.integers(1000, 99999)}.", f"{rng.choice(PLACES)}, Colombia.",
+             f"{rng.choice(MONTHS)} {rng.integers(1, 29)}, {rng.integers(1960, 2015)}.",
+             f"Recordist, {rng.choice(RECORDISTS)}.", "Tape one, side A.", "Microphone Sennheiser.",
+             f"Time, {rng.integers(4, 19)} hours {rng.integers(0, 60)}."]
+    voice = [f"-v{rng.choice(['en', 'en-us', 'es', 'en-gb'])}", f"-s{rng.integers(140, 190)}",
+             f"-p{rng.integers(30, 70)}"]
+    try:
+        wav = subprocess.run(["espeak-ng", "--stdout", *voice, " ".join(items)], capture_output=True,
+                             check=True).stdout
+    except FileNotFoundError:
+        raise UserError("--speech-share needs espeak-ng, which speaks the announcements (apt-get install espeak-ng)")
+    speech, rate = sf.read(io.BytesIO(wav), dtype="float32")
+    speech = resample_poly(speech, SAMPLE_RATE // math.gcd(rate, SAMPLE_RATE), rate // math.gcd(rate, SAMPLE_RATE))
+    speech = speech[:int(target * SAMPLE_RATE)]
+    return (speech * rng.uniform(0.2, 0.5) / max(1e-6, np.abs(speech).max())).astype(np.float32)
+
+
+def _demo_train_file(job):
+    """Render and write one train recording; its randomness depends only on (seed, species, index). With a
+    speech share, that share of the recordings opens with a spoken announcement (decided and spoken from a random
+    stream of its own: the recordings themselves are the same as without). Returns its metadata row and the
+    seconds of speech before it (0: none)."""
+    from scipy.signal import resample_poly
+    tmp, demo_seed, s, k, speech_share = job
     rng = np.random.default_rng([demo_seed, 0, s, k])
     name = DEMO_SPECIES[s][0]
     others = [o for o in range(len(DEMO_SPECIES)) if o != s]
     duration = rng.uniform(2, 5) if rng.random() < 0.15 else float(np.clip(rng.lognormal(2.3, 0.6), 5, 60))
     audio, secondary = demo_train_recording(rng, s, others, duration)
     audio = np.clip(audio, -1, 1)
+    speech_rng, spoken_s = np.random.default_rng([demo_seed, 5, s, k]), 0.0
+    if speech_rng.random() < speech_share:
+        speech = spoken_announcement(speech_rng)
+        pause = np.zeros(int(speech_rng.uniform(0.2, 1.0) * SAMPLE_RATE), dtype=np.float32)
+        spoken_s = len(speech) / SAMPLE_RATE
+        audio = np.concatenate([speech, pause, audio])
     rate = SAMPLE_RATE
     if rng.random() < 0.1:  # a few recordings at 48 kHz stereo, as real uploads are
         audio = resample_poly(audio, 3, 2).astype(np.float32)
@@ -211,7 +252,8 @@ def _demo_train_file(job):
         rate = 48000
     filename = f"{name}/XC{demo_seed:02d}{s:02d}{k:03d}.ogg"
     write_ogg(os.path.join(tmp, "train_audio", filename), audio, rate)
-    return (name, str(secondary), "['call']", filename, round(float(rng.uniform(2.5, 5)), 1), "demo", "demo-license")
+    return (name, str(secondary), "['call']", filename, round(float(rng.uniform(2.5, 5)), 1), "demo",
+            "demo-license"), spoken_s
 
 
 def _demo_soundscape_file(job):
@@ -245,6 +287,11 @@ def site_labels(window_rows, names, n_files, folder_names):
     return pd.DataFrame(rows, columns=["filename", "start", "end", "primary_label"])
 
 
+def speech_path(out):
+    """Which training recordings of the demo at `out` open with speech, and for how long: <out>-speech.csv."""
+    return out.rstrip("/") + "-speech.csv"
+
+
 def labels_paths(out):
     """(test labels, unlabeled windows' labels) of the demo at `out`: <out>-test-labels.csv,
     <out>-unlabeled-labels.csv (row_id and one 0/1 column per species)."""
@@ -252,10 +299,12 @@ def labels_paths(out):
 
 
 def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=60, soundscape_s=60, processes=None,
-              layout="2024", n_labelled=0):
+              layout="2024", n_labelled=0, speech_share=0.0):
     """Write the demo dataset (BirdCLEF 2024 layout, or 2026's: to_layout_2026) to `out` and its test labels
     beside it. n_labelled > 0: the site also has a species no training recording has (SITE_ONLY_SPECIES), and
     the first n_labelled unlabeled soundscapes are labelled in train_soundscapes_labels.csv (site_labels).
+    speech_share > 0: that share of the training recordings opens with 3-9 s of speech (spoken_announcement),
+    listed beside the dataset (speech_path).
 
     Files are rendered in parallel; each one's randomness comes from (seed, file), so the result does not
     depend on the number of processes.
@@ -270,7 +319,7 @@ def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=60, sound
     if n_labelled:
         weights[-1] = max(weights[-1], SITE_ONLY_MIN_WEIGHT)
         weights /= weights.sum()
-    train_jobs = [(tmp, demo_seed, s, k) for s in range(len(DEMO_SPECIES)) for k in range(per_species)]
+    train_jobs = [(tmp, demo_seed, s, k, speech_share) for s in range(len(DEMO_SPECIES)) for k in range(per_species)]
     soundscape_jobs = [(tmp, demo_seed, "unlabeled_soundscapes", "U", 2, k, soundscape_s, weights, site_species)
                        for k in range(n_unlabeled)]
     test_jobs = [(tmp, demo_seed, "test_soundscapes", "T", 3, k, soundscape_s, weights, site_species)
@@ -278,8 +327,8 @@ def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=60, sound
     for folder in ("unlabeled_soundscapes", "test_soundscapes"):
         os.makedirs(os.path.join(tmp, folder), exist_ok=True)
     with get_context("fork").Pool(processes or os.cpu_count() or 1) as pool:
-        meta = list(tqdm(pool.imap(_demo_train_file, train_jobs), total=len(train_jobs), desc="demo train audio",
-                         unit="file"))
+        meta, spoken = zip(*tqdm(pool.imap(_demo_train_file, train_jobs), total=len(train_jobs),
+                                 desc="demo train audio", unit="file"))
         unlabeled = [row for rows in tqdm(pool.imap(_demo_soundscape_file, soundscape_jobs),
                                           total=len(soundscape_jobs), desc="demo unlabeled soundscapes", unit="file")
                      for row in rows]
@@ -297,13 +346,17 @@ def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=60, sound
                                                                 index=False)
     labels_path, unlabeled_path = labels_paths(out)
     pd.DataFrame(labels, columns=["row_id"] + names).to_csv(labels_path + ".tmp", index=False)
+    if speech_share > 0:
+        pd.DataFrame({"filename": [row[3] for row in meta], "speech_seconds": spoken}).query(
+            "speech_seconds > 0").to_csv(speech_path(out), index=False)
     pd.DataFrame(unlabeled, columns=["row_id"] + names).to_csv(unlabeled_path + ".tmp", index=False)
     if layout == "2026":
         to_layout_2026(tmp, hidden_tests_path(out), names)
     swap_in(tmp, out)
     os.replace(labels_path + ".tmp", labels_path)
     os.replace(unlabeled_path + ".tmp", unlabeled_path)
-    print(f"demo dataset {out}: {len(meta)} train files, {n_unlabeled} unlabeled and {n_test} test soundscapes"
+    print(f"demo dataset {out}: {len(meta)} train files"
+          f"{f' ({sum(t > 0 for t in spoken)} opening with speech)' if speech_share > 0 else ''}, {n_unlabeled} unlabeled and {n_test} test soundscapes"
           f"{f' ({n_labelled} of the unlabeled labelled)' if n_labelled else ''}; test labels {labels_path}")
 
 
@@ -341,14 +394,17 @@ def main(argv=None):
                         "(train_metadata.csv, test_soundscapes/ filled) or 2026 (train.csv, taxonomy.csv, an empty "
                         "test_soundscapes/, the test soundscapes beside the folder)")
     add_flag(parser, "--labelled-soundscapes", default=0)
+    add_flag(parser, "--speech-share", default=0.0)
     args = parser.parse_args(argv)
+    if not 0 <= args.speech_share <= 1:
+        parser.error(f"--speech-share is a share, 0 to 1, not {args.speech_share:g}")
     if not 0 <= args.labelled_soundscapes <= args.unlabeled:
         parser.error(f"--labelled-soundscapes must be 0 to --unlabeled ({args.unlabeled})")
     make_demo(args.out, args.seed, args.per_species, args.unlabeled, args.test, args.soundscape_seconds,
-              layout=args.layout, n_labelled=args.labelled_soundscapes)
+              layout=args.layout, n_labelled=args.labelled_soundscapes, speech_share=args.speech_share)
 
 
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -52,6 +52,8 @@ SHARED = {
     "--per-species": dict(type=int, help="demo size: training recordings per species"),
     "--unlabeled": dict(type=int, help="demo size: unlabeled one-minute soundscapes"),
     "--test": dict(type=int, help="demo size: labelled test one-minute soundscapes (12 windows each)"),
+    "--speech-share": dict(type=float, help="demo size: share of the training recordings that open with 3-9 s of "
+                           "speech, as sound archives' do (espeak-ng speaks them; <out>-speech.csv lists them)"),
     "--labelled-soundscapes": dict(type=int, help="demo size: of the unlabeled soundscapes, this many labelled as "
                                    "BirdCLEF+ 2026 does (train_soundscapes_labels.csv: rows written twice, one file "
                                    "labelled in part), with a species that no training recording has; 0: none"),

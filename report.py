@@ -248,6 +248,23 @@ def rounds_section(work):
             + "".join(f"<li>{html.escape(line)}</li>" for line in decision["reasons"]) + "</ul>")
 
 
+def speech_section(work, examples=5):
+    """The training files whose opening prep found to be speech (cache/speech.csv): the count, a few to listen to."""
+    path = os.path.join(work, "cache", "speech.csv")
+    if not os.path.isfile(path):
+        return ""
+    spoken = pd.read_csv(path)
+    if spoken.empty:
+        return "<h2>Speech in the recordings' openings</h2><p>none found (prep.py --speech)</p>"
+    kept = spoken["kept"].astype(bool)
+    rows = [[html.escape(str(p)), fmt(end, 1), "from where it ends" if k else "left out: speech almost throughout"]
+            for p, end, k in zip(spoken["path"][:examples], spoken["speech_end_seconds"][:examples], kept[:examples])]
+    return (f"<h2>Speech in the recordings' openings</h2><p>{len(spoken)} training file(s) open with speech "
+            f"(median {spoken['speech_end_seconds'].median():.1f} s): {int(kept.sum())} trained on from where it ends, "
+            f"{int((~kept).sum())} left out; every one in {html.escape(path)}. The first {len(rows)}:</p>"
+            + table(["file", "speech ends (s)", "training window"], rows))
+
+
 def timing_section(work):
     """Network seconds per soundscape of each model that an infer.py run left (<out>.timing.json)."""
     timing_rows = []
@@ -278,6 +295,7 @@ def write_report(work, out=None, audio=None, labels=None):
     for r in range(1, max(rounds or [0]) + 1):
         body += round_sections(plt, work, r, rounds.get(r, {}), ids, tmp, scores)
     body.append(rounds_section(work))
+    body.append(speech_section(work))
     pseudo = pseudo_sections(plt, work, tmp)
     body.append("<h2>Pseudo labels</h2>" + ("".join(pseudo) if pseudo else "<p>none yet</p>"))
     body.append(timing_section(work))

@@ -8,6 +8,7 @@ a difference only beyond the noise of its median.
     python bench/decide.py --add-recipe "demo-minmax=models-demo.csv|--preset demo|3|minmax"
     python bench/decide.py --add-recipe "demo-model2=models-demo.csv|--preset demo|2|floor|PL_MEMBERS=model2"
     python bench/decide.py --recipes demo,demo-nosite        # what the site's labelled soundscapes are worth
+    python bench/decide.py --recipes demo,demo-nospeech --speech-share 0.3   # what the speech detector wins back
     python bench/decide.py --quick                           # smoke test (make test): one tiny demo, 1 epoch
 
 A recipe is a models table, train.py arguments, a number of rounds, a pseudo-label normalization and, optionally,
@@ -70,6 +71,9 @@ RECIPES = {  # name: (models table, train.py arguments, rounds, pseudo-label nor
     # make demo's recipe without the site's labelled soundscapes (held out from pseudo labels as in demo, never
     # trained on): what they are worth
     "demo-nosite": ("models-demo.csv", "--preset demo --site-share 0", 3, "floor", ""),
+    # make demo's recipe with no speech detector (on demos with --speech-share: what the detector wins back); a
+    # recipe that sets PREP_ARGS preps a cache of its own
+    "demo-nospeech": ("models-demo.csv", "--preset demo", 3, "floor", "PREP_ARGS='--speech off'"),
 }
 ORACLE = "oracle"           # the one-file script: round 1 and one pseudo-label round
 
@@ -117,9 +121,10 @@ def reuse_rounds(name, recipes, out, seed):
 
 
 def make_demo_data(root, demo_seed, size, threads):
-    """<root>/demo<D>[-labelled<N>]/data (demo_data.py --seed D at the given size; N labelled soundscapes) and its
-    prep cache; reused when there."""
-    folder = f"demo{demo_seed}" + (f"-labelled{size['n_labelled']}" if size.get("n_labelled") else "")
+    """<root>/demo<D>[-labelled<N>][-speech<P>]/data (demo_data.py --seed D at the given size; N labelled
+    soundscapes; P% of the training recordings opening with speech) and its prep cache; reused when there."""
+    folder = f"demo{demo_seed}" + (f"-labelled{size['n_labelled']}" if size.get("n_labelled") else "") \
+        + (f"-speech{round(100 * size['speech_share'])}" if size.get("speech_share") else "")
     data = os.path.join(root, folder, "data")
     if not os.path.isfile(os.path.join(data, "train_metadata.csv")):
         demo_data.make_demo(data, demo_seed=demo_seed, processes=threads, **size)
@@ -129,13 +134,29 @@ def make_demo_data(root, demo_seed, size, threads):
     return data, cache
 
 
+def speech_found(data, cache):
+    """How prep's speech detector did on a demo whose openings are known (demo_data.py --speech-share): a line,
+    or "" for a demo without speech."""
+    truth_path = demo_data.speech_path(data)
+    if not os.path.isfile(truth_path) or not os.path.isfile(os.path.join(cache, "speech.csv")):
+        return ""
+    truth = pd.read_csv(truth_path).set_index("filename")["speech_seconds"]
+    found = pd.read_csv(os.path.join(cache, "speech.csv"))
+    found.index = [os.path.relpath(p, os.path.join(data, "train_audio")) for p in found["path"]]
+    hit = found.index.isin(truth.index)
+    late = (found.loc[hit, "speech_end_seconds"] - truth[found.index[hit]]).abs()
+    return (f"{os.path.basename(os.path.dirname(data))}: the detector found {hit.sum()} of {len(truth)} spoken "
+            f"openings ({(late < 1.5).sum()} ending within 1.5 s of the truth) and called {(~hit).sum()} other "
+            f"recordings' openings speech")
+
+
 def run_recipe(name, recipes, data, cache, seed, args, threads):
     """One recipe's cycle through make on one demo and seed; [{round, auc, auc_pp}] and minutes."""
     models, train_args, rounds, pl_norm, make_variables = recipes[name]
     out = os.path.join(os.path.dirname(cache), f"{name}-seed{seed}")
     os.makedirs(out, exist_ok=True)
-    if not os.path.exists(os.path.join(out, "cache")):
-        os.symlink(os.path.abspath(cache), os.path.join(out, "cache"))
+    if not os.path.exists(os.path.join(out, "cache")) and "PREP_ARGS" not in make_variables:
+        os.symlink(os.path.abspath(cache), os.path.join(out, "cache"))  # else make preps its own
     reuse_rounds(name, recipes, out, seed)
     extra = shlex.split(args.quick_args) if args.quick else []
     command = ["make", "--no-print-directory", "-C", ROOT, f"round{rounds}", f"DATA={data}", f"WORK={out}",
@@ -423,7 +444,8 @@ def site_tables(runs):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_flag(p, "--work", default=work)
-    p.add_argument("--recipes", default=",".join(list(RECIPES) + [ORACLE]), help="comma-separated, from: "
+    p.add_argument("--recipes", default=",".join([r for r in RECIPES if r != "demo-nospeech"] + [ORACLE]),
+                   help="comma-separated, from: "
                    + ", ".join(list(RECIPES) + [ORACLE]) + " and --add-recipe names")
     p.add_argument("--add-recipe", dest="tries", action="append", default=[],
                    metavar="NAME=MODELS|ARGS|ROUNDS|PL_NORM[|MAKE_VARIABLES]", help="another recipe, e.g. "
@@ -438,6 +460,7 @@ def parse_args(argv=None):
     add_flag(p, "--test", default=60)
     add_flag(p, "--unlabeled", default=60)
     add_flag(p, "--labelled-soundscapes", default=10)  # make demo's
+    add_flag(p, "--speech-share", default=0.0)
     p.add_argument("--oracle", default=oracle, help="the one-file script")
     add_flag(p, "--threads", default=os.cpu_count() or 2)
     add_flag(p, "--jobs")
@@ -463,7 +486,7 @@ def main(argv=None):
     jobs = args.jobs or max(1, min(2, args.threads))
     threads = max(1, args.threads // jobs)
     size = dict(per_species=args.per_species, n_test=args.test, n_unlabeled=args.unlabeled,
-                n_labelled=args.labelled_soundscapes)
+                n_labelled=args.labelled_soundscapes, speech_share=args.speech_share)
     demo_seeds = [int(d) for d in args.demos.split(",")]
     demos_of = {d: make_demo_data(os.path.abspath(args.work), d, size, args.threads) for d in demo_seeds}
     # the quick recipes first: partial results come early
@@ -488,7 +511,8 @@ def main(argv=None):
               f"many runs; a difference helps or hurts only when its median is beyond its own noise\n\n"
               + spread_table(runs, models_of) + "\n\n"
               + verdict_table(runs, [b for b in args.base.split(",") if b in names] or names[:1]) + "\n"
-              + site_tables(runs))
+              + site_tables(runs)
+              + "".join(f"\n{line}" for line in (speech_found(*demos_of[d]) for d in demo_seeds) if line))
     with open(os.path.join(args.work, "report.md"), "w") as f:
         f.write(report)
     print("\n" + report)

@@ -1,8 +1,10 @@
 """Every part of the recipe is a setting: presets, head, channels, loss, optimizer, schedule, mel, time shift; the
 write-up's table and defaults stay the write-up's; bench/ablate.py runs."""
+import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -192,13 +194,19 @@ def test_decide_quick_runs_cycles_beside_the_oracle(tmp_path):
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     import decide
     recipes = "reference,oracle" if os.path.isfile(decide.oracle) else "reference"
+    # where a speech detector and a voice are here: the demo's recordings open with speech, a third recipe has no
+    # detector (PREP_ARGS: a cache of its own)
+    speech = shutil.which("espeak-ng") and importlib.util.find_spec("silero_vad")
     work = str(tmp_path / "decide")
     command = [sys.executable, os.path.join(ROOT, "bench", "decide.py"), "--quick", "--work", work, "--threads",
-               "2", "--recipes", recipes]
+               "2", "--recipes", recipes + (",nospeech1" if speech else "")] \
+        + (["--speech-share", "0.5", "--add-recipe",
+            "nospeech1=models-demo.csv|--preset demo|1|floor|PREP_ARGS='--speech off'"] if speech else [])
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     runs = pd.read_csv(os.path.join(work, "runs.csv"))
-    assert set(runs["recipe"]) == set(recipes.split(",")) and set(runs["round"]) == {1, 2}
+    assert set(runs["recipe"]) == set(recipes.split(",") + (["nospeech1"] if speech else [])) \
+        and set(runs["round"]) == {1, 2}
     assert runs[["auc", "auc_pp"]].apply(lambda c: c.between(0, 1)).all().all()
     # the labels that trained round 2, scored against the demo's unlabeled windows' labels; round 1 had none
     ours = runs[runs.recipe == "reference"].set_index("round").labels_auc
@@ -210,6 +218,14 @@ def test_decide_quick_runs_cycles_beside_the_oracle(tmp_path):
     assert runs[runs.recipe == "reference"][["site_auc_pp", "site_only_auc_pp"]].apply(
         lambda c: c.between(0, 1)).all().all()
     assert "The species only the site has" in report and "held-out site score against the test score" in report
+    if speech:
+        demo = os.path.join(work, "demo1-labelled3-speech50")
+        truth = pd.read_csv(os.path.join(demo, "data-speech.csv"))
+        assert len(truth) > 0 and truth["speech_seconds"].between(2.5, 9.01).all()
+        own = os.path.join(demo, "nospeech1-seed1", "cache")
+        assert not os.path.islink(own) and pd.read_csv(os.path.join(own, "speech.csv")).empty
+        assert len(pd.read_csv(os.path.join(demo, "cache", "speech.csv"))) > 0  # the shared cache: detector on
+        assert f"of {len(truth)} spoken openings" in report
     again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0 and "seed 1:" not in again.stdout  # finished runs are reused, not rerun
 
@@ -276,3 +292,4 @@ def test_decide_links_the_rounds_another_recipe_trained_alike(tmp_path):
     raw.mkdir()
     decide.reuse_rounds("raw", recipes, str(raw), 1)
     assert (raw / "round1").is_dir() and not (raw / "round2").exists() and not (raw / "pseudo1.npz").exists()
+

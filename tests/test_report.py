@@ -53,3 +53,13 @@ def test_report_without_matplotlib_says_how_to_install(tiny_cycle, tmp_path, mon
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
     with pytest.raises(UserError, match="pip install matplotlib"):
         report.write_report(str(tiny_cycle), str(tmp_path / "report"))
+
+
+def test_report_lists_the_recordings_that_open_with_speech(tmp_path):
+    (tmp_path / "cache").mkdir()
+    rows = ["path,speech_end_seconds,kept"] + [f"train_audio/csa/CSA{i}.ogg,{4 + i / 2},{i != 3}" for i in range(8)]
+    (tmp_path / "cache" / "speech.csv").write_text("\n".join(rows) + "\n")
+    page = open(report.write_report(str(tmp_path), str(tmp_path / "report"))).read()
+    assert "8 training file(s) open with speech" in page and "7 trained on from where it ends, 1 left out" in page
+    assert "CSA0.ogg" in page and "CSA4.ogg" in page and "CSA5.ogg" not in page  # the first 5
+    assert "left out: speech almost throughout" in page
