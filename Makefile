@@ -133,7 +133,7 @@ ifeq ($(filter $(ROUNDS),1 2 3 auto),)
 $(error ROUNDS must be 1, 2, 3 or auto, not "$(ROUNDS)")
 endif
 
-.PHONY: FORCE timing weights bench-gpu teacher bench-ablate setup prep round1 pseudo1 round2 pseudo2 round3 ensemble kaggle report submission demo demo-data test bench-train bench-infer bench-scale clean-demo
+.PHONY: FORCE timing weights bench-gpu bench-speech teacher bench-ablate setup prep round1 pseudo1 round2 pseudo2 round3 ensemble kaggle report submission demo demo-data test bench-train bench-infer bench-scale clean-demo
 .DELETE_ON_ERROR:
 FORCE:
 
@@ -283,6 +283,10 @@ bench-infer: | $(SETUP)
 
 bench-scale: | $(SETUP)
 	$(PY) bench/scale.py --threads $(THREADS)
+
+# what prep's speech check costs per hour of audio and at BirdCLEF size
+bench-speech: | $(SETUP)
+	$(PY) bench/speech_speed.py --threads $(THREADS)
 
 # a GPU box in one command: training, loader and pseudo-labelling throughput per model, the cycle's hours
 # (DEVICE=cpu runs it anywhere; BENCH_GPU_ARGS="--n-gpus 4" projects 4 GPUs)

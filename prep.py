@@ -149,7 +149,7 @@ def check_disk(folder, n_windows, what):
 
 def after_opening_speech(detector, batch, scan_seconds=speech.scan_seconds):
     """batch: [(path, first 5 s)]. Each file whose opening is speech (speech.opening_speech_end) is read again,
-    up to scan_seconds, for where its speech ends; its window becomes the 5 s from there. Returns [(wave or None,
+    15 s of it first and up to scan_seconds where the speech goes on, for where its speech ends; its window becomes the 5 s from there. Returns [(wave or None,
     speech end seconds or None)]: None for a file that is speech throughout (under speech.min_left_seconds after
     it, or speech to the end of what was read)."""
     probs = detector.probabilities(np.stack([wave for _, wave in batch]))
@@ -159,8 +159,13 @@ def after_opening_speech(detector, batch, scan_seconds=speech.scan_seconds):
             out.append((wave, None))
             continue
         audio = read_audio(path, max_seconds=scan_seconds)
-        end = speech.opening_speech_end(detector.probabilities(audio[None])[0])
-        end = end if end is not None else 0.0  # the longer look found none: the 5-s look was a burst
+        for look in (3 * WINDOW_SECONDS, scan_seconds):  # most announcements end well inside 15 s: look there first
+            end = speech.opening_speech_end(detector.probabilities(audio[None, :int(look * SAMPLE_RATE)])[0])
+            if end is None or end < min(look, len(audio) / SAMPLE_RATE) - speech.bridge_seconds:
+                break
+        if end is None:  # the longer look finds none: the 5-s look's was a burst at its edge
+            out.append((wave, None))
+            continue
         left = len(audio) / SAMPLE_RATE - end
         out.append((None if left < speech.min_left_seconds else first_five_seconds(audio[int(end * SAMPLE_RATE):]),
                     end))

@@ -15,7 +15,8 @@ from helpers import ROOT, run_alone
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 SCRIPTS = ["prep", "train", "soup", "pseudo", "infer", "kaggle", "report", "teacher", "demo_data", "ablate",
-           "decide", "gpu", "score_demo", "train_speed", "infer_speed", "scale", "teacher_blend"]
+           "decide", "gpu", "score_demo", "train_speed", "infer_speed", "scale", "teacher_blend", "speech",
+           "speech_speed"]
 
 
 class Parsed(Exception):

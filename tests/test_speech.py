@@ -6,6 +6,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ import prep
 import speech
 from common import SAMPLE_RATE, first_five_seconds
 from tables import CachePaths
+from helpers import ROOT
 
 HAS_VAD = importlib.util.find_spec("silero_vad") is not None
 needs_vad = pytest.mark.skipif(not HAS_VAD, reason="silero-vad is not installed (pip install -r requirements-speech.txt)")
@@ -125,3 +127,12 @@ def test_prep_takes_the_window_after_the_speech(demo_dir, tmp_path):
         row = list(rows["filename"].map(os.path.basename)).index(opened.name)
         expected = first_five_seconds(infer.read_audio(str(opened))[int(end * SAMPLE_RATE):])
         assert np.corrcoef(np.asarray(audio[row], dtype=np.float32), expected)[0, 1] > 0.99
+
+
+@needs_vad
+def test_bench_speech_prints_its_figures():
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "speech_speed.py"), "--threads", "2",
+                           "--recordings", "32", "--repeats", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    last = dict(field.split("=") for field in done.stdout.strip().splitlines()[-1].split()[1:])
+    assert float(last["seconds_per_audio_hour"]) > 0 and float(last["bc24_minutes"]) > 0
