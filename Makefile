@@ -258,7 +258,7 @@ DEMO_VARS := DATA=$(DEMO_DATA) WORK=$(DEMO_WORK) MODELS=models-demo.csv EPOCHS=1
 	TRAIN_ARGS="--preset demo" ROUNDS=$(DEMO_ROUNDS) PY=$(PY)
 
 # the demo's site has some labelled soundscapes (as BirdCLEF+ 2026's), and a species only they hold
-DEMO_LABELLED := 10
+DEMO_LABELLED := 6
 demo-data: $(DEMO_DATA)/train_soundscapes_labels.csv
 $(DEMO_DATA)/train_soundscapes_labels.csv: | $(SETUP)
 	$(PY) demo_data.py --out $(DEMO_DATA) --labelled-soundscapes $(DEMO_LABELLED)

@@ -459,7 +459,7 @@ def parse_args(argv=None):
     add_flag(p, "--per-species", default=30)
     add_flag(p, "--test", default=60)
     add_flag(p, "--unlabeled", default=60)
-    add_flag(p, "--labelled-soundscapes", default=10)  # make demo's
+    add_flag(p, "--labelled-soundscapes", default=10)
     add_flag(p, "--speech-share", default=0.0)
     p.add_argument("--oracle", default=oracle, help="the one-file script")
     add_flag(p, "--threads", default=os.cpu_count() or 2)
