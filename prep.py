@@ -149,9 +149,9 @@ def check_disk(folder, n_windows, what):
 
 def after_opening_speech(detector, batch, scan_seconds=speech.scan_seconds):
     """batch: [(path, first 5 s)]. Each file whose opening is speech (speech.opening_speech_end) is read again,
-    15 s of it first and up to scan_seconds where the speech goes on, for where its speech ends; its window becomes the 5 s from there. Returns [(wave or None,
-    speech end seconds or None)]: None for a file that is speech throughout (under speech.min_left_seconds after
-    it, or speech to the end of what was read)."""
+    15 s of it first and up to scan_seconds where the speech goes on, for where its speech ends; its window
+    becomes the 5 s from there. Returns [(wave or None, speech end seconds or None)]: no wave for a file that is
+    speech throughout (under speech.min_left_seconds after it, or speech to the end of what was read)."""
     probs = detector.probabilities(np.stack([wave for _, wave in batch]))
     out = []
     for (path, wave), p in zip(batch, probs):

@@ -98,8 +98,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     import torch
     torch.set_num_threads(args.threads)
-    detector = SpeechDetector()
-    torch.set_num_threads(args.threads)
+    detector = SpeechDetector()  # keeps the thread count set here
     for path in args.files:
         try:
             audio = read_audio(path, max_seconds=args.seconds)
