@@ -167,6 +167,10 @@ def parse_args(argv=None):
                    "whose free memory holds them twice over; on CPU, on runs the same code)")
     p.add_argument("--compile", default="off", choices=["off", "on"], help="torch.compile the network (the "
                    "first steps of each image shape pay the compilation)")
+    p.add_argument("--cuda-graph", default="auto", choices=["auto", "on", "off"], help="replay each training step "
+                   "(augmentations, forward, backward, AdamW) from one captured CUDA graph, with bfloat16 autocast: "
+                   "the host launches one graph instead of a thousand kernels. auto: on for one process on a GPU "
+                   "without --compile; on CPU, on runs the same code eagerly (tests)")
     p.add_argument("--max-train-files", type=int, help="use only this many training rows (quick runs)")
     p.add_argument("--site-share", type=float, default=site_share, help="the site's labelled training windows "
                    "(where prep cached them) make about this share of each epoch's samples, each dealt a whole "
@@ -224,7 +228,7 @@ def input_signature(args, config):
     and a run resumes on another number of GPUs."""
     cache = CachePaths(args.cache)
     where = ("threads", "device", "out_dir", "work", "cache", "pseudo", "models", "round", "pretrained", "gpus",
-             "loader_workers", "compile", "cache_on_device")
+             "loader_workers", "compile", "cache_on_device", "cuda_graph")
     settings = {k: v for k, v in vars(args).items() if k not in where}
     if settings.get("preset") == "writeup":  # the write-up's recipe's old name: runs recorded under it are reused
         settings["preset"] = "seed"
@@ -347,37 +351,63 @@ class Training:
     scheduler: object
     scaler: object
     amp: bool
+    amp_dtype: torch.dtype
+    graphed: bool              # steps replay a CUDA graph (GraphedStep)
     steps_per_epoch: int
     soup_start: int
 
 
-def make_optimizer(name, model, lr, weight_decay, device):
+def make_optimizer(name, model, lr, weight_decay, device, graphed=False):
     """SGD (nesterov, momentum 0.9) or AdamW; AdamW fused on CUDA: one kernel for all parameters, and
-    GradScaler's inf check stays on the device (no wait)."""
+    GradScaler's inf check stays on the device (no wait); graphed on CUDA: its step count on the device, so a
+    CUDA graph can replay it."""
+    capturable = graphed and device.type == "cuda"
     if name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=device.type == "cuda")
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=device.type == "cuda",
+                             capturable=capturable)
 
 
-def make_scaler(device, amp):
+def amp_dtype_of(device, graphed):
+    """Autocast's type: float16 on CUDA (with gradient scaling), bfloat16 for a CUDA graph (no scaler to
+    replay) and on CPU (the type CPU autocast computes in)."""
+    return torch.float16 if device.type == "cuda" and not graphed else torch.bfloat16
+
+
+def make_scaler(device, amp, amp_dtype=torch.float16):
     """Gradient scaling for float16 AMP (CUDA); bfloat16's gradients need none. torch.amp.GradScaler("cuda")
     from torch 2.3 on; torch.cuda.amp's before (deprecated since)."""
-    scaled = amp and device.type == "cuda"
+    scaled = amp and device.type == "cuda" and amp_dtype == torch.float16
     return torch.amp.GradScaler("cuda", enabled=scaled) if hasattr(torch.amp, "GradScaler") \
         else torch.cuda.amp.GradScaler(enabled=scaled)
 
 
-def step_state(model, mel, device, amp, chances=None, optimizer="adamw"):
-    """What train_step needs, outside a run (benchmarks, tests): the model and mel on `device`, the recipe's
-    optimiser at a constant learning rate, the scaler, the write-up's augmentation chances."""
+def step_state(model, mel, device, amp, chances=None, optimizer="adamw", graphed=False, schedule=lambda s: 1.0):
+    """What train_step (graphed: GraphedStep) needs, outside a run (benchmarks, tests): the model and mel on
+    `device`, the recipe's optimiser with a learning rate of lr * schedule(step), the scaler, autocast's type,
+    the write-up's augmentation chances."""
     from types import SimpleNamespace
+    device = torch.device(device)
     model = model.to(device).to(memory_format=torch.channels_last)
     model.channels_last = True
     model.train()
-    opt = make_optimizer(optimizer, model, lr, weight_decay, device)
+    opt = make_optimizer(optimizer, model, lr, weight_decay, device, graphed)
+    amp_dtype = amp_dtype_of(device, graphed)
     return SimpleNamespace(trained=model, mel=mel.to(device), chances=chances or AugmentChances(), amp=amp,
-                           optimizer=opt, scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
-                           scaler=make_scaler(device, amp))
+                           optimizer=opt, scheduler=torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+                           scaler=make_scaler(device, amp, amp_dtype), amp_dtype=amp_dtype, graphed=graphed)
+
+
+def uses_cuda_graph(choice, device, distributed, compiled):
+    """--cuda-graph: whether train steps replay a CUDA graph (on CPU, `on` runs GraphedStep's code eagerly)."""
+    if choice == "off":
+        return False
+    if choice == "auto":
+        return device.type == "cuda" and not distributed and not compiled
+    if distributed or compiled:
+        raise UserError("--cuda-graph on runs one process without --compile (torchrun and torch.compile "
+                        "need --cuda-graph off)")
+    return True
 
 
 def cache_on_device(choice, dataset, device):
@@ -389,7 +419,7 @@ def cache_on_device(choice, dataset, device):
     return 2 * DeviceTrainingSet.bytes_needed(dataset) < torch.cuda.mem_get_info(device)[0]
 
 
-def build_training(args, config, procs):
+def build_training(args, config, procs, graphed=False):
     """Model (the write-up's weights first: offline without them it stops before any data is read), data,
     optimiser, schedule and gradient scaler."""
     device, seed = procs.device, int(config["seed"])
@@ -410,7 +440,7 @@ def build_training(args, config, procs):
         if procs.rank == 0:
             print(f"model {args.model}: the training audio and pseudo-labelled windows in {device}'s memory "
                   f"({DeviceTrainingSet.bytes_needed(dataset) / 1e9:.1f} GB)", flush=True)
-    optimizer = make_optimizer(args.optimizer, model, args.lr, args.weight_decay, device)
+    optimizer = make_optimizer(args.optimizer, model, args.lr, args.weight_decay, device, graphed)
     steps_per_epoch = n_batches(len(dataset), args.batch_size)  # the same for any number of processes
     total_steps = steps_per_epoch * args.epochs
     if args.schedule == "onecycle":
@@ -420,7 +450,8 @@ def build_training(args, config, procs):
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, int(args.warmup_epochs * steps_per_epoch), total_steps))
     amp = args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
-    scaler = make_scaler(device, amp)
+    amp_dtype = amp_dtype_of(device, graphed)
+    scaler = make_scaler(device, amp, amp_dtype)
     soup_start = max(1, args.epochs + 1 + args.soup_start) if args.soup_start and args.soup_start < 0 \
         else args.soup_start or max(1, round(args.epochs * soup_start_of_50 / 50))
     trained = model if not procs.distributed else torch.nn.parallel.DistributedDataParallel(
@@ -429,7 +460,7 @@ def build_training(args, config, procs):
         trained = torch.compile(trained)
     chances = AugmentChances(**{k: getattr(args, f"aug_{k}") for k in vars(AugmentChances())})
     return Training(model, trained, MelFrontEnd(mel_settings_of(config)).to(device), data, dataset, chances,
-                    optimizer, scheduler, scaler, amp, steps_per_epoch, soup_start)
+                    optimizer, scheduler, scaler, amp, amp_dtype, graphed, steps_per_epoch, soup_start)
 
 
 def resume(run, last_path, device):
@@ -445,21 +476,105 @@ def resume(run, last_path, device):
     return state["epoch"] + 1, state["history"]
 
 
-def train_step(run, waves, targets, generator, shift_samples, loss_function, amp_dtype):
-    """One optimiser step on a batch already on the device; returns the loss as a device tensor. Nothing here
-    waits for the device (no .item(), no host-side branch on device values), and the host's work does not grow
-    with the batch: every augmentation is a few operations on the whole batch."""
+def device_step(run, waves, targets, generator, shift_samples, loss_function, amp_dtype):
+    """The device's part of one optimiser step on a batch already on the device (no scheduler step): time shift,
+    mel, augmentations, forward, backward, the optimiser and scaler. Returns the loss as a device tensor. Nothing
+    here waits for the device (no .item(), no host-side branch on device values), and the host's work does not
+    grow with the batch: every augmentation is a few operations on the whole batch. So it can be captured into
+    a CUDA graph (GraphedStep)."""
     with torch.no_grad():
         images, targets = augment(run.mel(time_shift(waves, shift_samples, generator)), targets, run.chances,
                                   generator)
-    with torch.autocast(waves.device.type, dtype=amp_dtype, enabled=run.amp):
+    # no autocast cache: each weight is cast once a step anyway, and a CUDA graph capture needs it off
+    with torch.autocast(waves.device.type, dtype=amp_dtype, enabled=run.amp, cache_enabled=False):
         loss = loss_function(run.trained(images), targets)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.step(run.optimizer)   # fused AdamW on CUDA: the scaler's inf check stays on the device
     run.scaler.update()
-    run.scheduler.step()
     return loss.detach()
+
+
+def train_step(run, waves, targets, generator, shift_samples, loss_function, amp_dtype):
+    """One optimiser step (device_step, then the learning-rate schedule's step); returns the loss as a device
+    tensor."""
+    loss = device_step(run, waves, targets, generator, shift_samples, loss_function, amp_dtype)
+    run.scheduler.step()
+    return loss
+
+
+class GraphedStep:
+    """train_step with the device's part replayed from one CUDA graph: per step the host copies the batch into
+    the graph's input buffers, sets the learning rate and launches the graph, where the eager step dispatches
+    the network's forward and backward kernel by kernel (what bound the step on an H200: bench/gpu.py). The first
+    `warmup` steps run eagerly on a side stream (cuDNN's search, the optimiser's state), the graph is captured
+    on the next batch; a batch of another shape (an epoch's partial last one) runs eagerly. Random numbers come
+    from the device's default generator (a graph replays it safely; torch.manual_seed seeds it). On a CPU the
+    "graph" is the same step called again on the same buffers: the code path tests can run.
+
+    step = GraphedStep(run, shift_samples, loss_function); loss = step(waves, targets)  # loss: a device tensor
+    """
+
+    def __init__(self, run, shift_samples, loss_function, warmup=3):
+        self.run, self.warmup, self.done = run, warmup, 0
+        self.step_args = (None, shift_samples, loss_function, run.amp_dtype)
+        self.graph = self.inputs = self.loss = self.lr = None
+
+    def __call__(self, waves, targets):
+        if self.graph is None and self.done >= self.warmup:
+            self._capture(waves, targets)
+        if self.graph is not None and waves.shape == self.inputs[0].shape and targets.shape == self.inputs[1].shape:
+            self.inputs[0].copy_(waves, non_blocking=True)
+            self.inputs[1].copy_(targets, non_blocking=True)
+            if self.lr is not None:
+                self.lr.fill_(self.run.optimizer.param_groups[0]["lr"])
+            self._replay()
+            loss = self.loss.clone()  # the next replay overwrites the graph's own
+        else:
+            loss = self._eager(waves, targets)
+        self.done += 1
+        self.run.scheduler.step()
+        return loss
+
+    def _eager(self, waves, targets):
+        if waves.device.type != "cuda":
+            return device_step(self.run, waves, targets, *self.step_args)
+        side, main = torch.cuda.Stream(waves.device), torch.cuda.current_stream(waves.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):  # eager steps before a capture run off the capturing stream, as torch asks
+            loss = device_step(self.run, waves, targets, *self.step_args)
+        main.wait_stream(side)
+        return loss
+
+    def _capture(self, waves, targets):
+        self.inputs = (waves.clone(), targets.clone())
+        if waves.device.type != "cuda":
+            self.graph = "eager"
+            return
+        groups = self.run.optimizer.param_groups
+        if len({g["lr"] for g in groups}) > 1:
+            raise UserError("a CUDA graph replays one learning rate: use --cuda-graph off")
+        # the graph reads the learning rate from a device tensor that each step fills: the schedule goes on
+        self.lr = torch.tensor(float(groups[0]["lr"]), device=waves.device)
+        floats = [g["lr"] for g in groups]
+        for g in groups:
+            g["lr"] = self.lr
+        self.run.optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize(waves.device)
+        self.graph = torch.cuda.CUDAGraph()
+        try:
+            # thread_local: the loader's threads may pin memory while the main thread captures
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                self.loss = device_step(self.run, *self.inputs, *self.step_args)
+        finally:
+            for g, value in zip(groups, floats):
+                g["lr"] = value  # the scheduler writes floats; each step fills self.lr from them
+
+    def _replay(self):
+        if self.graph == "eager":
+            self.loss = device_step(self.run, *self.inputs, *self.step_args)
+        else:
+            self.graph.replay()
 
 
 def train_one_epoch(run, args, config, procs, epoch):
@@ -472,8 +587,12 @@ def train_one_epoch(run, args, config, procs, epoch):
     workers = (0 if device.type == "cpu" else min(8, os.cpu_count() or 1)) if args.loader_workers == "auto" \
         else int(args.loader_workers)
     shift_samples = int(round(args.time_shift * SAMPLE_RATE))
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16  # CPU autocast computes in bfloat16
     loss_function = LOSSES[args.loss]
+    if run.graphed:  # on CPU one warm-up step is enough to reach the captured path
+        step = GraphedStep(run, shift_samples, loss_function, warmup=3 if device.type == "cuda" else 1)
+    else:
+        def step(waves, targets):
+            return train_step(run, waves, targets, generator, shift_samples, loss_function, run.amp_dtype)
     run.trained.train()
     loss_sum, steps = torch.zeros((), device=device), 0
     batches = run.dataset.epoch(epoch, args.batch_size, procs.rank, procs.world_size, workers,
@@ -482,7 +601,7 @@ def train_one_epoch(run, args, config, procs, epoch):
                unit="batch", disable=procs.rank != 0)
     for waves, targets in bar:
         waves, targets = waves.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        loss_sum += train_step(run, waves, targets, generator, shift_samples, loss_function, amp_dtype)
+        loss_sum += step(waves, targets)
         steps += 1
         if steps % progress_every == 0 or steps == run.steps_per_epoch:
             bar.set_postfix(loss=f"{float(loss_sum) / steps:.4f}")
@@ -525,11 +644,12 @@ def main(argv=None):
     config = model_config(args)
     args.pretrained = pretrained_of(args.pretrained)
     procs = set_up_processes(args)
+    graphed = uses_cuda_graph(args.cuda_graph, procs.device, procs.distributed, args.compile == "on")
     out_dir, inputs, state = claim_run_folder(args, config, procs)
     if state == "done":
         print(f"{out_dir}: already trained on the same inputs ({os.path.join(out_dir, 'train_done.json')})")
         return procs.close()
-    run = build_training(args, config, procs)
+    run = build_training(args, config, procs, graphed)
     start_epoch, history = resume(run, os.path.join(out_dir, "last.pt"), procs.device) if state == "resume" \
         else (1, [])
     if procs.rank == 0:

@@ -1,6 +1,6 @@
 """A GPU box in one command: for each model of the models table, training samples/s on the device (train.py's
-step with AMP: time shift, mel, augmentations, forward, backward, fused AdamW; best and median of several
-interleaved timings after full-size warm-up, and the step's host time beside its device time: host time near
+step with AMP: time shift, mel, augmentations, forward, backward, fused AdamW, replayed from a CUDA graph on a GPU,
+and beside it on a GPU the eager step; best and median of several interleaved timings after full-size warm-up, and the step's host time beside its device time: host time near
 the device's means the host is the bottleneck), validation's samples/s, the loader's samples/s with the worker threads
 train.py gives it on that device, and their ratio (below 1: the GPU waits for data); pseudo-labelling windows/s
 on the device (pseudo.py's engine for a GPU: every model of the table, AMP, batches of 256 windows); and the
@@ -9,7 +9,7 @@ per model, 3 rounds, 2 pseudo-label rounds over prep's 20,000 cached windows). R
 
     python bench/gpu.py                                  # the GPU, models.csv (make bench-gpu)
     python bench/gpu.py --n-gpus 4                         # ... projected with the models spread over 4 GPUs
-    python bench/gpu.py --with-compile --slots 2           # ... and torch.compile on/off, 2 jobs sharing the GPU
+    python bench/gpu.py --with-compile --slots 2           # ... and torch.compile, 2 jobs sharing the GPU
     python bench/gpu.py --device cpu --steps 1 --repeats 1 --batches 2 --batch-size 8 --pseudo-batch-size 8  # anywhere
     make bench-gpu DEVICE=cpu
 
@@ -54,39 +54,46 @@ def loader_workers(device):
     return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
 
 
-def measure_models(table, device, n_steps, n_batches, batch_size, repeats, with_compile=False):
-    """{(model id, compiled): figures} for each row of the table (with_compile: each row twice, as train.py
-    --compile off and on): train.py's step timed `repeats` times, the variants interleaved (each repeat
-    starts one later), after two full-size warm-up steps each (the compilation, cuDNN's search); the best and
-    median samples/s, the step's device and host milliseconds, validation's samples/s, the loader's."""
+def step_variants(device, with_compile=False):
+    """The training steps to time: train.py's own on this device first (a CUDA graph on a GPU, eager on a CPU),
+    then on a GPU the eager step beside it (train.py --cuda-graph off), and with_compile the compiled network."""
+    first = ["graph", "eager"] if device.type == "cuda" else ["eager"]
+    return first + (["compile"] if with_compile else [])
+
+
+def measure_models(table, device, n_steps, n_batches, batch_size, repeats, variants=("eager",)):
+    """{(model id, variant): figures} for each row of the table and each step variant (StepBench's: eager,
+    graph, compile): train.py's step timed `repeats` times, every model and variant interleaved (each repeat
+    starts one later), after full-size warm-up steps each (cuDNN's search, the graph's capture, the
+    compilation); the best and median samples/s, the step's device and host milliseconds, validation's
+    samples/s, the loader's."""
     workers = loader_workers(device)
     with tempfile.TemporaryDirectory() as folder:
         loader = loader_speed(folder, batch_size, n_batches, workers, threads=True,
                               rows=min(4096, batch_size * n_batches))
-    variants = [False, True] if with_compile else [False]
     benches = {}
     for i, row in table.iterrows():
-        for compiled in variants:
+        for variant in variants:
             began = time.perf_counter()
             bench = StepBench(int(row["image_height"]), int(row["image_width"]), int(row["n_mels"]),
-                              int(row["hop_length"]), batch_size, classes_2024, device, amp=True, compile=compiled)
-            bench.steps(2)  # cuDNN's and the allocator's first calls at the full batch (and the compilation)
+                              int(row["hop_length"]), batch_size, classes_2024, device, amp=True, variant=variant)
+            bench.steps(bench.warmup_steps)
             bench.evaluate(1)
-            benches[i, compiled] = bench
-            if compiled:
-                print(f"model {i}: compiled and warmed up in {time.perf_counter() - began:.0f} s", flush=True)
+            benches[i, variant] = bench
+            if variant != "eager":
+                print(f"model {i}, {variant}: warmed up in {time.perf_counter() - began:.1f} s", flush=True)
     keys, times = list(benches), {k: [] for k in benches}
     for r in range(repeats):
         for k in keys[r % len(keys):] + keys[:r % len(keys)]:
             times[k].append(benches[k].steps(n_steps))
     figures = {}
-    for (i, compiled), bench in benches.items():
-        row = table.loc[i]
-        step_s, host_s = np.median([t[0] for t in times[i, compiled]]), np.median([t[1] for t in times[i, compiled]])
-        best = batch_size / min(t[0] for t in times[i, compiled])
+    for (i, variant), bench in benches.items():
+        row, timed = table.loc[i], times[i, variant]
+        step_s, host_s = np.median([t[0] for t in timed]), np.median([t[1] for t in timed])
+        best = batch_size / min(t[0] for t in timed)
         speed, valid = batch_size / step_s, batch_size / bench.evaluate(max(1, n_steps // 2))
-        figures[i, compiled] = dict(speed=speed, best=best, loader=loader, valid=valid)
-        print(f"model {i}{' compiled' if compiled else ''} ({int(row['image_height'])}x{int(row['image_width'])}, "
+        figures[i, variant] = dict(speed=speed, best=best, loader=loader, valid=valid)
+        print(f"model {i}, {variant} step ({int(row['image_height'])}x{int(row['image_width'])}, "
               f"{int(row['n_mels'])} mels, hop {int(row['hop_length'])}): train {best:8.1f} best / {speed:8.1f} "
               f"median samples/s, step {1000 * step_s:7.1f} ms on the device, {1000 * host_s:7.1f} ms on the host; "
               f"validation {valid:8.1f} samples/s; loader ({workers} worker threads) {loader:8.1f} samples/s, "
@@ -99,8 +106,8 @@ def _slot_job(row, device, batch_size, seconds, barrier, results, slot):
     all starting together; its samples/s into results[slot]."""
     torch.backends.cudnn.benchmark = True
     bench = StepBench(int(row["image_height"]), int(row["image_width"]), int(row["n_mels"]), int(row["hop_length"]),
-                      batch_size, classes_2024, device, amp=True)
-    bench.steps(2)
+                      batch_size, classes_2024, device, amp=True, variant=step_variants(torch.device(device))[0])
+    bench.steps(bench.warmup_steps)
     barrier.wait()
     began, n = time.perf_counter(), 0
     while time.perf_counter() - began < seconds:
@@ -182,8 +189,8 @@ def main(argv=None):
     add_flag(p, "--repeats", default=repeats)
     p.add_argument("--n-gpus", type=int, default=1, help="GPUs the projection spreads a round's models over")
     p.add_argument("--with-compile", action="store_true", help="also time each model's step as train.py --compile "
-                   "on runs it (the network torch.compile'd), interleaved with the plain one; the projection keeps "
-                   "the plain figures, train.py's default")
+                   "on --cuda-graph off runs it (the network torch.compile'd), interleaved with the others; the "
+                   "projection keeps train.py's default step (a CUDA graph on a GPU)")
     p.add_argument("--slots", type=int, default=1, help="above 1: also measure this many training processes "
                    "sharing the device, each model in turn, against one (make GPUS=0,0,...)")
     add_flag(p, "--threads", default=os.cpu_count() or 2)
@@ -195,12 +202,12 @@ def main(argv=None):
     table = read_models_table(args.models)
     print(f"device {describe(device)}, torch {torch.__version__}, {os.cpu_count()} CPU cores, {args.models}, "
           f"batch {args.batch_size}", flush=True)
-    measured = measure_models(table, device, args.steps, args.batches, args.batch_size, args.repeats,
-                              args.with_compile)
-    figures = {i: f for (i, compiled), f in measured.items() if not compiled}
-    if args.with_compile:
-        print("torch.compile's gain, median step: " + ", ".join(
-            f"model {i} x{measured[i, True]['speed'] / measured[i, False]['speed']:.2f}" for i in table.index))
+    variants = step_variants(device, args.with_compile)
+    measured = measure_models(table, device, args.steps, args.batches, args.batch_size, args.repeats, variants)
+    figures = {i: f for (i, variant), f in measured.items() if variant == variants[0]}  # train.py's step
+    for variant in variants[1:]:
+        print(f"{variants[0]} step against {variant}, median: " + ", ".join(
+            f"model {i} x{measured[i, variants[0]]['speed'] / measured[i, variant]['speed']:.2f}" for i in table.index))
     for i, row in table.iterrows() if args.slots > 1 else ():
         one, several = (slots_speed(row, device, args.batch_size, k) for k in (1, args.slots))
         print(f"model {i}, {args.slots} processes on one device: {several:.1f} samples/s together against "

@@ -43,23 +43,33 @@ def memmap(path, rows, rng):
 
 
 class StepBench:
-    """train.py's own step (train.train_step: time shift, mel, the write-up's augmentations, forward, backward,
-    AdamW, the scheduler) for one model on `device`, with AMP as train.py runs it, on a fixed random batch;
-    compile=True: with the network torch.compile'd (train.py --compile on)."""
+    """train.py's own step (time shift, mel, the write-up's augmentations, forward, backward, AdamW, the
+    scheduler) for one model on `device`, with AMP as train.py runs it, on a fixed random batch. variant:
+    "eager" (train.train_step), "graph" (train.GraphedStep: replayed from a CUDA graph, train.py --cuda-graph on,
+    its default for one GPU), "compile" (the network torch.compile'd: train.py --compile on)."""
 
-    def __init__(self, height, width, n_mels, hop, batch, n_classes=182, device="cpu", amp=False, compile=False):
+    variants = ("eager", "graph", "compile")
+
+    def __init__(self, height, width, n_mels, hop, batch, n_classes=182, device="cpu", amp=False, variant="eager"):
         import train
+        if variant not in self.variants:
+            raise ValueError(f"variant {variant!r} is not one of {self.variants}")
         self.train, self.device, self.batch = train, torch.device(device), batch
         torch.manual_seed(0)
         self.run = train.step_state(MelEfficientNet(n_classes, height, width),
-                                    MelFrontEnd(MelSettings(n_mels=n_mels, hop_length=hop)), self.device, amp)
-        if compile:  # train.py --compile on: the network compiled, the step around it as it is
+                                    MelFrontEnd(MelSettings(n_mels=n_mels, hop_length=hop)), self.device, amp,
+                                    graphed=variant == "graph")
+        if variant == "compile":  # train.py --compile on: the network compiled, the step around it as it is
             self.run.trained = torch.compile(self.run.trained)
         self.waves = torch.randn(batch, WINDOW_SAMPLES, device=self.device) * 0.1
         self.targets = (torch.rand(batch, n_classes, device=self.device) < 0.02).float()
-        self.generator = torch.Generator(device=self.device).manual_seed(0)
-        self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        self.shift = int(round(train.time_shift_seconds * SAMPLE_RATE))
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        shift = int(round(train.time_shift_seconds * SAMPLE_RATE))
+        self.step = train.GraphedStep(self.run, shift, bce_focal_loss) if variant == "graph" else \
+            (lambda w, t: train.train_step(self.run, w, t, generator, shift, bce_focal_loss, self.run.amp_dtype))
+        self.amp_dtype = self.run.amp_dtype
+        # warm-up steps before timing: the graph's eager ones and its capture
+        self.warmup_steps = self.step.warmup + 2 if variant == "graph" else 2
 
     def sync(self):
         if self.device.type == "cuda":
@@ -71,8 +81,7 @@ class StepBench:
         self.sync()
         began = time.perf_counter()
         for _ in range(n):
-            self.train.train_step(self.run, self.waves, self.targets, self.generator, self.shift, bce_focal_loss,
-                                  self.amp_dtype)
+            self.step(self.waves, self.targets)
         host = time.perf_counter() - began
         self.sync()
         return (time.perf_counter() - began) / n, host / n

@@ -146,3 +146,61 @@ def test_a_step_never_waits_for_the_gpu():
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
+
+
+def graphed_and_eager_losses(device, batches=(16, 16, 16, 16, 16, 16, 10, 16)):
+    """Losses and final weights of train.py's GraphedStep and of the eager train_step on the same batches and
+    seeds (both from the device's default generator, autocast alike), the learning rate changing every step."""
+    import train
+    runs, results = [], []
+    for graphed_step in (True, False):
+        torch.manual_seed(0)
+        run = train.step_state(common.MelEfficientNet(5, 32, 32),
+                               common.MelFrontEnd(common.MelSettings(n_mels=32, hop_length=1024)), device,
+                               amp=device.type == "cuda", chances=AugmentChances(0.5, 0.5, 0.5, 0.5, 0.5),
+                               graphed=True, schedule=lambda s: 1.0 / (1 + s))
+        step = train.GraphedStep(run, 8000, common.bce_focal_loss) if graphed_step else \
+            (lambda w, t: train.train_step(run, w, t, None, 8000, common.bce_focal_loss, run.amp_dtype))
+        data = torch.Generator().manual_seed(1)
+        torch.manual_seed(2)
+        losses = []
+        for n in batches:
+            waves = torch.randn(n, common.WINDOW_SAMPLES, generator=data).to(device)
+            targets = (torch.rand(n, 5, generator=data) > 0.7).float().to(device)
+            losses.append(step(waves, targets))
+        runs.append(run)
+        results.append((torch.stack(losses).float().cpu(), {k: v.detach().float().cpu().clone()
+                                                             for k, v in run.trained.state_dict().items()}))
+    assert runs[0].optimizer.param_groups[0]["lr"] == runs[1].optimizer.param_groups[0]["lr"] == pytest.approx(1.0e-3 / (1 + len(batches)))
+    return results
+
+
+def test_the_graphed_step_on_cpu_is_the_eager_step():
+    """On a CPU, GraphedStep runs the code a GPU replays (warm-up, capture into fixed buffers, a partial batch
+    eagerly, the schedule): the same losses and weights as the eager step, to the bit."""
+    (graphed_losses, graphed), (eager_losses, eager) = graphed_and_eager_losses(torch.device("cpu"))
+    assert torch.equal(graphed_losses, eager_losses)
+    assert all(torch.equal(graphed[k], eager[k]) for k in eager)
+    assert not torch.equal(eager["head.weight"], tiny_run(AugmentChances()).trained.state_dict()["head.weight"]
+                           .float())  # it trained
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the graph is checked on one")
+def test_the_cuda_graph_trains_as_the_eager_step_and_never_waits():
+    import train
+    device = torch.device("cuda")
+    (graphed_losses, graphed), (eager_losses, eager) = graphed_and_eager_losses(device)
+    assert torch.allclose(graphed_losses, eager_losses, rtol=0.02, atol=1e-3), (graphed_losses, eager_losses)
+    assert max(float((graphed[k] - eager[k]).abs().max()) for k in eager) < 0.05
+    run = tiny_run(AugmentChances(0.5, 0.5, 0.5, 0.5, 0.5), device, amp=True)
+    run.amp_dtype = torch.bfloat16
+    step = train.GraphedStep(run, 8000, common.bce_focal_loss, warmup=1)
+    waves, targets = torch.randn(16, common.WINDOW_SAMPLES, device=device), torch.rand(16, 5, device=device)
+    for _ in range(2):  # the warm-up step, then the capture
+        step(waves, targets)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step(waves, targets)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -298,6 +298,8 @@ def test_settings_errors_are_one_line(cache_dir, tmp_path):
     table.assign(pseudo_chance=1).to_csv(bad_table, index=False)
     result = run_script(*base, "--models", str(bad_table))
     assert one_line_error(result) and "pseudo_chance" in result.stderr
+    result = run_script(*base, "--cuda-graph", "on", "--compile", "on")
+    assert one_line_error(result) and "--cuda-graph off" in result.stderr
     assert not os.path.exists(tmp_path / "x")
 
 
@@ -333,3 +335,13 @@ def test_training_from_the_cache_in_device_memory(cache_dir, tmp_path, capsys):
     assert "in cpu's memory" in capsys.readouterr().out
     metrics = pd.read_csv(os.path.join(out, "metrics.csv"))
     assert len(metrics) == 2 and metrics["train_loss"].notna().all()
+
+
+def test_cuda_graph_path_trains_on_cpu(cache_dir, tmp_path):
+    """--cuda-graph on (on CPU: GraphedStep's code run eagerly; its CUDA replay is checked in test_augment where a
+    GPU is): epochs with a warm-up step, the captured step and a partial last batch train and validate."""
+    out = str(tmp_path / "graphed")
+    run(cache_dir, out, "--cuda-graph", "on", "--max-train-files", "30")
+    metrics = pd.read_csv(os.path.join(out, "metrics.csv"))
+    assert len(metrics) == 2 and np.isfinite(metrics[["train_loss", "valid_loss", "auc"]].values).all()
+    assert sorted(os.listdir(os.path.join(out, "epochs"))) == ["epoch_001.pt", "epoch_002.pt"]
