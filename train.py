@@ -516,14 +516,17 @@ class GraphedStep:
     """
 
     def __init__(self, run, shift_samples, loss_function, warmup=3):
-        self.run, self.warmup, self.done = run, warmup, 0
+        self.run, self.warmup, self.eager_shapes = run, warmup, {}
         self.step_args = (None, shift_samples, loss_function, run.amp_dtype)
         self.graph = self.inputs = self.loss = self.lr = None
 
     def __call__(self, waves, targets):
-        if self.graph is None and self.done >= self.warmup:
+        shape = (tuple(waves.shape), tuple(targets.shape))
+        # captured on a shape that ran eagerly `warmup` times: cuDNN has chosen its kernels for it (a search
+        # inside a capture fails)
+        if self.graph is None and self.eager_shapes.get(shape, 0) >= self.warmup:
             self._capture(waves, targets)
-        if self.graph is not None and waves.shape == self.inputs[0].shape and targets.shape == self.inputs[1].shape:
+        if self.graph not in (None, "failed") and shape == self.shape:
             self.inputs[0].copy_(waves, non_blocking=True)
             self.inputs[1].copy_(targets, non_blocking=True)
             if self.lr is not None:
@@ -532,7 +535,7 @@ class GraphedStep:
             loss = self.loss.clone()  # the next replay overwrites the graph's own
         else:
             loss = self._eager(waves, targets)
-        self.done += 1
+            self.eager_shapes[shape] = self.eager_shapes.get(shape, 0) + 1
         self.run.scheduler.step()
         return loss
 
@@ -547,7 +550,7 @@ class GraphedStep:
         return loss
 
     def _capture(self, waves, targets):
-        self.inputs = (waves.clone(), targets.clone())
+        self.inputs, self.shape = (waves.clone(), targets.clone()), (tuple(waves.shape), tuple(targets.shape))
         if waves.device.type != "cuda":
             self.graph = "eager"
             return
@@ -566,6 +569,10 @@ class GraphedStep:
             # thread_local: the loader's threads may pin memory while the main thread captures
             with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self.loss = device_step(self.run, *self.inputs, *self.step_args)
+        except RuntimeError as error:  # a capture computes nothing: the steps go on eagerly
+            print(f"CUDA graph capture failed ({str(error).splitlines()[0]}): this epoch's steps run eagerly "
+                  f"(--cuda-graph off skips the attempt)", flush=True)
+            self.graph, self.lr = "failed", None
         finally:
             for g, value in zip(groups, floats):
                 g["lr"] = value  # the scheduler writes floats; each step fills self.lr from them

@@ -26,8 +26,8 @@ check() {  # name, seconds, command...
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"
-check gpu-tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_augment.py -k "never_waits or cuda_graph"
-check bench-gpu ${BENCH_SECONDS:-200} $PY bench/gpu.py --device cuda --threads "$THREADS" --models models.csv \
+check gpu-tests ${TESTS_SECONDS:-90} $PY -m pytest -q -p no:cacheprovider tests/test_augment.py -k "never_waits or cuda_graph"
+check bench-gpu ${BENCH_SECONDS:-200} $PY bench/gpu.py --device cuda --threads "$THREADS" --models ${BENCH_MODELS:-models.csv} \
     --steps 12 --pseudo-batches 4
 (grep -v '^[0-9]' models-demo.csv; grep '^1,' models-demo.csv) >"$OUT/one-model.csv"
 check round2 ${ROUND2_SECONDS:-130} bash -c "$PY demo_data.py --out /tmp/gpu-demo --per-species 8 --unlabeled 6 \

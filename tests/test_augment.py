@@ -148,9 +148,10 @@ def test_a_step_never_waits_for_the_gpu():
 
 
 
-def graphed_and_eager_losses(device, batches=(16, 16, 16, 16, 16, 16, 10, 16)):
+def graphed_and_eager_losses(device, batches=(16, 16, 10, 16, 16, 16, 10, 16)):
     """Losses and final weights of train.py's GraphedStep and of the eager train_step on the same batches and
-    seeds (both from the device's default generator, autocast alike), the learning rate changing every step."""
+    seeds (both from the device's default generator, autocast alike), the learning rate changing every step; a
+    partial batch comes before the capture (on the 5th batch, the third full one) and after it."""
     import train
     runs, results = [], []
     for graphed_step in (True, False):
@@ -171,6 +172,8 @@ def graphed_and_eager_losses(device, batches=(16, 16, 16, 16, 16, 16, 10, 16)):
         runs.append(run)
         results.append((torch.stack(losses).float().cpu(), {k: v.detach().float().cpu().clone()
                                                              for k, v in run.trained.state_dict().items()}))
+        if graphed_step:  # captured on the full batch, after three eager steps of it, never on the partial one
+            assert step.shape[0] == (16, common.WINDOW_SAMPLES) and step.eager_shapes[step.shape] == 3
     assert runs[0].optimizer.param_groups[0]["lr"] == runs[1].optimizer.param_groups[0]["lr"] == pytest.approx(1.0e-3 / (1 + len(batches)))
     return results
 
@@ -192,8 +195,10 @@ def test_the_cuda_graph_trains_as_the_eager_step_and_never_waits():
     (graphed_losses, graphed), (eager_losses, eager) = graphed_and_eager_losses(device)
     assert torch.allclose(graphed_losses, eager_losses, rtol=0.02, atol=1e-3), (graphed_losses, eager_losses)
     assert max(float((graphed[k] - eager[k]).abs().max()) for k in eager) < 0.05
-    run = tiny_run(AugmentChances(0.5, 0.5, 0.5, 0.5, 0.5), device, amp=True)
-    run.amp_dtype = torch.bfloat16
+    torch.manual_seed(0)
+    run = train.step_state(common.MelEfficientNet(5, 32, 32),
+                           common.MelFrontEnd(common.MelSettings(n_mels=32, hop_length=1024)), device, True,
+                           AugmentChances(0.5, 0.5, 0.5, 0.5, 0.5), graphed=True)
     step = train.GraphedStep(run, 8000, common.bce_focal_loss, warmup=1)
     waves, targets = torch.randn(16, common.WINDOW_SAMPLES, device=device), torch.rand(16, 5, device=device)
     for _ in range(2):  # the warm-up step, then the capture
