@@ -355,6 +355,7 @@ class Training:
     graphed: bool              # steps replay a CUDA graph (GraphedStep)
     steps_per_epoch: int
     soup_start: int
+    graph_step: object = None  # the GraphedStep, captured once and replayed in every epoch
 
 
 def make_optimizer(name, model, lr, weight_decay, device, graphed=False):
@@ -570,7 +571,7 @@ class GraphedStep:
             with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self.loss = device_step(self.run, *self.inputs, *self.step_args)
         except RuntimeError as error:  # a capture computes nothing: the steps go on eagerly
-            print(f"CUDA graph capture failed ({str(error).splitlines()[0]}): this epoch's steps run eagerly "
+            print(f"CUDA graph capture failed ({str(error).splitlines()[0]}): the steps run eagerly "
                   f"(--cuda-graph off skips the attempt)", flush=True)
             self.graph, self.lr = "failed", None
         finally:
@@ -596,7 +597,9 @@ def train_one_epoch(run, args, config, procs, epoch):
     shift_samples = int(round(args.time_shift * SAMPLE_RATE))
     loss_function = LOSSES[args.loss]
     if run.graphed:  # on CPU one warm-up step is enough to reach the captured path
-        step = GraphedStep(run, shift_samples, loss_function, warmup=3 if device.type == "cuda" else 1)
+        if run.graph_step is None:  # replays draw from the default generator, reseeded above each epoch
+            run.graph_step = GraphedStep(run, shift_samples, loss_function, warmup=3 if device.type == "cuda" else 1)
+        step = run.graph_step
     else:
         def step(waves, targets):
             return train_step(run, waves, targets, generator, shift_samples, loss_function, run.amp_dtype)
