@@ -170,7 +170,8 @@ def parse_args(argv=None):
     p.add_argument("--cuda-graph", default="auto", choices=["auto", "on", "off"], help="replay each training step "
                    "(augmentations, forward, backward, AdamW) from one captured CUDA graph, with bfloat16 autocast: "
                    "the host launches one graph instead of a thousand kernels. auto: on for one process on a GPU "
-                   "without --compile; on CPU, on runs the same code eagerly (tests)")
+                   "(not with --compile on, --optimizer sgd or --schedule onecycle); on CPU, on runs the same code "
+                   "eagerly (tests)")
     p.add_argument("--max-train-files", type=int, help="use only this many training rows (quick runs)")
     p.add_argument("--site-share", type=float, default=site_share, help="the site's labelled training windows "
                    "(where prep cached them) make about this share of each epoch's samples, each dealt a whole "
@@ -399,15 +400,19 @@ def step_state(model, mel, device, amp, chances=None, optimizer="adamw", graphed
                            scaler=make_scaler(device, amp, amp_dtype), amp_dtype=amp_dtype, graphed=graphed)
 
 
-def uses_cuda_graph(choice, device, distributed, compiled):
-    """--cuda-graph: whether train steps replay a CUDA graph (on CPU, `on` runs GraphedStep's code eagerly)."""
-    if choice == "off":
+def uses_cuda_graph(args, device, distributed):
+    """--cuda-graph: whether train steps replay a CUDA graph (on CPU, `on` runs GraphedStep's code eagerly). A
+    graph replays what it captured: one process, the network uncompiled, AdamW (its learning rate read from the
+    device each step) and a schedule that changes nothing else (onecycle also cycles AdamW's betas)."""
+    if args.cuda_graph == "off":
         return False
-    if choice == "auto":
-        return device.type == "cuda" and not distributed and not compiled
-    if distributed or compiled:
-        raise UserError("--cuda-graph on runs one process without --compile (torchrun and torch.compile "
-                        "need --cuda-graph off)")
+    unsupported = [why for why, found in (("torchrun", distributed), ("--compile on", args.compile == "on"),
+                                          ("--optimizer sgd", args.optimizer != "adamw"),
+                                          ("--schedule onecycle", args.schedule != "cosine")) if found]
+    if args.cuda_graph == "auto":
+        return device.type == "cuda" and not unsupported
+    if unsupported:
+        raise UserError(f"--cuda-graph on cannot replay a step with {', '.join(unsupported)}: use --cuda-graph off")
     return True
 
 
@@ -654,7 +659,7 @@ def main(argv=None):
     config = model_config(args)
     args.pretrained = pretrained_of(args.pretrained)
     procs = set_up_processes(args)
-    graphed = uses_cuda_graph(args.cuda_graph, procs.device, procs.distributed, args.compile == "on")
+    graphed = uses_cuda_graph(args, procs.device, procs.distributed)
     out_dir, inputs, state = claim_run_folder(args, config, procs)
     if state == "done":
         print(f"{out_dir}: already trained on the same inputs ({os.path.join(out_dir, 'train_done.json')})")

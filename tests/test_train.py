@@ -345,3 +345,20 @@ def test_cuda_graph_path_trains_on_cpu(cache_dir, tmp_path):
     metrics = pd.read_csv(os.path.join(out, "metrics.csv"))
     assert len(metrics) == 2 and np.isfinite(metrics[["train_loss", "valid_loss", "auc"]].values).all()
     assert sorted(os.listdir(os.path.join(out, "epochs"))) == ["epoch_001.pt", "epoch_002.pt"]
+
+
+def test_cuda_graph_choice_follows_what_a_graph_can_replay():
+    from errors import UserError
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+
+    def args(*extra):
+        return train.parse_args(["--model", "1", *extra])
+    assert train.uses_cuda_graph(args(), cuda, distributed=False)             # auto: on for one process on a GPU
+    assert not train.uses_cuda_graph(args(), cpu, distributed=False)
+    assert not train.uses_cuda_graph(args(), cuda, distributed=True)          # torchrun
+    for extra in (["--compile", "on"], ["--optimizer", "sgd"], ["--schedule", "onecycle"]):
+        assert not train.uses_cuda_graph(args(*extra), cuda, distributed=False), extra
+        with pytest.raises(UserError, match="--cuda-graph off"):
+            train.uses_cuda_graph(args("--cuda-graph", "on", *extra), cuda, distributed=False)
+    assert train.uses_cuda_graph(args("--cuda-graph", "on"), cpu, distributed=False)  # the same code, eagerly
+    assert not train.uses_cuda_graph(args("--cuda-graph", "off"), cuda, distributed=False)
