@@ -575,9 +575,9 @@ class GraphedStep:
             # thread_local: the loader's threads may pin memory while the main thread captures
             with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self.loss = device_step(self.run, *self.inputs, *self.step_args)
-        except RuntimeError as error:  # a capture computes nothing: the steps go on eagerly
-            print(f"CUDA graph capture failed ({str(error).splitlines()[0]}): the steps run eagerly "
-                  f"(--cuda-graph off skips the attempt)", flush=True)
+        except Exception as error:  # a capture computes nothing (an older torch may lack what it needs): eager on
+            print(f"CUDA graph capture failed ({(str(error).splitlines() or [type(error).__name__])[0]}): the steps "
+                  f"run eagerly (--cuda-graph off skips the attempt)", flush=True)
             self.graph, self.lr = "failed", None
         finally:
             for g, value in zip(groups, floats):
