@@ -513,8 +513,8 @@ class GraphedStep:
     """train_step with the device's part replayed from one CUDA graph: per step the host copies the batch into
     the graph's input buffers, sets the learning rate and launches the graph, where the eager step dispatches
     the network's forward and backward kernel by kernel (what bound the step on an H200: bench/gpu.py). The first
-    `warmup` steps run eagerly on a side stream (cuDNN's search, the optimiser's state), the graph is captured
-    on the next batch; a batch of another shape (an epoch's partial last one) runs eagerly. Random numbers come
+    steps run eagerly on a side stream (cuDNN's search, the optimiser's state) until one shape has run `warmup`
+    times; the graph is captured on it, and a batch of another shape (an epoch's partial last one) runs eagerly. Random numbers come
     from the device's default generator (a graph replays it safely; torch.manual_seed seeds it). On a CPU the
     "graph" is the same step called again on the same buffers: the code path tests can run.
 
@@ -524,7 +524,7 @@ class GraphedStep:
     def __init__(self, run, shift_samples, loss_function, warmup=3):
         self.run, self.warmup, self.eager_shapes = run, warmup, {}
         self.step_args = (None, shift_samples, loss_function, run.amp_dtype)
-        self.graph = self.inputs = self.loss = self.lr = None
+        self.graph = self.inputs = self.loss = self.lr = self.shape = None
 
     def __call__(self, waves, targets):
         shape = (tuple(waves.shape), tuple(targets.shape))

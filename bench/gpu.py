@@ -1,7 +1,7 @@
 """A GPU box in one command: for each model of the models table, training samples/s on the device (train.py's
-step with AMP: time shift, mel, augmentations, forward, backward, fused AdamW, replayed from a CUDA graph on a GPU,
-and beside it on a GPU the eager step; best and median of several interleaved timings after full-size warm-up, and the step's host time beside its device time: host time near
-the device's means the host is the bottleneck), validation's samples/s, the loader's samples/s with the worker threads
+step with AMP: time shift, mel, augmentations, forward, backward, fused AdamW, replayed from a CUDA graph on a
+GPU, and beside it there the eager step; best and median of several interleaved timings after full-size warm-up,
+and the step's host time beside its device time: host time near the device's means the host is the bottleneck), validation's samples/s, the loader's samples/s with the worker threads
 train.py gives it on that device, and their ratio (below 1: the GPU waits for data); pseudo-labelling windows/s
 on the device (pseudo.py's engine for a GPU: every model of the table, AMP, batches of 256 windows); and the
 projected hours of the write-up's whole cycle at BirdCLEF 2024 size (24,459 recordings, 50 epochs over 80% of them
