@@ -117,6 +117,9 @@ class StackedRows:
         return out
 
 
+SITE_MODES = ("samples", "mix")  # how the site's labelled windows train: samples of their own, or mixed into samples
+
+
 def site_repeats(n_recordings, n_windows, share):
     """How many times each labelled site window is dealt in an epoch so that they make about `share` of its
     samples (at least once: a labelled window always trains)."""
@@ -132,15 +135,19 @@ def labels_matrix(label_lists, classes):
     return y
 
 
-def load_split(cache_dir, config, max_train_files=None, site_share=0.0):
+def load_split(cache_dir, config, max_train_files=None, site_share=0.0, site_mode="samples"):
     """Training rows, validation rows (the model's fold of the competition data; none for fold 'all'), audio
     memmap, targets. A class's only recording always trains (assign_folds puts it in no fold). With site_share
-    > 0 and a cache that holds the site's labelled training windows, they follow the recordings in `audio` and
-    `targets` and train too, each dealt site_repeats times (never in a fold's validation)."""
+    > 0 and a cache that holds the site's labelled training windows, they train too (never in a fold's
+    validation): site_mode "samples" puts them after the recordings in `audio` and `targets`, each dealt
+    site_repeats times; "mix" returns them as `site`, windows that a site_share of the samples are mixed with
+    (as pseudo-labelled windows are)."""
     paths = CachePaths(cache_dir)
     for f in (paths.audio, paths.rows, paths.classes):
         if not os.path.isfile(f):
             raise UserError(f"file not found: {f} (run make prep first)")
+    if site_mode not in SITE_MODES:
+        raise UserError(f"site mode {site_mode!r} is not one of {', '.join(SITE_MODES)}")
     rows = read_rows(paths.rows)
     classes = load_classes(paths.classes)
     audio = np.load(paths.audio, mmap_mode="r")
@@ -163,15 +170,21 @@ def load_split(cache_dir, config, max_train_files=None, site_share=0.0):
         train = np.random.default_rng(int(config["seed"])).permutation(train)[:max_train_files]
     site = read_site_labels(paths.site_labels)
     site = site[site["split"] == "train"]
-    repeats = 0
+    repeats, site_windows = 0, None
     if site_share > 0 and len(site) and os.path.isfile(paths.site_audio):
-        first = len(audio)
-        audio = StackedRows(audio, np.load(paths.site_audio, mmap_mode="r"))
-        targets = np.concatenate([targets, labels_matrix([split_labels(t) for t in site["labels"]], classes)])
-        repeats = site_repeats(len(train), len(site), site_share)
-        train = np.concatenate([train, np.tile(first + np.arange(len(site)), repeats)])
+        site_audio = np.load(paths.site_audio, mmap_mode="r")
+        site_targets = labels_matrix([split_labels(t) for t in site["labels"]], classes)
+        if site_mode == "mix":
+            site_windows = MixWindows(site_audio, np.arange(len(site)), site_targets)
+        else:
+            first = len(audio)
+            audio = StackedRows(audio, site_audio)
+            targets = np.concatenate([targets, site_targets])
+            repeats = site_repeats(len(train), len(site), site_share)
+            train = np.concatenate([train, np.tile(first + np.arange(len(site)), repeats)])
     return dict(rows=rows, classes=classes, audio=audio, targets=targets, train=np.sort(train), valid=valid,
-                site_windows=len(site) if repeats else 0, site_repeats=repeats)
+                site_windows=len(site) if repeats or site_windows else 0, site_repeats=repeats, site=site_windows,
+                site_mix_chance=site_share if site_windows else 0.0)
 
 
 def split_summary(data, config):
@@ -179,7 +192,9 @@ def split_summary(data, config):
     no_positives = int((data["targets"][data["valid"]].sum(0) == 0).sum())
     untrained = int((data["targets"][data["train"]].sum(0) == 0).sum())
     site = (f" (the site's {data['site_windows']} labelled windows among them, each {data['site_repeats']}x)"
-            if data.get("site_repeats") else "")
+            if data.get("site_repeats") else
+            f" (and the site's {data['site_windows']} labelled windows, mixed into "
+            f"{100 * data['site_mix_chance']:g} % of the samples)" if data.get("site") is not None else "")
     return (f"model {config['id']} fold {config['fold']}: {len(data['classes'])} classes ({no_positives} without "
             f"validation positives, {untrained} without training rows), {len(data['train'])} training rows{site}, "
             f"{len(data['valid'])} validation rows")
@@ -498,7 +513,18 @@ def mix_pseudo(wave, target, window, pseudo_target, gain_wave, gain_window):
     return gain_wave * wave + gain_window * window, np.maximum(target, pseudo_target)
 
 
-class PseudoWindows:
+class MixWindows:
+    """Windows that training samples are mixed with, and their targets: audio (M, WINDOW_SAMPLES) array (a
+    memmap), index (rows of audio that take part), targets (len(index), n_classes) float32."""
+
+    def __init__(self, audio, index, targets):
+        self.audio, self.index, self.targets = audio, np.asarray(index), np.asarray(targets, np.float32)
+
+    def __len__(self):
+        return len(self.index)
+
+
+class PseudoWindows(MixWindows):
     """Cached unlabeled 5-s windows (prep.py) joined with one round's pseudo labels (pseudo.py).
 
     audio: (M, WINDOW_SAMPLES) float16 memmap; targets: (M, n_classes) float32.
@@ -515,12 +541,9 @@ class PseudoWindows:
         keep = np.flatnonzero(np.asarray(rows) >= 0)
         if len(keep) == 0:
             raise UserError(f"{pseudo_path} labels none of the cached unlabeled windows")
-        self.audio = np.load(paths.unlabeled_audio, mmap_mode="r")
-        self.index = keep  # rows of the audio cache that have a pseudo label
-        self.targets = labels["probs"][np.asarray(rows)[keep]].astype(np.float32)
-
-    def __len__(self):
-        return len(self.index)
+        # index: rows of the audio cache that have a pseudo label
+        super().__init__(np.load(paths.unlabeled_audio, mmap_mode="r"), keep,
+                         labels["probs"][np.asarray(rows)[keep]])
 
 
 def n_batches(n_rows, batch_size):
@@ -534,15 +557,22 @@ class TrainingSet:
     """Batches of (waveform, target) from the cache. Row i: first 5 s of recording i, its multi-hot target.
 
     With `pseudo` given, each sample is mixed with a random pseudo-labelled window with chance
-    `pseudo_mix_chance`, each part scaled by 10**uniform(*amp_exp_range) (seed: ampExpMin, ampExpMax).
-    Randomness comes from (seed, epoch, batch), so an epoch is the same after a resume.
+    `pseudo_mix_chance`, each part scaled by 10**uniform(*amp_exp_range) (seed: ampExpMin, ampExpMax); with
+    `site` (MixWindows of the site's labelled windows), then with one of those with chance `site_mix_chance`,
+    alike. Randomness comes from (seed, epoch, batch), so an epoch is the same after a resume.
     """
 
     def __init__(self, audio, targets, rows, pseudo=None, pseudo_mix_chance=0.0, amp_exp_range=(-0.5, 0.1),
-                 seed=0):
+                 seed=0, site=None, site_mix_chance=0.0):
         self.audio, self.targets, self.rows = audio, targets, np.asarray(rows)
         self.pseudo, self.pseudo_mix_chance, self.amp_exp_range, self.seed = pseudo, pseudo_mix_chance, \
             amp_exp_range, seed
+        self.site, self.site_mix_chance = site, site_mix_chance
+
+    def mixes(self):
+        """[(windows, chance)]: what samples are mixed with, in order: pseudo-labelled windows, site windows."""
+        return [(w, c) for w, c in ((self.pseudo, self.pseudo_mix_chance), (self.site, self.site_mix_chance))
+                if w is not None and len(w) and c > 0]
 
     def __len__(self):
         return len(self.rows)
@@ -552,14 +582,14 @@ class TrainingSet:
         waves = np.empty((len(rows), WINDOW_SAMPLES), dtype=np.float32)
         waves[order] = self.audio[np.asarray(rows)[order]]
         targets = self.targets[rows].copy()
-        if self.pseudo is not None and self.pseudo_mix_chance > 0:
-            lo, hi = self.amp_exp_range
-            for i in np.flatnonzero(rng.random(len(rows)) < self.pseudo_mix_chance):
-                j = rng.integers(len(self.pseudo))
+        lo, hi = self.amp_exp_range
+        for windows, chance in self.mixes():
+            for i in np.flatnonzero(rng.random(len(rows)) < chance):
+                j = rng.integers(len(windows))
                 gains = 10.0 ** rng.uniform(lo, hi, size=2)
                 waves[i], targets[i] = mix_pseudo(waves[i], targets[i],
-                                                  self.pseudo.audio[self.pseudo.index[j]].astype(np.float32),
-                                                  self.pseudo.targets[j], gains[0], gains[1])
+                                                  windows.audio[windows.index[j]].astype(np.float32),
+                                                  windows.targets[j], gains[0], gains[1])
         return torch.from_numpy(waves), torch.from_numpy(targets)
 
     def epoch_plan(self, epoch, batch_size, rank=0, world_size=1):
@@ -607,43 +637,41 @@ def to_device_in_chunks(array, rows, device, chunk=4096):
 
 
 class DeviceTrainingSet(TrainingSet):
-    """A TrainingSet whose first-5-s audio and pseudo-labelled windows live in device memory (a GPU's, where they
-    fit): a batch is a gather and a mix on the device, and the host only draws the batch's few random numbers,
-    vectorised. Its randomness comes from (seed, epoch, batch) as TrainingSet's, drawn in another order: the same
-    mixing (chance, gains, max of the targets), not the same numbers."""
+    """A TrainingSet whose first-5-s audio and mixed-in windows (pseudo-labelled, the site's) live in device
+    memory (a GPU's, where they fit): a batch is a gather and a mix on the device, and the host only draws the
+    batch's few random numbers, vectorised. Its randomness comes from (seed, epoch, batch) as TrainingSet's,
+    drawn in another order: the same mixing (chance, gains, max of the targets), not the same numbers."""
 
     def __init__(self, base, device):
         super().__init__(base.audio, base.targets, base.rows, base.pseudo, base.pseudo_mix_chance,
-                         base.amp_exp_range, base.seed)
+                         base.amp_exp_range, base.seed, base.site, base.site_mix_chance)
         self.device = torch.device(device)
         distinct = np.unique(self.rows)  # a site window dealt several times an epoch is copied once
         self.position = np.full(len(base.audio), -1, dtype=np.int64)  # cache row -> row of the device copy
         self.position[distinct] = np.arange(len(distinct))
         self.audio_on_device = to_device_in_chunks(base.audio, distinct, self.device)
         self.targets_on_device = torch.from_numpy(np.asarray(base.targets[distinct], np.float32)).to(self.device)
-        if self.pseudo is not None:
-            self.windows_on_device = to_device_in_chunks(self.pseudo.audio, self.pseudo.index, self.device)
-            self.pseudo_targets_on_device = torch.from_numpy(self.pseudo.targets).to(self.device)
+        # per mix: (windows' audio, their targets, chance) on the device
+        self.mixes_on_device = [(to_device_in_chunks(w.audio, w.index, self.device),
+                                 torch.from_numpy(w.targets).to(self.device), c) for w, c in self.mixes()]
 
     @staticmethod
     def bytes_needed(base):
-        """Device bytes the copy takes: the training rows' audio and the pseudo-labelled windows, float16."""
-        windows = len(base.pseudo.index) if base.pseudo is not None else 0
+        """Device bytes the copy takes: the training rows' audio and the mixed-in windows, float16."""
+        windows = sum(len(w.index) for w, _ in base.mixes())
         return (len(np.unique(base.rows)) + windows) * WINDOW_SAMPLES * 2
 
     def batch(self, rows, rng):
         take = torch.from_numpy(self.position[np.asarray(rows)]).to(self.device)
         waves, targets = self.audio_on_device[take].float(), self.targets_on_device[take]
-        if self.pseudo is None or self.pseudo_mix_chance <= 0:
-            return waves, targets
         n, (lo, hi) = len(rows), self.amp_exp_range
-        chosen = torch.from_numpy(rng.random(n) < self.pseudo_mix_chance).to(self.device)
-        window = torch.from_numpy(rng.integers(len(self.pseudo), size=n)).to(self.device)
-        gains = torch.from_numpy((10.0 ** rng.uniform(lo, hi, size=(n, 2))).astype(np.float32)).to(self.device)
-        mixed = gains[:, :1] * waves + gains[:, 1:] * self.windows_on_device[window].float()
-        waves = torch.where(chosen[:, None], mixed, waves)
-        targets = torch.where(chosen[:, None], torch.maximum(targets, self.pseudo_targets_on_device[window]),
-                              targets)
+        for windows, window_targets, chance in self.mixes_on_device:
+            chosen = torch.from_numpy(rng.random(n) < chance).to(self.device)
+            window = torch.from_numpy(rng.integers(len(windows), size=n)).to(self.device)
+            gains = torch.from_numpy((10.0 ** rng.uniform(lo, hi, size=(n, 2))).astype(np.float32)).to(self.device)
+            mixed = gains[:, :1] * waves + gains[:, 1:] * windows[window].float()
+            waves = torch.where(chosen[:, None], mixed, waves)
+            targets = torch.where(chosen[:, None], torch.maximum(targets, window_targets[window]), targets)
         return waves, targets
 
     def build(self, plan, pin=False):

@@ -25,9 +25,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from common import (HEADS, LOSSES, NORMALIZATIONS, SAMPLE_RATE, AugmentChances, HelpFormatter, MelFrontEnd,
-                    DeviceTrainingSet, PseudoWindows, TrainingSet, augment, build_model, load_split, mel_settings_of, predict,
-                    n_batches, split_summary, time_shift)
+from common import (HEADS, LOSSES, NORMALIZATIONS, SAMPLE_RATE, SITE_MODES, AugmentChances, HelpFormatter,
+                    MelFrontEnd, DeviceTrainingSet, PseudoWindows, TrainingSet, augment, build_model, load_split,
+                    mel_settings_of, predict, n_batches, split_summary, time_shift)
 from tables import MODEL_COLUMNS, CachePaths, kebab, load_classes, read_models_table
 from flags import SHARED, add_flag
 from errors import UserError, run_main
@@ -60,6 +60,7 @@ n_fft, f_min, f_max = 2048, 20.0, 16000.0
 normalize = "minmax"      # each mel image to [0, 1]; standard: mean 0 / std 1 (the write-up is silent; measured best)
 time_shift_seconds = 0.5  # seconds: each sample rolled by up to +-this (the write-up is silent; measured best)
 site_share = 0.1          # the site's labelled windows' share of an epoch's samples (where the dataset has them)
+site_mode = "samples"     # the site's labelled windows train as samples of their own; mix: mixed into samples
 pretrained = "timm"       # the write-up fine-tunes tf_efficientnet_b0_ns (ImageNet/JFT weights); none: random init
 
 # presets: other defaults for the flags (and the models table's columns); a flag given on the command line wins
@@ -175,7 +176,10 @@ def parse_args(argv=None):
     p.add_argument("--max-train-files", type=int, help="use only this many training rows (quick runs)")
     p.add_argument("--site-share", type=float, default=site_share, help="the site's labelled training windows "
                    "(where prep cached them) make about this share of each epoch's samples, each dealt a whole "
-                   "number of times, once at least; 0: not trained on")
+                   "number of times, once at least (--site-mode samples), or this share of the samples is mixed "
+                   "with one of them as with a pseudo-labelled window (mix); 0: not trained on")
+    p.add_argument("--site-mode", default=site_mode, choices=list(SITE_MODES), help="how the site's labelled "
+                   "windows train: samples of their own, or mixed into the samples (target: the max of both)")
     add_table_flags(p)
     p.set_defaults(**PRESETS[preset])
     return p.parse_args(argv)
@@ -239,8 +243,10 @@ def input_signature(args, config):
                      rows=file_digest(cache.rows), classes=file_digest(cache.classes),
                      pseudo=args.pseudo and [file_digest(args.pseudo), file_digest(cache.unlabeled_windows)])
     # the site's labelled windows count where they train; a cache without them keeps its runs' old identity
+    mode = settings.pop("site_mode", site_mode)
     if settings.pop("site_share", 0) > 0 and os.path.isfile(cache.site_audio):
-        signature.update(site_share=args.site_share, site=file_digest(cache.site_labels))
+        signature.update(site_share=args.site_share, site=file_digest(cache.site_labels),
+                         **({"site_mode": mode} if mode != site_mode else {}))
     return json.loads(json.dumps(signature, default=str))
 
 
@@ -435,12 +441,12 @@ def build_training(args, config, procs, graphed=False):
     # NHWC convolutions: faster on CUDA and about 2x faster on CPU here (bench/train_speed.py)
     model = model.to(memory_format=torch.channels_last)
     model.channels_last = True
-    data = load_split(args.cache, config, args.max_train_files, args.site_share)
+    data = load_split(args.cache, config, args.max_train_files, args.site_share, args.site_mode)
     if procs.rank == 0:
         print(split_summary(data, config), flush=True)
     pseudo = PseudoWindows(args.cache, args.pseudo, data["classes"]) if args.pseudo else None
     dataset = TrainingSet(data["audio"], data["targets"], data["train"], pseudo, config["pseudoLabelChance"],
-                          (config["ampExpMin"], config["ampExpMax"]), seed)
+                          (config["ampExpMin"], config["ampExpMax"]), seed, data["site"], data["site_mix_chance"])
     if cache_on_device(args.cache_on_device, dataset, device):
         dataset = DeviceTrainingSet(dataset, device)
         if procs.rank == 0:

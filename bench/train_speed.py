@@ -19,19 +19,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import (SAMPLE_RATE, WINDOW_SAMPLES, HelpFormatter, MelEfficientNet, MelFrontEnd,  # noqa: E402
-                    MelSettings, TrainingSet, bce_focal_loss)
+                    MelSettings, MixWindows, TrainingSet, bce_focal_loss)
 from flags import add_flag  # noqa: E402
-
-
-class FakePseudo:
-    """Stands in for PseudoWindows: a float16 memmap of windows and their soft labels."""
-
-    def __init__(self, audio, n_classes, rng):
-        self.audio, self.index = audio, np.arange(len(audio))
-        self.targets = rng.random((len(audio), n_classes)).astype(np.float32)
-
-    def __len__(self):
-        return len(self.index)
 
 
 def memmap(path, rows, rng):
@@ -113,7 +102,8 @@ def loader_speed(folder, batch, batches, workers=0, threads=False, n_classes=182
     audio = memmap(os.path.join(folder, "train.npy"), rows, rng)
     windows = memmap(os.path.join(folder, "windows.npy"), max(1, rows // 4), rng)
     targets = (rng.random((len(audio), n_classes)) < 0.01).astype(np.float32)
-    dataset = TrainingSet(audio, targets, np.arange(len(audio)), FakePseudo(windows, n_classes, rng), 0.35)
+    pseudo = MixWindows(windows, np.arange(len(windows)), rng.random((len(windows), n_classes)))
+    dataset = TrainingSet(audio, targets, np.arange(len(audio)), pseudo, 0.35)
     if threads or workers == 0:
         batches_of = dataset.epoch(1, batch, workers=workers)
     else:

@@ -126,6 +126,69 @@ def test_site_windows_train_with_their_labels_and_teach_the_site_only_species(si
     assert common.site_repeats(35000, 550, 0.1) == 7 and common.site_repeats(100, 550, 0.1) == 1
 
 
+def test_site_windows_mixed_into_samples_with_their_labels_on_host_and_device(site_demo):
+    """--site-mode mix: the recordings train alone as samples, and a site_share of them is mixed with one of the
+    site's labelled windows (the sum of both at gain 1 here, the target the max of both), the same on the device
+    copy; the site-only species learns only from those mixes."""
+    import torch
+    _, cache = site_demo
+    config = dict(dataset="bc24", fold="all", n_folds=5, seed=1)
+    without = common.load_split(cache, config)
+    data = common.load_split(cache, config, site_share=0.5, site_mode="mix")
+    site = read_site_labels(CachePaths(cache).site_labels)
+    train_site = site[site["split"] == "train"]
+    assert np.array_equal(data["train"], without["train"]) and data["site_repeats"] == 0
+    assert len(data["site"]) == len(train_site) == data["site_windows"] and data["site_mix_chance"] == 0.5
+    assert "mixed into 50 % of the samples" in common.split_summary(data, dict(config, id=1))
+    only = data["classes"].index(demo_data.SITE_ONLY_SPECIES[0])
+    expected = [demo_data.SITE_ONLY_SPECIES[0] in split_labels(t) for t in train_site["labels"]]
+    assert np.array_equal(data["site"].targets[:, only] > 0, expected) and any(expected)
+    windows = torch.from_numpy(np.asarray(data["site"].audio[data["site"].index], np.float32))
+    host = common.TrainingSet(data["audio"], data["targets"], data["train"], amp_exp_range=(0.0, 0.0), seed=3,
+                              site=data["site"], site_mix_chance=0.5)
+    for dataset in (host, common.DeviceTrainingSet(host, "cpu")):
+        mixed = total = 0
+        for epoch in range(1, 4):
+            for (waves, targets), (rows, _) in zip(dataset.epoch(epoch, 8), dataset.epoch_plan(epoch, 8)):
+                own = torch.from_numpy(np.asarray(data["audio"][rows], np.float32))
+                own_targets = torch.from_numpy(data["targets"][rows])
+                for wave, target, o, ot in zip(waves, targets, own, own_targets):
+                    total += 1
+                    if torch.equal(wave, o):
+                        assert torch.equal(target, ot)
+                        continue
+                    j = int(torch.argmin((windows - (wave - o)).abs().amax(1)))
+                    assert torch.allclose(wave, o + windows[j], atol=1e-2)
+                    assert torch.equal(target, torch.maximum(ot, torch.from_numpy(data["site"].targets[j])))
+                    mixed += 1
+        assert abs(mixed - total * 0.5) <= 4.5 * np.sqrt(total * 0.25)
+    expected_bytes = (len(np.unique(data["train"])) + len(train_site)) * common.WINDOW_SAMPLES * 2
+    assert common.DeviceTrainingSet.bytes_needed(host) == expected_bytes
+    with pytest.raises(common.UserError):
+        common.load_split(cache, config, site_share=0.5, site_mode="blend")
+
+
+def test_site_mode_trains_and_is_part_of_a_runs_identity_where_the_site_trains(site_demo, tmp_path, capsys):
+    """train.py --site-mode mix trains and says how; it is another run than the default samples, which keeps
+    the identity runs had before the setting existed (no site_mode in it); without site training it is moot."""
+    import train
+    _, cache = site_demo
+    tiny = ["--model", "1", "--cache", cache, "--models", os.path.join(ROOT, "models-demo.csv"), "--epochs", "1",
+            "--batch-size", "8", "--image_height", "32", "--image_width", "32", "--n_mels", "32", "--soup-start",
+            "1", "--pretrained", "none", "--threads", "2"]
+    train.main(tiny + ["--out-dir", str(tmp_path / "mix"), "--site-mode", "mix", "--site-share", "0.3"])
+    assert "mixed into 30 % of the samples" in capsys.readouterr().out
+    assert os.path.isfile(tmp_path / "mix" / "train_done.json")
+
+    def identity(*extra):
+        args = train.parse_args(tiny + list(extra))
+        return train.input_signature(args, train.model_config(args))
+    samples = identity()
+    assert "site_mode" not in samples and samples["site_share"] == 0.1
+    assert identity("--site-mode", "mix") != samples and identity("--site-mode", "samples") == samples
+    assert identity("--site-share", "0", "--site-mode", "mix") == identity("--site-share", "0")
+
+
 def synthetic_round(work, r, truth, probs, files):
     """A round's site.json and .npz as site_score.py score writes them."""
     os.makedirs(os.path.join(work, f"round{r}"), exist_ok=True)
