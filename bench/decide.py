@@ -177,12 +177,18 @@ def run_recipe(name, recipes, data, cache, seed, args, threads):
         results.append(dict(round=r, auc=macro_roc_auc(truth[classes].values, frames[("ensemble", False)].values),
                             auc_pp=macro_roc_auc(truth[classes].values, frames[("ensemble", True)].values),
                             labels_auc=labels_auc(os.path.join(out, f"pseudo{r - 1}.npz"), data),
-                            site_auc_pp=site.get("auc_pp", float("nan")),
+                            site_auc_pp=site.get("auc_pp", float("nan")), site_noise=site.get("noise", float("nan")),
+                            site_windows=site.get("windows", 0), prep=prep_args_of(make_variables),
                             site_only_auc_pp=site_only_auc(truth, frames[("ensemble", True)])))
     add_best_member(results, out, cache, data)
     metrics = glob.glob(os.path.join(out, "round*", "model*", "metrics.csv"))
     minutes = sum(pd.read_csv(f)["seconds"].sum() for f in metrics) / 60
     return results, minutes
+
+
+def prep_args_of(make_variables):
+    """A recipe's PREP_ARGS (its own prep cache, so its own held-out site files): "" for the demo's cache."""
+    return next((v.split("=", 1)[1] for v in shlex.split(make_variables) if v.startswith("PREP_ARGS=")), "")
 
 
 def site_only_auc(truth, predicted):
@@ -196,13 +202,15 @@ def site_only_auc(truth, predicted):
 def ranking_table(runs):
     """How well the held-out site score ranks what the test score ranks: of every two rounds of a run, and of every
     two recipes' same round on the same demo and seed, the share where the higher held-out score is the higher
-    test score (pairs whose test scores differ by under 0.001 left out)."""
+    test score (pairs whose test scores differ by under 0.001 left out; recipes with other prep arguments hold
+    out other files, so they are not paired)."""
     if "site_auc_pp" not in runs or runs.site_auc_pp.isna().all():
         return ""
-    scored = runs[runs.site_auc_pp.notna()]
+    scored = runs[runs.site_auc_pp.notna()].assign(prep=runs.get("prep", pd.Series("", runs.index)).fillna(""))
     lines = ["| pairs | compared | held-out score picks the better | share |", "|---|---|---|---|"]
     for what, keys, differ in (("two rounds of one run", ["recipe", "demo", "seed"], "round"),
-                               ("two recipes, same round, demo and seed", ["round", "demo", "seed"], "recipe")):
+                               ("two recipes, same round, demo and seed", ["round", "demo", "seed", "prep"],
+                                "recipe")):
         agree = total = 0
         for _, g in scored.groupby(keys):
             rows = g.to_dict("records")
@@ -310,6 +318,11 @@ def run_one(task, recipes, args, threads, demos_of):
             add_best_member(rows, out, cache, data)
             with open(done_path, "w") as f:
                 json.dump(rows, f)
+        for row in rows if name != ORACLE else []:  # from before the site score's noise was kept
+            if "site_noise" not in row:
+                site = site_score.round_report(out, row["round"]) or {}
+                row.update(site_noise=site.get("noise", float("nan")), site_windows=site.get("windows", 0),
+                           prep=prep_args_of(recipes[name][4]) if name in recipes else "")
         return rows
     began = time.time()
     if name == ORACLE:
@@ -436,6 +449,14 @@ def site_tables(runs):
     for (recipe, r), g in runs[runs.site_only_auc_pp.notna()].groupby(["recipe", "round"], sort=False):
         lines.append(f"| {recipe} | {r} | {g.site_only_auc_pp.median():.4f} | {g.site_only_auc_pp.min():.4f}-"
                      f"{g.site_only_auc_pp.max():.4f} | {len(g)} |")
+    lines += ["\nThe held-out site score: its windows and its noise (two bootstrap sds over the held-out files)\n",
+              "| recipe | round | windows median | noise median | noise min-max | runs |", "|---|---|---|---|---|---|"]
+    held_out = runs[runs.get("site_windows", pd.Series(0, runs.index)).fillna(0) > 0]
+    for (recipe, r), g in held_out.groupby(["recipe", "round"], sort=False):
+        noise = g.site_noise.dropna()  # NaN where one file was held out: no bootstrap over one file
+        spread = (f"{noise.median():.4f} | {noise.min():.4f}-{noise.max():.4f}" if len(noise)
+                  else "unknown | one held-out file")
+        lines.append(f"| {recipe} | {r} | {g.site_windows.median():.0f} | {spread} | {len(g)} |")
     ranking = ranking_table(runs)
     return "\n".join(lines) + ("\n\nThe held-out site score against the test score\n\n" + ranking if ranking
                                else "") + "\n"

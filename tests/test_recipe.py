@@ -218,6 +218,8 @@ def test_decide_quick_runs_cycles_beside_the_oracle(tmp_path):
     assert runs[runs.recipe == "reference"][["site_auc_pp", "site_only_auc_pp"]].apply(
         lambda c: c.between(0, 1)).all().all()
     assert "The species only the site has" in report and "held-out site score against the test score" in report
+    assert "| reference | 1 |" in report.split("its windows and its noise")[1]
+    assert (runs[runs.recipe == "reference"].site_windows > 0).all()
     if speech:
         demo = os.path.join(work, "demo1-labelled3-speech50")
         truth = pd.read_csv(os.path.join(demo, "data-speech.csv"))
