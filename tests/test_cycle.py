@@ -384,20 +384,8 @@ def test_training_set_on_the_device_mixes_as_the_host_one(cache_dir, pseudo_file
     mixing = DeviceTrainingSet(TrainingSet(data["audio"], data["targets"], data["train"], pseudo, 0.5, (0.0, 0.0),
                                            seed=3), "cpu")
     windows = torch.from_numpy(np.asarray(pseudo.audio[pseudo.index], np.float32))
-    mixed = total = 0
-    for epoch in range(1, 6):
-        for (waves, targets), (rows, _) in zip(mixing.epoch(epoch, 8), mixing.epoch_plan(epoch, 8)):
-            own = torch.from_numpy(np.asarray(data["audio"][rows], np.float32))
-            own_targets = torch.from_numpy(data["targets"][rows])
-            for wave, target, o, ot in zip(waves, targets, own, own_targets):
-                total += 1
-                if torch.equal(wave, o):
-                    assert torch.equal(target, ot)
-                    continue
-                j = int(torch.argmin((windows - (wave - o)).abs().amax(1)))  # gains 10**0 = 1: wave = own + window
-                assert torch.allclose(wave, o + windows[j], atol=1e-3)
-                assert torch.equal(target, torch.maximum(ot, torch.from_numpy(pseudo.targets[j])))
-                mixed += 1
+    from helpers import count_mixes
+    mixed, total = count_mixes(mixing, data["audio"], data["targets"], windows, pseudo.targets, range(1, 6))
     assert abs(mixed - total * 0.5) <= 4.5 * np.sqrt(total * 0.25)
     expected_bytes = (len(data["train"]) + len(pseudo.index)) * common.WINDOW_SAMPLES * 2
     assert DeviceTrainingSet.bytes_needed(mixing) == expected_bytes

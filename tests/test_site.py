@@ -17,6 +17,7 @@ import demo_data  # noqa: E402
 import prep  # noqa: E402
 import site_score  # noqa: E402
 from files import save_json  # noqa: E402
+from helpers import count_mixes  # noqa: E402
 from metrics import macro_roc_auc  # noqa: E402
 from tables import CachePaths, read_site_labels, split_labels  # noqa: E402
 
@@ -147,20 +148,8 @@ def test_site_windows_mixed_into_samples_with_their_labels_on_host_and_device(si
     host = common.TrainingSet(data["audio"], data["targets"], data["train"], amp_exp_range=(0.0, 0.0), seed=3,
                               site=data["site"], site_mix_chance=0.5)
     for dataset in (host, common.DeviceTrainingSet(host, "cpu")):
-        mixed = total = 0
-        for epoch in range(1, 4):
-            for (waves, targets), (rows, _) in zip(dataset.epoch(epoch, 8), dataset.epoch_plan(epoch, 8)):
-                own = torch.from_numpy(np.asarray(data["audio"][rows], np.float32))
-                own_targets = torch.from_numpy(data["targets"][rows])
-                for wave, target, o, ot in zip(waves, targets, own, own_targets):
-                    total += 1
-                    if torch.equal(wave, o):
-                        assert torch.equal(target, ot)
-                        continue
-                    j = int(torch.argmin((windows - (wave - o)).abs().amax(1)))
-                    assert torch.allclose(wave, o + windows[j], atol=1e-2)
-                    assert torch.equal(target, torch.maximum(ot, torch.from_numpy(data["site"].targets[j])))
-                    mixed += 1
+        mixed, total = count_mixes(dataset, data["audio"], data["targets"], windows, data["site"].targets,
+                                   range(1, 4), atol=1e-2)
         assert abs(mixed - total * 0.5) <= 4.5 * np.sqrt(total * 0.25)
     expected_bytes = (len(np.unique(data["train"])) + len(train_site)) * common.WINDOW_SAMPLES * 2
     assert common.DeviceTrainingSet.bytes_needed(host) == expected_bytes
