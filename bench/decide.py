@@ -177,8 +177,7 @@ def run_recipe(name, recipes, data, cache, seed, args, threads):
         results.append(dict(round=r, auc=macro_roc_auc(truth[classes].values, frames[("ensemble", False)].values),
                             auc_pp=macro_roc_auc(truth[classes].values, frames[("ensemble", True)].values),
                             labels_auc=labels_auc(os.path.join(out, f"pseudo{r - 1}.npz"), data),
-                            site_auc_pp=site.get("auc_pp", float("nan")), site_noise=site.get("noise", float("nan")),
-                            site_windows=site.get("windows", 0), prep=prep_args_of(make_variables),
+                            site_auc_pp=site.get("auc_pp", float("nan")), **held_out_fields(site, make_variables),
                             site_only_auc_pp=site_only_auc(truth, frames[("ensemble", True)])))
     add_best_member(results, out, cache, data)
     metrics = glob.glob(os.path.join(out, "round*", "model*", "metrics.csv"))
@@ -186,9 +185,12 @@ def run_recipe(name, recipes, data, cache, seed, args, threads):
     return results, minutes
 
 
-def prep_args_of(make_variables):
-    """A recipe's PREP_ARGS (its own prep cache, so its own held-out site files): "" for the demo's cache."""
-    return next((v.split("=", 1)[1] for v in shlex.split(make_variables) if v.startswith("PREP_ARGS=")), "")
+def held_out_fields(site, make_variables):
+    """A round's result columns of its held-out site score (site_score's report, {} without one): the score's
+    noise and windows, and the recipe's PREP_ARGS (its own prep cache, so its own held-out files; "" for the
+    demo's cache)."""
+    prep_args = next((v.split("=", 1)[1] for v in shlex.split(make_variables) if v.startswith("PREP_ARGS=")), "")
+    return dict(site_noise=site.get("noise", float("nan")), site_windows=site.get("windows", 0), prep=prep_args)
 
 
 def site_only_auc(truth, predicted):
@@ -320,9 +322,8 @@ def run_one(task, recipes, args, threads, demos_of):
                 json.dump(rows, f)
         for row in rows if name != ORACLE else []:  # from before the site score's noise was kept
             if "site_noise" not in row:
-                site = site_score.round_report(out, row["round"]) or {}
-                row.update(site_noise=site.get("noise", float("nan")), site_windows=site.get("windows", 0),
-                           prep=prep_args_of(recipes[name][4]) if name in recipes else "")
+                row.update(held_out_fields(site_score.round_report(out, row["round"]) or {},
+                                           recipes[name][4] if name in recipes else ""))
         return rows
     began = time.time()
     if name == ORACLE:
