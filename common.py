@@ -117,7 +117,9 @@ class StackedRows:
         return out
 
 
-SITE_MODES = ("samples", "mix")  # how the site's labelled windows train: samples of their own, or mixed into samples
+# how the site's labelled windows train: samples of their own, mixed into samples, or both (mixed in for the
+# gain, and alone too, so that a species only the site has still sees clean examples)
+SITE_MODES = ("samples", "mix", "both")
 
 
 def site_repeats(n_recordings, n_windows, share):
@@ -141,7 +143,7 @@ def load_split(cache_dir, config, max_train_files=None, site_share=0.0, site_mod
     > 0 and a cache that holds the site's labelled training windows, they train too (never in a fold's
     validation): site_mode "samples" puts them after the recordings in `audio` and `targets`, each dealt
     site_repeats times; "mix" returns them as `site`, windows that a site_share of the samples are mixed with
-    (as pseudo-labelled windows are)."""
+    (as pseudo-labelled windows are); "both" does both."""
     paths = CachePaths(cache_dir)
     for f in (paths.audio, paths.rows, paths.classes):
         if not os.path.isfile(f):
@@ -174,9 +176,9 @@ def load_split(cache_dir, config, max_train_files=None, site_share=0.0, site_mod
     if site_share > 0 and len(site) and os.path.isfile(paths.site_audio):
         site_audio = np.load(paths.site_audio, mmap_mode="r")
         site_targets = labels_matrix([split_labels(t) for t in site["labels"]], classes)
-        if site_mode == "mix":
+        if site_mode in ("mix", "both"):
             site_windows = MixWindows(site_audio, np.arange(len(site)), site_targets)
-        else:
+        if site_mode in ("samples", "both"):
             first = len(audio)
             audio = StackedRows(audio, site_audio)
             targets = np.concatenate([targets, site_targets])
@@ -191,10 +193,11 @@ def split_summary(data, config):
     """One line: classes, those without validation positives, training and validation rows."""
     no_positives = int((data["targets"][data["valid"]].sum(0) == 0).sum())
     untrained = int((data["targets"][data["train"]].sum(0) == 0).sum())
-    site = (f" (the site's {data['site_windows']} labelled windows among them, each {data['site_repeats']}x)"
-            if data.get("site_repeats") else
-            f" (and the site's {data['site_windows']} labelled windows, mixed into "
-            f"{100 * data['site_mix_chance']:g} % of the samples)" if data.get("site") is not None else "")
+    alone = (f"the site's {data['site_windows']} labelled windows among them, each {data['site_repeats']}x"
+             if data.get("site_repeats") else "")
+    mixed = (f"{'' if alone else 'and '}the site's {data['site_windows']} labelled windows{' also' if alone else ''}"
+             f" mixed into {100 * data['site_mix_chance']:g} % of the samples" if data.get("site") is not None else "")
+    site = f" ({'; '.join(part for part in (alone, mixed) if part)})" if alone or mixed else ""
     return (f"model {config['id']} fold {config['fold']}: {len(data['classes'])} classes ({no_positives} without "
             f"validation positives, {untrained} without training rows), {len(data['train'])} training rows{site}, "
             f"{len(data['valid'])} validation rows")

@@ -177,9 +177,9 @@ def parse_args(argv=None):
     p.add_argument("--site-share", type=float, default=site_share, help="the site's labelled training windows "
                    "(where prep cached them) make about this share of each epoch's samples, each dealt a whole "
                    "number of times, once at least (--site-mode samples), or this share of the samples is mixed "
-                   "with one of them as with a pseudo-labelled window (mix); 0: not trained on")
+                   "with one of them as with a pseudo-labelled window (mix), or both (both); 0: not trained on")
     p.add_argument("--site-mode", default=site_mode, choices=list(SITE_MODES), help="how the site's labelled "
-                   "windows train: samples of their own, or mixed into the samples (target: the max of both)")
+                   "windows train: samples of their own, mixed into the samples (target: the max of both), or both")
     add_table_flags(p)
     p.set_defaults(**PRESETS[preset])
     return p.parse_args(argv)

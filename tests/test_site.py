@@ -157,6 +157,21 @@ def test_site_windows_mixed_into_samples_with_their_labels_on_host_and_device(si
         common.load_split(cache, config, site_share=0.5, site_mode="blend")
 
 
+def test_site_mode_both_deals_the_windows_alone_and_mixes_them_in(site_demo):
+    """--site-mode both: the labelled windows are samples of their own (as with samples) and are also mixed into
+    a site_share of the samples (as with mix); the summary line says both."""
+    _, cache = site_demo
+    config = dict(dataset="bc24", fold="all", n_folds=5, seed=1)
+    alone = common.load_split(cache, config, site_share=0.5, site_mode="samples")
+    mixed = common.load_split(cache, config, site_share=0.5, site_mode="mix")
+    both = common.load_split(cache, config, site_share=0.5, site_mode="both")
+    assert np.array_equal(both["train"], alone["train"]) and both["site_repeats"] == alone["site_repeats"] > 0
+    assert np.array_equal(both["targets"], alone["targets"]) and len(both["audio"]) == len(alone["audio"])
+    assert np.array_equal(both["site"].targets, mixed["site"].targets) and both["site_mix_chance"] == 0.5
+    line = common.split_summary(both, dict(config, id=1))
+    assert f"each {both['site_repeats']}x" in line and "also mixed into 50 % of the samples" in line
+
+
 def test_site_mode_trains_and_is_part_of_a_runs_identity_where_the_site_trains(site_demo, tmp_path, capsys):
     """train.py --site-mode mix trains and says how; it is another run than the default samples, which keeps
     the identity runs had before the setting existed (no site_mode in it); without site training it is moot."""
