@@ -50,6 +50,9 @@ DEMO_SPECIES = [  # name, call kind, low Hz, high Hz, note seconds, notes per ph
 # BirdCLEF+ 2026's scored classes do; only the site's labelled soundscapes can teach it
 SITE_ONLY_SPECIES = ("son001", "trill", 9300, 9700, 0.015, 30, 0.012)
 SITE_ONLY_MIN_WEIGHT = 0.25  # its least share of the site's species mix, so the labelled soundscapes hold a few
+# with --voice-like: a species whose call a speech detector can take for a voice (a low fundamental's harmonics
+# shaped by two formants, in syllables), as some real species' harmonic, vowel-like calls are
+VOICE_LIKE_SPECIES = ("vocbab", "vowel", 200, 320, 0.2, 5, 0.08)
 
 
 def render_phrase(rng, kind, low, high, note_s, n_notes, gap_s, sr=SAMPLE_RATE):
@@ -70,11 +73,19 @@ def render_phrase(rng, kind, low, high, note_s, n_notes, gap_s, sr=SAMPLE_RATE):
             freq = np.full(n, low if k % 2 == 0 else high)
         elif kind == "vibrato":
             freq = 0.5 * (low + high) + 0.5 * (high - low) * np.sin(2 * np.pi * 9 * t)
+        elif kind == "vowel":  # a falling pitch, as a spoken syllable's
+            freq = rng.uniform(low, high) * (1.15 - 0.3 * u)
         else:
             freq = np.full(n, rng.uniform(low, high))
         phase = 2 * np.pi * np.cumsum(freq * pitch) / sr
         if kind == "harmonic":
             tone = sum(np.sin(h * phase) / h for h in range(1, 5))
+        elif kind == "vowel":  # each syllable its own vowel: two formants over the harmonics up to 4 kHz
+            formants = rng.uniform(450, 850), rng.uniform(1000, 2300)
+            f0 = float(freq.mean() * pitch)
+            tone = sum(np.sin(h * phase) * (np.exp(-((h * f0 - formants[0]) / 150) ** 2)
+                                            + 0.6 * np.exp(-((h * f0 - formants[1]) / 200) ** 2) + 0.03)
+                       for h in range(1, int(4000 / f0) + 1))
         elif kind == "buzz":
             tone = rng.standard_normal(n) * (1 + np.sin(phase)) * 0.5
             tone = np.convolve(tone, np.hanning(9), mode="same")
@@ -109,7 +120,7 @@ def place(track, phrase, start, gain):
     return start, end
 
 
-def demo_train_recording(rng, species_id, others, duration_s):
+def demo_train_recording(rng, species_id, others, duration_s, species=DEMO_SPECIES):
     """A Xeno-canto-like focal recording: one primary species, maybe a secondary one, light noise."""
     sr = SAMPLE_RATE
     n = int(duration_s * sr)
@@ -120,15 +131,15 @@ def demo_train_recording(rng, species_id, others, duration_s):
     late_start = duration_s > 8 and rng.random() < 0.15
     t = rng.uniform(5.5, min(duration_s - 1, 8.0)) if late_start else rng.uniform(0.0, 2.5)
     while t < duration_s - 0.3:
-        phrase = render_phrase(rng, *DEMO_SPECIES[species_id][1:])
+        phrase = render_phrase(rng, *species[species_id][1:])
         place(track, phrase, int(t * sr), level * rng.uniform(0.6, 1.0))
         t += len(phrase) / sr + rng.uniform(0.5, 3.0)
     secondary = []
     if rng.random() < 0.25:
         other = int(rng.choice(others))
-        secondary.append(DEMO_SPECIES[other][0])
+        secondary.append(species[other][0])
         t = rng.uniform(0.0, max(0.1, duration_s - 1))
-        place(track, render_phrase(rng, *DEMO_SPECIES[other][1:]), int(t * sr), level * rng.uniform(0.2, 0.6))
+        place(track, render_phrase(rng, *species[other][1:]), int(t * sr), level * rng.uniform(0.2, 0.6))
     return track, secondary
 
 
@@ -232,12 +243,12 @@ def _demo_train_file(job):
     stream of its own: the recordings themselves are the same as without). Returns its metadata row and the
     seconds of speech before it (0: none)."""
     from scipy.signal import resample_poly
-    tmp, demo_seed, s, k, speech_share = job
+    tmp, demo_seed, s, k, speech_share, species = job
     rng = np.random.default_rng([demo_seed, 0, s, k])
-    name = DEMO_SPECIES[s][0]
-    others = [o for o in range(len(DEMO_SPECIES)) if o != s]
+    name = species[s][0]
+    others = [o for o in range(len(species)) if o != s]
     duration = rng.uniform(2, 5) if rng.random() < 0.15 else float(np.clip(rng.lognormal(2.3, 0.6), 5, 60))
-    audio, secondary = demo_train_recording(rng, s, others, duration)
+    audio, secondary = demo_train_recording(rng, s, others, duration, species)
     audio = np.clip(audio, -1, 1)
     speech_rng, spoken_s = np.random.default_rng([demo_seed, 5, s, k]), 0.0
     if speech_rng.random() < speech_share:
@@ -299,12 +310,13 @@ def labels_paths(out):
 
 
 def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=60, soundscape_s=60, processes=None,
-              layout="2024", n_labelled=0, speech_share=0.0):
+              layout="2024", n_labelled=0, speech_share=0.0, voice_like=False):
     """Write the demo dataset (BirdCLEF 2024 layout, or 2026's: to_layout_2026) to `out` and its test labels
     beside it. n_labelled > 0: the site also has a species no training recording has (SITE_ONLY_SPECIES), and
     the first n_labelled unlabeled soundscapes are labelled in train_soundscapes_labels.csv (site_labels).
     speech_share > 0: that share of the training recordings opens with 3-9 s of speech (spoken_announcement),
-    listed beside the dataset (speech_path).
+    listed beside the dataset (speech_path), and the metadata gets a collection column: a sound archive's (CSA)
+    for them, Xeno-canto's (XC) for the others. voice_like: one more species, with a voice-like call (VOICE_LIKE_SPECIES).
 
     Files are rendered in parallel; each one's randomness comes from (seed, file), so the result does not
     depend on the number of processes.
@@ -312,14 +324,16 @@ def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=60, sound
     from multiprocessing import get_context
     tmp = out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    site_species = DEMO_SPECIES + ([SITE_ONLY_SPECIES] if n_labelled else [])
+    train_species = DEMO_SPECIES + ([VOICE_LIKE_SPECIES] if voice_like else [])
+    site_species = train_species + ([SITE_ONLY_SPECIES] if n_labelled else [])
     names = [s[0] for s in site_species]
     # the target site favours some species over others
     weights = np.random.default_rng([demo_seed, 1]).dirichlet(np.full(len(names), 2.0))
     if n_labelled:
         weights[-1] = max(weights[-1], SITE_ONLY_MIN_WEIGHT)
         weights /= weights.sum()
-    train_jobs = [(tmp, demo_seed, s, k, speech_share) for s in range(len(DEMO_SPECIES)) for k in range(per_species)]
+    train_jobs = [(tmp, demo_seed, s, k, speech_share, train_species) for s in range(len(train_species))
+                  for k in range(per_species)]
     soundscape_jobs = [(tmp, demo_seed, "unlabeled_soundscapes", "U", 2, k, soundscape_s, weights, site_species)
                        for k in range(n_unlabeled)]
     test_jobs = [(tmp, demo_seed, "test_soundscapes", "T", 3, k, soundscape_s, weights, site_species)
@@ -334,8 +348,11 @@ def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=60, sound
                      for row in rows]
         labels = [row for rows in tqdm(pool.imap(_demo_soundscape_file, test_jobs), total=len(test_jobs),
                                        desc="demo test soundscapes", unit="file") for row in rows]
-    pd.DataFrame(meta, columns=["primary_label", "secondary_labels", "type", "filename", "rating", "author",
-                                "license"]).to_csv(os.path.join(tmp, "train_metadata.csv"), index=False)
+    meta_table = pd.DataFrame(meta, columns=["primary_label", "secondary_labels", "type", "filename", "rating",
+                                             "author", "license"])
+    if speech_share > 0:  # a sound archive's recordings come with a collection column, as 2025's train.csv has
+        meta_table.insert(4, "collection", np.where(np.array(spoken) > 0, "CSA", "XC"))
+    meta_table.to_csv(os.path.join(tmp, "train_metadata.csv"), index=False)
     pd.DataFrame([[f"soundscape_0_{(w + 1) * 5}"] + [1.0 / len(names)] * len(names) for w in range(3)],
                  columns=["row_id"] + names).to_csv(os.path.join(tmp, "sample_submission.csv"), index=False)
     # labels live next to the dataset, never inside it: the test windows' (the score), the unlabeled windows'
@@ -367,10 +384,11 @@ def hidden_tests_path(out):
 
 def to_layout_2026(folder, tests_out, names):
     """Reshape a demo `folder` written in the 2024 layout into the 2026 one, as Kaggle ships it: train.csv (with
-    collection) and taxonomy.csv, unlabeled_soundscapes/ as train_soundscapes/, test_soundscapes/ left empty;
-    the labelled test soundscapes move to `tests_out`."""
+    collection, XC where the demo has none) and taxonomy.csv, unlabeled_soundscapes/ as train_soundscapes/,
+    test_soundscapes/ left empty; the labelled test soundscapes move to `tests_out`."""
     meta = pd.read_csv(os.path.join(folder, "train_metadata.csv"))
-    meta.insert(4, "collection", "XC")
+    if "collection" not in meta:
+        meta.insert(4, "collection", "XC")
     meta.to_csv(os.path.join(folder, "train.csv"), index=False)
     os.remove(os.path.join(folder, "train_metadata.csv"))
     pd.DataFrame({"primary_label": names, "inat_taxon_id": range(1, len(names) + 1), "scientific_name": names,
@@ -395,13 +413,16 @@ def main(argv=None):
                         "test_soundscapes/, the test soundscapes beside the folder)")
     add_flag(parser, "--labelled-soundscapes", default=0)
     add_flag(parser, "--speech-share", default=0.0)
+    parser.add_argument("--voice-like", action="store_true", help=f"one more species, {VOICE_LIKE_SPECIES[0]}, whose "
+                        f"call a speech detector can take for a voice (harmonics shaped by formants, in syllables)")
     args = parser.parse_args(argv)
     if not 0 <= args.speech_share <= 1:
         parser.error(f"--speech-share is a share, 0 to 1, not {args.speech_share:g}")
     if not 0 <= args.labelled_soundscapes <= args.unlabeled:
         parser.error(f"--labelled-soundscapes must be 0 to --unlabeled ({args.unlabeled})")
     make_demo(args.out, args.seed, args.per_species, args.unlabeled, args.test, args.soundscape_seconds,
-              layout=args.layout, n_labelled=args.labelled_soundscapes, speech_share=args.speech_share)
+              layout=args.layout, n_labelled=args.labelled_soundscapes, speech_share=args.speech_share,
+              voice_like=args.voice_like)
 
 
 

@@ -4,6 +4,7 @@
     save_json(obj, path)                                     # the same, for JSON
     swap_in(tmp_folder, folder)                              # a finished folder replaces the old one whole
     NpyRowWriter(path, n_rows, (160000,)) / read_npy_rows(path, start, stop) / shrink_npy_rows(path, n)
+    write_npy_rows(path, start, rows) / keep_npy_rows(path, keep)           # rows replaced, rows dropped, in place
 
 The .npy row files are written and read with plain file I/O: a memmap's touched pages would count in the
 process's memory, which must stay flat whatever the size of the cache.
@@ -106,3 +107,34 @@ def read_npy_rows(path, start, stop):
         stop = min(stop, shape[0])
         f.seek(offset + start * row * dtype.itemsize)
         return np.fromfile(f, dtype=dtype, count=max(0, stop - start) * row).reshape((-1,) + tuple(shape[1:]))
+
+
+def write_npy_rows(path, start, rows):
+    """Overwrite rows start.. of a .npy file in place, with a file write (not mapped)."""
+    with open(path, "r+b") as f:
+        shape, dtype, offset, _ = npy_header(f)
+        rows = np.ascontiguousarray(rows, dtype=dtype)
+        if start + len(rows) > shape[0]:
+            raise ValueError(f"{path}: rows {start}..{start + len(rows)} past its {shape[0]}")
+        f.seek(offset + start * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+        f.write(rows.tobytes())
+
+
+def keep_npy_rows(path, keep):
+    """Keep the rows of a .npy file where `keep` is True, in order, in place: the rows after the first dropped one
+    move up one by one (memory stays flat), then the tail is cut off. Returns the rows kept."""
+    keep = np.asarray(keep, dtype=bool)
+    dropped = np.flatnonzero(~keep)
+    if len(dropped):
+        with open(path, "r+b") as f:
+            shape, dtype, offset, _ = npy_header(f)
+            size = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+            to = int(dropped[0])
+            for i in np.flatnonzero(keep[to:]) + to:
+                f.seek(offset + int(i) * size)
+                row = f.read(size)
+                f.seek(offset + to * size)
+                f.write(row)
+                to += 1
+        shrink_npy_rows(path, int(keep.sum()))
+    return int(keep.sum())

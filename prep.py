@@ -12,11 +12,14 @@ number of 5-s windows), unlabeled_windows.npy/.csv (a random subset of unlabeled
 rounds 2 and 3 mix into training samples) and bad_files.csv (files skipped, with the reason). The cache is built
 under a temporary name and renamed when complete, so an interrupted run leaves no half cache.
 
-Spoken openings (sound archives' recordings, such as 2025's CSA, begin with an announcement): with --speech on
-(auto: on where silero-vad is installed, as make installs it), speech.py's detector looks at every training file's
-first 5 s; a file whose opening is speech gets its window from where the speech ends (the first 5 s of the
-animal), one that is speech throughout is left out (bad_files.csv), and speech.csv lists them all with the second
-the speech ends, to listen to a few.
+Spoken openings (sound archives' recordings, such as 2025's CSA, begin with an announcement): speech.py's
+detector (Silero VAD, installed by make) listens to the training files' openings. --speech auto looks at the
+files of the sound archives' collections (where the metadata has a collection column: CSA, and any collection
+flagged far more often than Xeno-canto's), --speech on at every file. A file that opens with an announcement (2 s
+of speech at least) gets its window from where the speech ends (the first 5 s of the animal), one that is speech
+throughout is left out (bad_files.csv), and speech.csv lists them with the second the speech ends, to listen to a
+few. A class whose files are flagged far more often than the rest keeps its first 5 s: the detector hears its
+call, not a voice (a line names it).
 
 The site's labelled soundscapes (BirdCLEF+ 2026's train_soundscapes_labels.csv, in any layout's dataset folder):
 read as Kaggle writes them (rows written twice merged, ";"-separated labels, HH:MM:SS windows; only listed windows
@@ -39,7 +42,7 @@ from common import SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, HelpFormatter, f
 from tables import LABEL_COLUMNS, CachePaths, parse_label_list, split_labels
 from flags import add_flag
 from errors import UserError, run_main
-from files import NpyRowWriter, swap_in
+from files import NpyRowWriter, keep_npy_rows, npy_header, read_npy_rows, swap_in, write_npy_rows
 from threads import ordered_map
 import speech
 
@@ -76,6 +79,8 @@ def read_metadata(path, audio_root, source):
         "source": source,
         "rating": meta["rating"] if "rating" in meta else np.nan,
     })
+    if "collection" in meta:  # XC, iNat, CSA (2025 on): which files a sound archive's announcement may open
+        rows["collection"] = meta["collection"]
     rows["path"] = [f if os.path.isabs(f) else os.path.join(audio_root, f) for f in rows["filename"]]
     return rows
 
@@ -148,23 +153,25 @@ def check_disk(folder, n_windows, what):
 
 
 def after_opening_speech(detector, batch, scan_seconds=speech.scan_seconds):
-    """batch: [(path, first 5 s)]. Each file whose opening is speech (speech.opening_speech_end) is read again,
-    15 s of it first and up to scan_seconds where the speech goes on, for where its speech ends; its window
-    becomes the 5 s from there. Returns [(wave or None, speech end seconds or None)]: no wave for a file that is
-    speech throughout (under speech.min_left_seconds after it, or speech to the end of what was read)."""
+    """batch: [(path, first 5 s)]. A file whose first 5 s hold speech is read again, 15 s of it first and up to
+    scan_seconds where the speech goes on, for the speech that opens it; an announcement (speech of at least
+    speech.min_announcement_seconds) gives the 5 s from where it ends. Returns [(window after the speech or None,
+    speech end seconds or None)]: end None for a file with no announcement, window None for one that is speech
+    throughout (under speech.min_left_seconds after it, or speech to the end of what was read)."""
     probs = detector.probabilities(np.stack([wave for _, wave in batch]))
     out = []
     for (path, wave), p in zip(batch, probs):
         if speech.opening_speech_end(p) is None:
-            out.append((wave, None))
+            out.append((None, None))
             continue
         audio = read_audio(path, max_seconds=scan_seconds)
         for look in (3 * WINDOW_SECONDS, scan_seconds):  # most announcements end well inside 15 s: look there first
-            end = speech.opening_speech_end(detector.probabilities(audio[None, :int(look * SAMPLE_RATE)])[0])
+            end = speech.opening_speech_end(detector.probabilities(audio[None, :int(look * SAMPLE_RATE)])[0],
+                                            min_seconds=speech.min_announcement_seconds)
             if end is None or end < min(look, len(audio) / SAMPLE_RATE) - speech.bridge_seconds:
                 break
-        if end is None:  # the longer look finds none: the 5-s look's was a burst at its edge
-            out.append((wave, None))
+        if end is None:  # speech too short for an announcement (a call), or a burst at the 5-s look's edge
+            out.append((None, None))
             continue
         left = len(audio) / SAMPLE_RATE - end
         out.append((None if left < speech.min_left_seconds else first_five_seconds(audio[int(end * SAMPLE_RATE):]),
@@ -173,26 +180,28 @@ def after_opening_speech(detector, batch, scan_seconds=speech.scan_seconds):
 
 
 def write_training_audio(rows, out_path, n_threads, detector=None):
-    """Decode the first 5 s of every row into a float16 .npy; return the good rows, the bad ones and the rows of
-    speech.csv (with a speech detector: files whose opening is speech get the 5 s after it, in batches).
+    """Decode the first 5 s of every row into a float16 .npy; return the good rows, the bad ones and, with a
+    speech detector, the files whose opening is an announcement: a DataFrame of row (in the good rows),
+    speech_end_seconds and after_row, the row of out_path + ".after" that holds the 5 s after the speech (-1: speech
+    throughout). cut_spoken_openings applies what is decided about them.
 
     Rows are written in order as they decode; a file that fails leaves no gap, and the unused tail is cut off
     in place at the end: no second array on disk, no array in memory."""
     check_disk(os.path.dirname(os.path.abspath(out_path)), len(rows), "training audio")
     audio = NpyRowWriter(out_path + ".all", len(rows), (WINDOW_SAMPLES,))
+    after = NpyRowWriter(out_path + ".after", len(rows), (WINDOW_SAMPLES,)) if detector else None
     good, bad, spoken, pending = [], [], [], []
 
     def flush():
         waves = after_opening_speech(detector, [(rows["path"].iloc[i], w) for i, w in pending]) if detector \
-            else [(w, None) for _, w in pending]
-        for (i, _), (wave, end) in zip(pending, waves):
+            else [(None, None)] * len(pending)
+        for (i, wave), (after_speech, end) in zip(pending, waves):
             if end is not None:
-                spoken.append((rows["path"].iloc[i], end, wave is not None))
-            if wave is None:
-                bad.append((rows["path"].iloc[i], f"speech almost throughout (to {end:.1f} s; speech.py)"))
-            else:
-                audio.write(wave[None])
-                good.append(i)
+                spoken.append((len(good), end, after.written if after_speech is not None else -1))
+                if after_speech is not None:
+                    after.write(after_speech[None])
+            audio.write(wave[None])
+            good.append(i)
         pending.clear()
 
     results = ordered_map(decode_first_five_seconds, rows["path"], n_threads)
@@ -206,12 +215,64 @@ def write_training_audio(rows, out_path, n_threads, detector=None):
     flush()
     audio.close()
     os.replace(out_path + ".all", out_path)
-    return rows.iloc[good].reset_index(drop=True), bad, spoken
+    if after:
+        after.close()
+    return (rows.iloc[good].reset_index(drop=True), bad,
+            pd.DataFrame(spoken, columns=["row", "speech_end_seconds", "after_row"]))
 
 
-def speech_detector(choice):
-    """--speech: on (silero-vad must be installed), off, or auto (on where it is installed, else a note)."""
+def spoken_openings_to_cut(rows, spoken, choice):
+    """Which announcements (write_training_audio's `spoken`) have the window moved past them: those of the files
+    looked at (--speech on: every file; auto: the sound archives' collections, speech.ARCHIVES and any collection
+    flagged far more often than Xeno-canto's), less those of a class flagged far above the rest of the files
+    looked at (the detector hears that animal: its files keep their first 5 s). Returns a bool per row of `spoken`,
+    and prints a line for each choice made."""
+    flagged = np.zeros(len(rows), dtype=bool)
+    flagged[spoken["row"].to_numpy(dtype=int)] = True
+    looked = np.ones(len(rows), dtype=bool)
+    if choice == "auto":
+        collection = rows["collection"].fillna("").astype(str).to_numpy()
+        reference = "XC" if (collection == "XC").any() else None
+        archives = sorted({c for c in speech.ARCHIVES if (collection == c).any()}
+                          | set(speech.far_above(collection, flagged, reference)))
+        looked = np.isin(collection, archives)
+        print(f"speech: the {looked.sum()} files of the sound archives' collections ({', '.join(archives) or 'none'})"
+              f" are looked at, the other {len(rows) - looked.sum()} keep their first 5 s (--speech on: every file)")
+    labels = rows["primary_label"].astype(str).to_numpy()
+    voice_like = speech.far_above(labels[looked], flagged[looked])
+    for label, (k, n, share) in voice_like.items():
+        print(f"speech: class {label} keeps its first 5 s: {k} of its {n} files flagged, against {share:.1%} of "
+              f"the rest: the detector hears its call, not a voice")
+    rows_cut = looked & ~np.isin(labels, list(voice_like))
+    return rows_cut[spoken["row"].to_numpy(dtype=int)]
+
+
+def cut_spoken_openings(audio_path, spoken):
+    """The windows of the announcements to cut (`spoken`: row, after_row) become the 5 s after the speech (from
+    audio_path + ".after", removed after); a file that is speech throughout loses its row. Returns a bool per row
+    of audio_path: kept."""
+    after_path = audio_path + ".after"
+    with open(audio_path, "rb") as f:
+        keep = np.ones(npy_header(f)[0][0], dtype=bool)
+    for row, after_row in zip(spoken["row"], spoken["after_row"]):
+        if after_row < 0:
+            keep[row] = False
+        else:
+            write_npy_rows(audio_path, int(row), read_npy_rows(after_path, int(after_row), int(after_row) + 1))
+    if os.path.exists(after_path):
+        os.remove(after_path)
+    keep_npy_rows(audio_path, keep)
+    return keep
+
+
+def speech_detector(choice, rows):
+    """--speech: on (silero-vad must be installed), off, or auto: on where silero-vad is installed and the
+    metadata has a collection to say which files are a sound archive's (else a note says why it is off)."""
     if choice == "off":
+        return None
+    if choice == "auto" and "collection" not in rows:
+        print("speech: not looked for: the metadata has no collection column to say which files are a sound "
+              "archive's (--speech on looks at every file)")
         return None
     try:
         return speech.SpeechDetector()
@@ -413,7 +474,14 @@ def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_w
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     paths = CachePaths(tmp)
-    rows, bad, spoken = write_training_audio(rows, paths.audio, n_threads, speech_detector(speech_check))
+    detector = speech_detector(speech_check, rows)
+    rows, bad, spoken = write_training_audio(rows, paths.audio, n_threads, detector)
+    if detector:
+        spoken = spoken[spoken_openings_to_cut(rows, spoken, speech_check)]
+    spoken = spoken.assign(path=rows["path"].to_numpy()[spoken["row"].to_numpy(dtype=int)], kept=spoken["after_row"] >= 0)
+    bad += [(path, f"speech almost throughout (to {end:.1f} s; speech.py)")
+            for path, end, kept in zip(spoken["path"], spoken["speech_end_seconds"], spoken["kept"]) if not kept]
+    rows = rows[cut_spoken_openings(paths.audio, spoken)].reset_index(drop=True)
     if len(rows) == 0:
         shutil.rmtree(tmp)
         raise UserError("no training file could be decoded (see the reasons above)")
@@ -437,11 +505,10 @@ def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_w
     swap_in(tmp, out)
     print(f"cache {out}: {len(rows)} training files, {len(classes)} classes, {len(unlabeled)} unlabeled "
           f"soundscapes ({unlabeled['n_windows'].sum() if len(unlabeled) else 0} windows), {len(bad)} skipped")
-    if spoken:
-        ends = [end for _, end, _ in spoken]
-        print(f"speech: {len(spoken)} training file(s) open with it (median {np.median(ends):.1f} s), "
-              f"{sum(kept for *_, kept in spoken)} trained on from where it ends, "
-              f"{sum(not kept for *_, kept in spoken)} left out (speech almost throughout); {out}/speech.csv")
+    if len(spoken):
+        print(f"speech: {len(spoken)} training file(s) open with an announcement (median "
+              f"{spoken['speech_end_seconds'].median():.1f} s), {int(spoken['kept'].sum())} trained on from where it "
+              f"ends, {int((~spoken['kept']).sum())} left out (speech almost throughout); {out}/speech.csv")
     if site is not None:
         split = site.groupby("split")["path"]
         print(f"site labels {site_path}: {split.nunique().get('train', 0)} file(s) ({split.size().get('train', 0)} "
@@ -466,10 +533,11 @@ def main():
                         f"a held-out share; off: they are unlabeled soundscapes like the rest")
     parser.add_argument("--site-holdout", type=float, default=site_holdout, help="share of the labelled soundscape "
                         "files held out (by file) to score each round on the site; 0: every one trains")
-    parser.add_argument("--speech", default="auto", choices=["auto", "on", "off"], help="look for speech in each "
-                        "training file's opening (speech.py, Silero VAD) and take its 5-s window from where the speech "
-                        "ends; auto: on where silero-vad is installed (make installs it). The soundscapes are not "
-                        "looked at: nobody speaks on the site's recorders")
+    parser.add_argument("--speech", default="auto", choices=["auto", "on", "off"], help="look for an announcement "
+                        "in training files' openings (speech.py, Silero VAD) and take their 5-s window from where it "
+                        "ends; auto: the files of sound archives' collections (the metadata's collection: CSA, and "
+                        "any flagged far more often than XC), where silero-vad is installed (make installs it); on: "
+                        "every file. The soundscapes are not looked at: nobody speaks on the site's recorders")
     args = parser.parse_args()
     if not 0 <= args.site_holdout < 1:
         parser.error(f"--site-holdout is a share, 0 to below 1, not {args.site_holdout:g}")

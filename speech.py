@@ -6,6 +6,11 @@ where the speech in a recording's opening ends and starts the training window th
     python speech.py data/birdclef-2025/train_audio/1139490/CSA36385.ogg    # the speech in a file's opening
     python speech.py --seconds 120 FILE...                                    # ... looking 120 s in
 
+Two rules keep it from cutting birds. An announcement is long: speech counts only where it lasts
+min_announcement_seconds (bird calls that Silero takes for a voice last about a second, announcements several;
+docs/accuracy.md has both distributions). A species is not a voice: where one class's files are flagged far more
+often than the rest's (far_above), the detector is hearing that animal, and its files keep their first 5 s.
+
 The detector is Silero VAD (the silero-vad package: its model ships in the wheel, nothing is downloaded), run on
 16-kHz audio in 32-ms frames, many recordings per batch. An optional extra: pip install -r requirements-speech.txt
 (make installs it).
@@ -22,6 +27,13 @@ threshold = 0.4          # speech probability of a frame that starts speech (202
 opening_seconds = 5.0    # speech that starts inside the first window makes it a voice, not an animal
 bridge_seconds = 1.0     # pauses shorter than this join speech (an announcement pauses between its items)
 min_speech_seconds = 0.25  # shorter bursts are not speech (Silero's own minimum)
+min_announcement_seconds = 2.5  # a spoken opening shorter than this is a call, not an announcement: the demos'
+#                                announcements are detected at 3.1 s and longer, ordinary calls at 1.9 s at most
+#                                (bench/speech_alarms.py; docs/accuracy.md)
+far_above_ratio = 3.0    # a group (class, collection) flagged at this many times the others' share ...
+far_above_p = 1e-3       # ... and this unlikely at their share (binomial tail) ...
+far_above_min = 2        # ... with at least this many flagged files, is flagged far above them
+ARCHIVES = ("CSA",)      # collections of sound archives, whose recordings open with an announcement
 scan_seconds = 60.0      # how far into a recording prep looks for the end of its opening speech
 min_left_seconds = 1.0   # a recording with less than this after its speech is speech throughout: left out
 threads = 2
@@ -82,10 +94,37 @@ def speech_segments(probs, threshold=threshold, bridge=bridge_seconds, min_speec
     return [(round(s, 3), round(e, 3)) for s, e in segments if e - s >= min_speech]
 
 
-def opening_speech_end(probs, threshold=threshold, opening=opening_seconds):
-    """Seconds where the speech that starts in a recording's opening ends, or None when its opening holds none."""
-    segments = [seg for seg in speech_segments(probs, threshold) if seg[0] < opening]
-    return segments[0][1] if segments else None
+def opening_speech(probs, threshold=threshold, opening=opening_seconds, min_seconds=0.0):
+    """(start s, end s) of the first speech that starts in a recording's opening and lasts min_seconds, or None."""
+    segments = [seg for seg in speech_segments(probs, threshold) if seg[0] < opening and seg[1] - seg[0] >= min_seconds]
+    return segments[0] if segments else None
+
+
+def opening_speech_end(probs, threshold=threshold, opening=opening_seconds, min_seconds=0.0):
+    """Seconds where the speech that starts in a recording's opening (and lasts min_seconds) ends, or None."""
+    found = opening_speech(probs, threshold, opening, min_seconds)
+    return found[1] if found else None
+
+
+def far_above(groups, flagged, reference=None, ratio=far_above_ratio, p=far_above_p, at_least=far_above_min):
+    """The groups whose files are flagged far more often than the others': {group: (flagged, files, the others'
+    share)}. groups, flagged: one per file. A group is compared with every other file, or with the files of group
+    `reference` where given; it stands out at `ratio` times their share, `at_least` flagged files, and a binomial
+    tail under `p` at their share (so a small class is not called out by chance). Their share counts half a
+    flagged file more than they have, so that none flagged is a small share, not an impossible one."""
+    from scipy.stats import binom
+    groups, flagged = np.asarray(groups, dtype=object), np.asarray(flagged, dtype=bool)
+    out = {}
+    for group in sorted(set(groups), key=str):
+        mine = groups == group
+        others = (groups == reference) if reference is not None else ~mine
+        if group == reference or not others.any():
+            continue
+        k, n = int(flagged[mine].sum()), int(mine.sum())
+        share = (float(flagged[others].sum()) + 0.5) / (int(others.sum()) + 1)
+        if k >= at_least and k / n >= ratio * share and binom.sf(k - 1, n, share) < p:
+            out[group] = (k, n, share)
+    return out
 
 
 def main(argv=None):

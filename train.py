@@ -160,7 +160,10 @@ def parse_args(argv=None):
                    "claims one that no other job holds (waiting while all are held) and takes --threads divided by "
                    "their number")
     p.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="mixed precision: auto = on for "
-                   "CUDA (float16, gradient scaling); on also runs CPU autocast (bfloat16; tests the same code path)")
+                   "CUDA; on also runs CPU autocast (bfloat16; tests the same code path)")
+    p.add_argument("--amp-dtype", default="auto", choices=["auto", "bfloat16", "float16"], help="autocast's type: "
+                   "auto = bfloat16 on GPUs with it in hardware (compute capability 8.0 and up) and on CPU, float16 "
+                   "with gradient scaling on older GPUs (T4, V100, P100; their steps run eagerly)")
     p.add_argument("--loader-workers", default="auto", help="threads that build batches ahead: auto = 0 on CPU "
                    "(the step is the bottleneck and needs the cores), min(8, cores) on a GPU")
     p.add_argument("--cache-on-device", default="auto", choices=["auto", "on", "off"], help="hold the training "
@@ -169,9 +172,9 @@ def parse_args(argv=None):
     p.add_argument("--compile", default="off", choices=["off", "on"], help="torch.compile the network (the "
                    "first steps of each image shape pay the compilation)")
     p.add_argument("--cuda-graph", default="auto", choices=["auto", "on", "off"], help="replay each training step "
-                   "(augmentations, forward, backward, AdamW) from one captured CUDA graph, with bfloat16 autocast: "
-                   "the host launches one graph instead of a thousand kernels. auto: on for one process on a GPU "
-                   "(not with --compile on, --optimizer sgd or --schedule onecycle); on CPU, on runs the same code "
+                   "(augmentations, forward, backward, AdamW) from one captured CUDA graph: the host launches one "
+                   "graph instead of a thousand kernels. auto: on for one process on a GPU with bfloat16 autocast "
+                   "(not with float16, --compile on, --optimizer sgd or --schedule onecycle); on CPU, on runs the same code "
                    "eagerly (tests)")
     p.add_argument("--max-train-files", type=int, help="use only this many training rows (quick runs)")
     p.add_argument("--site-share", type=float, default=site_share, help="the site's labelled training windows "
@@ -233,7 +236,7 @@ def input_signature(args, config):
     and a run resumes on another number of GPUs."""
     cache = CachePaths(args.cache)
     where = ("threads", "device", "out_dir", "work", "cache", "pseudo", "models", "round", "pretrained", "gpus",
-             "loader_workers", "compile", "cache_on_device", "cuda_graph")
+             "loader_workers", "compile", "cache_on_device", "cuda_graph", "amp_dtype")
     settings = {k: v for k, v in vars(args).items() if k not in where}
     if settings.get("preset") == "writeup":  # the write-up's recipe's old name: runs recorded under it are reused
         settings["preset"] = "seed"
@@ -376,10 +379,20 @@ def make_optimizer(name, model, lr, weight_decay, device, graphed=False):
                              capturable=capturable)
 
 
-def amp_dtype_of(device, graphed):
-    """Autocast's type: float16 on CUDA (with gradient scaling), bfloat16 for a CUDA graph (no scaler to
-    replay) and on CPU (the type CPU autocast computes in)."""
-    return torch.float16 if device.type == "cuda" and not graphed else torch.bfloat16
+def amp_dtype_of(device, choice="auto"):
+    """(autocast's type, why). --amp-dtype auto: on CUDA, bfloat16 where the GPU computes it in hardware (compute
+    capability 8.0 and up: A100, L4, H100), float16 with gradient scaling before (T4 7.5, V100 7.0, P100 6.0: their
+    cuDNN has no bfloat16 convolutions, and torch.cuda.is_bf16_supported() counts emulation); on CPU, bfloat16 (the
+    type CPU autocast computes in). A named type is taken as it is."""
+    if choice != "auto":
+        return getattr(torch, choice), f"--amp-dtype {choice}"
+    if device.type != "cuda":
+        return torch.bfloat16, "CPU autocast computes in bfloat16"
+    major, minor = torch.cuda.get_device_capability(device)
+    gpu = f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
+    if major >= 8:
+        return torch.bfloat16, f"{gpu} has bfloat16 in hardware"
+    return torch.float16, f"{gpu} has no bfloat16 in hardware (8.0 and up have)"
 
 
 def make_scaler(device, amp, amp_dtype=torch.float16):
@@ -390,29 +403,33 @@ def make_scaler(device, amp, amp_dtype=torch.float16):
         else torch.cuda.amp.GradScaler(enabled=scaled)
 
 
-def step_state(model, mel, device, amp, chances=None, optimizer="adamw", graphed=False, schedule=lambda s: 1.0):
+def step_state(model, mel, device, amp, chances=None, optimizer="adamw", graphed=False, schedule=lambda s: 1.0,
+               amp_dtype=None):
     """What train_step (graphed: GraphedStep) needs, outside a run (benchmarks, tests): the model and mel on
-    `device`, the recipe's optimiser with a learning rate of lr * schedule(step), the scaler, autocast's type,
-    the write-up's augmentation chances."""
+    `device`, the recipe's optimiser with a learning rate of lr * schedule(step), the scaler, autocast's type
+    (amp_dtype_of's for the device where not given), the write-up's augmentation chances."""
     from types import SimpleNamespace
     device = torch.device(device)
     model = model.to(device).to(memory_format=torch.channels_last)
     model.channels_last = True
     model.train()
     opt = make_optimizer(optimizer, model, lr, weight_decay, device, graphed)
-    amp_dtype = amp_dtype_of(device, graphed)
+    amp_dtype = amp_dtype if amp_dtype is not None else amp_dtype_of(device)[0]
     return SimpleNamespace(trained=model, mel=mel.to(device), chances=chances or AugmentChances(), amp=amp,
                            optimizer=opt, scheduler=torch.optim.lr_scheduler.LambdaLR(opt, schedule),
                            scaler=make_scaler(device, amp, amp_dtype), amp_dtype=amp_dtype, graphed=graphed)
 
 
-def uses_cuda_graph(args, device, distributed):
+def uses_cuda_graph(args, device, distributed, amp_dtype=torch.bfloat16):
     """--cuda-graph: whether train steps replay a CUDA graph (on CPU, `on` runs GraphedStep's code eagerly). A
     graph replays what it captured: one process, the network uncompiled, AdamW (its learning rate read from the
-    device each step) and a schedule that changes nothing else (onecycle also cycles AdamW's betas)."""
+    device each step), a schedule that changes nothing else (onecycle also cycles AdamW's betas) and no gradient
+    scaler (float16 autocast has one: it checks for infinities and skips steps on the host)."""
     if args.cuda_graph == "off":
         return False
+    scaled = amp_on(args, device) and amp_dtype == torch.float16 and device.type == "cuda"
     unsupported = [why for why, found in (("torchrun", distributed), ("--compile on", args.compile == "on"),
+                                          ("float16 autocast (its gradient scaler)", scaled),
                                           ("--optimizer sgd", args.optimizer != "adamw"),
                                           ("--schedule onecycle", args.schedule != "cosine")) if found]
     if args.cuda_graph == "auto":
@@ -420,6 +437,21 @@ def uses_cuda_graph(args, device, distributed):
     if unsupported:
         raise UserError(f"--cuda-graph on cannot replay a step with {', '.join(unsupported)}: use --cuda-graph off")
     return True
+
+
+def amp_on(args, device):
+    """--amp: auto is on for CUDA; on also runs CPU autocast."""
+    return args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
+
+
+def precision_line(args, device, graphed):
+    """One line: the step's precision and why, whether it replays a CUDA graph."""
+    if not amp_on(args, device):
+        return "precision: float32 (--amp off" + (", its default on CPU)" if args.amp == "auto" else ")")
+    dtype, why = amp_dtype_of(device, args.amp_dtype)
+    scaled = " with gradient scaling" if dtype == torch.float16 and device.type == "cuda" else ""
+    return (f"precision: {str(dtype).replace('torch.', '')} autocast{scaled}, "
+            f"{'steps replayed from a CUDA graph' if graphed else 'eager steps'}: {why}")
 
 
 def cache_on_device(choice, dataset, device):
@@ -461,8 +493,8 @@ def build_training(args, config, procs, graphed=False):
     else:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, int(args.warmup_epochs * steps_per_epoch), total_steps))
-    amp = args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
-    amp_dtype = amp_dtype_of(device, graphed)
+    amp = amp_on(args, device)
+    amp_dtype = amp_dtype_of(device, args.amp_dtype)[0]
     scaler = make_scaler(device, amp, amp_dtype)
     soup_start = max(1, args.epochs + 1 + args.soup_start) if args.soup_start and args.soup_start < 0 \
         else args.soup_start or max(1, round(args.epochs * soup_start_of_50 / 50))
@@ -665,7 +697,9 @@ def main(argv=None):
     config = model_config(args)
     args.pretrained = pretrained_of(args.pretrained)
     procs = set_up_processes(args)
-    graphed = uses_cuda_graph(args, procs.device, procs.distributed)
+    graphed = uses_cuda_graph(args, procs.device, procs.distributed, amp_dtype_of(procs.device, args.amp_dtype)[0])
+    if procs.rank == 0:
+        print(precision_line(args, procs.device, graphed), flush=True)
     out_dir, inputs, state = claim_run_folder(args, config, procs)
     if state == "done":
         print(f"{out_dir}: already trained on the same inputs ({os.path.join(out_dir, 'train_done.json')})")

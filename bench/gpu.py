@@ -56,8 +56,14 @@ def loader_workers(device):
 
 def step_variants(device, with_compile=False):
     """The training steps to time: train.py's own on this device first (a CUDA graph on a GPU, eager on a CPU),
-    then on a GPU the eager step beside it (train.py --cuda-graph off), and with_compile the compiled network."""
-    first = ["graph", "eager"] if device.type == "cuda" else ["eager"]
+    then on a GPU the eager step beside it (train.py --cuda-graph off), the float16 step with gradient scaling
+    (train.py's on a T4 or P100: --amp-dtype float16), and with_compile the compiled network."""
+    if device.type != "cuda":
+        first = ["eager"]
+    elif train.amp_dtype_of(device)[0] == torch.bfloat16:
+        first = ["graph", "eager", "float16"]
+    else:  # no bfloat16 in hardware: train.py's step is the float16 one
+        first = ["float16", "eager"]
     return first + (["compile"] if with_compile else [])
 
 

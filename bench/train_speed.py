@@ -35,9 +35,11 @@ class StepBench:
     """train.py's own step (time shift, mel, the write-up's augmentations, forward, backward, AdamW, the
     scheduler) for one model on `device`, with AMP as train.py runs it, on a fixed random batch. variant:
     "eager" (train.train_step), "graph" (train.GraphedStep: replayed from a CUDA graph, train.py --cuda-graph on,
-    its default for one GPU), "compile" (the network torch.compile'd: train.py --compile on)."""
+    its default for one GPU with bfloat16), "compile" (the network torch.compile'd: train.py --compile on),
+    "float16" (the eager step with float16 autocast and gradient scaling: train.py's step on a GPU without
+    bfloat16 in hardware, such as a T4)."""
 
-    variants = ("eager", "graph", "compile")
+    variants = ("eager", "graph", "compile", "float16")
 
     def __init__(self, height, width, n_mels, hop, batch, n_classes=182, device="cpu", amp=False, variant="eager"):
         import train
@@ -47,7 +49,8 @@ class StepBench:
         torch.manual_seed(0)
         self.run = train.step_state(MelEfficientNet(n_classes, height, width),
                                     MelFrontEnd(MelSettings(n_mels=n_mels, hop_length=hop)), self.device, amp,
-                                    graphed=variant == "graph")
+                                    graphed=variant == "graph",
+                                    amp_dtype=torch.float16 if variant == "float16" else None)
         if variant == "compile":  # train.py --compile on: the network compiled, the step around it as it is
             self.run.trained = torch.compile(self.run.trained)
         self.waves = torch.randn(batch, WINDOW_SAMPLES, device=self.device) * 0.1

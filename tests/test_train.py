@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import train
+from helpers import ROOT
 
 TINY = ["--models", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models-demo.csv"),
         "--epochs", "2", "--batch-size", "8", "--threads", "2", "--image_height", "32", "--image_width", "32",
@@ -362,3 +363,41 @@ def test_cuda_graph_choice_follows_what_a_graph_can_replay():
             train.uses_cuda_graph(args("--cuda-graph", "on", *extra), cuda, distributed=False)
     assert train.uses_cuda_graph(args("--cuda-graph", "on"), cpu, distributed=False)  # the same code, eagerly
     assert not train.uses_cuda_graph(args("--cuda-graph", "off"), cuda, distributed=False)
+
+
+@pytest.mark.parametrize("capability, dtype, graphed", [((6, 0), torch.float16, False), ((7, 5), torch.float16, False),
+                                                        ((8, 0), torch.bfloat16, True), ((9, 0), torch.bfloat16, True)])
+def test_precision_follows_the_gpu(monkeypatch, capability, dtype, graphed):
+    """bfloat16 and the CUDA graph where the GPU has bfloat16 in hardware (8.0 and up); float16 with gradient
+    scaling, eager, on a P100 (6.0) or T4 (7.5), whatever torch.cuda.is_bf16_supported() says."""
+    from errors import UserError
+    names = {(6, 0): "Tesla P100-PCIE-16GB", (7, 5): "Tesla T4", (8, 0): "NVIDIA A100", (9, 0): "NVIDIA H100"}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: names[capability])
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # a T4 answers True (emulation)
+    cuda = torch.device("cuda")
+    args = train.parse_args(["--model", "1"])
+    assert train.amp_dtype_of(cuda)[0] == dtype
+    assert train.uses_cuda_graph(args, cuda, False, train.amp_dtype_of(cuda)[0]) == graphed
+    line = train.precision_line(args, cuda, graphed)
+    assert line.startswith(f"precision: {str(dtype)[6:]} autocast") and names[capability] in line
+    assert ("gradient scaling" in line) == (dtype == torch.float16) and ("CUDA graph" in line) == graphed
+    if dtype == torch.float16:
+        with pytest.raises(UserError, match="float16"):
+            train.uses_cuda_graph(train.parse_args(["--model", "1", "--cuda-graph", "on"]), cuda, False, dtype)
+    # forced either way
+    assert train.amp_dtype_of(cuda, "float16")[0] == torch.float16
+    assert train.amp_dtype_of(cuda, "bfloat16")[0] == torch.bfloat16
+    assert train.amp_dtype_of(torch.device("cpu"))[0] == torch.bfloat16
+    assert train.precision_line(args, torch.device("cpu"), False).startswith("precision: float32")
+
+
+def test_the_float16_step_trains_on_cpu():
+    """The T4/P100 step (float16 autocast; its gradient scaler is CUDA's) runs train.py's code on CPU."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from train_speed import StepBench
+    bench = StepBench(32, 32, 32, 1024, 4, n_classes=5, device="cpu", amp=True, variant="float16")
+    before = [p.detach().clone() for p in bench.run.trained.parameters()]
+    losses = [float(bench.step(bench.waves, bench.targets)) for _ in range(2)]
+    assert bench.amp_dtype == torch.float16 and np.isfinite(losses).all()
+    assert any(not torch.equal(a, b) for a, b in zip(before, bench.run.trained.parameters()))
