@@ -58,6 +58,9 @@ GPUS ?=
 # on them as its pseudo labels ("round 0"), and pseudo1/pseudo2 blend them in for the classes BirdNET covers
 TEACHER ?=
 TEACHER_WEIGHT ?= 1
+# what soup.py keeps of a model's saved epochs once its soup is written: all (the default), or soup (only the
+# epochs the soup uses: for a small disk such as Kaggle's 20 GB; the others are deleted)
+KEEP_EPOCHS ?= all
 
 # GPUS=0,1,2,3: a round's models train side by side, as many jobs as GPUs; each job claims a GPU that no other
 # job holds (devices.claim_gpu) and gets its share of THREADS, for training and for its soup
@@ -76,7 +79,8 @@ SETUP := $(if $(VENV),.venv/.installed,)
 SETUP_TEST := $(if $(VENV),.venv/.installed-test,)
 SETUP_TEACHER := $(if $(VENV),.venv/.installed-teacher,)
 IDS   := $(shell grep -v '^\#' $(MODELS) 2>/dev/null | tail -n +2 | cut -d, -f1)
-CACHE := $(WORK)/cache
+# the cache may live elsewhere (a larger or faster disk: CACHE=/kaggle/temp/cache); prep rebuilds it when missing
+CACHE ?= $(WORK)/cache
 CACHED := $(CACHE)/train_rows.csv
 PSEUDO_1 := $(TEACHER)
 PSEUDO_2 := $(WORK)/pseudo1.npz
@@ -168,8 +172,10 @@ define MODEL
 $(WORK)/round$(1)/model$(2)/soup.json: $(CACHED) $(PSEUDO_$(1)) $(STAMP.round$(1)-model$(2)) | $(SETUP)
 	$(PY) train.py --model $(2) --round $(1) --models $(MODELS) --cache $(CACHE) --work $(WORK) --epochs $(EPOCHS) \
 		--threads $(THREADS) --device $(DEVICE) $(if $(PSEUDO_$(1)),--pseudo $(PSEUDO_$(1))) \
-		--pretrained "$(PRETRAINED)" $(if $(GPUS),--gpus $(GPUS)) $(TRAIN_ARGS)
-	$(PY) soup.py --model-dir $(WORK)/round$(1)/model$(2) --cache $(CACHE) --threads $(JOB_THREADS)
+		--pretrained "$(PRETRAINED)" $(if $(GPUS),--gpus $(GPUS)) --rounds $(subst auto,3,$(ROUNDS)) \
+		--keep-epochs $(KEEP_EPOCHS) $(TRAIN_ARGS)
+	$(PY) soup.py --model-dir $(WORK)/round$(1)/model$(2) --cache $(CACHE) --threads $(JOB_THREADS) \
+		--keep-epochs $(KEEP_EPOCHS)
 endef
 define ROUND
 $(foreach i,$(IDS),$(eval $(call MODEL,$(1),$(i))))

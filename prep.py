@@ -44,6 +44,7 @@ from flags import add_flag
 from errors import UserError, run_main
 from files import NpyRowWriter, keep_npy_rows, npy_header, read_npy_rows, swap_in, write_npy_rows
 from threads import ordered_map
+import disk
 import speech
 
 # defaults
@@ -143,15 +144,6 @@ def decode_first_five_seconds(path):
         return None, describe(err)
 
 
-def check_disk(folder, n_windows, what):
-    """Stop with one line, before writing, when the folder's disk cannot hold n_windows float16 windows."""
-    needed, free = n_windows * WINDOW_SAMPLES * 2, shutil.disk_usage(folder).free
-    if needed > free:
-        raise UserError(f"not enough disk for the {what}: {needed / 1e9:.1f} GB needed in {folder}, "
-                        f"{free / 1e9:.1f} GB free" + (" (--max-unlabeled-windows lowers it)"
-                                                       if what == "unlabeled window cache" else ""))
-
-
 def after_opening_speech(detector, batch, scan_seconds=speech.scan_seconds):
     """batch: [(path, first 5 s)]. A file whose first 5 s hold speech is read again, 15 s of it first and up to
     scan_seconds where the speech goes on, for the speech that opens it; an announcement (speech of at least
@@ -187,7 +179,6 @@ def write_training_audio(rows, out_path, n_threads, detector=None):
 
     Rows are written in order as they decode; a file that fails leaves no gap, and the unused tail is cut off
     in place at the end: no second array on disk, no array in memory."""
-    check_disk(os.path.dirname(os.path.abspath(out_path)), len(rows), "training audio")
     audio = NpyRowWriter(out_path + ".all", len(rows), (WINDOW_SAMPLES,))
     after = NpyRowWriter(out_path + ".after", len(rows), (WINDOW_SAMPLES,)) if detector else None
     good, bad, spoken, pending = [], [], [], []
@@ -348,7 +339,6 @@ def write_unlabeled_windows(unlabeled, audio_path, table_path, cap, rng, n_threa
         by_file.setdefault(unlabeled["path"].iloc[i], []).append(k - int(starts[i]))
     print(f"unlabeled window cache: {len(chosen):,} of {total:,} windows, "
           f"{len(chosen) * WINDOW_SAMPLES * 2 / 1e9:.1f} GB on disk", flush=True)
-    check_disk(os.path.dirname(os.path.abspath(audio_path)), len(chosen), "unlabeled window cache")
     out = NpyRowWriter(audio_path, len(chosen), (WINDOW_SAMPLES,))
 
     table, bad = [], []
@@ -470,6 +460,13 @@ def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_w
         site = read_site_labels(site_path, unlabeled_folder, classes)
         site["split"] = split_site_files(site, holdout, np.random.default_rng([seed, 1]))
 
+    unlabeled, bad_unlabeled = index_unlabeled(unlabeled_folder, n_threads)
+    held = 0 if site is None else len(site) + sum(unlabeled.loc[unlabeled["path"].isin(
+        site.loc[site["split"] == "valid", "path"]), "n_windows"])
+    disk.check_cache(os.path.dirname(os.path.abspath(out)), len(rows),
+                     min(window_cap, max(0, int(unlabeled["n_windows"].sum()) - held)),
+                     0 if site is None else int((site["split"] == "train").sum()))
+
     tmp = out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -488,7 +485,6 @@ def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_w
     rows.drop(columns=["path"]).to_csv(paths.rows, index=False)
     with open(paths.classes, "w") as f:
         f.write("\n".join(classes) + "\n")
-    unlabeled, bad_unlabeled = index_unlabeled(unlabeled_folder, n_threads)
     unlabeled.to_csv(paths.unlabeled, index=False)
     bad += bad_unlabeled
     if site is not None:

@@ -11,6 +11,7 @@ TorchScript, mel settings, classes; see export.export_artifact) and, last, soup.
 metrics, best single epoch).
 """
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -56,7 +57,19 @@ def average_state_dicts(states):
     return soup
 
 
-def make_soup(model_dir, cache, n_threads=threads, soup_start=None):
+def keep_soup_epochs(model_dir, kept):
+    """KEEP_EPOCHS=soup (a user's choice, for a small disk): once the soup is written, the saved epochs it does not
+    use are deleted. Returns the bytes freed."""
+    freed = 0
+    for path in glob.glob(os.path.join(model_dir, "epochs", "epoch_*.pt")):
+        if int(os.path.basename(path)[6:9]) not in kept:
+            freed += os.path.getsize(path)
+            os.remove(path)
+    print(f"{model_dir}: kept the soup's epochs {kept}, deleted the others ({freed / 1e6:.0f} MB; --keep-epochs soup)")
+    return freed
+
+
+def make_soup(model_dir, cache, n_threads=threads, soup_start=None, keep_epochs="all"):
     torch.set_num_threads(max(1, n_threads))
     config_path, metrics_path = os.path.join(model_dir, "config.json"), os.path.join(model_dir, "metrics.csv")
     if not os.path.isfile(os.path.join(model_dir, "train_done.json")):
@@ -70,6 +83,11 @@ def make_soup(model_dir, cache, n_threads=threads, soup_start=None):
         raise UserError(f"{model_dir}: the cache's classes differ from the ones the model was trained on")
     validated = len(data["valid"]) > 0
     # without validation (fold 'all') nothing can be chosen: every saved epoch from the soup start on
+    on_disk = {int(os.path.basename(p)[6:9]) for p in glob.glob(os.path.join(model_dir, "epochs", "epoch_*.pt"))}
+    if on_disk and not set(metrics["epoch"]) <= on_disk | set(range(soup_start)):  # KEEP_EPOCHS=soup ran before
+        print(f"{model_dir}: epochs {sorted(set(metrics['epoch']) - on_disk - set(range(soup_start)))} were deleted "
+              f"(--keep-epochs soup): the soup is chosen from the {len(on_disk)} left")
+        metrics = metrics[metrics["epoch"].isin(on_disk)]
     kept = choose_epochs(metrics, soup_start) if validated else \
         [int(e) for e in metrics["epoch"] if e >= soup_start]
     if not kept:
@@ -89,6 +107,8 @@ def make_soup(model_dir, cache, n_threads=threads, soup_start=None):
     report = dict(kept_epochs=kept, soup=soup_metrics, validated=validated, best_single_epoch=None if best is None
                   else dict(epoch=int(best["epoch"]), **{m: float(best[m]) for m in TRACKED_METRICS}), name=name)
     save_json(report, os.path.join(model_dir, "soup.json"))
+    if keep_epochs == "soup":
+        keep_soup_epochs(model_dir, kept)
     print(f"{model_dir}: soup of epochs {kept}: " + " ".join(f"{k}={v:.4f}" for k, v in soup_metrics.items())
           + (f" (best single epoch {int(best['epoch'])}: auc={best['auc']:.4f})" if best is not None
              else " (no validation rows: every epoch from the soup start on)"))
@@ -130,8 +150,11 @@ def main():
     add_flag(p, "--cache", default="work/cache")
     add_flag(p, "--soup-start")
     add_flag(p, "--threads", default=threads)
+    p.add_argument("--keep-epochs", default="all", choices=["all", "soup"], help="all: every saved epoch stays; soup: "
+                   "once the soup is written, the epochs it does not use are deleted (for a small disk, as Kaggle's "
+                   "20 GB; make KEEP_EPOCHS=soup)")
     args = p.parse_args()
-    make_soup(args.model_dir, args.cache, args.threads, args.soup_start)
+    make_soup(args.model_dir, args.cache, args.threads, args.soup_start, args.keep_epochs)
 
 
 if __name__ == "__main__":

@@ -285,10 +285,15 @@ def test_too_little_disk_is_one_line_before_writing(demo_dir, cache_dir, tmp_pat
     out = str(tmp_path / "cache")
     shutil.copytree(cache_dir, out)
     before = sorted(os.listdir(out))
-    monkeypatch.setattr(prep.shutil, "disk_usage", lambda path: collections.namedtuple("u", "free")(10**6))
-    with pytest.raises(errors.UserError, match="not enough disk for the training audio"):
+    import disk
+    n_train = len(pd.read_csv(os.path.join(demo_dir, "train_metadata.csv")))
+    free = (n_train + 4.5) * disk.WINDOW_BYTES * disk.MARGIN  # the training files and 4 of the 9 windows fit
+    monkeypatch.setattr(disk.shutil, "disk_usage", lambda path: collections.namedtuple("u", "free")(free))
+    with pytest.raises(errors.UserError, match=r"not enough disk for the cache: .*make CACHE=/path/cache\) or cache "
+                       r"fewer unlabeled windows \(PREP_ARGS=\"--max-unlabeled-windows 4\"\)"):
         prep.prepare(demo_dir, out, n_threads=2)
     assert sorted(os.listdir(out)) == before  # the old cache is whole
+    prep.prepare(demo_dir, out, n_threads=2, window_cap=4)  # the setting it names fits
 
 
 def test_empty_secondaries_of_2025_are_not_dropped_labels(capsys):

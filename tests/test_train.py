@@ -401,3 +401,34 @@ def test_the_float16_step_trains_on_cpu():
     losses = [float(bench.step(bench.waves, bench.targets)) for _ in range(2)]
     assert bench.amp_dtype == torch.float16 and np.isfinite(losses).all()
     assert any(not torch.equal(a, b) for a, b in zip(before, bench.run.trained.parameters()))
+
+
+def test_a_cycle_too_big_for_the_disk_stops_before_training(cache_dir, tmp_path, monkeypatch):
+    """The disk plan: a fresh run counts what it and the later rounds' runs will save; too little free space stops
+    it in one line before any epoch, naming KEEP_EPOCHS=soup where that fits, else a larger disk."""
+    import disk
+    from errors import UserError
+    models = os.path.join(ROOT, "models-demo.csv")
+    n_models = len(pd.read_csv(models, comment="#"))
+    weights = 4.0e6 * 4
+    full, pruned = (disk.cycle_plan(3 * n_models, 38, weights, keep) * disk.MARGIN for keep in ("all", "soup"))
+    assert pruned < full and disk.cycle_plan(1, 38, weights) == (38 + 7 + 3) * weights
+    out = str(tmp_path / "m1")
+    monkeypatch.setattr(disk, "free_bytes", lambda folder: 10**6)
+    with pytest.raises(UserError, match=r"not enough disk for the cycle in .*: put WORK on a larger disk$"):
+        run(cache_dir, out, "--models", models, "--work", str(tmp_path), "--rounds", "3")
+    assert not os.path.exists(os.path.join(out, "epochs"))
+    monkeypatch.setattr(disk, "free_bytes", lambda folder: (full + pruned) / 2)
+    with pytest.raises(UserError, match="KEEP_EPOCHS=soup"):
+        disk.check_cycle(str(tmp_path), 3 * n_models, 38, weights)
+    disk.check_cycle(str(tmp_path), 3 * n_models, 38, weights, keep="soup")  # fits
+
+
+def test_keep_epochs_soup_deletes_only_what_the_soup_does_not_use(tmp_path):
+    import soup
+    folder = tmp_path / "model1"
+    os.makedirs(folder / "epochs")
+    for e in range(3, 9):
+        (folder / "epochs" / f"epoch_{e:03d}.pt").write_bytes(b"x" * 10)
+    assert soup.keep_soup_epochs(str(folder), [4, 7, 8]) == 30
+    assert sorted(os.listdir(folder / "epochs")) == ["epoch_004.pt", "epoch_007.pt", "epoch_008.pt"]
