@@ -9,6 +9,7 @@ the write-up's 182 classes: 17 MB in float32); a run saves each epoch from the s
 it trains (weights, AdamW's two moments: 3P, removed when it ends), the soup (P), its export (TorchScript and ONNX:
 2P) and the copies of that export in the round's ensemble and the final one (2P each).
 """
+import os
 import shutil
 
 from common import WINDOW_SAMPLES
@@ -23,6 +24,10 @@ MARGIN = 1.1                     # 10 % more than the plan, for logs, metrics an
 
 
 def free_bytes(folder):
+    """Free bytes of the disk that holds `folder`, or would hold it (its nearest existing parent)."""
+    folder = os.path.abspath(folder)
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
     return shutil.disk_usage(folder).free
 
 
