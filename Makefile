@@ -172,7 +172,7 @@ define MODEL
 $(WORK)/round$(1)/model$(2)/soup.json: $(CACHED) $(PSEUDO_$(1)) $(STAMP.round$(1)-model$(2)) | $(SETUP)
 	$(PY) train.py --model $(2) --round $(1) --models $(MODELS) --cache $(CACHE) --work $(WORK) --epochs $(EPOCHS) \
 		--threads $(THREADS) --device $(DEVICE) $(if $(PSEUDO_$(1)),--pseudo $(PSEUDO_$(1))) \
-		--pretrained "$(PRETRAINED)" $(if $(GPUS),--gpus $(GPUS)) --rounds $(subst auto,3,$(ROUNDS)) \
+		--pretrained "$(PRETRAINED)" $(if $(GPUS),--gpus $(GPUS)) --cycle-rounds $(subst auto,3,$(ROUNDS)) \
 		--keep-epochs $(KEEP_EPOCHS) $(TRAIN_ARGS)
 	$(PY) soup.py --model-dir $(WORK)/round$(1)/model$(2) --cache $(CACHE) --threads $(JOB_THREADS) \
 		--keep-epochs $(KEEP_EPOCHS)

@@ -46,6 +46,9 @@ SHARED = {
     "--repeats": dict(type=int, help="timed runs of each measurement, interleaved with the others: medians (and "
                       "bests) are reported"),
     "--steps": dict(type=int, help="timed training steps per model (after one warm-up step)"),
+    "--keep-epochs": dict(choices=["all", "soup"], help="what soup.py keeps of a model's saved epochs once its soup is "
+                          "written: all, or soup (only those the soup uses, the others deleted: for a small disk "
+                          "such as Kaggle's 20 GB; make KEEP_EPOCHS=soup); train.py's disk plan counts it"),
     "--pp-weight": dict(type=float, help="neighbour smoothing weight (the write-up's post-processing); 0 disables"),
     "--quick": dict(action="store_true", help="smoke test (make test runs it): tiny data and models, 1 epoch"),
     # generated demos (demo_data.py)

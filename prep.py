@@ -15,7 +15,7 @@ under a temporary name and renamed when complete, so an interrupted run leaves n
 Spoken openings (sound archives' recordings, such as 2025's CSA, begin with an announcement): speech.py's
 detector (Silero VAD, installed by make) listens to the training files' openings. --speech auto looks at the
 files of the sound archives' collections (where the metadata has a collection column: CSA, and any collection
-flagged far more often than Xeno-canto's), --speech on at every file. A file that opens with an announcement (2 s
+flagged far more often than Xeno-canto's), --speech on at every file. A file that opens with an announcement (2.5 s
 of speech at least) gets its window from where the speech ends (the first 5 s of the animal), one that is speech
 throughout is left out (bad_files.csv), and speech.csv lists them with the second the speech ends, to listen to a
 few. A class whose files are flagged far more often than the rest keeps its first 5 s: the detector hears its
@@ -461,10 +461,8 @@ def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_w
         site["split"] = split_site_files(site, holdout, np.random.default_rng([seed, 1]))
 
     unlabeled, bad_unlabeled = index_unlabeled(unlabeled_folder, n_threads)
-    held = 0 if site is None else len(site) + sum(unlabeled.loc[unlabeled["path"].isin(
-        site.loc[site["split"] == "valid", "path"]), "n_windows"])
     disk.check_cache(os.path.dirname(os.path.abspath(out)), len(rows),
-                     min(window_cap, max(0, int(unlabeled["n_windows"].sum()) - held)),
+                     min(window_cap, int(unlabeled["n_windows"].sum())),  # at most: labelled windows stay out
                      0 if site is None else int((site["split"] == "train").sum()))
 
     tmp = out.rstrip("/") + ".tmp"
@@ -475,14 +473,16 @@ def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_w
     rows, bad, spoken = write_training_audio(rows, paths.audio, n_threads, detector)
     if detector:
         spoken = spoken[spoken_openings_to_cut(rows, spoken, speech_check)]
-    spoken = spoken.assign(path=rows["path"].to_numpy()[spoken["row"].to_numpy(dtype=int)], kept=spoken["after_row"] >= 0)
+    spoken = spoken.assign(path=rows["path"].to_numpy()[spoken["row"].to_numpy(dtype=int)],
+                           kept=spoken["after_row"] >= 0)
     bad += [(path, f"speech almost throughout (to {end:.1f} s; speech.py)")
             for path, end, kept in zip(spoken["path"], spoken["speech_end_seconds"], spoken["kept"]) if not kept]
     rows = rows[cut_spoken_openings(paths.audio, spoken)].reset_index(drop=True)
     if len(rows) == 0:
         shutil.rmtree(tmp)
         raise UserError("no training file could be decoded (see the reasons above)")
-    rows.drop(columns=["path"]).to_csv(paths.rows, index=False)
+    # the collection only says where to listen: train_rows.csv, and the runs' digest of it, stay as they were
+    rows.drop(columns=["path", "collection"], errors="ignore").to_csv(paths.rows, index=False)
     with open(paths.classes, "w") as f:
         f.write("\n".join(classes) + "\n")
     unlabeled.to_csv(paths.unlabeled, index=False)

@@ -150,9 +150,7 @@ def main():
     add_flag(p, "--cache", default="work/cache")
     add_flag(p, "--soup-start")
     add_flag(p, "--threads", default=threads)
-    p.add_argument("--keep-epochs", default="all", choices=["all", "soup"], help="all: every saved epoch stays; soup: "
-                   "once the soup is written, the epochs it does not use are deleted (for a small disk, as Kaggle's "
-                   "20 GB; make KEEP_EPOCHS=soup)")
+    add_flag(p, "--keep-epochs", default="all")
     args = p.parse_args()
     make_soup(args.model_dir, args.cache, args.threads, args.soup_start, args.keep_epochs)
 

@@ -157,10 +157,10 @@ def parse_args(argv=None):
     add_recipe_flags(p)
     add_flag(p, "--threads", default=threads)
     add_flag(p, "--device", default="auto")
-    p.add_argument("--rounds", type=int, default=3, help="the cycle's rounds (make's ROUNDS; the write-up's 3): a "
-                   "job that starts afresh checks that WORK's disk holds what this and the later rounds will save")
-    p.add_argument("--keep-epochs", default="all", choices=["all", "soup"], help="what soup.py keeps of the saved "
-                   "epochs once the soup is written (make KEEP_EPOCHS=...): the disk plan counts it")
+    p.add_argument("--cycle-rounds", type=int, default=3, help="the cycle's number of rounds (make's ROUNDS; the "
+                   "write-up's 3): a job that starts afresh checks that WORK's disk holds what this and the later "
+                   "rounds will save")
+    add_flag(p, "--keep-epochs", default="all")
     p.add_argument("--gpus", help="GPUs that a round's models share, e.g. 0,1,2,3 (make GPUS=...): this job "
                    "claims one that no other job holds (waiting while all are held) and takes --threads divided by "
                    "their number")
@@ -242,7 +242,7 @@ def input_signature(args, config):
     cache = CachePaths(args.cache)
     where = ("threads", "device", "out_dir", "work", "cache", "pseudo", "models", "round", "pretrained", "gpus",
              "loader_workers", "compile", "cache_on_device", "cuda_graph", "amp_dtype",
-             "rounds", "keep_epochs")
+             "cycle_rounds", "keep_epochs")
     settings = {k: v for k, v in vars(args).items() if k not in where}
     if settings.get("preset") == "writeup":  # the write-up's recipe's old name: runs recorded under it are reused
         settings["preset"] = "seed"
@@ -517,7 +517,7 @@ def check_disk_for_the_cycle(args, run, out_dir):
     """Before a fresh run trains: WORK's disk against what this run and every model run after it to the last
     round will save (disk.check_cycle)."""
     table = read_models_table(args.models)
-    to_go = [(r, i) for r in range(args.round, max(args.round, args.rounds) + 1) for i in table.index
+    to_go = [(r, i) for r in range(args.round, max(args.round, args.cycle_rounds) + 1) for i in table.index
              if not os.path.isfile(os.path.join(args.work, f"round{r}", f"model{i}", "soup.json"))]
     weights = sum(t.numel() * t.element_size() for t in run.model.state_dict().values())
     disk.check_cycle(os.path.dirname(os.path.abspath(out_dir)), max(1, len(to_go)),

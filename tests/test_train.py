@@ -416,7 +416,7 @@ def test_a_cycle_too_big_for_the_disk_stops_before_training(cache_dir, tmp_path,
     out = str(tmp_path / "m1")
     monkeypatch.setattr(disk, "free_bytes", lambda folder: 10**6)
     with pytest.raises(UserError, match=r"not enough disk for the cycle in .*: put WORK on a larger disk$"):
-        run(cache_dir, out, "--models", models, "--work", str(tmp_path), "--rounds", "3")
+        run(cache_dir, out, "--models", models, "--work", str(tmp_path), "--cycle-rounds", "3")
     assert not os.path.exists(os.path.join(out, "epochs"))
     monkeypatch.setattr(disk, "free_bytes", lambda folder: (full + pruned) / 2)
     with pytest.raises(UserError, match="KEEP_EPOCHS=soup"):
