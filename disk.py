@@ -18,8 +18,8 @@ from errors import UserError
 WINDOW_BYTES = WINDOW_SAMPLES * 2
 RUN_FILES_P = 1 + 2 + 2 + 2      # soup, export, the round's ensemble's copy, the final ensemble's (at most)
 TRAINING_FILES_P = 3             # last.pt while a run trains
-SOUP_SHARE = 0.5                 # KEEP_EPOCHS=soup: the share of saved epochs a soup keeps, at most (measured
-#                                  soups keep a few of 38; half leaves room)
+SOUP_SHARE = 0.5                 # KEEP_EPOCHS=soup: the share of saved epochs the plan counts for a soup (it keeps
+#                                  those that improve a tracked metric; not measured at full size: half, to be safe)
 MARGIN = 1.1                     # 10 % more than the plan, for logs, metrics and the file system
 
 
