@@ -95,7 +95,7 @@ def test_the_kaggle_training_cells_resume_in_the_next_session(tmp_path):
     shutil.rmtree(root / "working")
     os.makedirs(root / "working")
     out = session(root, data, env)  # no setting given: the first session's are recalled
-    assert "resuming the cycle of the last session" in out
+    assert "resuming the cycle of the previous session" in out
     assert "resuming" in out and "round1/model3 at epoch 2" in out
     assert "EPOCHS=2 (recorded)" in out and "precision: float32" in out
     assert os.path.getmtime(work / "round1" / "model1" / "train_done.json") == done_before  # not trained again
