@@ -57,12 +57,17 @@ def average_state_dicts(states):
     return soup
 
 
+def saved_epochs(model_dir):
+    """{epoch: path} of the epochs train.py saved in model_dir/epochs (epoch_013.pt ...)."""
+    return {int(os.path.basename(p)[6:9]): p for p in glob.glob(os.path.join(model_dir, "epochs", "epoch_*.pt"))}
+
+
 def keep_soup_epochs(model_dir, kept):
     """KEEP_EPOCHS=soup (a user's choice, for a small disk): once the soup is written, the saved epochs it does not
     use are deleted. Returns the bytes freed."""
     freed = 0
-    for path in glob.glob(os.path.join(model_dir, "epochs", "epoch_*.pt")):
-        if int(os.path.basename(path)[6:9]) not in kept:
+    for epoch, path in saved_epochs(model_dir).items():
+        if epoch not in kept:
             freed += os.path.getsize(path)
             os.remove(path)
     print(f"{model_dir}: kept the soup's epochs {kept}, deleted the others ({freed / 1e6:.0f} MB; --keep-epochs soup)")
@@ -83,7 +88,7 @@ def make_soup(model_dir, cache, n_threads=threads, soup_start=None, keep_epochs=
         raise UserError(f"{model_dir}: the cache's classes differ from the ones the model was trained on")
     validated = len(data["valid"]) > 0
     # without validation (fold 'all') nothing can be chosen: every saved epoch from the soup start on
-    on_disk = {int(os.path.basename(p)[6:9]) for p in glob.glob(os.path.join(model_dir, "epochs", "epoch_*.pt"))}
+    on_disk = set(saved_epochs(model_dir))
     if on_disk and not set(metrics["epoch"]) <= on_disk | set(range(soup_start)):  # KEEP_EPOCHS=soup ran before
         print(f"{model_dir}: epochs {sorted(set(metrics['epoch']) - on_disk - set(range(soup_start)))} were deleted "
               f"(--keep-epochs soup): the soup is chosen from the {len(on_disk)} left")
