@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# one decoder, one mel front end, one set of audio constants (and one --help style) for training and inference:
+# one decoder, one mel front end and one set of audio constants for training and inference:
 # infer.py must stay self-contained, so it holds them and training imports them
-from infer import (SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, EXPORT_FORMAT, HelpFormatter, MelFrontEnd,  # noqa: F401
+from infer import (SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, EXPORT_FORMAT, MelFrontEnd,  # noqa: F401
                    MelImage, MelSettings, NORMALIZATIONS, PowerSpectrogram, list_audio, mel_filterbank, read_audio,
                    windows_of)
 from errors import UserError

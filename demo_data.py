@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common import SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, HelpFormatter
-from flags import add_flag
+from common import SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS
+from flags import HelpFormatter, add_flag
 from files import swap_in
 from errors import UserError, run_main
 

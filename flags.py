@@ -1,11 +1,37 @@
-"""Flags that several scripts share: one name, one meaning and one help text each, defined here once.
+"""Flags that several scripts share: one name, one meaning and one help text each, defined here once; and what
+every script's --help needs, without torch (the small tools print --help in a fraction of a second).
 
-    from flags import add_flag
+    from flags import add_flag, HelpFormatter
     add_flag(parser, "--threads", default=4)          # type and help from SHARED; default, required, choices given
+    infer_setting("pp_weight")                        # infer.py's default, read from its source: 0.5
 
-infer.py, which must stay self-contained, spells its shared flags' help texts out itself; a test checks that
-they equal these, and that no two scripts give one flag two helps.
+infer.py, which must stay self-contained, spells its shared flags' help texts and its HelpFormatter out itself; a
+test checks that they equal these, and that no two scripts give one flag two helps.
 """
+import argparse
+import ast
+import functools
+import os
+
+
+@functools.lru_cache(maxsize=None)
+def _infer_settings():
+    """infer.py's top-level constant assignments {name: value}, read from its source (importing it loads torch)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "infer.py")
+    found = {}
+    for node in ast.parse(open(path).read()).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                found[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass  # computed (from the environment, from other names): not a setting to show
+    return found
+
+
+def infer_setting(name):
+    """One of infer.py's defaults (a literal at its top level), without importing infer.py."""
+    return _infer_settings()[name]
+
 
 BACKENDS = ["auto", "openvino", "onnx", "torch"]
 PRECISIONS = ["auto", "f32", "bf16"]
@@ -49,6 +75,9 @@ SHARED = {
     "--keep-epochs": dict(choices=["all", "soup"], help="what soup.py keeps of a model's saved epochs once its soup is "
                           "written: all, or soup (only those the soup uses, the others deleted: for a small disk "
                           "such as Kaggle's 20 GB; make KEEP_EPOCHS=soup); train.py's disk plan counts it"),
+    "--budget-min": dict(type=float, help="time budget in minutes, counted from the start of main (default: by "
+                         f"the competition's year, {infer_setting('budget_min_by_year')[2024]:g} for BirdCLEF 2024, else "
+                         f"{infer_setting('budget_min'):g})"),
     "--pp-weight": dict(type=float, help="neighbour smoothing weight (the write-up's post-processing); 0 disables"),
     "--quick": dict(action="store_true", help="smoke test (make test runs it): tiny data and models, 1 epoch"),
     # generated demos (demo_data.py)
@@ -70,3 +99,7 @@ def add_flag(parser, name, **given):
         raise ValueError(f"{name}'s help is SHARED's: one meaning in every script")
     names = [name] + list(given.pop("aliases", []))
     return parser.add_argument(*names, **{**SHARED[name], **given})
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the docstring's examples and shows every default."""

@@ -637,14 +637,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """--help keeps the docstring's examples and shows every default."""
 
 
-class OldName(argparse.Action):
-    """A flag's old spelling, kept for one release: it sets the new flag's value and says so on stderr."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        warn(f"{option_string} is now --{self.dest.replace('_', '-')}; the old name goes in the next release")
-        setattr(namespace, self.dest, values)
-
-
 def parse_args(argv):
     # the help texts of the flags other scripts share are flags.py's, spelled out: this file stays self-contained
     p = argparse.ArgumentParser(prog="infer.py", description=__doc__, formatter_class=HelpFormatter)
@@ -652,7 +644,6 @@ def parse_args(argv):
                    "competition are looked for")
     p.add_argument("--ensemble", default=None, help="exported ensemble folder (make ensemble, soup.py bundle): a "
                    "manifest.json and each model's .onnx, .ts and .json")
-    p.add_argument("--models", dest="ensemble", action=OldName, help=argparse.SUPPRESS)
     p.add_argument("--audio", default=None, help="folder of soundscapes to score")
     p.add_argument("--out", default=out_file, help="the file or folder this script writes (under a temporary "
                    "name, then renamed)")

@@ -17,10 +17,7 @@ import shutil
 import subprocess
 import sys
 
-import infer
-from common import HelpFormatter
-from flags import add_flag
-from infer import OldName
+from flags import HelpFormatter, add_flag, infer_setting
 from errors import UserError, run_main
 from files import swap_in
 
@@ -44,7 +41,7 @@ uploads = sorted({{os.path.dirname(os.path.dirname(m)) for m in glob.glob(f"{{ro
                   + glob.glob(f"{{root}}/*/*/*/*/ensemble/manifest.json") if ours(m)}})
 if len(uploads) != 1:
     raise SystemExit(f"attach exactly one folder made by make kaggle; found {{len(uploads)}}: {{uploads}}")
-upload = uploads[0]'''.format(format=infer.ENSEMBLE_FORMAT)
+upload = uploads[0]'''.format(format=infer_setting("ENSEMBLE_FORMAT"))
 
 INSTALL_CELL = FIND_UPLOAD + '''
 import subprocess, sys
@@ -99,7 +96,8 @@ def download_wheels(packages, folder, python_version, platform):
 
 def kernel_markdown(packages, python_version, platform):
     install = INSTALL_CELL.replace("{packages}", repr(list(packages)))
-    return KERNEL_MD.format(budget=int(infer.budget_min), budget_2024=int(infer.budget_min_by_year[2024]),
+    return KERNEL_MD.format(budget=int(infer_setting("budget_min")),
+                            budget_2024=int(infer_setting("budget_min_by_year")[2024]),
                             python_version=python_version, platform=platform,
                             install_cell=install, infer_cell=INFER_CELL)
 
@@ -122,7 +120,6 @@ def write_kaggle_folder(models, out, packages, python_version=python_version, pl
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_flag(p, "--ensemble", default="work/ensemble")
-    p.add_argument("--models", dest="ensemble", action=OldName, help=argparse.SUPPRESS)  # the old name
     add_flag(p, "--out", default="work/kaggle")
     p.add_argument("--wheels", default=wheels, help="packages to ship as wheels, space-separated; none skips")
     p.add_argument("--python-version", default=python_version, help="the kernel's Python")

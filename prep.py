@@ -38,9 +38,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common import SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, HelpFormatter, first_five_seconds, list_audio, read_audio, windows_of
+from common import SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, first_five_seconds, list_audio, read_audio, windows_of
 from tables import LABEL_COLUMNS, CachePaths, parse_label_list, split_labels
-from flags import add_flag
+from flags import HelpFormatter, add_flag
 from errors import UserError, run_main
 from files import NpyRowWriter, keep_npy_rows, npy_header, read_npy_rows, swap_in, write_npy_rows
 from threads import ordered_map

@@ -33,10 +33,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import infer
-from common import build_model, HelpFormatter, MelFrontEnd, MelSettings, WINDOW_SECONDS
+from common import build_model, MelFrontEnd, MelSettings, WINDOW_SECONDS
 from tables import CachePaths, load_classes
-from flags import add_flag
-from infer import OldName
+from flags import HelpFormatter, add_flag
 from errors import UserError, run_main
 from files import atomic_write, read_npy_rows
 from devices import pick_device
@@ -317,7 +316,6 @@ def pseudo_label_soundscapes(models_dir, folder, out, how=pl_norm, n_threads=thr
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_flag(p, "--ensemble")
-    p.add_argument("--models", dest="ensemble", action=OldName, help=argparse.SUPPRESS)  # the old name
     add_flag(p, "--cache", default="work/cache")
     add_flag(p, "--soundscapes")
     add_flag(p, "--out", required=True)

@@ -22,8 +22,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from common import HelpFormatter
-from flags import add_flag
+from flags import HelpFormatter, add_flag
 from errors import UserError, run_main
 from files import swap_in
 

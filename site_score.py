@@ -21,19 +21,16 @@ import sys
 
 import numpy as np
 import pandas as pd
-import torch
 
-import infer
-from common import HelpFormatter
 from errors import UserError, run_main
 from files import atomic_write, save_json
-from flags import add_flag
+from flags import HelpFormatter, add_flag, infer_setting
 from metrics import macro_roc_auc
 from tables import CachePaths, load_classes, read_site_labels, split_labels
 
 # defaults
 max_rounds = 3
-pp_weight = infer.pp_weight
+pp_weight = infer_setting("pp_weight")
 bootstrap_samples = 200
 noise_sds = 2.0           # a gain counts when above this many standard deviations of its bootstrap
 
@@ -54,6 +51,8 @@ def held_out_truth(cache, classes):
 def predict_windows(ensemble_dir, paths, pp, backend="torch", precision="f32", threads=None):
     """{(member or "ensemble", smoothed): frame of probabilities indexed by row_id} over `paths`: each member alone
     and their mean, as infer.py predicts (pp = its neighbour smoothing weight; 0 and pp both)."""
+    import torch
+    import infer
     networks, front_end, classes, _ = infer.load_ensemble(ensemble_dir, backend, threads or torch.get_num_threads(),
                                                           precision)
     raw = {}
@@ -193,12 +192,13 @@ def main():
     if len(sys.argv) > 1 and sys.argv[1] == "score":
         del sys.argv[1]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--ensemble", required=True, help="a round's ensemble folder (soup.py bundle)")
+    add_flag(p, "--ensemble", required=True)
     add_flag(p, "--cache", default="work/cache")
-    p.add_argument("--out", required=True, help="the report (json); the probabilities go to <out>.npz")
+    add_flag(p, "--out", required=True)
     add_flag(p, "--pp-weight", default=pp_weight)
     add_flag(p, "--threads", default=os.cpu_count() or 2)
     args = p.parse_args()
+    import torch  # after parsing: --help does not load it
     torch.set_num_threads(args.threads)
     score(args.ensemble, args.cache, args.out, args.pp_weight, threads=args.threads)
 

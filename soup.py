@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 
 from infer import ensemble_manifest
-from common import build_model, HelpFormatter, MelFrontEnd, MelSettings, load_split, predict
-from flags import add_flag
+from common import build_model, MelFrontEnd, MelSettings, load_split, predict
+from flags import HelpFormatter, add_flag
 from errors import UserError, run_main
 from export import export_artifact
 from files import atomic_write, save_json, swap_in

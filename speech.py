@@ -19,8 +19,8 @@ import argparse
 
 import numpy as np
 
-from common import SAMPLE_RATE, WINDOW_SECONDS, HelpFormatter
-from flags import add_flag
+from common import SAMPLE_RATE, WINDOW_SECONDS
+from flags import HelpFormatter, add_flag
 
 # defaults
 threshold = 0.4          # speech probability of a frame that starts speech (2025's public notebooks used ~0.4)

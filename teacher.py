@@ -32,9 +32,9 @@ from tqdm import tqdm
 
 import infer
 import prep
-from common import WINDOW_SECONDS, HelpFormatter
+from common import WINDOW_SECONDS
 from tables import CachePaths, load_classes
-from flags import add_flag
+from flags import HelpFormatter, add_flag
 from errors import UserError, run_main
 from files import atomic_write, read_npy_rows
 from pseudo import write_labels

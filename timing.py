@@ -19,11 +19,8 @@ import argparse
 import os
 import time
 
-import infer
-import prep
-from common import HelpFormatter
 from errors import UserError, run_main
-from flags import add_flag
+from flags import HelpFormatter, add_flag
 
 # defaults
 files = 20             # soundscapes timed
@@ -36,6 +33,8 @@ HIDDEN_TEST = {2024: (1100, 240), 2025: (700, 60), 2026: (700, 60)}
 def competition_of(data, year=None):
     """(year, soundscape folder) of a competition folder: --year, else the folder's name (birdclef-2025), else
     its layout (train_metadata.csv: 2024; train.csv: 2025 on, counted as the newest year known)."""
+    import infer
+    import prep
     meta, _, soundscapes = prep.find_layout(data)
     if year is None:
         year = infer.competition_year(os.path.join(data, "test_soundscapes"))
@@ -55,6 +54,7 @@ def time_run(ensemble, paths, n_threads, backend="auto", precision="auto"):
     """infer.py's loading and scoring of `paths`: (load seconds, scoring seconds, audio seconds scored,
     {model name: network seconds}, model names in infer.py's keep order)."""
     import torch
+    import infer
     torch.set_num_threads(n_threads)
     began = time.time()
     loaded = infer.load_ensemble(ensemble, backend, n_threads, precision)
@@ -97,10 +97,11 @@ def main():
     p.add_argument("--test-files", type=int, help="soundscapes in the hidden test set (default: the year's, "
                    + ", ".join(f"{y}: {n} of {s} s" for y, (n, s) in HIDDEN_TEST.items()) + ")")
     p.add_argument("--test-seconds", type=float, help="seconds per hidden test soundscape (default: the year's)")
-    p.add_argument("--budget-min", type=float, help="the budget in minutes (default: infer.py's for the year)")
+    add_flag(p, "--budget-min")
     p.add_argument("--kaggle-speed", type=float, default=kaggle_speed, help="Kaggle's CPU core speed relative "
                    "to this machine's (0.5: half as fast)")
     args = p.parse_args()
+    import infer  # after parsing: --help does not load torch
     if not os.path.isfile(os.path.join(args.ensemble, "manifest.json")):
         raise UserError(f"no ensemble at {args.ensemble} (make ensemble writes one)")
     year, folder = competition_of(args.data, args.year)

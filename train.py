@@ -25,11 +25,11 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from common import (HEADS, LOSSES, NORMALIZATIONS, SAMPLE_RATE, SITE_MODES, AugmentChances, HelpFormatter,
+from common import (HEADS, LOSSES, NORMALIZATIONS, SAMPLE_RATE, SITE_MODES, AugmentChances,
                     MelFrontEnd, DeviceTrainingSet, PseudoWindows, TrainingSet, augment, build_model, load_split,
                     mel_settings_of, predict, n_batches, split_summary, time_shift)
 from tables import MODEL_COLUMNS, CachePaths, kebab, load_classes, read_models_table
-from flags import SHARED, add_flag
+from flags import HelpFormatter, SHARED, add_flag
 from errors import UserError, run_main
 from files import atomic_write, save_json
 from metrics import all_metrics

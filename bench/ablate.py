@@ -33,8 +33,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 import infer  # noqa: E402
 import train  # noqa: E402
-from common import HelpFormatter  # noqa: E402
-from flags import add_flag  # noqa: E402
+from flags import HelpFormatter, add_flag  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
 from score_demo import score_round  # noqa: E402
 from soup import bundle  # noqa: E402

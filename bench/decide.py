@@ -51,9 +51,8 @@ sys.path.insert(0, HERE)
 import demo_data  # noqa: E402
 import infer  # noqa: E402
 import prep  # noqa: E402
-from common import HelpFormatter  # noqa: E402
 from tables import read_models_table  # noqa: E402
-from flags import add_flag  # noqa: E402
+from flags import HelpFormatter, add_flag  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
 from metrics import macro_roc_auc  # noqa: E402
 import site_score  # noqa: E402

@@ -30,9 +30,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 import pseudo  # noqa: E402
 import train  # noqa: E402
-from common import WINDOW_SAMPLES, MelEfficientNet, HelpFormatter, MelSettings  # noqa: E402
+from common import WINDOW_SAMPLES, MelEfficientNet, MelSettings  # noqa: E402
 from tables import read_models_table  # noqa: E402
-from flags import add_flag  # noqa: E402
+from flags import HelpFormatter, add_flag  # noqa: E402
 from errors import run_main  # noqa: E402
 from devices import pick_device  # noqa: E402
 from train_speed import StepBench, loader_speed  # noqa: E402

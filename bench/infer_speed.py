@@ -2,7 +2,7 @@
 soundscapes: infer.py (decode + shared mels in a thread pool, fastest backend, post-processing) against a
 plain eager-PyTorch loop over the same six models (each model computes its own mel, fp32, no sharing).
 
-    python bench/infer_speed.py --threads 2 --files 4
+    python bench/infer_speed.py --threads 2 --synthetic-files 4
     make bench-infer
 
 Both run --repeats times, interleaved; the medians are reported. Prints a per-model table (last run) and
@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import infer  # noqa: E402
 from demo_data import write_ogg  # noqa: E402
-from common import MelEfficientNet, HelpFormatter, MelFrontEnd, MelSettings  # noqa: E402
+from common import MelEfficientNet, MelFrontEnd, MelSettings  # noqa: E402
 from tables import read_models_table  # noqa: E402
-from flags import add_flag  # noqa: E402
+from flags import HelpFormatter, add_flag  # noqa: E402
 from export import export_artifact  # noqa: E402
 from files import save_json  # noqa: E402
 
@@ -64,7 +64,7 @@ def eager_loop(paths, models):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_flag(p, "--threads", default=os.cpu_count() or 2)
-    p.add_argument("--files", type=int, default=4, help="synthetic 4-minute soundscapes")
+    p.add_argument("--synthetic-files", type=int, default=4, help="synthetic 4-minute soundscapes")
     add_flag(p, "--backend", default="auto")
     add_flag(p, "--models", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                     "models.csv"))
@@ -78,7 +78,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         audio_dir, ensemble_dir = os.path.join(tmp, "test_soundscapes"), os.path.join(tmp, "ensemble")
         os.makedirs(audio_dir)
-        for k in range(args.files):
+        for k in range(args.synthetic_files):
             write_ogg(os.path.join(audio_dir, f"bench{k}.ogg"),
                       (rng.standard_normal(SECONDS * 32000) * 0.05).astype(np.float32))
         models = build_ensemble(ensemble_dir, table)

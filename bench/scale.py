@@ -33,9 +33,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import infer  # noqa: E402
 import pseudo  # noqa: E402
-from common import HelpFormatter, MelEfficientNet, MelSettings, TrainingSet, target_matrix  # noqa: E402
+from common import MelEfficientNet, MelSettings, TrainingSet, target_matrix  # noqa: E402
 from tables import CachePaths, load_classes, read_models_table, read_rows  # noqa: E402
-from flags import add_flag  # noqa: E402
+from flags import HelpFormatter, add_flag  # noqa: E402
 from export import export_artifact  # noqa: E402
 from files import save_json  # noqa: E402
 from demo_data import write_ogg  # noqa: E402

@@ -22,8 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import infer  # noqa: E402
 import site_score  # noqa: E402
-from common import HelpFormatter  # noqa: E402
-from flags import add_flag  # noqa: E402
+from flags import HelpFormatter, add_flag  # noqa: E402
 from metrics import macro_roc_auc  # noqa: E402
 
 

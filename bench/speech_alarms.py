@@ -24,8 +24,8 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import demo_data  # noqa: E402
 import speech  # noqa: E402
-from common import SAMPLE_RATE, HelpFormatter  # noqa: E402
-from flags import add_flag  # noqa: E402
+from common import SAMPLE_RATE  # noqa: E402
+from flags import HelpFormatter, add_flag  # noqa: E402
 from infer import read_audio  # noqa: E402
 
 # defaults

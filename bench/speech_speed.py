@@ -18,8 +18,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import speech  # noqa: E402
-from common import SAMPLE_RATE, WINDOW_SAMPLES, HelpFormatter  # noqa: E402
-from flags import add_flag  # noqa: E402
+from common import SAMPLE_RATE, WINDOW_SAMPLES  # noqa: E402
+from flags import HelpFormatter, add_flag  # noqa: E402
 from errors import run_main  # noqa: E402
 
 # defaults

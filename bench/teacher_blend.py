@@ -40,9 +40,9 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 import pseudo  # noqa: E402
 import teacher  # noqa: E402
-from common import SAMPLE_RATE, WINDOW_SAMPLES, HelpFormatter, read_audio  # noqa: E402
+from common import SAMPLE_RATE, WINDOW_SAMPLES, read_audio  # noqa: E402
 from tables import CachePaths, read_models_table  # noqa: E402
-from flags import add_flag  # noqa: E402
+from flags import HelpFormatter, add_flag  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
 from metrics import cmap, macro_roc_auc  # noqa: E402
 from demo_data import make_demo, write_ogg  # noqa: E402

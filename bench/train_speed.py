@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import (SAMPLE_RATE, WINDOW_SAMPLES, HelpFormatter, MelEfficientNet, MelFrontEnd,  # noqa: E402
+from common import (SAMPLE_RATE, WINDOW_SAMPLES, MelEfficientNet, MelFrontEnd,  # noqa: E402
                     MelSettings, MixWindows, TrainingSet, bce_focal_loss)
-from flags import add_flag  # noqa: E402
+from flags import HelpFormatter, add_flag  # noqa: E402
 
 
 def memmap(path, rows, rng):
