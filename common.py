@@ -117,11 +117,6 @@ class StackedRows:
         return out
 
 
-# how the site's labelled windows train: samples of their own, mixed into samples, or both (mixed in for the
-# gain, and alone too, so that a species only the site has still sees clean examples)
-SITE_MODES = ("samples", "mix", "both")
-
-
 def site_repeats(n_recordings, n_windows, share):
     """How many times each labelled site window is dealt in an epoch so that they make about `share` of its
     samples (at least once: a labelled window always trains)."""
@@ -137,19 +132,20 @@ def labels_matrix(label_lists, classes):
     return y
 
 
-def load_split(cache_dir, config, max_train_files=None, site_share=0.0, site_mode="samples"):
+def load_split(cache_dir, config, max_train_files=None, site_share=0.0, site_mix_chance=0.0):
     """Training rows, validation rows (the model's fold of the competition data; none for fold 'all'), audio
-    memmap, targets. A class's only recording always trains (assign_folds puts it in no fold). With site_share
-    > 0 and a cache that holds the site's labelled training windows, they train too (never in a fold's
-    validation): site_mode "samples" puts them after the recordings in `audio` and `targets`, each dealt
-    site_repeats times; "mix" returns them as `site`, windows that a site_share of the samples are mixed with
-    (as pseudo-labelled windows are); "both" does both."""
+    memmap, targets. A class's only recording always trains (assign_folds puts it in no fold). Where the cache
+    holds the site's labelled training windows they train too, never in a fold's validation, in two ways that
+    may be combined: site_share > 0 puts them after the recordings in `audio` and `targets`, each dealt
+    site_repeats times, to make about that share of an epoch's samples; site_mix_chance > 0 returns them as
+    `site`, windows that each sample is mixed with at that chance (as pseudo-labelled windows are)."""
     paths = CachePaths(cache_dir)
     for f in (paths.audio, paths.rows, paths.classes):
         if not os.path.isfile(f):
             raise UserError(f"file not found: {f} (run make prep first)")
-    if site_mode not in SITE_MODES:
-        raise UserError(f"site mode {site_mode!r} is not one of {', '.join(SITE_MODES)}")
+    for name, value in (("site share", site_share), ("site mix chance", site_mix_chance)):
+        if not 0 <= value < 1:
+            raise UserError(f"the {name} is a fraction from 0 up to 1, not {value:g}")
     rows = read_rows(paths.rows)
     classes = load_classes(paths.classes)
     audio = np.load(paths.audio, mmap_mode="r")
@@ -173,12 +169,12 @@ def load_split(cache_dir, config, max_train_files=None, site_share=0.0, site_mod
     site = read_site_labels(paths.site_labels)
     site = site[site["split"] == "train"]
     repeats, site_windows = 0, None
-    if site_share > 0 and len(site) and os.path.isfile(paths.site_audio):
+    if (site_share > 0 or site_mix_chance > 0) and len(site) and os.path.isfile(paths.site_audio):
         site_audio = np.load(paths.site_audio, mmap_mode="r")
         site_targets = labels_matrix([split_labels(t) for t in site["labels"]], classes)
-        if site_mode in ("mix", "both"):
+        if site_mix_chance > 0:
             site_windows = MixWindows(site_audio, np.arange(len(site)), site_targets)
-        if site_mode in ("samples", "both"):
+        if site_share > 0:
             first = len(audio)
             audio = StackedRows(audio, site_audio)
             targets = np.concatenate([targets, site_targets])
@@ -186,7 +182,7 @@ def load_split(cache_dir, config, max_train_files=None, site_share=0.0, site_mod
             train = np.concatenate([train, np.tile(first + np.arange(len(site)), repeats)])
     return dict(rows=rows, classes=classes, audio=audio, targets=targets, train=np.sort(train), valid=valid,
                 site_windows=len(site) if repeats or site_windows else 0, site_repeats=repeats, site=site_windows,
-                site_mix_chance=site_share if site_windows else 0.0)
+                site_mix_chance=site_mix_chance if site_windows else 0.0)
 
 
 def split_summary(data, config):

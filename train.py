@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from common import (HEADS, LOSSES, NORMALIZATIONS, SAMPLE_RATE, SITE_MODES, AugmentChances,
+from common import (HEADS, LOSSES, NORMALIZATIONS, SAMPLE_RATE, AugmentChances,
                     MelFrontEnd, DeviceTrainingSet, PseudoWindows, TrainingSet, augment, build_model, load_split,
                     mel_settings_of, predict, n_batches, split_summary, time_shift)
 from tables import MODEL_COLUMNS, CachePaths, kebab, load_classes, read_models_table
@@ -61,7 +61,7 @@ n_fft, f_min, f_max = 2048, 20.0, 16000.0
 normalize = "minmax"      # each mel image to [0, 1]; standard: mean 0 / std 1 (the write-up is silent; measured best)
 time_shift_seconds = 0.5  # seconds: each sample rolled by up to +-this (the write-up is silent; measured best)
 site_share = 0.1          # the site's labelled windows' share of an epoch's samples (where the dataset has them)
-site_mode = "samples"     # the site's labelled windows train as samples of their own; mix: mixed into samples
+site_mix_chance = 0.0     # the chance that a sample is mixed with one of them (as with a pseudo-labelled window)
 pretrained = "timm"       # the write-up fine-tunes tf_efficientnet_b0_ns (ImageNet/JFT weights); none: random init
 
 # presets: other defaults for the flags (and the models table's columns); a flag given on the command line wins
@@ -183,11 +183,11 @@ def parse_args(argv=None):
                    "eagerly (tests)")
     p.add_argument("--max-train-files", type=int, help="use only this many training rows (quick runs)")
     p.add_argument("--site-share", type=float, default=site_share, help="the site's labelled training windows "
-                   "(where prep cached them) make about this share of each epoch's samples, each dealt a whole "
-                   "number of times, once at least (--site-mode samples), or this share of the samples is mixed "
-                   "with one of them as with a pseudo-labelled window (mix), or both (both); 0: not trained on")
-    p.add_argument("--site-mode", default=site_mode, choices=list(SITE_MODES), help="how the site's labelled "
-                   "windows train: samples of their own, mixed into the samples (target: the max of both), or both")
+                   "(where prep cached them) as samples of their own: about this share of each epoch's samples, "
+                   "each window dealt a whole number of times, once at least; 0: not")
+    p.add_argument("--site-mix-chance", type=float, default=site_mix_chance, help="the chance that a sample is "
+                   "mixed with one of the site's labelled windows, as with a pseudo-labelled window (target: the "
+                   "max of both); 0: not")
     add_table_flags(p)
     p.set_defaults(**PRESETS[preset])
     return p.parse_args(argv)
@@ -251,11 +251,11 @@ def input_signature(args, config):
     signature = dict(config=config, settings=settings, pretrained=pretrained,
                      rows=file_digest(cache.rows), classes=file_digest(cache.classes),
                      pseudo=args.pseudo and [file_digest(args.pseudo), file_digest(cache.unlabeled_windows)])
-    # the site's labelled windows count where they train; a cache without them keeps its runs' old identity
-    mode = settings.pop("site_mode", site_mode)
-    if settings.pop("site_share", 0) > 0 and os.path.isfile(cache.site_audio):
-        signature.update(site_share=args.site_share, site=file_digest(cache.site_labels),
-                         **({"site_mode": mode} if mode != site_mode else {}))
+    # the site's labelled windows count where they train; a cache without them keeps its runs' identity
+    share, mix_chance = settings.pop("site_share", 0), settings.pop("site_mix_chance", 0)
+    if (share > 0 or mix_chance > 0) and os.path.isfile(cache.site_audio):
+        signature.update(site=file_digest(cache.site_labels), **({"site_share": share} if share > 0 else {}),
+                         **({"site_mix_chance": mix_chance} if mix_chance > 0 else {}))
     return json.loads(json.dumps(signature, default=str))
 
 
@@ -479,7 +479,7 @@ def build_training(args, config, procs, graphed=False):
     # NHWC convolutions: faster on CUDA and about 2x faster on CPU here (bench/train_speed.py)
     model = model.to(memory_format=torch.channels_last)
     model.channels_last = True
-    data = load_split(args.cache, config, args.max_train_files, args.site_share, args.site_mode)
+    data = load_split(args.cache, config, args.max_train_files, args.site_share, args.site_mix_chance)
     if procs.rank == 0:
         print(split_summary(data, config), flush=True)
     pseudo = PseudoWindows(args.cache, args.pseudo, data["classes"]) if args.pseudo else None

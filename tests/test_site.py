@@ -2,6 +2,7 @@
 stop rule of ROUNDS=auto."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -128,14 +129,14 @@ def test_site_windows_train_with_their_labels_and_teach_the_site_only_species(si
 
 
 def test_site_windows_mixed_into_samples_with_their_labels_on_host_and_device(site_demo):
-    """--site-mode mix: the recordings train alone as samples, and a site_share of them is mixed with one of the
+    """--site-share 0 --site-mix-chance 0.5: the recordings train alone as samples, and each is mixed with one of the
     site's labelled windows (the sum of both at gain 1 here, the target the max of both), the same on the device
     copy; the site-only species learns only from those mixes."""
     import torch
     _, cache = site_demo
     config = dict(dataset="bc24", fold="all", n_folds=5, seed=1)
     without = common.load_split(cache, config)
-    data = common.load_split(cache, config, site_share=0.5, site_mode="mix")
+    data = common.load_split(cache, config, site_mix_chance=0.5)
     site = read_site_labels(CachePaths(cache).site_labels)
     train_site = site[site["split"] == "train"]
     assert np.array_equal(data["train"], without["train"]) and data["site_repeats"] == 0
@@ -154,33 +155,33 @@ def test_site_windows_mixed_into_samples_with_their_labels_on_host_and_device(si
     expected_bytes = (len(np.unique(data["train"])) + len(train_site)) * common.WINDOW_SAMPLES * 2
     assert common.DeviceTrainingSet.bytes_needed(host) == expected_bytes
     with pytest.raises(common.UserError):
-        common.load_split(cache, config, site_share=0.5, site_mode="blend")
+        common.load_split(cache, config, site_mix_chance=1.5)
 
 
-def test_site_mode_both_deals_the_windows_alone_and_mixes_them_in(site_demo):
-    """--site-mode both: the labelled windows are samples of their own (as with samples) and are also mixed into
-    a site_share of the samples (as with mix); the summary line says both."""
+def test_site_share_and_mix_chance_combine(site_demo):
+    """--site-share 0.5 --site-mix-chance 0.25: the labelled windows are samples of their own (as with the share
+    alone) and are also mixed into a quarter of the samples (as with the mix chance alone); the line says both."""
     _, cache = site_demo
     config = dict(dataset="bc24", fold="all", n_folds=5, seed=1)
-    alone = common.load_split(cache, config, site_share=0.5, site_mode="samples")
-    mixed = common.load_split(cache, config, site_share=0.5, site_mode="mix")
-    both = common.load_split(cache, config, site_share=0.5, site_mode="both")
+    alone = common.load_split(cache, config, site_share=0.5)
+    mixed = common.load_split(cache, config, site_mix_chance=0.25)
+    both = common.load_split(cache, config, site_share=0.5, site_mix_chance=0.25)
     assert np.array_equal(both["train"], alone["train"]) and both["site_repeats"] == alone["site_repeats"] > 0
     assert np.array_equal(both["targets"], alone["targets"]) and len(both["audio"]) == len(alone["audio"])
-    assert np.array_equal(both["site"].targets, mixed["site"].targets) and both["site_mix_chance"] == 0.5
+    assert np.array_equal(both["site"].targets, mixed["site"].targets) and both["site_mix_chance"] == 0.25
     line = common.split_summary(both, dict(config, id=1))
-    assert f"each {both['site_repeats']}x" in line and "also mixed into 50 % of the samples" in line
+    assert f"each {both['site_repeats']}x" in line and "also mixed into 25 % of the samples" in line
 
 
-def test_site_mode_trains_and_is_part_of_a_runs_identity_where_the_site_trains(site_demo, tmp_path, capsys):
-    """train.py --site-mode mix trains and says how; it is another run than the default samples, which keeps
-    the identity runs had before the setting existed (no site_mode in it); without site training it is moot."""
+def test_site_mix_chance_trains_and_is_part_of_a_runs_identity_where_the_site_trains(site_demo, tmp_path, capsys):
+    """train.py --site-mix-chance trains and says how; it is another run than the default (share 0.1, no mix),
+    whose identity has no mix chance in it; without the site's windows both flags are moot."""
     import train
     _, cache = site_demo
     tiny = ["--model", "1", "--cache", cache, "--models", os.path.join(ROOT, "models-demo.csv"), "--epochs", "1",
             "--batch-size", "8", "--image_height", "32", "--image_width", "32", "--n_mels", "32", "--soup-start",
             "1", "--pretrained", "none", "--threads", "2"]
-    train.main(tiny + ["--out-dir", str(tmp_path / "mix"), "--site-mode", "mix", "--site-share", "0.3"])
+    train.main(tiny + ["--out-dir", str(tmp_path / "mix"), "--site-share", "0", "--site-mix-chance", "0.3"])
     assert "mixed into 30 % of the samples" in capsys.readouterr().out
     assert os.path.isfile(tmp_path / "mix" / "train_done.json")
 
@@ -188,9 +189,17 @@ def test_site_mode_trains_and_is_part_of_a_runs_identity_where_the_site_trains(s
         args = train.parse_args(tiny + list(extra))
         return train.input_signature(args, train.model_config(args))
     samples = identity()
-    assert "site_mode" not in samples and samples["site_share"] == 0.1
-    assert identity("--site-mode", "mix") != samples and identity("--site-mode", "samples") == samples
-    assert identity("--site-share", "0", "--site-mode", "mix") == identity("--site-share", "0")
+    assert "site_mix_chance" not in samples and samples["site_share"] == 0.1
+    assert identity("--site-mix-chance", "0.2") != samples and identity("--site-mix-chance", "0") == samples
+    assert "site" not in identity("--site-share", "0")
+    no_site = os.path.join(os.path.dirname(cache), "no-site-cache")
+    shutil.copytree(cache, no_site)
+    os.remove(CachePaths(no_site).site_audio)
+    moot = [a if a != cache else no_site for a in tiny]
+    args = train.parse_args(moot)
+    plain = train.input_signature(args, train.model_config(args))
+    args = train.parse_args(moot + ["--site-mix-chance", "0.3"])
+    assert train.input_signature(args, train.model_config(args)) == plain and "site" not in plain
 
 
 def synthetic_round(work, r, truth, probs, files):
