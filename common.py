@@ -29,7 +29,7 @@ from infer import (SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, EXPORT_FORMAT, M
 from errors import UserError
 from tables import CachePaths, load_classes, parse_label_list, read_rows, read_site_labels, split_labels
 from threads import ordered_map
-from weights import BACKBONE, create_seed_backbone  # noqa: F401
+from weights import BACKBONE, create_writeup_backbone  # noqa: F401
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -244,7 +244,7 @@ class MelEfficientNet(nn.Module):
         # in_chans=1 with pretrained weights: timm sums the stem's RGB weights
         kwargs = dict(num_classes=0, global_pool="", in_chans=channels)
         if pretrained == "timm":  # the write-up's weights: timm downloads them once and caches them
-            self.backbone = create_seed_backbone(**kwargs)
+            self.backbone = create_writeup_backbone(**kwargs)
         else:
             if pretrained:  # a local file: pretrained_cfg_overlay points timm at it, nothing is downloaded
                 if not os.path.isfile(pretrained):

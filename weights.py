@@ -1,7 +1,7 @@
 """The backbone's starting weights: the write-up's ImageNet/JFT weights through timm (downloaded once into the Hugging
 Face cache), a local file, or none.
 
-    make weights     # python -c "import weights; weights.save_seed_weights('work/weights/<BACKBONE>.pth')"
+    make weights     # python -c "import weights; weights.save_writeup_weights('work/weights/<BACKBONE>.pth')"
 """
 import os
 
@@ -41,7 +41,7 @@ def hub_reachable(timeout=3.0):
         return False
 
 
-def create_seed_backbone(**kwargs):
+def create_writeup_backbone(**kwargs):
     """timm's BACKBONE with the write-up's ImageNet/JFT weights: downloaded once into timm's cache (the Hugging Face
     cache) when the hub answers, else taken from that cache; neither: one UserError that names both ways out."""
     import logging
@@ -71,9 +71,9 @@ def create_seed_backbone(**kwargs):
             log.setLevel(level)
 
 
-def save_seed_weights(path):
+def save_writeup_weights(path):
     """Fetch the write-up's weights (as train.py --pretrained timm does) and write them to `path` (written under a
     temporary name, then renamed), for an offline box: train.py --pretrained FILE reads this file."""
-    backbone = create_seed_backbone(num_classes=1000)  # the checkpoint's own layout, classifier included
+    backbone = create_writeup_backbone(num_classes=1000)  # the checkpoint's own layout, classifier included
     atomic_write(path, lambda tmp: torch.save(backbone.state_dict(), tmp))
     print(f"{path}: the write-up's weights ({BACKBONE}); train with PRETRAINED={path}")

@@ -2,14 +2,14 @@
 time, scored on labelled soundscapes (the demo's by default).
 
     python bench/ablate.py                                   # the demo, the default variants, 2 seeds (make bench-ablate)
-    python bench/ablate.py --variants base,reference,demo    # reuses finished runs: only demo trains
+    python bench/ablate.py --variants base,baseline,demo    # reuses finished runs: only demo trains
     python bench/ablate.py --variants base --try "shift-1s=--time-shift 1.0" --try "no-aug=--aug-mixup 0 --aug-flip 0"
     python bench/ablate.py --data /data/my-site --labels /data/my-site-labels.csv --epochs 30 --base-args "--pretrained timm"
     python bench/ablate.py --quick                           # smoke test: 2 variants, 1 seed, 1 tiny epoch
 
 Each variant is train.py's arguments (the same train.py the cycle runs, a preset or flags): `base` is train.py's
 defaults (the write-up's recipe) with --base-args (batch, lr and soup at the demo's size); every other variant changes
-one part of it; `reference` and `demo` are whole presets, trained for 16 epochs as they were run. Each run is
+one part of it; `baseline` and `demo` are whole presets, trained for 16 epochs as they were run. Each run is
 prep's cache -> train.py -> soup.py -> its export scored by infer.py's code (fastest backend, f32) on
 --audio against --labels (bench/score_demo.py). Runs live in <work>/<variant>-seed<S>: a rerun reuses the
 finished ones. Prints, per variant, medians over the seeds of test macro AUC without and with neighbour
@@ -46,7 +46,7 @@ models = "bench/models-ablate.csv"
 model = 1                    # the row whose single model is ablated (64 mels at hop 1024, 64x128, fold 4 of 5)
 epochs = 12                  # make demo trains 16; 12 keeps the ablation under 30 minutes on 2 cores, and the
                              # more-epochs variant shows what the 4 epochs are worth
-preset_epochs = 16           # the whole recipes (reference, demo) train as they were run: 16 epochs
+preset_epochs = 16           # the whole recipes (baseline, demo) train as they were run: 16 epochs
 # the write-up's recipe at the demo's size (soup of the last 5), from random init as the demo trains
 base_args = "--batch-size 32 --lr 2e-3 --soup-start -5 --pretrained none"
 seeds = "1,2"
@@ -82,14 +82,14 @@ def variants_of(epochs):
         "more-epochs": (f"{round(epochs * 4 / 3)} epochs (not {epochs})", ["--epochs", str(round(epochs * 4 / 3))]),
         "fold-all": ("every file trains, no fold held out", ["--fold", "all"]),
         # whole recipes, not changes of the base
-        "reference": (f"the one-file baseline's recipe (train.py --preset reference), {preset_epochs} epochs",
-                      ["--preset", "reference", "--epochs", str(preset_epochs)]),
+        "baseline": (f"the one-file baseline's recipe (train.py --preset baseline), {preset_epochs} epochs",
+                      ["--preset", "baseline", "--epochs", str(preset_epochs)]),
         "demo": (f"the demo's recipe (train.py --preset demo), {preset_epochs} epochs",
                  ["--preset", "demo", "--epochs", str(preset_epochs)]),
     }
 
 
-PRESET_VARIANTS = ("reference", "demo")
+PRESET_VARIANTS = ("baseline", "demo")
 EXTRA_VARIANTS = ("no-augmentation", "demo")   # run only when asked (--variants), to stay under 30 minutes
 QUICK = ["--max-train-files", "16", "--image-height", "32", "--image-width", "32", "--n-mels", "32",
          "--batch-size", "8", "--soup-start", "1"]
@@ -189,7 +189,7 @@ def table_of(runs, args):
 def main(argv=None):
     args = parse_args(argv)
     if args.quick:
-        args.variants, args.seeds, args.epochs = "base,reference", "1", 1
+        args.variants, args.seeds, args.epochs = "base,baseline", "1", 1
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     known = {**variants_of(args.epochs), **tried_variants(args)}
     variants += [v for v in tried_variants(args) if v not in variants]

@@ -1,10 +1,10 @@
 """Decide recipes on evidence: each recipe's whole cycle (round 1, pseudo labels, the later rounds) on several
-generated demos and training seeds, beside the one-file oracle (../shared/oracle/baseline.py) on the same demos
-and seeds; per recipe and round, the median, the min-max and the noise of test macro AUC, and verdicts that call
+generated demos and training seeds, beside the one-file baseline (an independent recogniser, not part of this
+repository: --baseline FILE; without it the other recipes run, and one line says so) on the same demos and seeds; per recipe and round, the median, the min-max and the noise of test macro AUC, and verdicts that call
 a difference only beyond the noise of its median.
 
-    python bench/decide.py                                   # demos 1,2,3 x seeds 1,2,3: every recipe, the oracle
-    python bench/decide.py --recipes demo,reference --demos 1,2,3,4 --seeds 1,2,3
+    python bench/decide.py --baseline ~/baseline.py          # demos 1,2,3 x seeds 1,2,3: every recipe, the baseline
+    python bench/decide.py --recipes demo,baseline-recipe --demos 1,2,3,4 --seeds 1,2,3
     python bench/decide.py --add-recipe "demo-minmax=models-demo.csv|--preset demo|3|minmax"
     python bench/decide.py --add-recipe "demo-model2=models-demo.csv|--preset demo|2|floor|PL_MEMBERS=model2"
     python bench/decide.py --recipes demo,demo-nosite        # what the site's labelled soundscapes are worth
@@ -60,13 +60,14 @@ import site_score  # noqa: E402
 # defaults
 work = "work/decide"
 demos = "1,2,3"              # demo_data.py --seed of each generated demo (make demo's is 0)
-seeds = "1,2,3"              # training seeds (train.py --seed; the oracle's --seed)
+seeds = "1,2,3"              # training seeds (train.py --seed; the baseline's --seed)
 epochs = 16                  # make demo's
-oracle = os.path.join(ROOT, "..", "shared", "oracle", "baseline.py")
+baseline = None              # the one-file baseline script (--baseline FILE)
 RECIPES = {  # name: (models table, train.py arguments, rounds, pseudo-label normalization, more make variables)
     "demo": ("models-demo.csv", "--preset demo", 3, "floor", ""),
-    "reference": ("bench/models-reference.csv", "--preset reference", 2, "floor", ""),
-    "reference3": ("bench/models-reference.csv", "--preset reference", 3, "floor", ""),  # as many rounds as demo
+    # the baseline's recipe in this project's code (train.py --preset baseline), and cycled as often as demo
+    "baseline-recipe": ("bench/models-baseline.csv", "--preset baseline", 2, "floor", ""),
+    "baseline-recipe3": ("bench/models-baseline.csv", "--preset baseline", 3, "floor", ""),
     # make demo's recipe without the site's labelled soundscapes (held out from pseudo labels as in demo, never
     # trained on): what they are worth
     "demo-nosite": ("models-demo.csv", "--preset demo --site-share 0", 3, "floor", ""),
@@ -74,7 +75,7 @@ RECIPES = {  # name: (models table, train.py arguments, rounds, pseudo-label nor
     # recipe that sets PREP_ARGS preps a cache of its own
     "demo-nospeech": ("models-demo.csv", "--preset demo", 3, "floor", "PREP_ARGS='--speech off'"),
 }
-ORACLE = "oracle"           # the one-file script: round 1 and one pseudo-label round
+BASELINE = "baseline"       # the one-file script itself: round 1 and one pseudo-label round
 
 
 def parse_recipes(tries):
@@ -283,19 +284,19 @@ def members_labels_auc(ensemble_dir, cache, data):
     return scores
 
 
-def run_oracle(data, seed, args, threads):
-    """../shared/oracle/baseline.py on one demo and seed: [{round 1}, {round 2}] from its SUMMARY line."""
-    command = [sys.executable, args.oracle, "--data", data, "--epochs", str(args.epochs), "--seed", str(seed),
+def run_baseline(data, seed, args, threads):
+    """The baseline script (--baseline) on one demo and seed: [{round 1}, {round 2}] from its SUMMARY line."""
+    command = [sys.executable, args.baseline, "--data", data, "--epochs", str(args.epochs), "--seed", str(seed),
                "--threads", str(threads)]
     truth_path = demo_data.labels_paths(data)[1]
-    where_oracle_looks = os.path.join(data.rstrip("/") + "_solution", "unlabeled_solution.csv")
-    if os.path.isfile(truth_path) and not os.path.isfile(where_oracle_looks):
-        os.makedirs(os.path.dirname(where_oracle_looks), exist_ok=True)
-        shutil.copyfile(truth_path, where_oracle_looks)
+    where_baseline_looks = os.path.join(data.rstrip("/") + "_solution", "unlabeled_solution.csv")
+    if os.path.isfile(truth_path) and not os.path.isfile(where_baseline_looks):
+        os.makedirs(os.path.dirname(where_baseline_looks), exist_ok=True)
+        shutil.copyfile(truth_path, where_baseline_looks)
     done = subprocess.run(command, capture_output=True, text=True)
     summary = [line for line in done.stdout.splitlines() if line.startswith("SUMMARY")]
     if done.returncode or not summary:
-        raise UserError(f"the oracle failed on {data} seed {seed}: {(done.stderr or done.stdout)[-300:]}")
+        raise UserError(f"the baseline failed on {data} seed {seed}: {(done.stderr or done.stdout)[-300:]}")
     numbers = [float(x) for x in re.findall(r"\d+\.\d{4}", summary[0])]
     seconds = float(re.findall(r"\| (\d+) s", summary[0])[0])
     label_lines = re.findall(r"pseudo-label macro AUC on unlabeled windows: (\d+\.\d+)", done.stdout)
@@ -313,20 +314,20 @@ def run_one(task, recipes, args, threads, demos_of):
     if os.path.isfile(done_path):
         with open(done_path) as f:
             rows = json.load(f)
-        if name != ORACLE and any("best_member_labels_auc" not in row for row in rows):  # from before labels
+        if name != BASELINE and any("best_member_labels_auc" not in row for row in rows):  # from before labels
             for row in rows:                                                             # were scored
                 row["labels_auc"] = labels_auc(os.path.join(out, f"pseudo{row['round'] - 1}.npz"), data)
             add_best_member(rows, out, cache, data)
             with open(done_path, "w") as f:
                 json.dump(rows, f)
-        for row in rows if name != ORACLE else []:  # from before the site score's noise was kept
+        for row in rows if name != BASELINE else []:  # from before the site score's noise was kept
             if "site_noise" not in row:
                 row.update(held_out_fields(site_score.round_report(out, row["round"]) or {},
                                            recipes[name][4] if name in recipes else ""))
         return rows
     began = time.time()
-    if name == ORACLE:
-        results, minutes = run_oracle(data, seed, args, threads)
+    if name == BASELINE:
+        results, minutes = run_baseline(data, seed, args, threads)
     else:
         results, minutes = run_recipe(name, recipes, data, cache, seed, args, threads)
     rows = [dict(recipe=name, demo=demo, seed=seed, minutes=minutes, wall_minutes=(time.time() - began) / 60, **r)
@@ -462,17 +463,27 @@ def site_tables(runs):
                                else "") + "\n"
 
 
+def without_a_missing_baseline(names, script):
+    """The recipes to run: the baseline left out, with one line, where its script is not given or not there (it is
+    not part of this repository)."""
+    if BASELINE in names and not (script and os.path.isfile(script)):
+        print(f"decide: no baseline script {'at ' + script if script else 'given'} (--baseline FILE): running "
+              f"without it", flush=True)
+        return [n for n in names if n != BASELINE]
+    return names
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_flag(p, "--work", default=work)
-    p.add_argument("--recipes", default=",".join([r for r in RECIPES if r != "demo-nospeech"] + [ORACLE]),
+    p.add_argument("--recipes", default=",".join([r for r in RECIPES if r != "demo-nospeech"] + [BASELINE]),
                    help="comma-separated, from: "
-                   + ", ".join(list(RECIPES) + [ORACLE]) + " and --add-recipe names")
+                   + ", ".join(list(RECIPES) + [BASELINE]) + " and --add-recipe names")
     p.add_argument("--add-recipe", dest="tries", action="append", default=[],
                    metavar="NAME=MODELS|ARGS|ROUNDS|PL_NORM[|MAKE_VARIABLES]", help="another recipe, e.g. "
                    "\"demo-minmax=models-demo.csv|--preset demo|3|minmax\" or "
                    "\"demo-model2=models-demo.csv|--preset demo|2|floor|PL_MEMBERS=model2\"")
-    p.add_argument("--base", default=f"{ORACLE},reference,reference3", help="the recipes the others are held against, "
+    p.add_argument("--base", default=f"{BASELINE},baseline-recipe,baseline-recipe3", help="the recipes the others are held against, "
                    "comma-separated")
     p.add_argument("--demos", default=demos, help="demo_data.py seeds of the generated demos")
     add_flag(p, "--seeds", default=seeds)
@@ -482,7 +493,8 @@ def parse_args(argv=None):
     add_flag(p, "--unlabeled", default=60)
     add_flag(p, "--labelled-soundscapes", default=10)
     add_flag(p, "--speech-share", default=0.0)
-    p.add_argument("--oracle", default=oracle, help="the one-file script")
+    p.add_argument("--baseline", default=baseline, help="the one-file baseline script (an independent recogniser "
+                   "that takes --data --epochs --seed --threads and prints a SUMMARY line); not given: run without it")
     add_flag(p, "--threads", default=os.cpu_count() or 2)
     add_flag(p, "--jobs")
     add_flag(p, "--quick")
@@ -499,11 +511,10 @@ def main(argv=None):
         args.labelled_soundscapes = min(args.labelled_soundscapes, 3)
     recipes = parse_recipes(args.tries)
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
-    unknown = [n for n in names if n not in recipes and n != ORACLE]
+    unknown = [n for n in names if n not in recipes and n != BASELINE]
     if unknown:
-        raise UserError(f"unknown recipe(s): {', '.join(unknown)} (known: {', '.join(list(recipes) + [ORACLE])})")
-    if ORACLE in names and not os.path.isfile(args.oracle):
-        raise UserError(f"the oracle is not at {args.oracle} (--oracle FILE, or leave {ORACLE} out of --recipes)")
+        raise UserError(f"unknown recipe(s): {', '.join(unknown)} (known: {', '.join(list(recipes) + [BASELINE])})")
+    names = without_a_missing_baseline(names, args.baseline)
     jobs = args.jobs or max(1, min(2, args.threads))
     threads = max(1, args.threads // jobs)
     size = dict(per_species=args.per_species, n_test=args.test, n_unlabeled=args.unlabeled,
@@ -511,7 +522,7 @@ def main(argv=None):
     demo_seeds = [int(d) for d in args.demos.split(",")]
     demos_of = {d: make_demo_data(os.path.abspath(args.work), d, size, args.threads) for d in demo_seeds}
     # the quick recipes first: partial results come early
-    order = sorted(names, key=lambda n: {ORACLE: 0}.get(n, recipes[n][2] if n in recipes else 9))
+    order = sorted(names, key=lambda n: {BASELINE: 0}.get(n, recipes[n][2] if n in recipes else 9))
     tasks = [(n, d, int(s)) for n in order for s in args.seeds.split(",") for d in demo_seeds]
     print(f"{len(tasks)} runs ({len(names)} recipes x {len(demo_seeds)} demos x {len(args.seeds.split(','))} "
           f"seeds), {jobs} at a time with {threads} thread(s) each; {args.epochs} epochs", flush=True)

@@ -157,7 +157,7 @@ def fake_hub_cache(home):
     return donor
 
 
-def test_seed_weights_offline_from_the_cache_and_make_weights_file(tmp_path):
+def test_writeup_weights_offline_from_the_cache_and_make_weights_file(tmp_path):
     """With the hub unreachable, the write-up's weights come from timm's cache when they are there; `make weights`
     writes them to a file that --pretrained FILE loads."""
     import subprocess

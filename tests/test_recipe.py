@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = ["--models", os.path.join(ROOT, "models-demo.csv"), "--epochs", "2", "--threads", "2",
         "--max-train-files", "16", "--pretrained", "none"]
-SEED_TEXT = os.path.join(ROOT, "..", "shared", "seed", "birdclef2024-2nd-place.txt")
+WRITEUP_TEXT = os.path.join(ROOT, "..", "shared", "seed", "birdclef2024-2nd-place.txt")
 # the write-up's 2nd-stage table, as it prints it (the test reads the write-up itself where it is beside the repo)
 SEED_TABLE = """\
 seed 42 42 42 42 70 42
@@ -42,8 +42,8 @@ ampExpMax 0.1 0.2 0.1 0.1 0.1 0.1"""
 
 
 def seed_table_lines():
-    if os.path.isfile(SEED_TEXT):
-        with open(SEED_TEXT) as f:
+    if os.path.isfile(WRITEUP_TEXT):
+        with open(WRITEUP_TEXT) as f:
             text = f.read()
         return text[text.index("Params./Model ID"):].splitlines()[1:12]
     return SEED_TABLE.splitlines()
@@ -65,15 +65,15 @@ def test_models_csv_is_the_seed_table_and_the_defaults_are_the_seeds():
 
 
 def test_presets_set_defaults_and_a_flag_wins():
-    reference = train.parse_args(["--model", "1", "--preset", "reference"])
+    reference = train.parse_args(["--model", "1", "--preset", "baseline"])
     assert (reference.head, reference.channels, reference.loss, reference.optimizer, reference.schedule) == \
         ("plain", 1, "bce", "sgd", "onecycle")
     assert (reference.lr, reference.batch_size, reference.normalize, reference.time_shift) == \
         (0.1, 32, "standard", 0.5)
     assert (reference.n_mels, reference.hop_length, reference.fold) == (64, 1250, "all")
     assert all(getattr(reference, f"aug_{name}") == 0 for name in vars(common.AugmentChances()))
-    assert train.parse_args(["--model", "1", "--preset", "reference", "--lr", "0.05"]).lr == 0.05
-    assert train.parse_args(["--model", "1", "--lr", "0.05", "--preset", "reference"]).lr == 0.05
+    assert train.parse_args(["--model", "1", "--preset", "baseline", "--lr", "0.05"]).lr == 0.05
+    assert train.parse_args(["--model", "1", "--lr", "0.05", "--preset", "baseline"]).lr == 0.05
     for name, preset in train.PRESETS.items():  # every preset names real flags
         args = train.parse_args(["--model", "1", "--preset", name])
         assert all(getattr(args, key) == value for key, value in preset.items()), name
@@ -115,9 +115,9 @@ def test_bce_loss_is_plain_bce():
     assert common.LOSSES["bce-focal"](logits, targets) < common.LOSSES["bce"](logits, targets)  # focal <= bce
 
 
-def test_reference_preset_trains_soups_and_infers_with_its_settings(cache_dir, tmp_path, capsys):
-    out = str(tmp_path / "reference")
-    train.main(["--model", "1", "--cache", cache_dir, "--out-dir", out, "--preset", "reference", *TINY,
+def test_baseline_preset_trains_soups_and_infers_with_its_settings(cache_dir, tmp_path, capsys):
+    out = str(tmp_path / "baseline")
+    train.main(["--model", "1", "--cache", cache_dir, "--out-dir", out, "--preset", "baseline", *TINY,
                 "--image-height", "32", "--image-width", "32", "--epochs", "3", "--batch-size", "8"])
     with open(os.path.join(out, "config.json")) as f:
         config = json.load(f)
@@ -161,10 +161,10 @@ def test_ablate_quick_prints_its_table(demo_dir, cache_dir, tmp_path):
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     runs = pd.read_csv(os.path.join(work, "ablation.csv"))
-    assert set(runs["variant"]) == {"base", "reference"}
+    assert set(runs["variant"]) == {"base", "baseline"}
     assert runs[["test_auc", "test_auc_pp"]].apply(lambda c: c.between(0, 1)).all().all()
-    assert "| reference |" in done.stdout and "| base |" in done.stdout
-    for variant in ("base", "reference"):  # --quick: one epoch, the presets too
+    assert "| baseline |" in done.stdout and "| base |" in done.stdout
+    for variant in ("base", "baseline"):  # --quick: one epoch, the presets too
         assert len(pd.read_csv(os.path.join(work, f"{variant}-seed1", "metrics.csv"))) == 1
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "ablate.py"), "--variants", "nope",
                           "--labels", labels, "--work", work], capture_output=True, text=True, cwd=ROOT)
@@ -178,28 +178,34 @@ def test_ablate_default_variants_cover_every_part():
     variants = args.variants.split(",")
     for part in ("no-flip", "no-coarse-dropout", "no-mixup", "no-stretch", "normalization", "mel-50-14000",
                  "hop-1250", "time-shift", "bce", "plain-head", "1-channel", "sgd-onecycle", "more-epochs",
-                 "fold-all", "base", "reference"):
+                 "fold-all", "base", "baseline"):
         assert part in variants, part
     assert "demo" not in variants and "demo" in ablate.variants_of(args.epochs)  # asked for by name
-    # a later flag wins: the reference trains its own 16 epochs, the base the ablation's
-    reference = ablate.run_arguments("reference", args)
+    # a later flag wins: the baseline's recipe trains its own 16 epochs, the base the ablation's
     epochs_of = lambda variant: train.parse_args(["--model", "1"] + ablate.run_arguments(variant, args)).epochs
-    assert epochs_of("reference") == ablate.preset_epochs
+    assert epochs_of("baseline") == ablate.preset_epochs
     assert epochs_of("base") == args.epochs < epochs_of("more-epochs")
 
 
-def test_decide_quick_runs_cycles_beside_the_oracle(tmp_path):
-    """bench/decide.py --quick: a tiny generated demo, the reference's cycle through make and the one-file oracle
-    (when ../shared has it), each round scored; the report has medians, spreads and verdicts; a rerun reuses."""
+def test_decide_quick_runs_cycles_beside_the_baseline(tmp_path, capsys):
+    """bench/decide.py --quick: a tiny generated demo, the baseline recipe's cycle through make and the one-file
+    baseline (where our team's copy is beside the repository), each round scored; the report has medians, spreads
+    and verdicts; a rerun reuses. Without the baseline script, one line says the benchmark runs without it."""
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     import decide
-    recipes = "reference,oracle" if os.path.isfile(decide.oracle) else "reference"
+    baseline_script = os.path.join(ROOT, "..", "shared", "oracle", "baseline.py")  # not part of the repository
+    recipes = "baseline-recipe,baseline" if os.path.isfile(baseline_script) else "baseline-recipe"
+    assert decide.without_a_missing_baseline(["baseline", "demo"], None) == ["demo"]
+    assert decide.without_a_missing_baseline(["baseline"], str(tmp_path / "none.py")) == []
+    assert "running without it" in capsys.readouterr().out
+    assert decide.without_a_missing_baseline(["baseline"], __file__) == ["baseline"]
     # where a speech detector and a voice are here: the demo's recordings open with speech, a third recipe has no
     # detector (PREP_ARGS: a cache of its own)
     speech = shutil.which("espeak-ng") and importlib.util.find_spec("silero_vad")
     work = str(tmp_path / "decide")
     command = [sys.executable, os.path.join(ROOT, "bench", "decide.py"), "--quick", "--work", work, "--threads",
                "2", "--recipes", recipes + (",nospeech1" if speech else "")] \
+        + (["--baseline", baseline_script] if "baseline," in recipes else []) \
         + (["--speech-share", "0.5", "--add-recipe",
             "nospeech1=models-demo.csv|--preset demo|1|floor|PREP_ARGS='--speech off'"] if speech else [])
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
@@ -209,17 +215,17 @@ def test_decide_quick_runs_cycles_beside_the_oracle(tmp_path):
         and set(runs["round"]) == {1, 2}
     assert runs[["auc", "auc_pp"]].apply(lambda c: c.between(0, 1)).all().all()
     # the labels that trained round 2, scored against the demo's unlabeled windows' labels; round 1 had none
-    ours = runs[runs.recipe == "reference"].set_index("round").labels_auc
+    ours = runs[runs.recipe == "baseline-recipe"].set_index("round").labels_auc
     assert np.isnan(ours[1]) and 0 <= ours[2] <= 1
     report = open(os.path.join(work, "report.md")).read()
-    assert "| reference | 1 |" in report and "reference: round 2 over round 1" in report
+    assert "| baseline-recipe | 1 |" in report and "baseline-recipe: round 2 over round 1" in report
     assert "too few runs" in report  # one demo and one seed decide nothing
     # the demo's labelled soundscapes: each round scored on the held-out ones, and the site-only species on the test
-    assert runs[runs.recipe == "reference"][["site_auc_pp", "site_only_auc_pp"]].apply(
+    assert runs[runs.recipe == "baseline-recipe"][["site_auc_pp", "site_only_auc_pp"]].apply(
         lambda c: c.between(0, 1)).all().all()
     assert "The species only the site has" in report and "held-out site score against the test score" in report
-    assert "| reference | 1 |" in report.split("its windows and its noise")[1]
-    assert (runs[runs.recipe == "reference"].site_windows > 0).all()
+    assert "| baseline-recipe | 1 |" in report.split("its windows and its noise")[1]
+    assert (runs[runs.recipe == "baseline-recipe"].site_windows > 0).all()
     if speech:
         demo = os.path.join(work, "demo1-labelled3-speech50")
         truth = pd.read_csv(os.path.join(demo, "data-speech.csv"))
@@ -271,16 +277,16 @@ def test_decide_links_the_rounds_another_recipe_trained_alike(tmp_path):
     shares every round both have; the shared rounds are hard links of the finished run's files."""
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     import decide
-    recipes = decide.parse_recipes(["longer=bench/models-reference.csv|--preset reference|3|floor",
-                                    "raw=bench/models-reference.csv|--preset reference|2|none",
-                                    "one=bench/models-reference.csv|--preset reference|2|floor|PL_MEMBERS=model1",
-                                    "taught=bench/models-reference.csv|--preset reference|2|floor|TEACHER=t.npz"])
-    assert decide.shared_rounds(recipes["longer"], recipes["reference"]) == 2
-    assert decide.shared_rounds(recipes["raw"], recipes["reference"]) == 1
-    assert decide.shared_rounds(recipes["one"], recipes["reference"]) == 1
-    assert decide.shared_rounds(recipes["taught"], recipes["reference"]) == 0  # a teacher changes round 1
-    assert decide.shared_rounds(recipes["demo"], recipes["reference"]) == 0
-    source = tmp_path / "demo1" / "reference-seed1"
+    recipes = decide.parse_recipes(["longer=bench/models-baseline.csv|--preset baseline|3|floor",
+                                    "raw=bench/models-baseline.csv|--preset baseline|2|none",
+                                    "one=bench/models-baseline.csv|--preset baseline|2|floor|PL_MEMBERS=model1",
+                                    "taught=bench/models-baseline.csv|--preset baseline|2|floor|TEACHER=t.npz"])
+    assert decide.shared_rounds(recipes["longer"], recipes["baseline-recipe"]) == 2
+    assert decide.shared_rounds(recipes["raw"], recipes["baseline-recipe"]) == 1
+    assert decide.shared_rounds(recipes["one"], recipes["baseline-recipe"]) == 1
+    assert decide.shared_rounds(recipes["taught"], recipes["baseline-recipe"]) == 0  # a teacher changes round 1
+    assert decide.shared_rounds(recipes["demo"], recipes["baseline-recipe"]) == 0
+    source = tmp_path / "demo1" / "baseline-recipe-seed1"
     for r in (1, 2):
         (source / f"round{r}" / "ensemble").mkdir(parents=True)
         (source / f"round{r}" / "ensemble" / "manifest.json").write_text("{}")

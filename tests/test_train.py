@@ -218,7 +218,7 @@ def test_device_choice():
             pick_device("mps")
 
 
-def test_seed_weights_offline_stop_at_once_with_one_line(cache_dir, tmp_path):
+def test_writeup_weights_offline_stop_at_once_with_one_line(cache_dir, tmp_path):
     """The write-up's weights are train.py's default; with the hub unreachable (HF_ENDPOINT at a closed port) and no
     cached copy, train.py stops in seconds with one line naming both ways out, without timm's retries."""
     from helpers import one_line_error
@@ -237,7 +237,7 @@ def test_seed_weights_offline_stop_at_once_with_one_line(cache_dir, tmp_path):
     assert not os.path.exists(tmp_path / "x" / "epochs")
 
 
-def test_make_passes_the_seed_weights_and_the_demo_random_init(tmp_path):
+def test_make_passes_the_writeup_weights_and_the_demo_random_init(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
     def plan(*variables):
@@ -317,15 +317,16 @@ def test_bc24_plus_without_extra_recordings_trains_on_the_competitions(cache_dir
     assert len(plus["train"]) > 0
 
 
-def test_run_identity_keeps_the_old_preset_name_and_leaves_out_how_it_runs(cache_dir):
-    """A run trained before the write-up's preset was renamed (seed -> writeup), or with other ways to run the
-    same recipe (--compile, --cache-on-device), is the same run: resumed and reused, never trained again."""
+def test_run_identity_names_the_preset_and_leaves_out_how_it_runs(cache_dir):
+    """The identity names the write-up's recipe by its one name; other ways to run the same recipe (--compile,
+    --cache-on-device) are the same run: resumed and reused, never trained again; another preset is another run."""
     base = ["--model", "1", "--models", TINY[1], "--cache", cache_dir]
     config = train.model_config(train.parse_args(base))
     signature = train.input_signature(train.parse_args(base), config)
-    assert signature["settings"]["preset"] == "seed"
-    for other in (["--preset", "seed"], ["--compile", "on", "--cache-on-device", "on"]):
+    assert signature["settings"]["preset"] == "writeup"
+    for other in (["--preset", "writeup"], ["--compile", "on", "--cache-on-device", "on"]):
         assert train.input_signature(train.parse_args(base + other), config) == signature
+    assert train.input_signature(train.parse_args(base + ["--preset", "baseline"]), config) != signature
     assert train.input_signature(train.parse_args(base + ["--lr", "5e-4"]), config) != signature
 
 
