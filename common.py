@@ -531,7 +531,7 @@ class PseudoWindows(MixWindows):
 
     def __init__(self, cache_dir, pseudo_path, classes):
         paths = CachePaths(cache_dir)
-        table = pd.read_csv(paths.unlabeled_windows)
+        table = pd.read_csv(paths.unlabeled_rows)
         labels = np.load(pseudo_path, allow_pickle=False)
         if list(labels["classes"]) != list(classes):
             raise UserError(f"{pseudo_path}: pseudo-label classes differ from the cache's class list")

@@ -365,7 +365,7 @@ def seconds_of(text):
     return sum(v * 60 ** k for k, v in enumerate(reversed(values)))
 
 
-def read_site_labels(path, folder, classes):
+def site_windows_of_soundscape_labels(path, folder, classes):
     """Kaggle's train_soundscapes_labels.csv -> one row per labelled 5-s window: path (in the soundscape `folder`),
     end_second, labels (";"-separated classes). Rows written twice are merged, their labels united; a label that
     is not a class is dropped, with one warning line; a file missing from the folder is skipped, with one note."""
@@ -457,7 +457,7 @@ def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_w
     site_path = os.path.join(data, SITE_LABELS_FILE)
     site = None
     if site_labels == "on" and os.path.isfile(site_path):
-        site = read_site_labels(site_path, unlabeled_folder, classes)
+        site = site_windows_of_soundscape_labels(site_path, unlabeled_folder, classes)
         site["split"] = split_site_files(site, holdout, np.random.default_rng([seed, 1]))
 
     unlabeled, bad_unlabeled = index_unlabeled(unlabeled_folder, n_threads)
@@ -485,12 +485,12 @@ def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_w
     rows.drop(columns=["path", "collection"], errors="ignore").to_csv(paths.rows, index=False)
     with open(paths.classes, "w") as f:
         f.write("\n".join(classes) + "\n")
-    unlabeled.to_csv(paths.unlabeled, index=False)
+    unlabeled.to_csv(paths.unlabeled_files, index=False)
     bad += bad_unlabeled
     if site is not None:
         site, bad_site = write_site_windows(site, paths, n_threads)
         bad += bad_site
-    bad += write_unlabeled_windows(unlabeled, paths.unlabeled_audio, paths.unlabeled_windows, window_cap,
+    bad += write_unlabeled_windows(unlabeled, paths.unlabeled_audio, paths.unlabeled_rows, window_cap,
                                    np.random.default_rng(seed), n_threads,
                                    labelled_windows(site) if site is not None else None)
     pd.DataFrame(bad, columns=["path", "reason"]).to_csv(paths.bad_files, index=False)

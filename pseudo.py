@@ -256,12 +256,12 @@ def pseudo_label(models_dir, cache, out, how=pl_norm, n_threads=threads, backend
     """Label every window of the cache's unlabeled_windows.npy and write `out` (see the module docstring);
     `members` (comma-separated model names) labels with those of the ensemble only."""
     paths_of = CachePaths(cache)
-    for path in (paths_of.unlabeled_windows, paths_of.unlabeled_audio, paths_of.classes):
+    for path in (paths_of.unlabeled_rows, paths_of.unlabeled_audio, paths_of.classes):
         if not os.path.isfile(path):
             raise UserError(f"cache file missing: {path} (run make prep first)")
-    table = pd.read_csv(paths_of.unlabeled_windows)
+    table = pd.read_csv(paths_of.unlabeled_rows)
     if len(table) == 0:
-        raise UserError(f"{paths_of.unlabeled_windows} lists no unlabeled window to pseudo-label")
+        raise UserError(f"{paths_of.unlabeled_rows} lists no unlabeled window to pseudo-label")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank, world_size = 0, 1
     device = pick_device(device)

@@ -28,7 +28,9 @@ def parse_label_list(text):
 
 @dataclass(frozen=True)
 class CachePaths:
-    """File names inside a prep cache folder (the interface between prep.py and the training scripts)."""
+    """File names inside a prep cache folder (the interface between prep.py and the training scripts). Each set of
+    windows has its audio (X_audio, .npy, one window per row) and a table of its rows (rows, unlabeled_rows,
+    site_labels: .csv, row i describes audio row i)."""
     root: str
 
     @property
@@ -44,7 +46,7 @@ class CachePaths:
         return os.path.join(self.root, "classes.txt")
 
     @property
-    def unlabeled(self):  # path, duration_s, n_windows of every unlabeled soundscape
+    def unlabeled_files(self):  # path, duration_s, n_windows of every unlabeled soundscape
         return os.path.join(self.root, "unlabeled.csv")
 
     @property
@@ -52,7 +54,7 @@ class CachePaths:
         return os.path.join(self.root, "unlabeled_windows.npy")
 
     @property
-    def unlabeled_windows(self):  # path, end_second of each row of unlabeled_audio
+    def unlabeled_rows(self):  # path, end_second of each row of unlabeled_audio (as rows is of audio)
         return os.path.join(self.root, "unlabeled_windows.csv")
 
     @property

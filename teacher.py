@@ -268,10 +268,10 @@ def classes_to_score(data_dir, cache, soundscapes):
         raise UserError("give --cache (the windows training draws from) or --soundscapes (a folder of files)")
     if soundscapes is None:
         paths_of = CachePaths(cache)
-        for path in (paths_of.unlabeled_windows, paths_of.unlabeled_audio, paths_of.classes):
+        for path in (paths_of.unlabeled_rows, paths_of.unlabeled_audio, paths_of.classes):
             if not os.path.isfile(path):
                 raise UserError(f"cache file missing: {path} (run make prep first)")
-        return load_classes(paths_of.classes), pd.read_csv(paths_of.unlabeled_windows), None
+        return load_classes(paths_of.classes), pd.read_csv(paths_of.unlabeled_rows), None
     files = infer.list_audio(soundscapes)
     if not files:
         raise UserError(f"no audio files in {soundscapes}")

@@ -243,7 +243,7 @@ def input_signature(args, config):
                                       else args.pretrained)
     signature = dict(config=config, settings=settings, pretrained=pretrained,
                      rows=file_digest(cache.rows), classes=file_digest(cache.classes),
-                     pseudo=args.pseudo and [file_digest(args.pseudo), file_digest(cache.unlabeled_windows)])
+                     pseudo=args.pseudo and [file_digest(args.pseudo), file_digest(cache.unlabeled_rows)])
     # the site's labelled windows count where they train; a cache without them keeps its runs' identity
     share, mix_chance = settings.pop("site_share", 0), settings.pop("site_mix_chance", 0)
     if (share > 0 or mix_chance > 0) and os.path.isfile(cache.site_audio):

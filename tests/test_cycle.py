@@ -58,7 +58,7 @@ def test_mixing_rule_is_exact():
 def pseudo_file(cache_dir, tiny_ensemble, tmp_path_factory):
     """Every window of the unlabeled soundscapes (--soundscapes), minmax-normalized."""
     out = str(tmp_path_factory.mktemp("pseudo") / "pseudo1.npz")
-    folder = os.path.dirname(pd.read_csv(CachePaths(cache_dir).unlabeled)["path"][0])
+    folder = os.path.dirname(pd.read_csv(CachePaths(cache_dir).unlabeled_files)["path"][0])
     pseudo.pseudo_label_soundscapes(tiny_ensemble, folder, out, "minmax", 2)
     return out
 
@@ -76,9 +76,9 @@ def test_pseudo_labels_cover_the_cached_windows_and_nothing_else(capped_cache, t
     out = str(tmp_path / "pseudo.npz")
     pseudo.pseudo_label(tiny_ensemble, capped_cache, out, "none", 2, batch=2)
     labels = np.load(out)
-    cached = pd.read_csv(CachePaths(capped_cache).unlabeled_windows)
+    cached = pd.read_csv(CachePaths(capped_cache).unlabeled_rows)
     assert list(labels["paths"]) == list(cached["path"]) and list(labels["end_seconds"]) == list(cached["end_second"])
-    assert len(cached) == 5 < pd.read_csv(CachePaths(capped_cache).unlabeled)["n_windows"].sum()
+    assert len(cached) == 5 < pd.read_csv(CachePaths(capped_cache).unlabeled_files)["n_windows"].sum()
     # each row is the ensemble's mean probability of that cached window's audio (float16 in the cache)
     engine = pseudo.ExportedEngine(tiny_ensemble, "torch", 2)
     audio = np.load(CachePaths(capped_cache).unlabeled_audio)
@@ -87,7 +87,7 @@ def test_pseudo_labels_cover_the_cached_windows_and_nothing_else(capped_cache, t
 
 
 def test_pseudo_labels_of_every_window_of_given_files(cache_dir, pseudo_file):
-    unlabeled = pd.read_csv(CachePaths(cache_dir).unlabeled)
+    unlabeled = pd.read_csv(CachePaths(cache_dir).unlabeled_files)
     labels = np.load(pseudo_file)
     expected = {(p, 5 * (w + 1)) for p, n in zip(unlabeled["path"], unlabeled["n_windows"]) for w in range(n)}
     got = list(zip(labels["paths"], labels["end_seconds"].tolist()))
@@ -353,7 +353,7 @@ def test_torchrun_pseudo_labels_equal_a_single_process(cache_dir, tiny_ensemble,
     a, b = np.load(single), np.load(merged)
     assert list(a["paths"]) == list(b["paths"]) and np.array_equal(a["end_seconds"], b["end_seconds"])
     assert np.allclose(a["probs"], b["probs"], atol=1e-6) and np.allclose(a["raw_floor"], b["raw_floor"], atol=1e-6)
-    assert len(a["probs"]) == len(pd.read_csv(CachePaths(cache_dir).unlabeled_windows))
+    assert len(a["probs"]) == len(pd.read_csv(CachePaths(cache_dir).unlabeled_rows))
 
 
 def test_bench_scale_quick_runs_to_the_end(tmp_path):
@@ -364,7 +364,7 @@ def test_bench_scale_quick_runs_to_the_end(tmp_path):
     out = result.stdout
     assert "prep full: 200 rows, 20 soundscapes" in out and "prep quarter: 50 rows, 5 soundscapes" in out
     assert "| whole cycle |" in out and "pseudo_round_min=" in out
-    cached = len(pd.read_csv(CachePaths(str(tmp_path / "scale" / "cache-full")).unlabeled_windows))
+    cached = len(pd.read_csv(CachePaths(str(tmp_path / "scale" / "cache-full")).unlabeled_rows))
     assert cached == 20 * 48  # every window of 20 four-minute soundscapes (under the default cap)
     labels = np.load(tmp_path / "scale" / "pseudo-full.npz")
     assert len(labels["probs"]) == cached

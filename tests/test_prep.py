@@ -50,9 +50,9 @@ def test_demo_cache_contents(demo_dir, cache_dir):
         expected = {primary, *tables.parse_label_list(secondary)}
         assert {classes[c] for c in np.flatnonzero(y[i])} == expected
     # unlabeled index: every soundscape with its window count; the window cache matches the audio
-    unlabeled = pd.read_csv(paths.unlabeled)
+    unlabeled = pd.read_csv(paths.unlabeled_files)
     assert len(unlabeled) == 3 and (unlabeled["n_windows"] == 3).all()
-    windows = pd.read_csv(paths.unlabeled_windows)
+    windows = pd.read_csv(paths.unlabeled_rows)
     cached = np.load(paths.unlabeled_audio, mmap_mode="r")
     assert len(windows) == len(cached) == 9
     full = common.read_audio(windows["path"][4])
@@ -100,7 +100,7 @@ def test_layout_2025(demo_dir, tmp_path):
     paths = CachePaths(out)
     assert tables.load_classes(paths.classes) == taxonomy
     assert np.load(paths.audio, mmap_mode="r").shape == (6, WINDOW_SAMPLES)
-    assert len(pd.read_csv(paths.unlabeled)) == 1
+    assert len(pd.read_csv(paths.unlabeled_files)) == 1
 
 
 def test_extra_recordings_are_marked(demo_dir, tmp_path):
@@ -146,7 +146,7 @@ def test_bad_files_are_skipped_and_listed(damaged_dataset, tmp_path):
     assert all(isinstance(r, str) and r for r in bad["reason"])
     rows = pd.read_csv(CachePaths(out).rows)
     assert len(rows) == len(meta) - 3 and not set(meta["filename"][:3]) & set(rows["filename"])
-    assert len(pd.read_csv(CachePaths(out).unlabeled)) == 2
+    assert len(pd.read_csv(CachePaths(out).unlabeled_files)) == 2
 
 
 def test_training_file_damaged_partway_is_used_as_far_as_it_decodes(demo_dir, tmp_path):
@@ -259,7 +259,7 @@ def test_a_bad_file_costs_no_second_array(damaged_dataset, cache_dir, tmp_path, 
     prep.prepare(root, out, n_threads=2, window_cap=10**6)
     assert sorted(opened) == ["train_audio.npy.all", "unlabeled_windows.npy"]
     assert np.array_equal(np.load(CachePaths(out).audio), np.load(CachePaths(cache_dir).audio)[3:])
-    windows = pd.read_csv(CachePaths(out).unlabeled_windows)
+    windows = pd.read_csv(CachePaths(out).unlabeled_rows)
     cached = np.load(CachePaths(out).unlabeled_audio)
     assert len(cached) == len(windows) > 0 and "cut.flac" not in " ".join(windows["path"])
     assert "cut.flac" in " ".join(pd.read_csv(CachePaths(out).bad_files)["path"])

@@ -41,7 +41,7 @@ def test_doubled_rows_merge_unknown_labels_warn_once_and_missing_files_are_skipp
                   ("a.ogg", "00:00:05", "00:00:10", "y;mystery1"), ("a.ogg", "00:00:05", "00:00:10", "z"),
                   ("b.ogg", "00:00:55", "00:01:00", "mystery2"), ("gone.ogg", "00:00:00", "00:00:05", "x")],
                  columns=["filename", "start", "end", "primary_label"]).to_csv(labels, index=False)
-    site = prep.read_site_labels(str(labels), str(folder), ["x", "y", "z"])
+    site = prep.site_windows_of_soundscape_labels(str(labels), str(folder), ["x", "y", "z"])
     err = capsys.readouterr().err
     assert list(site["end_second"]) == [5, 10, 60]  # one row per window: the doubled rows merged
     assert [split_labels(t) for t in site["labels"]] == [["x", "y"], ["y", "z"], []]  # united; unknown dropped
@@ -98,7 +98,7 @@ def test_prep_caches_training_windows_and_keeps_labelled_ones_out_of_the_unlabel
     path, end = train["path"].iloc[-1], int(train["end_second"].iloc[-1])
     expected = common.windows_of(common.read_audio(path), end // 5)[end // 5 - 1]
     assert np.allclose(audio[-1].astype(np.float32), expected, atol=1e-3)  # float16 of the window ending there
-    unlabeled = pd.read_csv(paths.unlabeled_windows)
+    unlabeled = pd.read_csv(paths.unlabeled_rows)
     cached = set(zip(unlabeled["path"], unlabeled["end_second"]))
     assert not cached & set(zip(train["path"], train["end_second"]))  # labelled windows: never pseudo-labelled
     held_out = set(site.loc[site["split"] == "valid", "path"])

@@ -121,7 +121,7 @@ def test_demo_teacher_covers_nothing_says_so_and_changes_nothing(demo_dir, cache
     assert os.path.isfile(tmp_path / "teacher.mapping.csv")
     labels = np.load(tmp_path / "teacher.npz")
     assert not labels["covered"].any() and not labels["probs"].any()
-    assert len(labels["probs"]) == len(pd.read_csv(CachePaths(cache_dir).unlabeled_windows))
+    assert len(labels["probs"]) == len(pd.read_csv(CachePaths(cache_dir).unlabeled_rows))
     pseudo.pseudo_label(tiny_ensemble, cache_dir, str(tmp_path / "alone.npz"), n_threads=2, backend="torch")
     pseudo.pseudo_label(tiny_ensemble, cache_dir, str(tmp_path / "blended.npz"), n_threads=2, backend="torch",
                         teacher=str(tmp_path / "teacher.npz"), teacher_weight=0.5)
@@ -228,7 +228,7 @@ def test_cached_windows_are_scored_in_batches_as_one_window_at_a_time(tmp_path):
     cache = CachePaths(str(tmp_path / "cache"))
     os.makedirs(cache.root)
     np.save(cache.unlabeled_audio, waves.astype(np.float16))
-    pd.DataFrame(dict(path=files, end_second=5)).to_csv(cache.unlabeled_windows, index=False)
+    pd.DataFrame(dict(path=files, end_second=5)).to_csv(cache.unlabeled_rows, index=False)
     with open(cache.classes, "w") as f:
         f.write("gretit1\nother\n")
     pd.DataFrame(dict(primary_label=["gretit1", "other"], scientific_name=["Parus major", "Nomen nudum"])).to_csv(
