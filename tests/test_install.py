@@ -30,7 +30,7 @@ def plan(tmp_path, goal, *variables):
     if not copy.exists():
         copy.mkdir()
         for path in glob.glob(os.path.join(ROOT, "requirements*.txt")) + glob.glob(os.path.join(ROOT, "models*.csv")) \
-                + [os.path.join(ROOT, "Makefile")]:
+                + [os.path.join(ROOT, "Makefile"), os.path.join(ROOT, "settings.mk")]:
             shutil.copy(path, copy)
     return subprocess.run(["make", "-n", "-C", str(copy), goal, f"WORK={tmp_path}/work", *variables],
                           capture_output=True, text=True, check=True).stdout
