@@ -29,6 +29,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 import pseudo  # noqa: E402
+from steps import amp_dtype_of  # noqa: E402
 import train  # noqa: E402
 from common import WINDOW_SAMPLES, MelEfficientNet, MelSettings  # noqa: E402
 from tables import read_models_table  # noqa: E402
@@ -60,7 +61,7 @@ def step_variants(device, with_compile=False):
     (train.py's on a T4 or P100: --amp-dtype float16), and with_compile the compiled network."""
     if device.type != "cuda":
         first = ["eager"]
-    elif train.amp_dtype_of(device)[0] == torch.bfloat16:
+    elif amp_dtype_of(device)[0] == torch.bfloat16:
         first = ["graph", "eager", "float16"]
     else:  # no bfloat16 in hardware: train.py's step is the float16 one
         first = ["float16", "eager"]

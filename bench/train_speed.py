@@ -34,7 +34,7 @@ def memmap(path, rows, rng):
 class StepBench:
     """train.py's own step (time shift, mel, the write-up's augmentations, forward, backward, AdamW, the
     scheduler) for one model on `device`, with AMP as train.py runs it, on a fixed random batch. variant:
-    "eager" (train.train_step), "graph" (train.GraphedStep: replayed from a CUDA graph, train.py --cuda-graph on,
+    "eager" (steps.train_step), "graph" (steps.GraphedStep: replayed from a CUDA graph, train.py --cuda-graph on,
     its default for one GPU with bfloat16), "compile" (the network torch.compile'd: train.py --compile on),
     "float16" (the eager step with float16 autocast and gradient scaling: train.py's step on a GPU without
     bfloat16 in hardware, such as a T4)."""
@@ -42,12 +42,13 @@ class StepBench:
     variants = ("eager", "graph", "compile", "float16")
 
     def __init__(self, height, width, n_mels, hop, batch, n_classes=182, device="cpu", amp=False, variant="eager"):
+        import steps
         import train
         if variant not in self.variants:
             raise ValueError(f"variant {variant!r} is not one of {self.variants}")
         self.train, self.device, self.batch = train, torch.device(device), batch
         torch.manual_seed(0)
-        self.run = train.step_state(MelEfficientNet(n_classes, height, width),
+        self.run = steps.step_state(MelEfficientNet(n_classes, height, width),
                                     MelFrontEnd(MelSettings(n_mels=n_mels, hop_length=hop)), self.device, amp,
                                     graphed=variant == "graph",
                                     amp_dtype=torch.float16 if variant == "float16" else None)
@@ -57,8 +58,8 @@ class StepBench:
         self.targets = (torch.rand(batch, n_classes, device=self.device) < 0.02).float()
         generator = torch.Generator(device=self.device).manual_seed(0)
         shift = int(round(train.time_shift_seconds * SAMPLE_RATE))
-        self.step = train.GraphedStep(self.run, shift, bce_focal_loss) if variant == "graph" else \
-            (lambda w, t: train.train_step(self.run, w, t, generator, shift, bce_focal_loss, self.run.amp_dtype))
+        self.step = steps.GraphedStep(self.run, shift, bce_focal_loss) if variant == "graph" else \
+            (lambda w, t: steps.train_step(self.run, w, t, generator, shift, bce_focal_loss, self.run.amp_dtype))
         self.amp_dtype = self.run.amp_dtype
         # warm-up steps before timing: the graph's eager ones and its capture
         self.warmup_steps = self.step.warmup + 2 if variant == "graph" else 2

@@ -6,7 +6,7 @@ import torch
 from scipy import stats
 
 import common
-from common import AugmentChances, coarse_dropout, horizontal_flip, mixup, stretch
+from augmentations import AugmentChances, coarse_dropout, horizontal_flip, mixup, stretch
 
 N = 4000
 
@@ -86,22 +86,22 @@ def test_local_stretch_reads_forward_in_segments_then_pads():
 
 def tiny_run(chances, device=torch.device("cpu"), amp=False):
     """train.py's step state for a small model: AdamW at a constant rate, the scaler, the mel."""
-    import train
+    import steps
     torch.manual_seed(0)
-    return train.step_state(common.MelEfficientNet(5, 32, 32),
+    return steps.step_state(common.MelEfficientNet(5, 32, 32),
                             common.MelFrontEnd(common.MelSettings(n_mels=32, hop_length=1024)), device, amp, chances)
 
 
 def ops_of_one_step(batch):
-    import train
+    import steps
     from torch.profiler import ProfilerActivity, profile
     run = tiny_run(AugmentChances(0.5, 0.5, 0.5, 0.5, 0.5))
     g = torch.Generator().manual_seed(0)
     waves, targets = torch.randn(batch, common.WINDOW_SAMPLES), (torch.rand(batch, 5) > 0.7).float()
     step = (run, waves, targets, g, 8000, common.bce_focal_loss, torch.bfloat16)
-    train.train_step(*step)  # the optimiser's state is made on the first step
+    steps.train_step(*step)  # the optimiser's state is made on the first step
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        train.train_step(*step)
+        steps.train_step(*step)
     return sorted((e.key, e.count) for e in prof.key_averages())
 
 
@@ -133,16 +133,16 @@ INTERNAL_PATHS = {"aten::view", "aten::_reshape_alias", "aten::as_strided", "ate
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the step's syncs are checked on one")
 def test_a_step_never_waits_for_the_gpu():
-    import train
+    import steps
     device = torch.device("cuda")
     run = tiny_run(AugmentChances(0.5, 0.5, 0.5, 0.5, 0.5), device, amp=True)
     g = torch.Generator(device=device).manual_seed(0)
     waves, targets = torch.randn(16, common.WINDOW_SAMPLES, device=device), torch.rand(16, 5, device=device)
-    train.train_step(run, waves, targets, g, 8000, common.bce_focal_loss, torch.float16)
+    steps.train_step(run, waves, targets, g, 8000, common.bce_focal_loss, torch.float16)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        train.train_step(run, waves, targets, g, 8000, common.bce_focal_loss, torch.float16)
+        steps.train_step(run, waves, targets, g, 8000, common.bce_focal_loss, torch.float16)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
@@ -152,16 +152,16 @@ def graphed_and_eager_losses(device, batches=(16, 16, 10, 16, 16, 16, 10, 16)):
     """Losses and final weights of train.py's GraphedStep and of the eager train_step on the same batches and
     seeds (both from the device's default generator, autocast alike), the learning rate changing every step; a
     partial batch comes before the capture (on the 5th batch, the third full one) and after it."""
-    import train
+    import steps
     runs, results = [], []
     for graphed_step in (True, False):
         torch.manual_seed(0)
-        run = train.step_state(common.MelEfficientNet(5, 32, 32),
+        run = steps.step_state(common.MelEfficientNet(5, 32, 32),
                                common.MelFrontEnd(common.MelSettings(n_mels=32, hop_length=1024)), device,
                                amp=device.type == "cuda", chances=AugmentChances(0.5, 0.5, 0.5, 0.5, 0.5),
                                graphed=True, schedule=lambda s: 1.0 / (1 + s))
-        step = train.GraphedStep(run, 8000, common.bce_focal_loss) if graphed_step else \
-            (lambda w, t: train.train_step(run, w, t, None, 8000, common.bce_focal_loss, run.amp_dtype))
+        step = steps.GraphedStep(run, 8000, common.bce_focal_loss) if graphed_step else \
+            (lambda w, t: steps.train_step(run, w, t, None, 8000, common.bce_focal_loss, run.amp_dtype))
         data = torch.Generator().manual_seed(1)
         torch.manual_seed(2)
         losses = []
@@ -190,16 +190,16 @@ def test_the_graphed_step_on_cpu_is_the_eager_step():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the graph is checked on one")
 def test_the_cuda_graph_trains_as_the_eager_step_and_never_waits():
-    import train
+    import steps
     device = torch.device("cuda")
     (graphed_losses, graphed), (eager_losses, eager) = graphed_and_eager_losses(device)
     assert torch.allclose(graphed_losses, eager_losses, rtol=0.02, atol=1e-3), (graphed_losses, eager_losses)
     assert max(float((graphed[k] - eager[k]).abs().max()) for k in eager) < 0.05
     torch.manual_seed(0)
-    run = train.step_state(common.MelEfficientNet(5, 32, 32),
+    run = steps.step_state(common.MelEfficientNet(5, 32, 32),
                            common.MelFrontEnd(common.MelSettings(n_mels=32, hop_length=1024)), device, True,
                            AugmentChances(0.5, 0.5, 0.5, 0.5, 0.5), graphed=True)
-    step = train.GraphedStep(run, 8000, common.bce_focal_loss, warmup=1)
+    step = steps.GraphedStep(run, 8000, common.bce_focal_loss, warmup=1)
     waves, targets = torch.randn(16, common.WINDOW_SAMPLES, device=device), torch.rand(16, 5, device=device)
     for _ in range(2):  # the warm-up step, then the capture
         step(waves, targets)

@@ -374,7 +374,8 @@ def test_training_set_on_the_device_mixes_as_the_host_one(cache_dir, pseudo_file
     """DeviceTrainingSet (here on the CPU, the code a GPU runs): without mixing, the host set's batches exactly;
     with it, each chosen sample is gain * wave + gain * one pseudo-labelled window and its target the max of both,
     at the set chance."""
-    from common import DeviceTrainingSet, PseudoWindows, TrainingSet, load_split
+    from common import PseudoWindows, TrainingSet, load_split
+    from steps import DeviceTrainingSet
     data = load_split(cache_dir, dict(dataset="bc24", fold="all", n_folds=5, seed=1))
     plain = TrainingSet(data["audio"], data["targets"], data["train"], seed=3)
     on_device = DeviceTrainingSet(plain, "cpu")

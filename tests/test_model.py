@@ -7,8 +7,8 @@ import torch
 
 import common
 import errors
-from common import (AugmentChances, MelEfficientNet, GeM, augment, bce_focal_loss, coarse_dropout, horizontal_flip,
-                    mixup, stretch)
+from augmentations import AugmentChances, augment, coarse_dropout, horizontal_flip, mixup, stretch
+from common import MelEfficientNet, GeM, bce_focal_loss
 
 
 def test_gem_p1_is_average_pooling_and_p_is_learnable():

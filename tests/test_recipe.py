@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import augmentations
 import common
 import demo_data
 import tables
@@ -60,7 +61,7 @@ def test_models_csv_is_the_seed_table_and_the_defaults_are_the_seeds():
     assert (args.epochs, args.lr, args.warmup_epochs, args.batch_size) == (50, 1e-3, 3, 64)
     assert (args.n_fft, args.f_min, args.f_max) == (2048, 20.0, 16000.0)
     assert (args.head, args.channels, args.loss, args.schedule) == ("gem5", 3, "bce-focal", "cosine")
-    assert all(getattr(args, f"aug_{name}") > 0 for name in vars(common.AugmentChances()))
+    assert all(getattr(args, f"aug_{name}") > 0 for name in vars(augmentations.AugmentChances()))
     assert args.soup_start is None and train.soup_start_of_50 == 13
 
 
@@ -71,7 +72,7 @@ def test_presets_set_defaults_and_a_flag_wins():
     assert (reference.lr, reference.batch_size, reference.normalize, reference.time_shift) == \
         (0.1, 32, "standard", 0.5)
     assert (reference.n_mels, reference.hop_length, reference.fold) == (64, 1250, "all")
-    assert all(getattr(reference, f"aug_{name}") == 0 for name in vars(common.AugmentChances()))
+    assert all(getattr(reference, f"aug_{name}") == 0 for name in vars(augmentations.AugmentChances()))
     assert train.parse_args(["--model", "1", "--preset", "baseline", "--lr", "0.05"]).lr == 0.05
     assert train.parse_args(["--model", "1", "--lr", "0.05", "--preset", "baseline"]).lr == 0.05
     for name, preset in train.PRESETS.items():  # every preset names real flags
@@ -97,7 +98,7 @@ def test_heads_and_channels_export_equal_to_the_model(head, channels):
 def test_time_shift_rolls_each_sample_within_bounds():
     waves = torch.arange(40, dtype=torch.float32).repeat(6, 1)
     generator = torch.Generator().manual_seed(3)
-    shifted = common.time_shift(waves, 5, generator)
+    shifted = augmentations.time_shift(waves, 5, generator)
     shifts = set()
     for row in shifted:
         k = int((row[0] - 0) % 40)  # the rolled ramp starts at 40 - shift
@@ -105,7 +106,7 @@ def test_time_shift_rolls_each_sample_within_bounds():
         assert torch.equal(row, torch.roll(waves[0], shift))
         shifts.add(shift if shift <= 5 else shift - 40)
     assert all(-5 <= s <= 5 for s in shifts) and len(shifts) > 1
-    assert common.time_shift(waves, 0, generator) is waves
+    assert augmentations.time_shift(waves, 0, generator) is waves
 
 
 def test_bce_loss_is_plain_bce():

@@ -16,6 +16,7 @@ sys.path.insert(0, ROOT)
 import common  # noqa: E402
 import demo_data  # noqa: E402
 import prep  # noqa: E402
+import steps  # noqa: E402
 import site_score  # noqa: E402
 from files import save_json  # noqa: E402
 from helpers import count_mixes  # noqa: E402
@@ -148,12 +149,12 @@ def test_site_windows_mixed_into_samples_with_their_labels_on_host_and_device(si
     windows = torch.from_numpy(np.asarray(data["site"].audio[data["site"].index], np.float32))
     host = common.TrainingSet(data["audio"], data["targets"], data["train"], amp_exp_range=(0.0, 0.0), seed=3,
                               site=data["site"], site_mix_chance=0.5)
-    for dataset in (host, common.DeviceTrainingSet(host, "cpu")):
+    for dataset in (host, steps.DeviceTrainingSet(host, "cpu")):
         mixed, total = count_mixes(dataset, data["audio"], data["targets"], windows, data["site"].targets,
                                    range(1, 4), atol=1e-2)
         assert abs(mixed - total * 0.5) <= 4.5 * np.sqrt(total * 0.25)
     expected_bytes = (len(np.unique(data["train"])) + len(train_site)) * common.WINDOW_SAMPLES * 2
-    assert common.DeviceTrainingSet.bytes_needed(host) == expected_bytes
+    assert steps.DeviceTrainingSet.bytes_needed(host) == expected_bytes
     with pytest.raises(common.UserError):
         common.load_split(cache, config, site_mix_chance=1.5)
 

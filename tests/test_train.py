@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+import steps
 import train
 from helpers import ROOT
 
@@ -355,15 +356,15 @@ def test_cuda_graph_choice_follows_what_a_graph_can_replay():
 
     def args(*extra):
         return train.parse_args(["--model", "1", *extra])
-    assert train.uses_cuda_graph(args(), cuda, distributed=False)             # auto: on for one process on a GPU
-    assert not train.uses_cuda_graph(args(), cpu, distributed=False)
-    assert not train.uses_cuda_graph(args(), cuda, distributed=True)          # torchrun
+    assert steps.uses_cuda_graph(args(), cuda, distributed=False)             # auto: on for one process on a GPU
+    assert not steps.uses_cuda_graph(args(), cpu, distributed=False)
+    assert not steps.uses_cuda_graph(args(), cuda, distributed=True)          # torchrun
     for extra in (["--compile", "on"], ["--optimizer", "sgd"], ["--schedule", "onecycle"]):
-        assert not train.uses_cuda_graph(args(*extra), cuda, distributed=False), extra
+        assert not steps.uses_cuda_graph(args(*extra), cuda, distributed=False), extra
         with pytest.raises(UserError, match="--cuda-graph off"):
-            train.uses_cuda_graph(args("--cuda-graph", "on", *extra), cuda, distributed=False)
-    assert train.uses_cuda_graph(args("--cuda-graph", "on"), cpu, distributed=False)  # the same code, eagerly
-    assert not train.uses_cuda_graph(args("--cuda-graph", "off"), cuda, distributed=False)
+            steps.uses_cuda_graph(args("--cuda-graph", "on", *extra), cuda, distributed=False)
+    assert steps.uses_cuda_graph(args("--cuda-graph", "on"), cpu, distributed=False)  # the same code, eagerly
+    assert not steps.uses_cuda_graph(args("--cuda-graph", "off"), cuda, distributed=False)
 
 
 @pytest.mark.parametrize("capability, dtype, graphed", [((6, 0), torch.float16, False), ((7, 5), torch.float16, False),
@@ -378,19 +379,19 @@ def test_precision_follows_the_gpu(monkeypatch, capability, dtype, graphed):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # a T4 answers True (emulation)
     cuda = torch.device("cuda")
     args = train.parse_args(["--model", "1"])
-    assert train.amp_dtype_of(cuda)[0] == dtype
-    assert train.uses_cuda_graph(args, cuda, False, train.amp_dtype_of(cuda)[0]) == graphed
-    line = train.precision_line(args, cuda, graphed)
+    assert steps.amp_dtype_of(cuda)[0] == dtype
+    assert steps.uses_cuda_graph(args, cuda, False, steps.amp_dtype_of(cuda)[0]) == graphed
+    line = steps.precision_line(args, cuda, graphed)
     assert line.startswith(f"precision: {str(dtype)[6:]} autocast") and names[capability] in line
     assert ("gradient scaling" in line) == (dtype == torch.float16) and ("CUDA graph" in line) == graphed
     if dtype == torch.float16:
         with pytest.raises(UserError, match="float16"):
-            train.uses_cuda_graph(train.parse_args(["--model", "1", "--cuda-graph", "on"]), cuda, False, dtype)
+            steps.uses_cuda_graph(train.parse_args(["--model", "1", "--cuda-graph", "on"]), cuda, False, dtype)
     # forced either way
-    assert train.amp_dtype_of(cuda, "float16")[0] == torch.float16
-    assert train.amp_dtype_of(cuda, "bfloat16")[0] == torch.bfloat16
-    assert train.amp_dtype_of(torch.device("cpu"))[0] == torch.bfloat16
-    assert train.precision_line(args, torch.device("cpu"), False).startswith("precision: float32")
+    assert steps.amp_dtype_of(cuda, "float16")[0] == torch.float16
+    assert steps.amp_dtype_of(cuda, "bfloat16")[0] == torch.bfloat16
+    assert steps.amp_dtype_of(torch.device("cpu"))[0] == torch.bfloat16
+    assert steps.precision_line(args, torch.device("cpu"), False).startswith("precision: float32")
 
 
 def test_the_float16_step_trains_on_cpu():
