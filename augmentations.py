@@ -161,7 +161,7 @@ def stretch(mel, global_chance=0.0, local_chance=0.0, generator=None, factors=(0
 
 @dataclass
 class AugmentChances:
-    """Probability of each augmentation per sample (seed: flip, coarse dropout, mixup, time/freq stretch)."""
+    """Probability of each augmentation per sample (the write-up's: flip, coarse dropout, mixup, time/freq stretch)."""
     flip: float = 0.5
     coarse_dropout: float = 0.3
     mixup: float = 0.5

@@ -387,7 +387,7 @@ class TrainingSet:
     """Batches of (waveform, target) from the cache. Row i: first 5 s of recording i, its multi-hot target.
 
     With `pseudo` given, each sample is mixed with a random pseudo-labelled window with chance
-    `pseudo_mix_chance`, each part scaled by 10**uniform(*amp_exp_range) (seed: ampExpMin, ampExpMax); with
+    `pseudo_mix_chance`, each part scaled by 10**uniform(*amp_exp_range) (the write-up's ampExpMin, ampExpMax); with
     `site` (MixWindows of the site's labelled windows), then with one of those with chance `site_mix_chance`,
     alike. Randomness comes from (seed, epoch, batch), so an epoch is the same after a resume.
     """

@@ -25,10 +25,10 @@ import shutil
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from common import SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS
 from flags import HelpFormatter, add_flag
+from progress import progress
 from files import swap_in
 from errors import UserError, run_main
 
@@ -341,12 +341,12 @@ def make_demo(out, demo_seed=0, per_species=30, n_unlabeled=60, n_test=60, sound
     for folder in ("unlabeled_soundscapes", "test_soundscapes"):
         os.makedirs(os.path.join(tmp, folder), exist_ok=True)
     with get_context("fork").Pool(processes or os.cpu_count() or 1) as pool:
-        meta, spoken = zip(*tqdm(pool.imap(_demo_train_file, train_jobs), total=len(train_jobs),
+        meta, spoken = zip(*progress(pool.imap(_demo_train_file, train_jobs), total=len(train_jobs),
                                  desc="demo train audio", unit="file"))
-        unlabeled = [row for rows in tqdm(pool.imap(_demo_soundscape_file, soundscape_jobs),
+        unlabeled = [row for rows in progress(pool.imap(_demo_soundscape_file, soundscape_jobs),
                                           total=len(soundscape_jobs), desc="demo unlabeled soundscapes", unit="file")
                      for row in rows]
-        labels = [row for rows in tqdm(pool.imap(_demo_soundscape_file, test_jobs), total=len(test_jobs),
+        labels = [row for rows in progress(pool.imap(_demo_soundscape_file, test_jobs), total=len(test_jobs),
                                        desc="demo test soundscapes", unit="file") for row in rows]
     meta_table = pd.DataFrame(meta, columns=["primary_label", "secondary_labels", "type", "filename", "rating",
                                              "author", "license"])

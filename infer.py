@@ -558,7 +558,9 @@ def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefe
     mel_threads = torch.get_num_threads() if any(n.backend == "torch" for n in networks) else 1
     with ThreadPoolExecutor(max(1, prefetch)) as pool, torch_threads(mel_threads):
         futures = [pool.submit(decode_and_mel, p, front_end) for p in paths[:prefetch]]
-        for i, path in enumerate(tqdm(paths, desc="soundscapes", unit="file", disable=not log)):
+        # in a log file (not a terminal) a redraw every 30 s, not ten a second
+        for i, path in enumerate(tqdm(paths, desc="soundscapes", unit="file", disable=not log,
+                                      mininterval=0.1 if sys.stderr.isatty() else 30)):
             began = time.time()
             n_windows, mel_batches, error = futures[i].result()
             futures[i] = None

@@ -36,11 +36,11 @@ import sys
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from common import SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, first_five_seconds, list_audio, read_audio, windows_of
 from tables import LABEL_COLUMNS, CachePaths, parse_label_list, split_labels
 from flags import HelpFormatter, add_flag
+from progress import progress
 from errors import UserError, run_main
 from files import NpyRowWriter, keep_npy_rows, npy_header, read_npy_rows, swap_in, write_npy_rows
 from threads import ordered_map
@@ -196,7 +196,7 @@ def write_training_audio(rows, out_path, n_threads, detector=None):
         pending.clear()
 
     results = ordered_map(decode_first_five_seconds, rows["path"], n_threads)
-    for i, (wave, reason) in enumerate(tqdm(results, total=len(rows), desc="train audio", unit="file")):
+    for i, (wave, reason) in enumerate(progress(results, total=len(rows), desc="train audio", unit="file")):
         if wave is None:
             bad.append((rows["path"].iloc[i], reason))
         else:
@@ -291,7 +291,7 @@ def index_unlabeled(folder, n_threads):
     """Every unlabeled soundscape with its duration and number of 5-s windows (the last may be partial)."""
     paths = list_audio(folder)
     records, bad = [], []
-    for path, (info, reason) in zip(paths, tqdm(ordered_map(soundscape_info, paths, n_threads), total=len(paths),
+    for path, (info, reason) in zip(paths, progress(ordered_map(soundscape_info, paths, n_threads), total=len(paths),
                                                desc="unlabeled index", unit="file")):
         if info is None:
             bad.append((path, reason))
@@ -342,7 +342,7 @@ def write_unlabeled_windows(unlabeled, audio_path, table_path, cap, rng, n_threa
     out = NpyRowWriter(audio_path, len(chosen), (WINDOW_SAMPLES,))
 
     table, bad = [], []
-    for path, (loaded, reason) in zip(by_file, tqdm(ordered_map(read_windows, by_file.items(), n_threads),
+    for path, (loaded, reason) in zip(by_file, progress(ordered_map(read_windows, by_file.items(), n_threads),
                                                      total=len(by_file), desc="unlabeled windows", unit="file")):
         if loaded is None:  # its rows are not written: the ones after it close the gap, the tail is cut at the end
             bad.append((path, reason))
@@ -418,7 +418,7 @@ def write_site_windows(site, paths, n_threads):
         by_file.setdefault(path, []).append(window_index(end_second))
     out = NpyRowWriter(paths.site_audio, len(train), (WINDOW_SAMPLES,))
     written, bad = set(), []
-    for path, (loaded, reason) in zip(by_file, tqdm(ordered_map(read_windows, by_file.items(), n_threads),
+    for path, (loaded, reason) in zip(by_file, progress(ordered_map(read_windows, by_file.items(), n_threads),
                                                      total=len(by_file), desc="site windows", unit="file")):
         if loaded is None:
             bad.append((path, reason))

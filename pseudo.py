@@ -30,12 +30,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 import infer
 from common import build_model, MelFrontEnd, MelSettings, WINDOW_SECONDS
 from tables import CachePaths, load_classes
 from flags import HelpFormatter, add_flag
+from progress import progress
 from errors import UserError, run_main
 from files import atomic_write, read_npy_rows
 from devices import pick_device
@@ -238,7 +238,7 @@ def label_windows(engine, audio_path, rows, batch=batch_windows, show=True):
         return torch.from_numpy(np.ascontiguousarray(read_npy_rows(audio_path, int(part[0]), int(part[-1]) + 1)
                                                      [part - part[0]]))
     starts = range(0, len(rows), batch)
-    out = [engine(waves) for waves in tqdm(ordered_map(read, starts, n_threads=1, ahead=2), total=len(starts),
+    out = [engine(waves) for waves in progress(ordered_map(read, starts, n_threads=1, ahead=2), total=len(starts),
                                            desc="pseudo-label batches", unit="batch", disable=not show)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 

@@ -28,13 +28,13 @@ import time
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 import infer
 import prep
 from common import WINDOW_SECONDS
 from tables import CachePaths, load_classes
 from flags import HelpFormatter, add_flag
+from progress import progress
 from errors import UserError, run_main
 from files import atomic_write, read_npy_rows
 from pseudo import write_labels
@@ -235,7 +235,7 @@ def score_cached_windows(cache, table, mapping, model_path, overlap_s, n_threads
     model = BirdNetModel(model_path, n_threads)
     starts = segment_starts(WINDOW_SECONDS, overlap_s)  # every segment of a lone window overlaps it
     step = max(1, batch // len(starts))  # whole windows per BirdNET call, about `batch` segments
-    for start in tqdm(range(0, len(table), step), desc="BirdNET windows", unit="batch"):
+    for start in progress(range(0, len(table), step), desc="BirdNET windows", unit="batch"):
         waves = read_npy_rows(CachePaths(cache).unlabeled_audio, start, min(start + step, len(table)))
         segments = np.concatenate([cut_segments(audio, starts)
                                    for audio in to_birdnet_rate(waves.astype(np.float32))])
@@ -248,7 +248,7 @@ def score_files(files, mapping, model_path, overlap_s, n_threads, batch):
     """(paths, end seconds, scores) of every 5-s window of each decodable file; unreadable ones are skipped."""
     model = BirdNetModel(model_path, n_threads)
     paths, ends, blocks = [], [], []
-    for path in tqdm(files, desc="BirdNET files", unit="file"):
+    for path in progress(files, desc="BirdNET files", unit="file"):
         try:
             audio = infer.read_audio(path)
         except Exception as err:

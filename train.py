@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from augmentations import AugmentChances
 from common import (HEADS, LOSSES, NORMALIZATIONS, SAMPLE_RATE, MelFrontEnd, PseudoWindows, TrainingSet,
@@ -31,6 +30,7 @@ from steps import (DeviceTrainingSet, GraphedStep, amp_dtype_of, amp_on, cache_o
                    make_scaler, precision_line, train_step, uses_cuda_graph)
 from tables import MODEL_COLUMNS, CachePaths, kebab, load_classes, read_models_table
 from flags import HelpFormatter, SHARED, add_flag
+from progress import progress
 from errors import UserError, run_main
 from files import atomic_write, save_json
 from metrics import all_metrics
@@ -459,14 +459,14 @@ def train_one_epoch(run, args, config, procs, epoch):
     loss_sum, steps = torch.zeros((), device=device), 0
     batches = run.dataset.epoch(epoch, args.batch_size, procs.rank, procs.world_size, workers,
                                 pin=device.type == "cuda")
-    bar = tqdm(batches, total=run.steps_per_epoch, desc=f"model {args.model} epoch {epoch}/{args.epochs}",
+    bar = progress(batches, total=run.steps_per_epoch, desc=f"model {args.model} epoch {epoch}/{args.epochs}",
                unit="batch", disable=procs.rank != 0)
     for waves, targets in bar:
         waves, targets = waves.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         loss_sum += step(waves, targets)
         steps += 1
         if steps % progress_every == 0 or steps == run.steps_per_epoch:
-            bar.set_postfix(loss=f"{float(loss_sum) / steps:.4f}")
+            bar.set_postfix(loss=f"{float(loss_sum) / steps:.4f}", refresh=False)
     return float(loss_sum) / max(1, steps)
 
 

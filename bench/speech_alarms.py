@@ -19,13 +19,13 @@ import sys
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import demo_data  # noqa: E402
 import speech  # noqa: E402
 from common import SAMPLE_RATE  # noqa: E402
 from flags import HelpFormatter, add_flag  # noqa: E402
+from progress import progress  # noqa: E402
 from infer import read_audio  # noqa: E402
 
 # defaults
@@ -51,7 +51,7 @@ def opening_lengths(detector, paths, seconds=look_seconds, batch=64):
     (shorter files padded with silence, in batches)."""
     out, n = [], int(seconds * SAMPLE_RATE)
     paths = list(paths)
-    with tqdm(total=len(paths), desc="speech check", unit="file") as bar:
+    with progress(total=len(paths), desc="speech check", unit="file") as bar:
         for start in range(0, len(paths), batch):
             waves = np.zeros((len(paths[start:start + batch]), n), dtype=np.float32)
             for i, path in enumerate(paths[start:start + batch]):
