@@ -140,7 +140,7 @@ clean-demo:
 	rm -rf $(DEMO_WORK) $(DEMO_DATA) $(DEMO_DATA)-test-labels.csv $(DEMO_DATA)-unlabeled-labels.csv
 
 test: | $(SETUP_TEST) $(SETUP_TEACHER)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 bench-train: | $(SETUP)
 	$(PY) bench/train_speed.py --threads $(THREADS)

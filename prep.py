@@ -291,8 +291,8 @@ def index_unlabeled(folder, n_threads):
     """Every unlabeled soundscape with its duration and number of 5-s windows (the last may be partial)."""
     paths = list_audio(folder)
     records, bad = [], []
-    for path, (info, reason) in zip(paths, progress(ordered_map(soundscape_info, paths, n_threads), total=len(paths),
-                                               desc="unlabeled index", unit="file")):
+    for (info, reason), path in zip(progress(ordered_map(soundscape_info, paths, n_threads), total=len(paths),
+                                             desc="unlabeled index", unit="file"), paths):
         if info is None:
             bad.append((path, reason))
         else:
@@ -342,8 +342,8 @@ def write_unlabeled_windows(unlabeled, audio_path, table_path, cap, rng, n_threa
     out = NpyRowWriter(audio_path, len(chosen), (WINDOW_SAMPLES,))
 
     table, bad = [], []
-    for path, (loaded, reason) in zip(by_file, progress(ordered_map(read_windows, by_file.items(), n_threads),
-                                                     total=len(by_file), desc="unlabeled windows", unit="file")):
+    for (loaded, reason), path in zip(progress(ordered_map(read_windows, by_file.items(), n_threads),
+                                               total=len(by_file), desc="unlabeled windows", unit="file"), by_file):
         if loaded is None:  # its rows are not written: the ones after it close the gap, the tail is cut at the end
             bad.append((path, reason))
             continue
@@ -418,8 +418,8 @@ def write_site_windows(site, paths, n_threads):
         by_file.setdefault(path, []).append(window_index(end_second))
     out = NpyRowWriter(paths.site_audio, len(train), (WINDOW_SAMPLES,))
     written, bad = set(), []
-    for path, (loaded, reason) in zip(by_file, progress(ordered_map(read_windows, by_file.items(), n_threads),
-                                                     total=len(by_file), desc="site windows", unit="file")):
+    for (loaded, reason), path in zip(progress(ordered_map(read_windows, by_file.items(), n_threads),
+                                               total=len(by_file), desc="site windows", unit="file"), by_file):
         if loaded is None:
             bad.append((path, reason))
             continue

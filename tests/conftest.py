@@ -1,5 +1,7 @@
-"""Shared fixtures: a tiny demo dataset, its cache and a tiny exported ensemble, made once per session."""
+"""Shared fixtures, made once per session: a tiny demo dataset, its cache, a tiny exported ensemble, one souped
+round, and the suite's one end-to-end cycle through make (the write-up's table on a 2026-style folder)."""
 import os
+import subprocess
 import sys
 
 import pytest
@@ -69,3 +71,29 @@ def souped_round(cache_dir, tmp_path_factory):
     soup.make_soup(model1, cache_dir, n_threads=2)
     soup.bundle(str(work / "round1" / "ensemble"), [model1])
     return work
+
+
+WRITEUP_CYCLE_ROUNDS = 2
+
+
+@pytest.fixture(scope="session")
+def writeup_cycle(tmp_path_factory):
+    """The suite's one cycle through make, shared by the tests that read its outputs: make ensemble with models.csv
+    (the write-up's six models) for 2 epochs and 2 rounds from a weights file, on a tiny dataset in the layout
+    Kaggle ships for 2026 (train.csv, taxonomy.csv, an empty test_soundscapes/), its output written to a log file
+    as a user's `make ensemble ... > log 2>&1` writes it. {data, work, weights, log}: paths; {out}: the log."""
+    import timm
+    root = tmp_path_factory.mktemp("writeup-cycle")
+    data, work, log = str(root / "birdclef-2026"), str(root / "work"), str(root / "make.log")
+    demo_data.make_demo(data, demo_seed=2, per_species=1, n_unlabeled=2, n_test=1, soundscape_s=10, layout="2026")
+    weights = str(root / "b0.pth")  # stands in for make weights' file: the same architecture, no download
+    torch.save(timm.create_model("tf_efficientnet_b0.ns_jft_in1k", pretrained=False).state_dict(), weights)
+    with open(log, "w") as f:
+        code = subprocess.run(["make", "--no-print-directory", "-C", ROOT, f"PY={sys.executable}", "ensemble",
+                               f"DATA={data}", f"WORK={work}", "EPOCHS=2", f"ROUNDS={WRITEUP_CYCLE_ROUNDS}",
+                               f"PRETRAINED={weights}", "THREADS=1", "-j2"], stdout=f, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL).returncode
+    with open(log, newline="") as f:
+        out = f.read()
+    assert code == 0, out[-3000:]
+    return dict(data=data, work=work, weights=weights, log=log, out=out)

@@ -362,10 +362,10 @@ def test_bench_scale_quick_runs_to_the_end(tmp_path):
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    assert "prep full: 200 rows, 20 soundscapes" in out and "prep quarter: 50 rows, 5 soundscapes" in out
+    assert "prep full: 80 rows, 8 soundscapes" in out and "prep quarter: 20 rows, 2 soundscapes" in out
     assert "| whole cycle |" in out and "pseudo_round_min=" in out
     cached = len(pd.read_csv(CachePaths(str(tmp_path / "scale" / "cache-full")).unlabeled_rows))
-    assert cached == 20 * 48  # every window of 20 four-minute soundscapes (under the default cap)
+    assert cached == 8 * 48  # every window of 8 four-minute soundscapes (under the default cap)
     labels = np.load(tmp_path / "scale" / "pseudo-full.npz")
     assert len(labels["probs"]) == cached
 

@@ -1,16 +1,17 @@
-"""The road a competitor takes: the write-up's whole table through make on a downloaded-2026-style folder, then the
-steps after it (kaggle, submission, timing) that must reuse the run's settings and never plan training again."""
+"""The road a competitor takes: the write-up's whole table through make on a downloaded-2026-style folder (the
+suite's shared cycle), its log as a file, then the steps after it (kaggle, submission, timing) that must reuse the
+run's settings and never plan training again."""
 import os
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
-import torch
 
 from helpers import ROOT
 
 import demo_data
+from conftest import WRITEUP_CYCLE_ROUNDS
 
 
 def make(*args, dry_run=False):
@@ -36,30 +37,37 @@ def plans_no_work(plan):
 
 
 @pytest.fixture(scope="module")
-def real_run(tmp_path_factory):
-    """make ensemble with models.csv (the write-up's six models, 3 rounds) for 1 epoch from a weights file, on a
-    tiny dataset in the layout Kaggle ships for 2026 (train.csv, taxonomy.csv, an empty test_soundscapes/)."""
-    root = tmp_path_factory.mktemp("real")
-    data, work = str(root / "birdclef-2026"), str(root / "work")
-    demo_data.make_demo(data, demo_seed=2, per_species=1, n_unlabeled=2, n_test=1, soundscape_s=10, layout="2026")
-    import timm
-    weights = str(root / "b0.pth")  # stands in for make weights' file: the same architecture, no download
-    torch.save(timm.create_model("tf_efficientnet_b0.ns_jft_in1k", pretrained=False).state_dict(), weights)
-    code, out, err = make("ensemble", f"DATA={data}", f"WORK={work}", "EPOCHS=1", f"PRETRAINED={weights}",
-                          "THREADS=1", "-j2")
-    assert code == 0, err[-3000:]
-    return dict(data=data, work=work, weights=weights, out=out, err=err)
+def real_run(writeup_cycle):
+    """The suite's shared cycle (conftest.writeup_cycle): the write-up's whole table through make."""
+    return writeup_cycle
 
 
 def test_the_write_ups_whole_table_runs_to_its_ensemble(real_run):
     import json
     manifest = json.load(open(os.path.join(real_run["work"], "ensemble", "manifest.json")))
     assert manifest["models"] == [f"model{i}" for i in range(1, 7)]
-    assert all(os.path.exists(os.path.join(real_run["work"], f"round{r}", "model5", "soup.json")) for r in (1, 2, 3))
-    assert "dataset bc24+ without extra recordings" in real_run["err"]  # model 5, on the competition's data
+    rounds = range(1, WRITEUP_CYCLE_ROUNDS + 1)
+    assert all(os.path.exists(os.path.join(real_run["work"], f"round{r}", "model5", "soup.json")) for r in rounds)
+    assert "dataset bc24+ without extra recordings" in real_run["out"]  # model 5, on the competition's data
     line = [s for s in real_run["out"].splitlines() if s.startswith("settings of")][0]
     assert f"DATA={real_run['data']} (given)" in line and "MODELS=models.csv (default)" in line
-    assert "EPOCHS=1 (given)" in line
+    assert "EPOCHS=2 (given)" in line
+
+
+def test_the_cycles_log_reads_top_to_bottom_in_a_file(real_run):
+    """make ensemble > log: no carriage returns and no redrawn bars; each training epoch's progress is a line or
+    two (one at its start, one at its end with the loss), each line short enough to read."""
+    root = os.path.dirname(real_run["work"])  # the test's own long temporary paths do not count
+    log = real_run["out"].replace(root, "/data").replace(sys.executable, "python")
+    lines = log.split("\n")
+    assert "\r" not in log
+    assert max(len(line) for line in lines) <= 320, max(lines, key=len)
+    for model in range(1, 7):
+        for epoch in (1, 2):
+            bar = [line for line in lines if f"model {model} epoch {epoch}/2" in line]
+            assert 1 <= len(bar) <= 2 * WRITEUP_CYCLE_ROUNDS + 2, bar  # each round's, a start and an end line
+            assert any("loss=" in line and "100%" in line for line in bar)
+    assert len(lines) < 1500
 
 
 def test_later_calls_reuse_the_runs_settings_and_plan_no_training(real_run):
@@ -97,8 +105,8 @@ def test_later_calls_reuse_the_runs_settings_and_plan_no_training(real_run):
     assert settings_files(work) == before  # contents and dates: nothing rewritten
 
     # a changed setting is planned again and, under -n, written nowhere
-    code, plan, err = make("ensemble", f"WORK={work}", "EPOCHS=2", dry_run=True)
-    assert code == 0 and plan.count("train.py") == 18 and "prep.py" not in plan
+    code, plan, err = make("ensemble", f"WORK={work}", "EPOCHS=3", dry_run=True)
+    assert code == 0 and plan.count("train.py") == 6 * WRITEUP_CYCLE_ROUNDS and "prep.py" not in plan
     assert settings_files(work) == before
 
 
