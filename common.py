@@ -235,7 +235,8 @@ class MelEfficientNet(nn.Module):
     """
 
     def __init__(self, n_classes, image_height=256, image_width=256, pretrained=None,
-                 dropout_rates=(0.1, 0.2, 0.3, 0.4, 0.5), gem_p=3.0, head="gem5", channels=3, head_dropout=0.0):
+                 dropout_rates=(0.1, 0.2, 0.3, 0.4, 0.5), gem_p=3.0, head="gem5", channels=3, head_dropout=0.0,
+                 distill_dim=0):
         super().__init__()
         import timm
         if head not in HEADS or channels not in (1, 3):
@@ -262,6 +263,9 @@ class MelEfficientNet(nn.Module):
             bound = 1.0 / math.sqrt(n_classes)
             nn.init.uniform_(self.head.weight, -bound, bound)
             nn.init.zeros_(self.head.bias)
+        # distillation: a linear map from the pooled features to the teacher's embedding, read only in training
+        # (forward(mel, project=True)); the export traces forward(mel), so it leaves the projection out
+        self.projection = nn.Linear(self.backbone.num_features, distill_dim) if distill_dim else None
         self.channels_last = False  # set on CUDA: NHWC convolutions are faster there
         self.register_buffer("resize_rows", None, persistent=False)  # set by inference_form
         self.register_buffer("resize_cols", None, persistent=False)
@@ -274,7 +278,7 @@ class MelEfficientNet(nn.Module):
         which all see the same image, so the network takes the 1-channel image as it is.
         """
         twin = copy.deepcopy(self).float().cpu().eval()
-        twin.channels_last = False
+        twin.channels_last, twin.projection = False, None  # the distillation's projection is training's only
         stem = twin.backbone.conv_stem
         stem.weight = nn.Parameter(stem.weight.detach().sum(1, keepdim=True), requires_grad=False)
         stem.in_channels = twin.channels = 1
@@ -286,7 +290,9 @@ class MelEfficientNet(nn.Module):
         twin.resize_cols = resize_matrix(mel_shape[1], self.image_size[1]).T.contiguous()
         return twin
 
-    def forward(self, mel):
+    def forward(self, mel, project=False):
+        """(B, 1, n_mels, frames) -> logits; project=True: (logits, the features' projection to the teacher's
+        embedding)."""
         if self.resize_rows is not None:  # inference_form: 1-channel stem
             x = self.resize_rows @ mel @ self.resize_cols
         else:
@@ -297,8 +303,10 @@ class MelEfficientNet(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         features = self.pool(self.backbone(x))
         if self.training and len(self.dropouts):
-            return torch.stack([self.head(d(features)) for d in self.dropouts]).mean(0)
-        return self.head(features)
+            logits = torch.stack([self.head(d(features)) for d in self.dropouts]).mean(0)
+        else:
+            logits = self.head(features)
+        return (logits, self.projection(features)) if project else logits
 
 
 def build_model(config, pretrained=None):
@@ -306,7 +314,7 @@ def build_model(config, pretrained=None):
     recipe (an older config without them: the write-up's)."""
     return MelEfficientNet(len(config["classes"]), int(config["image_height"]), int(config["image_width"]), pretrained,
                    head=config.get("head", "gem5"), channels=int(config.get("channels", 3)),
-                   head_dropout=float(config.get("head_dropout", 0.0)))
+                   head_dropout=float(config.get("head_dropout", 0.0)), distill_dim=int(config.get("distill_dim", 0)))
 
 
 def mel_settings_of(config):
@@ -334,6 +342,11 @@ def bce_focal_loss(logits, targets, gamma=2.0):
 LOSSES = {"bce-focal": bce_focal_loss, "bce": bce_loss}
 
 
+def distillation_loss(projected, teacher_embedding):
+    """Mean of 1 - cosine similarity between the CNN's projected features and the teacher's embedding."""
+    return (1 - F.cosine_similarity(projected.float(), teacher_embedding.float(), dim=1, eps=1e-6)).mean()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # training data: cached first-5-s waveforms, optionally mixed with pseudo-labelled soundscape windows
 
@@ -349,6 +362,7 @@ class MixWindows:
 
     def __init__(self, audio, index, targets):
         self.audio, self.index, self.targets = audio, np.asarray(index), np.asarray(targets, np.float32)
+        self.embeddings = None  # with distillation: (len(index), D) the teacher's embeddings of the windows
 
     def __len__(self):
         return len(self.index)
@@ -390,11 +404,15 @@ class TrainingSet:
     `pseudo_mix_chance`, each part scaled by 10**uniform(*amp_exp_range) (the write-up's ampExpMin, ampExpMax); with
     `site` (MixWindows of the site's labelled windows), then with one of those with chance `site_mix_chance`,
     alike. Randomness comes from (seed, epoch, batch), so an epoch is the same after a resume.
+
+    With `embeddings` (a teacher's, one row per row of `audio`; the mixed-in windows carry theirs), a batch's
+    targets are the labels followed by the sample's target embedding: a mixed sample's is the sum of its parts'
+    embeddings with the mix's gains (mixup then mixes them as it mixes the labels).
     """
 
     def __init__(self, audio, targets, rows, pseudo=None, pseudo_mix_chance=0.0, amp_exp_range=(-0.5, 0.1),
-                 seed=0, site=None, site_mix_chance=0.0):
-        self.audio, self.targets, self.rows = audio, targets, np.asarray(rows)
+                 seed=0, site=None, site_mix_chance=0.0, embeddings=None):
+        self.audio, self.targets, self.rows, self.embeddings = audio, targets, np.asarray(rows), embeddings
         self.pseudo, self.pseudo_mix_chance, self.amp_exp_range, self.seed = pseudo, pseudo_mix_chance, \
             amp_exp_range, seed
         self.site, self.site_mix_chance = site, site_mix_chance
@@ -412,6 +430,7 @@ class TrainingSet:
         waves = np.empty((len(rows), WINDOW_SAMPLES), dtype=np.float32)
         waves[order] = self.audio[np.asarray(rows)[order]]
         targets = self.targets[rows].copy()
+        embeddings = None if self.embeddings is None else np.asarray(self.embeddings[rows], np.float32)
         lo, hi = self.amp_exp_range
         for windows, chance in self.mixes():
             for i in np.flatnonzero(rng.random(len(rows)) < chance):
@@ -420,6 +439,10 @@ class TrainingSet:
                 waves[i], targets[i] = mix_pseudo(waves[i], targets[i],
                                                   windows.audio[windows.index[j]].astype(np.float32),
                                                   windows.targets[j], gains[0], gains[1])
+                if embeddings is not None:
+                    embeddings[i] = gains[0] * embeddings[i] + gains[1] * windows.embeddings[j]
+        if embeddings is not None:
+            targets = np.concatenate([targets, embeddings], axis=1)
         return torch.from_numpy(waves), torch.from_numpy(targets)
 
     def epoch_plan(self, epoch, batch_size, rank=0, world_size=1):

@@ -138,3 +138,13 @@ def keep_npy_rows(path, keep):
                 to += 1
         shrink_npy_rows(path, int(keep.sum()))
     return int(keep.sum())
+
+
+def file_digest(path):
+    """sha256 of a file's content (what a run depends on, wherever the file lies and whenever it was touched)."""
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

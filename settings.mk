@@ -22,7 +22,8 @@ endif
 # later call that leaves one out takes the recorded value, one that gives it (on the command line or in the
 # environment) takes the given value, records it and reruns what it changes. THREADS, DEVICE, GPUS and PY belong to
 # the machine, not the run, and are not recorded. make -n (and -q) write nothing: no record, no stamp.
-RECORDED := DATA MODELS EPOCHS PRETRAINED TRAIN_ARGS PREP_ARGS PL_NORM PL_MEMBERS ROUNDS TEACHER TEACHER_WEIGHT
+RECORDED := DATA MODELS EPOCHS PRETRAINED TRAIN_ARGS PREP_ARGS PL_NORM PL_MEMBERS ROUNDS TEACHER TEACHER_WEIGHT \
+	TEACHER_MODEL TEACHER_LABELS DISTILL
 RUN_SETTINGS := $(WORK)/.settings/run
 DRY_RUN := $(findstring n,$(firstword -$(MAKEFLAGS)))$(findstring q,$(firstword -$(MAKEFLAGS)))
 define recall
@@ -53,10 +54,17 @@ ROUNDS ?= 3
 # or a file (make weights writes one)
 PRETRAINED ?= timm
 GPUS ?=
-# TEACHER=FILE (make teacher writes $(WORK)/teacher.npz: BirdNET's labels of the cache's windows): round 1 trains
-# on them as its pseudo labels ("round 0"), and pseudo1/pseudo2 blend them in for the classes BirdNET covers
+# TEACHER=FILE (make teacher writes $(WORK)/teacher.npz: a teacher's labels of the cache's windows, and their
+# embeddings beside it): round 1 trains on its labels as its pseudo labels ("round 0"), and pseudo1/pseudo2 blend
+# them in for the classes the teacher covers. The teacher is BirdNET V2.4, or TEACHER_MODEL (an ONNX file with
+# Perch v2's signature) with TEACHER_LABELS (its labels file)
 TEACHER ?=
 TEACHER_WEIGHT ?= 1
+TEACHER_MODEL ?=
+TEACHER_LABELS ?=
+# DISTILL=W: every round's models also learn the teacher's embedding of each sample (loss 1 - cosine, weight W,
+# added to the classification loss); 0: off. Needs TEACHER
+DISTILL ?= 0
 # what soup.py keeps of a model's saved epochs once its soup is written: all (the default), or soup (only the
 # epochs the soup uses: for a small disk such as Kaggle's 20 GB; the others are deleted)
 KEEP_EPOCHS ?= all
@@ -81,6 +89,9 @@ IDS   := $(shell grep -v '^\#' $(MODELS) 2>/dev/null | tail -n +2 | cut -d, -f1)
 # the cache may live elsewhere (a larger or faster disk: CACHE=/kaggle/temp/cache); prep rebuilds it when missing
 CACHE ?= $(WORK)/cache
 CACHED := $(CACHE)/train_rows.csv
+# distillation: the teacher's embeddings, beside its labels file (teacher.py writes both)
+DISTILLING := $(if $(and $(TEACHER),$(filter-out 0 0.0,$(DISTILL))),yes)
+TEACHER_EMBEDDINGS := $(if $(TEACHER),$(basename $(TEACHER)).embeddings.npz)
 # the pseudo labels round R trains on: pseudoR.npz is made by round R's ensemble and trains round R + 1; round 1
 # trains on the teacher's labels where TEACHER is given, else on none
 LABELS_FOR_ROUND_1 := $(TEACHER)
@@ -116,6 +127,13 @@ show = $(1)=$(if $(or $(findstring $(space),$($(1))),$(if $($(1)),,empty)),"$($(
 space := $(subst ,, )
 CYCLE_GOALS := prep round% pseudo% ensemble kaggle submission timing teacher $(WORK)/%
 ifneq ($(filter $(CYCLE_GOALS),$(MAKECMDGOALS)),)
+ifneq ($(and $(filter-out 0 0.0,$(DISTILL)),$(if $(TEACHER),,no)),)
+$(error DISTILL=$(DISTILL) distils a teacher's embeddings: give TEACHER=FILE too (make teacher writes $(WORK)/teacher.npz))
+endif
+# a TEACHER file that is not there and that no rule makes: one line, before anything runs
+ifneq ($(and $(TEACHER),$(filter-out $(WORK)/teacher.npz,$(TEACHER)),$(if $(wildcard $(TEACHER)),,missing)),)
+$(error TEACHER=$(TEACHER) does not exist (make teacher writes $(WORK)/teacher.npz))
+endif
 $(foreach v,$(RECORDED),$(call record,$(v)))
 ifeq ($(AUTO_ROUND),)
 $(info settings of $(WORK): $(foreach v,$(RECORDED),$(call show,$(v))))
@@ -123,7 +141,8 @@ endif
 STAMP.prep := $(call stamp,prep,$(DATA) $(PREP_ARGS))
 $(foreach r,1 2 3,$(foreach i,$(IDS),$(eval STAMP.round$(r)-model$(i) := $(call stamp,round$(r)-model$(i),$(call \
 	MODEL_ROW,$(i)) epochs=$(EPOCHS) pretrained=$(PRETRAINED) $(TRAIN_ARGS)$(if $(and $(TEACHER),$(filter \
-	1,$(r))), teacher=$(TEACHER))))))
+	1,$(r))), teacher=$(TEACHER))$(if $(DISTILLING), distill=$(DISTILL) teacher=$(TEACHER))))))
+STAMP.teacher := $(call stamp,teacher,$(TEACHER_MODEL) $(TEACHER_LABELS))
 STAMP.pseudo := $(call stamp,pseudo,$(PL_NORM)$(if $(PL_MEMBERS), members=$(PL_MEMBERS))$(if $(TEACHER), \
 	teacher=$(TEACHER) $(TEACHER_WEIGHT)))
 STAMP.ensemble := $(call stamp,ensemble,rounds=$(ROUNDS))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from augmentations import AugmentChances, augment, time_shift
-from common import WINDOW_SAMPLES, TrainingSet
+from common import WINDOW_SAMPLES, TrainingSet, distillation_loss
 from errors import UserError
 
 
@@ -125,7 +125,15 @@ def device_step(run, waves, targets, generator, shift_samples, loss_function, am
                                   generator)
     # no autocast cache: each weight is cast once a step anyway, and a CUDA graph capture needs it off
     with torch.autocast(waves.device.type, dtype=amp_dtype, enabled=run.amp, cache_enabled=False):
-        loss = loss_function(run.trained(images), targets)
+        if getattr(run, "distill", 0):  # targets: the labels, then the teacher's embedding (TrainingSet)
+            logits, projected = run.trained(images, project=True)
+            n = logits.shape[1]
+            # kept on the run: the epoch sums it (a graph replay refreshes this very tensor)
+            distilled = distillation_loss(projected, targets[:, n:])
+            loss = loss_function(logits, targets[:, :n]) + run.distill * distilled
+            run.distill_loss = distilled.detach()  # shares its storage: a graph replay refreshes it
+        else:
+            loss = loss_function(run.trained(images), targets)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.step(run.optimizer)   # fused AdamW on CUDA: the scaler's inf check stays on the device
@@ -236,26 +244,36 @@ class DeviceTrainingSet(TrainingSet):
     """A TrainingSet whose first-5-s audio and mixed-in windows (pseudo-labelled, the site's) live in device
     memory (a GPU's, where they fit): a batch is a gather and a mix on the device, and the host only draws the
     batch's few random numbers, vectorised. Its randomness comes from (seed, epoch, batch) as TrainingSet's,
-    drawn in another order: the same mixing (chance, gains, max of the targets), not the same numbers."""
+    drawn in another order: the same mixing (chance, gains, max of the targets; the gains' sum of the teacher's
+    embeddings where they are distilled), not the same numbers."""
 
     def __init__(self, base, device):
         super().__init__(base.audio, base.targets, base.rows, base.pseudo, base.pseudo_mix_chance,
-                         base.amp_exp_range, base.seed, base.site, base.site_mix_chance)
+                         base.amp_exp_range, base.seed, base.site, base.site_mix_chance, base.embeddings)
         self.device = torch.device(device)
         distinct = np.unique(self.rows)  # a site window dealt several times an epoch is copied once
         self.position = np.full(len(base.audio), -1, dtype=np.int64)  # cache row -> row of the device copy
         self.position[distinct] = np.arange(len(distinct))
         self.audio_on_device = to_device_in_chunks(base.audio, distinct, self.device)
-        self.targets_on_device = torch.from_numpy(np.asarray(base.targets[distinct], np.float32)).to(self.device)
+        self.n_labels = base.targets.shape[1]  # targets on the device: the labels, then any teacher embedding
+
+        def with_embeddings(targets, embeddings, rows):
+            targets = np.asarray(targets[rows], np.float32)
+            if base.embeddings is not None:
+                targets = np.concatenate([targets, np.asarray(embeddings[rows], np.float32)], axis=1)
+            return torch.from_numpy(targets).to(self.device)
+        self.targets_on_device = with_embeddings(base.targets, base.embeddings, distinct)
         # per mix: (windows' audio, their targets, chance) on the device
         self.mixes_on_device = [(to_device_in_chunks(w.audio, w.index, self.device),
-                                 torch.from_numpy(w.targets).to(self.device), c) for w, c in self.mixes()]
+                                 with_embeddings(w.targets, w.embeddings, slice(None)), c) for w, c in self.mixes()]
 
     @staticmethod
     def bytes_needed(base):
-        """Device bytes the copy takes: the training rows' audio and the mixed-in windows, float16."""
+        """Device bytes the copy takes: the training rows' audio and the mixed-in windows, float16 (and the
+        teacher's embeddings of them, float32, where they are distilled)."""
         windows = sum(len(w.index) for w, _ in base.mixes())
-        return (len(np.unique(base.rows)) + windows) * WINDOW_SAMPLES * 2
+        per_row = WINDOW_SAMPLES * 2 + (base.embeddings.shape[1] * 4 if base.embeddings is not None else 0)
+        return (len(np.unique(base.rows)) + windows) * per_row
 
     def batch(self, rows, rng):
         take = torch.from_numpy(self.position[np.asarray(rows)]).to(self.device)
@@ -267,7 +285,10 @@ class DeviceTrainingSet(TrainingSet):
             gains = torch.from_numpy((10.0 ** rng.uniform(lo, hi, size=(n, 2))).astype(np.float32)).to(self.device)
             mixed = gains[:, :1] * waves + gains[:, 1:] * windows[window].float()
             waves = torch.where(chosen[:, None], mixed, waves)
-            targets = torch.where(chosen[:, None], torch.maximum(targets, window_targets[window]), targets)
+            theirs, n = window_targets[window], self.n_labels
+            mixed_targets = torch.cat([torch.maximum(targets[:, :n], theirs[:, :n]),
+                                       gains[:, :1] * targets[:, n:] + gains[:, 1:] * theirs[:, n:]], dim=1)
+            targets = torch.where(chosen[:, None], mixed_targets, targets)
         return waves, targets
 
     def build(self, plan, pin=False):

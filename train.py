@@ -12,13 +12,13 @@ resumes from the last complete epoch; a finished run is not redone.
 """
 import argparse
 import glob
-import hashlib
 import json
 import math
 import os
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
@@ -32,7 +32,7 @@ from tables import MODEL_COLUMNS, CachePaths, kebab, load_classes, read_models_t
 from flags import HelpFormatter, SHARED, add_flag
 from progress import progress
 from errors import UserError, run_main
-from files import atomic_write, save_json
+from files import atomic_write, file_digest, save_json
 from metrics import all_metrics
 from weights import PRETRAINED_CHOICES, pretrained_of
 from devices import claim_gpu, gpu_ids, pick_device
@@ -63,6 +63,7 @@ normalize = "minmax"      # each mel image to [0, 1]; standard: mean 0 / std 1 (
 time_shift_seconds = 0.5  # seconds: each sample rolled by up to +-this (the write-up is silent; measured best)
 site_share = 0.1          # the site's labelled windows' share of an epoch's samples (where the dataset has them)
 site_mix_chance = 0.0     # the chance that a sample is mixed with one of them (as with a pseudo-labelled window)
+distill = 0.0             # weight of the teacher-embedding loss (1 - cosine); 0: off (needs --teacher-embeddings)
 pretrained = "timm"       # the write-up fine-tunes tf_efficientnet_b0_ns (ImageNet/JFT weights); none: random init
 
 # presets: other defaults for the flags (and the models table's columns); a flag given on the command line wins
@@ -150,6 +151,11 @@ def parse_args(argv=None):
     add_flag(p, "--work", default=work)
     p.add_argument("--out-dir", help="output folder (default <work>/round<R>/model<ID>)")
     p.add_argument("--pseudo", help="pseudo-label file from pseudo.py (rounds 2 and 3)")
+    p.add_argument("--distill", type=float, default=distill, help="learn a teacher's embedding of each sample too: "
+                   "a linear projection of the pooled features, loss 1 - cosine similarity, added to the "
+                   "classification loss with this weight (make's DISTILL); 0: off. The projection is not exported")
+    p.add_argument("--teacher-embeddings", help="teacher.py's embeddings of the cache's windows "
+                   "(<teacher>.embeddings.npz), for --distill")
     add_recipe_flags(p)
     add_flag(p, "--threads", default=threads)
     add_flag(p, "--device", default="auto")
@@ -210,7 +216,28 @@ def model_config(args):
         raise UserError(f"pseudoLabelChance is a percent (the write-up's 35 means 35 %), 0 to 100, not {chance:g}")
     config["pseudoLabelChance"] = chance / 100
     config.update({name: getattr(args, name) for name in RECIPE})
+    if args.distill:  # the projection's size: the teacher's embedding's
+        config["distill_dim"] = int(read_teacher_embeddings(args.teacher_embeddings, args.cache)["train"].shape[1])
     return config
+
+
+def read_teacher_embeddings(path, cache):
+    """{train, unlabeled, site}: a teacher's float16 embeddings of the cache's windows (teacher.py), rows in the
+    order of the cache's tables; one line where the file is missing or was made from another cache."""
+    if not path or not os.path.isfile(path):
+        raise UserError(f"--distill needs the teacher's embeddings: {path or '--teacher-embeddings'} does not exist "
+                        f"(make teacher writes them beside TEACHER)")
+    with np.load(path) as f:
+        got = {k: f[k] for k in f.files}
+    paths = CachePaths(cache)
+    tables = [("rows_digest", paths.rows), ("unlabeled_digest", paths.unlabeled_rows)]
+    if len(got["site"]):
+        tables.append(("site_digest", paths.site_labels))
+    for key, table in tables:
+        if not os.path.isfile(table) or str(got[key]) != file_digest(table):
+            raise UserError(f"{path} was made from another cache than {cache} ({os.path.basename(table)} differs): "
+                            f"make teacher again")
+    return got
 
 
 def lr_factor(step, warmup_steps, total_steps):
@@ -221,15 +248,6 @@ def lr_factor(step, warmup_steps, total_steps):
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def file_digest(path):
-    """sha256 of a file's content (what a run depends on, wherever the file lies and whenever it was touched)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def input_signature(args, config):
     """What a run's results depend on: the settings and the content of the training rows, class list and pseudo
     labels (digests). Paths, file times, threads, the device and the number of processes (the batch is global,
@@ -238,7 +256,7 @@ def input_signature(args, config):
     cache = CachePaths(args.cache)
     where = ("threads", "device", "out_dir", "work", "cache", "pseudo", "models", "round", "pretrained", "gpus",
              "loader_workers", "compile", "cache_on_device", "cuda_graph", "amp_dtype",
-             "cycle_rounds", "keep_epochs")
+             "cycle_rounds", "keep_epochs", "teacher_embeddings")
     settings = {k: v for k, v in vars(args).items() if k not in where}
     pretrained = args.pretrained and (file_digest(args.pretrained) if os.path.isfile(args.pretrained)
                                       else args.pretrained)
@@ -250,6 +268,8 @@ def input_signature(args, config):
     if (share > 0 or mix_chance > 0) and os.path.isfile(cache.site_audio):
         signature.update(site=file_digest(cache.site_labels), **({"site_share": share} if share > 0 else {}),
                          **({"site_mix_chance": mix_chance} if mix_chance > 0 else {}))
+    if settings.pop("distill", 0):  # a run without distillation keeps the identity it had before the setting
+        signature.update(distill=args.distill, teacher_embeddings=file_digest(args.teacher_embeddings))
     return json.loads(json.dumps(signature, default=str))
 
 
@@ -366,6 +386,8 @@ class Training:
     steps_per_epoch: int
     soup_start: int
     graph_step: object = None  # the GraphedStep, captured once and replayed in every epoch
+    distill: float = 0.0       # the teacher-embedding loss's weight (steps.device_step reads it)
+    distill_loss: object = None  # that loss of the last step, a device tensor
 
 
 def build_training(args, config, procs, graphed=False):
@@ -382,8 +404,10 @@ def build_training(args, config, procs, graphed=False):
     if procs.rank == 0:
         print(split_summary(data, config), flush=True)
     pseudo = PseudoWindows(args.cache, args.pseudo, data["classes"]) if args.pseudo else None
+    embeddings = teacher_embeddings_of(args, data, pseudo) if args.distill else None
     dataset = TrainingSet(data["audio"], data["targets"], data["train"], pseudo, config["pseudoLabelChance"],
-                          (config["ampExpMin"], config["ampExpMax"]), seed, data["site"], data["site_mix_chance"])
+                          (config["ampExpMin"], config["ampExpMax"]), seed, data["site"], data["site_mix_chance"],
+                          embeddings)
     if cache_on_device(args.cache_on_device, dataset, device):
         dataset = DeviceTrainingSet(dataset, device)
         if procs.rank == 0:
@@ -409,7 +433,23 @@ def build_training(args, config, procs, graphed=False):
         trained = torch.compile(trained)
     chances = AugmentChances(**{k: getattr(args, f"aug_{k}") for k in vars(AugmentChances())})
     return Training(model, trained, MelFrontEnd(mel_settings_of(config)).to(device), data, dataset, chances,
-                    optimizer, scheduler, scaler, amp, amp_dtype, graphed, steps_per_epoch, soup_start)
+                    optimizer, scheduler, scaler, amp, amp_dtype, graphed, steps_per_epoch, soup_start,
+                    distill=args.distill)
+
+
+def teacher_embeddings_of(args, data, pseudo):
+    """The teacher's embeddings aligned with what training reads: one row per row of data["audio"] (the
+    recordings, then the site's windows where they are samples of their own), and on each mixed-in set of
+    windows (pseudo-labelled, the site's) theirs."""
+    teacher = read_teacher_embeddings(args.teacher_embeddings, args.cache)
+    embeddings = teacher["train"]
+    if data["site_repeats"]:  # load_split stacked the site's training windows after the recordings
+        embeddings = np.concatenate([embeddings, teacher["site"]])
+    if pseudo is not None:
+        pseudo.embeddings = teacher["unlabeled"][pseudo.index].astype(np.float32)
+    if data["site"] is not None:
+        data["site"].embeddings = teacher["site"][data["site"].index].astype(np.float32)
+    return embeddings
 
 
 def check_disk_for_the_cycle(args, run, out_dir):
@@ -456,7 +496,7 @@ def train_one_epoch(run, args, config, procs, epoch):
         def step(waves, targets):
             return train_step(run, waves, targets, generator, shift_samples, loss_function, run.amp_dtype)
     run.trained.train()
-    loss_sum, steps = torch.zeros((), device=device), 0
+    loss_sum, distill_sum, steps = torch.zeros((), device=device), torch.zeros((), device=device), 0
     batches = run.dataset.epoch(epoch, args.batch_size, procs.rank, procs.world_size, workers,
                                 pin=device.type == "cuda")
     bar = progress(batches, total=run.steps_per_epoch, desc=f"model {args.model} epoch {epoch}/{args.epochs}",
@@ -464,20 +504,24 @@ def train_one_epoch(run, args, config, procs, epoch):
     for waves, targets in bar:
         waves, targets = waves.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         loss_sum += step(waves, targets)
+        if run.distill:
+            distill_sum += run.distill_loss  # before the next step (a graph replay) overwrites it
         steps += 1
         if steps % progress_every == 0 or steps == run.steps_per_epoch:
             bar.set_postfix(loss=f"{float(loss_sum) / steps:.4f}", refresh=False)
-    return float(loss_sum) / max(1, steps)
+    return float(loss_sum) / max(1, steps), float(distill_sum) / max(1, steps)
 
 
-def validate_and_save(run, args, procs, epoch, train_loss, seconds, history, out_dir, inputs):
+def validate_and_save(run, args, procs, epoch, losses, seconds, history, out_dir, inputs):
     """Validation metrics of the epoch (a row of metrics.csv), the epoch's weights from the soup start on, and
     last.pt (everything a resume needs), each written under a temporary name and renamed."""
     probs = predict(run.model, run.mel, run.data["audio"], procs.device, amp=run.amp, rows=run.data["valid"])
     valid_targets = run.data["targets"][run.data["valid"]]
     valid_loss = float(LOSSES[args.loss](torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)),
                                          torch.from_numpy(valid_targets))) if len(probs) else float("nan")
-    row = dict(epoch=epoch, train_loss=train_loss, valid_loss=valid_loss, **all_metrics(valid_targets, probs),
+    train_loss, distill_loss = losses
+    distilled = dict(distill_loss=distill_loss) if run.distill else {}  # the teacher-embedding part of train_loss
+    row = dict(epoch=epoch, train_loss=train_loss, **distilled, valid_loss=valid_loss, **all_metrics(valid_targets, probs),
                lr=run.optimizer.param_groups[0]["lr"], seconds=round(seconds, 2))
     history.append(row)
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
@@ -524,9 +568,9 @@ def main(argv=None):
                        augment=vars(run.chances), classes=run.data["classes"]), os.path.join(out_dir, "config.json"))
     for epoch in range(start_epoch, args.epochs + 1):
         began = time.time()
-        train_loss = train_one_epoch(run, args, config, procs, epoch)
+        losses = train_one_epoch(run, args, config, procs, epoch)
         if procs.rank == 0:
-            validate_and_save(run, args, procs, epoch, train_loss, time.time() - began, history, out_dir, inputs)
+            validate_and_save(run, args, procs, epoch, losses, time.time() - began, history, out_dir, inputs)
     if procs.rank == 0:
         finish(run, args, procs, history, out_dir, inputs)
     procs.close()

