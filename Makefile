@@ -70,13 +70,13 @@ $(eval $(call PSEUDO,2))
 teacher: $(WORK)/teacher.npz
 $(WORK)/teacher.npz: $(CACHED) $(STAMP.teacher) | $(SETUP_TEACHER)
 	$(PY) teacher.py --data "$(DATA)" --cache $(CACHE) --out $@ --threads $(THREADS) \
-		$(if $(TEACHER_MODEL),--model "$(TEACHER_MODEL)" --labels "$(TEACHER_LABELS)")
+		$(if $(TEACHER_MODEL),--teacher-model "$(TEACHER_MODEL)" --teacher-labels "$(TEACHER_LABELS)")
 $(WORK)/teacher.embeddings.npz: $(WORK)/teacher.npz
 	@test -f $@ || { echo "$@ is missing: make teacher again (rm $<)"; exit 1; }
 # TEACHER_MODEL and TEACHER_LABELS are checked before prep runs (a wrong file stops in one line)
 teacher-check: | $(SETUP_TEACHER)
-	@$(PY) teacher.py --check --data "$(DATA)" --out $(WORK)/teacher.npz --model "$(TEACHER_MODEL)" \
-		--labels "$(TEACHER_LABELS)"
+	@$(PY) teacher.py --check --data "$(DATA)" --out $(WORK)/teacher.npz --teacher-model "$(TEACHER_MODEL)" \
+		--teacher-labels "$(TEACHER_LABELS)"
 
 # the final round's ensemble (round ROUNDS), the folder to upload as a Kaggle dataset next to infer.py
 ensemble: $(WORK)/ensemble/manifest.json
@@ -104,13 +104,13 @@ KAGGLE_PYTHON ?= 3.11
 KAGGLE_PLATFORM ?= manylinux_2_28_x86_64,manylinux_2_17_x86_64
 kaggle: $(WORK)/ensemble/manifest.json | $(SETUP)
 	$(PY) kaggle.py --ensemble $(WORK)/ensemble --out $(WORK)/kaggle --wheels "$(or $(KAGGLE_WHEELS),none)" \
-		--python-version $(KAGGLE_PYTHON) --platform $(KAGGLE_PLATFORM)
+		--python-version $(KAGGLE_PYTHON) --platform $(KAGGLE_PLATFORM) $(TEACHER_VOTE_ARGS)
 
 # will the ensemble finish inside Kaggle's time? infer.py on a few of DATA's soundscapes, projected to the hidden
 # test set (timing.py; TIMING_ARGS="--files 40 --kaggle-speed 0.8" for more)
 TIMING_ARGS ?=
 timing: $(WORK)/ensemble/manifest.json | $(SETUP)
-	$(PY) timing.py --ensemble $(WORK)/ensemble --data "$(DATA)" $(TIMING_ARGS)
+	$(PY) timing.py --ensemble $(WORK)/ensemble --data "$(DATA)" $(TEACHER_VOTE_ARGS) $(TIMING_ARGS)
 
 # one HTML page of the cycle (matplotlib, an optional extra)
 report: | $(SETUP)
@@ -125,7 +125,8 @@ endif
 endif
 submission: $(WORK)/submission.csv
 $(WORK)/submission.csv: $(WORK)/ensemble/manifest.json
-	$(PY) infer.py --ensemble $(WORK)/ensemble --audio "$(DATA)/test_soundscapes" --out $@ --threads $(THREADS)
+	$(PY) infer.py --ensemble $(WORK)/ensemble --audio "$(DATA)/test_soundscapes" --out $@ --threads $(THREADS) \
+		$(TEACHER_VOTE_ARGS)
 
 # ---- the demo: synthetic data, small models, the whole cycle, then the score table
 DEMO_DATA := data/demo

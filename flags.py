@@ -78,6 +78,12 @@ SHARED = {
     "--budget-min": dict(type=float, help="time budget in minutes, counted from the start of main (default: by "
                          f"the competition's year, {infer_setting('budget_min_by_year')[2024]:g} for BirdCLEF 2024, else "
                          f"{infer_setting('budget_min'):g})"),
+    "--teacher-model": dict(help="the teacher: an ONNX file with Perch v2's signature (make's TEACHER_MODEL; its "
+                            "runtime: onnxruntime)"),
+    "--teacher-mapping": dict(help="the teacher's mapping of our classes to its outputs (<teacher>.mapping.csv, "
+                              "written by make teacher)"),
+    "--teacher-vote": dict(type=float, help="with --teacher-model: its share of each class it covers in the blend "
+                           "(make's TEACHER_VOTE); the classes it does not cover keep the ensemble's"),
     "--pp-weight": dict(type=float, help="neighbour smoothing weight (the write-up's post-processing); 0 disables"),
     "--quick": dict(action="store_true", help="smoke test (make test runs it): tiny data and models, 1 epoch"),
     # generated demos (demo_data.py)

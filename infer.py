@@ -57,6 +57,7 @@ out_file = "submission.csv"
 budget_min_by_year = {2024: 110.0}
 budget_min = 80.0         # any other year, or audio that is not a competition's
 pp_weight = 0.5           # neighbour smoothing weight (0 disables)
+teacher_vote = 0.4        # a teacher's share of a covered class (--teacher-model): 2026's 4th place gave Perch 40 %
 threads = 4               # Kaggle's CPU kernels have 4 vCPUs
 fallback_seconds = 60     # rows of an unreadable file when neither its header nor other files tell its length
 decode_block_seconds = 5  # audio is decoded in blocks: a decoder error mid-file keeps what came before
@@ -496,15 +497,19 @@ def load_ensemble(folder, backend, n_threads, precision="f32"):
 # the run
 
 
-def decode_and_mel(path, front_end):
+def decode_and_mel(path, front_end, keep_waves=False):
     """Decode one file and compute each distinct mel once: (n_windows, {mel_key: mel tensor}, None), or
     (n_windows from the header or None, None, error) when it cannot be decoded. A file that decodes short of its
-    header gets the header's rows: the windows past the damage are zeros."""
+    header gets the header's rows: the windows past the damage are zeros. keep_waves: the 5-s windows themselves
+    under "waves" too (a teacher's input)."""
     try:
         audio = read_audio(path)
         n_windows = max(1, math.ceil(len(audio) / WINDOW_SAMPLES), count_windows(path) or 0)
         windows = torch.from_numpy(windows_of(audio, n_windows))
-        return len(windows), front_end(windows), None
+        mels = front_end(windows)
+        if keep_waves:
+            mels["waves"] = windows.numpy()
+        return len(windows), mels, None
     except Exception as err:
         return count_windows(path), None, f"{type(err).__name__}: {err}"
 
@@ -533,7 +538,57 @@ def drop_over_budget(active, per_model, seconds_so_far, done, remaining, elapsed
 Predictions = namedtuple("Predictions", "probs n_windows used seconds")
 
 
-def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefetch=2, log=True, started=None):
+class TeacherVote:
+    """A teacher's vote in the blend: an ONNX file with Perch v2's signature (`inputs` [B, 160000], 5 s at 32 kHz,
+    as decoded -> `label` logits) and the mapping `make teacher` wrote (<teacher>.mapping.csv: one row per class,
+    its `teacher_index`, -1 where the teacher does not cover it). probs(waves) -> (B, covered classes); the blend
+    gives each covered class (1 - weight) x the ensemble's + weight x the teacher's, the others keep the
+    ensemble's. It counts as the least valuable member: the time budget drops it before any model."""
+
+    name, backend, mel_key = "teacher", "onnx", "waves"
+
+    def __init__(self, model_path, mapping_path, classes, weight, n_threads):
+        if not 0 < weight <= 1:
+            raise InferError(f"--teacher-vote must be in (0, 1], not {weight:g}")
+        if not mapping_path or not os.path.isfile(mapping_path):
+            raise InferError(f"--teacher-mapping {mapping_path} does not exist (make teacher writes "
+                             f"<teacher>.mapping.csv; make kaggle puts it in the upload)")
+        table = pd.read_csv(mapping_path, dtype={"class": str})
+        if "teacher_index" not in table or sorted(table["class"]) != sorted(map(str, classes)):
+            raise InferError(f"{mapping_path} is no teacher mapping of the ensemble's classes (class, teacher_index)")
+        index = dict(zip(table["class"], table["teacher_index"].astype(int)))
+        self.columns = np.array([i for i, c in enumerate(classes) if index[str(c)] >= 0], dtype=np.int64)
+        self.outputs = np.array([index[str(classes[i])] for i in self.columns], dtype=np.int64)
+        self.weight = weight
+        if not os.path.isfile(model_path):
+            raise InferError(f"--teacher-model {model_path} does not exist")
+        try:
+            import onnxruntime as ort
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.log_severity_level = max(1, n_threads), 3
+            self.session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+        except ImportError:
+            raise InferError("the teacher runs on ONNX Runtime: pip install onnxruntime (make kaggle ships its "
+                             "wheel)") from None
+        except Exception as error:
+            raise InferError(f"--teacher-model {model_path} is no ONNX model ONNX Runtime loads "
+                             f"({(str(error).splitlines() or [type(error).__name__])[0][:160]})") from None
+        names = {i.name for i in self.session.get_inputs()}, {o.name for o in self.session.get_outputs()}
+        if "inputs" not in names[0] or "label" not in names[1]:
+            raise InferError(f"--teacher-model {model_path} lacks Perch v2's input 'inputs' or output 'label'")
+
+    def probs(self, waves):
+        logits = self.session.run(["label"], {"inputs": np.ascontiguousarray(waves, dtype=np.float32)})[0]
+        return 1.0 / (1.0 + np.exp(-np.clip(logits[:, self.outputs], -30, 30)))
+
+    def blend(self, ensemble, teacher):
+        out = ensemble.copy()
+        out[:, self.columns] = (1 - self.weight) * ensemble[:, self.columns] + self.weight * teacher
+        return out
+
+
+def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefetch=2, log=True, started=None,
+                  teacher=None):
     """Ensemble probabilities of each file, as Predictions:
     probs {path: (n_windows, classes) array, or None if unreadable}, n_windows {path: rows, None if unknown},
     used (names of the models kept), seconds {name: network seconds}.
@@ -541,6 +596,7 @@ def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefe
     Decoding and mels run in a thread pool ahead of the networks. When `budget_s` is given and the projected
     end (counted from `started`, default now) passes it, the least valuable-for-cost models are dropped
     (their predictions discarded everywhere); past the budget the remaining files get no prediction.
+    teacher (a TeacherVote): blended into the ensemble's mean, before the smoothing; dropped first.
     """
     try:
         from tqdm import tqdm
@@ -548,6 +604,7 @@ def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefe
         def tqdm(x, **_):
             return x
     started = time.time() if started is None else started
+    networks = list(networks) + ([teacher] if teacher is not None else [])  # the teacher last: dropped first
     active = list(networks)
     per_model = {n.name: {} for n in networks}   # name -> {path: probs}
     seconds = {n.name: 0.0 for n in networks}   # network time so far
@@ -557,7 +614,7 @@ def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefe
     # prefetching worker, and more torch threads would contend with the networks' (~6% slower, measured)
     mel_threads = torch.get_num_threads() if any(n.backend == "torch" for n in networks) else 1
     with ThreadPoolExecutor(max(1, prefetch)) as pool, torch_threads(mel_threads):
-        futures = [pool.submit(decode_and_mel, p, front_end) for p in paths[:prefetch]]
+        futures = [pool.submit(decode_and_mel, p, front_end, teacher is not None) for p in paths[:prefetch]]
         # in a log file (not a terminal) a redraw every 30 s, not ten a second
         for i, path in enumerate(tqdm(paths, desc="soundscapes", unit="file", disable=not log,
                                       mininterval=0.1 if sys.stderr.isatty() else 30)):
@@ -565,7 +622,7 @@ def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefe
             n_windows, mel_batches, error = futures[i].result()
             futures[i] = None
             if i + prefetch < len(paths):
-                futures.append(pool.submit(decode_and_mel, paths[i + prefetch], front_end))
+                futures.append(pool.submit(decode_and_mel, paths[i + prefetch], front_end, teacher is not None))
             seconds["prep"] += time.time() - began
             n_windows_of[path] = n_windows
             if error:
@@ -574,8 +631,11 @@ def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefe
             with torch.no_grad():
                 for net in active:
                     t = time.time()
-                    logits = torch.from_numpy(net.logits(mel_batches[net.mel_key]))
-                    per_model[net.name][path] = torch.sigmoid(logits).numpy()
+                    if net is teacher:
+                        per_model[net.name][path] = teacher.probs(mel_batches["waves"])
+                    else:
+                        logits = torch.from_numpy(net.logits(mel_batches[net.mel_key]))
+                        per_model[net.name][path] = torch.sigmoid(logits).numpy()
                     seconds[net.name] += time.time() - t
             if budget_s is not None:
                 done, elapsed = i + 1, time.time() - started
@@ -585,9 +645,16 @@ def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefe
                     for rest in paths[done:]:
                         n_windows_of[rest] = count_windows(rest)
                     break
+    members = [n for n in active if n is not teacher]
     for path in paths:
-        preds = [per_model[n.name][path] for n in active if path in per_model[n.name]]
-        results[path] = smooth_neighbours(np.mean(preds, axis=0), pp) if len(preds) == len(active) else None
+        preds = [per_model[n.name][path] for n in members if path in per_model[n.name]]
+        if len(preds) < len(members) or (teacher in active and path not in per_model[teacher.name]):
+            results[path] = None
+            continue
+        mean = np.mean(preds, axis=0)
+        if teacher in active:
+            mean = teacher.blend(mean, per_model[teacher.name][path])
+        results[path] = smooth_neighbours(mean, pp)
     seconds.pop("prep")
     return Predictions(results, n_windows_of, [n.name for n in active], seconds)
 
@@ -663,6 +730,13 @@ def parse_args(argv):
                    f"2024, else {budget_min:g})")
     p.add_argument("--pp-weight", type=float, default=pp_weight, help="neighbour smoothing weight (the write-up's "
                    "post-processing); 0 disables")
+    p.add_argument("--teacher-model", help="the teacher: an ONNX file with Perch v2's signature (make's "
+                   "TEACHER_MODEL; its runtime: onnxruntime)")
+    p.add_argument("--teacher-mapping", help="the teacher's mapping of our classes to its outputs "
+                   "(<teacher>.mapping.csv, written by make teacher)")
+    p.add_argument("--teacher-vote", type=float, default=teacher_vote, help="with --teacher-model: its share of "
+                   "each class it covers in the blend (make's TEACHER_VOTE); the classes it does not cover keep the "
+                   "ensemble's")
     return p.parse_args(argv)
 
 
@@ -675,13 +749,18 @@ def run(args, started):
     columns, sample_path = sample_submission_columns(audio, args.sample_submission)
     order = check_columns([str(c) for c in read_specs(models)[0]["classes"]], columns, sample_path)
     networks, front_end, classes, _ = load_ensemble(models, args.backend, args.threads, args.precision)
+    teacher = None
+    if args.teacher_model:
+        teacher = TeacherVote(args.teacher_model, args.teacher_mapping, classes, args.teacher_vote, args.threads)
+        print(f"teacher {os.path.basename(args.teacher_model)}: covers {len(teacher.columns)} of {len(classes)} "
+              f"classes, weight {args.teacher_vote:g} (dropped first if the time budget needs it)", flush=True)
     paths = list_audio(audio)
     if not paths:
         warn(f"no audio files in {audio}; writing a submission with no rows")
     budget = args.budget_min if args.budget_min is not None else default_budget_min(audio)
     print(f"time budget {budget:g} minutes", flush=True)
     predictions = predict_files(paths, networks, front_end, budget * 60, args.pp_weight,
-                                started=started)
+                                started=started, teacher=teacher)
     frame = submission_frame(paths, predictions.probs, predictions.n_windows, classes)[["row_id"] + order]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = args.out + ".tmp"

@@ -56,7 +56,10 @@ INFER_CELL = FIND_UPLOAD + '''
 # the upload's infer.py, on the upload's ensemble: writes submission.csv
 infer = {"__name__": "infer_of_upload", "__file__": f"{upload}/infer.py"}
 exec(compile(open(f"{upload}/infer.py").read(), f"{upload}/infer.py", "exec"), infer)
-infer["main"](["--ensemble", f"{upload}/ensemble"])'''
+teacher = sorted(glob.glob(f"{upload}/teacher/*.onnx"))  # the teacher's vote, where the upload has one
+vote = ["--teacher-model", teacher[0], "--teacher-mapping", f"{upload}/teacher/mapping.csv", "--teacher-vote",
+        open(f"{upload}/teacher/weight.txt").read().strip()] if teacher else []
+infer["main"](["--ensemble", f"{upload}/ensemble", *vote])'''
 
 KERNEL_MD = '''# Scoring BirdCLEF offline with this folder
 
@@ -73,9 +76,11 @@ skip this cell and infer.py runs on torch alone). Wheels for Python {python_vers
 {install_cell}
 ```
 
-Cell 2: run this folder's infer.py on its ensemble. Pasting the whole of infer.py into a cell does the same when
-this is the one ensemble attached; a later cell can call `infer["main"](["--budget-min", "60"])` with any of
-`python infer.py --help`'s flags.
+Cell 2: run this folder's infer.py on its ensemble (and, where this folder has a teacher/, the teacher's vote:
+its ONNX file, its mapping of the classes and its weight; infer.py drops it first if time runs short). Pasting
+the whole of infer.py into a cell does the same when this is the one ensemble attached; a later cell can call
+`infer["main"](["--budget-min", "60"])` with any of `python infer.py --help`'s flags, e.g. `--teacher-model` of
+a public Perch v2 ONNX file attached to the notebook, with `--teacher-mapping` of this folder's teacher/.
 
 ```python
 {infer_cell}
@@ -102,13 +107,28 @@ def kernel_markdown(packages, python_version, platform):
                             install_cell=install, infer_cell=INFER_CELL)
 
 
-def write_kaggle_folder(models, out, packages, python_version=python_version, platform=platform):
+def write_kaggle_folder(models, out, packages, python_version=python_version, platform=platform,
+                        teacher=None):
+    """teacher: (model .onnx, mapping .csv, weight) of a teacher's vote, copied into teacher/ (the cell passes
+    them to infer.py), or None."""
     if not os.path.isfile(os.path.join(models, "manifest.json")):
         raise UserError(f"no ensemble in {models} (manifest.json); run make ensemble first")
+    if teacher:
+        for path in teacher[:2]:
+            if not os.path.isfile(path):
+                raise UserError(f"the teacher's file {path} does not exist (make teacher writes the mapping)")
     tmp = out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(models, os.path.join(tmp, "ensemble"))
     shutil.copy2(os.path.join(ROOT, "infer.py"), os.path.join(tmp, "infer.py"))
+    if teacher:  # Perch v2's ONNX file is about 409 MB: the upload holds it once, beside the ensemble
+        os.makedirs(os.path.join(tmp, "teacher"))
+        shutil.copy2(teacher[0], os.path.join(tmp, "teacher", os.path.basename(teacher[0])))
+        shutil.copy2(teacher[1], os.path.join(tmp, "teacher", "mapping.csv"))
+        with open(os.path.join(tmp, "teacher", "weight.txt"), "w") as f:
+            f.write(f"{teacher[2]:g}\n")
+        if packages and "onnxruntime" not in packages:
+            packages = list(packages) + ["onnxruntime"]  # the teacher's runtime
     if packages:
         download_wheels(packages, os.path.join(tmp, "wheels"), python_version, platform)
     with open(os.path.join(tmp, "KERNEL.md"), "w") as f:
@@ -124,9 +144,13 @@ def main():
     p.add_argument("--wheels", default=wheels, help="packages to ship as wheels, space-separated; none skips")
     p.add_argument("--python-version", default=python_version, help="the kernel's Python")
     p.add_argument("--platform", default=platform, help="the kernel's wheel platform tags, comma-separated")
+    add_flag(p, "--teacher-model")  # copied into the upload's teacher/, with its mapping and vote
+    add_flag(p, "--teacher-mapping")
+    add_flag(p, "--teacher-vote", default=infer_setting("teacher_vote"))
     args = p.parse_args()
     packages = [] if args.wheels.strip() in ("", "none") else args.wheels.split()
-    write_kaggle_folder(args.ensemble, args.out, packages, args.python_version, args.platform)
+    teacher = (args.teacher_model, args.teacher_mapping, args.teacher_vote) if args.teacher_model else None
+    write_kaggle_folder(args.ensemble, args.out, packages, args.python_version, args.platform, teacher)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 # How it works, in three parts:
 # - Settings. Each setting below has a default (?=). A cycle goal (prep, roundR, pseudoR, ensemble, kaggle, ...)
 #   records the RECORDED ones in WORK/.settings/run/, one file each; a later call that leaves one out takes the
-#   recorded value, one that gives it takes the given value. Each cycle goal prints one line: every setting, and
-#   whether it was given, recorded or the default.
+#   recorded value, one that gives it takes the given value. Each cycle goal prints the settings (three lines:
+#   each one, and whether it was given, recorded or the default).
 # - Stamps. A step depends on a stamp: a small file in WORK/.settings holding the settings that change its result,
 #   rewritten only when they change. A changed setting reruns exactly the steps that depend on it; THREADS,
 #   DEVICE, GPUS and PY belong to the machine, change no result and are in no stamp.
@@ -23,7 +23,7 @@ endif
 # environment) takes the given value, records it and reruns what it changes. THREADS, DEVICE, GPUS and PY belong to
 # the machine, not the run, and are not recorded. make -n (and -q) write nothing: no record, no stamp.
 RECORDED := DATA MODELS EPOCHS PRETRAINED TRAIN_ARGS PREP_ARGS PL_NORM PL_MEMBERS ROUNDS TEACHER TEACHER_WEIGHT \
-	TEACHER_MODEL TEACHER_LABELS DISTILL
+	TEACHER_MODEL TEACHER_LABELS DISTILL TEACHER_VOTE
 RUN_SETTINGS := $(WORK)/.settings/run
 DRY_RUN := $(findstring n,$(firstword -$(MAKEFLAGS)))$(findstring q,$(firstword -$(MAKEFLAGS)))
 define recall
@@ -65,6 +65,9 @@ TEACHER_LABELS ?=
 # DISTILL=W: every round's models also learn the teacher's embedding of each sample (loss 1 - cosine, weight W,
 # added to the classification loss); 0: off. Needs TEACHER
 DISTILL ?= 0
+# TEACHER_VOTE=W: infer.py (make submission, timing, kaggle) blends TEACHER_MODEL's probabilities of the classes it
+# covers with the ensemble's, weight W; 0: no vote
+TEACHER_VOTE ?= 0
 # what soup.py keeps of a model's saved epochs once its soup is written: all (the default), or soup (only the
 # epochs the soup uses: for a small disk such as Kaggle's 20 GB; the others are deleted)
 KEEP_EPOCHS ?= all
@@ -89,6 +92,10 @@ IDS   := $(shell grep -v '^\#' $(MODELS) 2>/dev/null | tail -n +2 | cut -d, -f1)
 # the cache may live elsewhere (a larger or faster disk: CACHE=/kaggle/temp/cache); prep rebuilds it when missing
 CACHE ?= $(WORK)/cache
 CACHED := $(CACHE)/train_rows.csv
+# the teacher's vote at inference: its ONNX file and the mapping make teacher wrote beside TEACHER
+TEACHER_VOTE_ARGS := $(if $(and $(TEACHER_MODEL),$(filter-out 0 0.0,$(TEACHER_VOTE))),--teacher-model \
+	"$(TEACHER_MODEL)" --teacher-mapping $(basename $(or $(TEACHER),$(WORK)/teacher.npz)).mapping.csv \
+	--teacher-vote $(TEACHER_VOTE))
 # distillation: the teacher's embeddings, beside its labels file (teacher.py writes both)
 DISTILLING := $(if $(and $(TEACHER),$(filter-out 0 0.0,$(DISTILL))),yes)
 TEACHER_EMBEDDINGS := $(if $(TEACHER),$(basename $(TEACHER)).embeddings.npz)
@@ -136,7 +143,9 @@ $(error TEACHER=$(TEACHER) does not exist (make teacher writes $(WORK)/teacher.n
 endif
 $(foreach v,$(RECORDED),$(call record,$(v)))
 ifeq ($(AUTO_ROUND),)
-$(info settings of $(WORK): $(foreach v,$(RECORDED),$(call show,$(v))))
+$(info settings of $(WORK): $(foreach v,$(wordlist 1,5,$(RECORDED)),$(call show,$(v))))
+$(info $(space) $(foreach v,$(wordlist 6,10,$(RECORDED)),$(call show,$(v))))
+$(info $(space) $(foreach v,$(wordlist 11,99,$(RECORDED)),$(call show,$(v))))
 endif
 STAMP.prep := $(call stamp,prep,$(DATA) $(PREP_ARGS))
 $(foreach r,1 2 3,$(foreach i,$(IDS),$(eval STAMP.round$(r)-model$(i) := $(call stamp,round$(r)-model$(i),$(call \

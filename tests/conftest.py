@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import torch
 
@@ -74,26 +75,38 @@ def souped_round(cache_dir, tmp_path_factory):
 
 
 WRITEUP_CYCLE_ROUNDS = 2
+TEACHER_NAMED = 8  # of the cycle's 12 classes, the ones the stand-in teacher knows by scientific name
 
 
 @pytest.fixture(scope="session")
 def writeup_cycle(tmp_path_factory):
     """The suite's one cycle through make, shared by the tests that read its outputs: make ensemble with models.csv
     (the write-up's six models) for 2 epochs and 2 rounds from a weights file, on a tiny dataset in the layout
-    Kaggle ships for 2026 (train.csv, taxonomy.csv, an empty test_soundscapes/), its output written to a log file
-    as a user's `make ensemble ... > log 2>&1` writes it. {data, work, weights, log}: paths; {out}: the log."""
+    Kaggle ships for 2026 (train.csv, taxonomy.csv, an empty test_soundscapes/), with a teacher of Perch v2's
+    signature (a stand-in ONNX file that knows 8 of the classes by name): its labels in the pseudo labels, its
+    embeddings distilled (DISTILL=0.1), its vote at inference (TEACHER_VOTE=0.5). Its output is written to a log
+    file as a user's `make ensemble ... > log 2>&1` writes it. {data, work, weights, teacher_model, log}: paths;
+    {out}: the log."""
     import timm
+    from helpers import perch_labels, perch_stand_in
     root = tmp_path_factory.mktemp("writeup-cycle")
     data, work, log = str(root / "birdclef-2026"), str(root / "work"), str(root / "make.log")
     demo_data.make_demo(data, demo_seed=2, per_species=1, n_unlabeled=2, n_test=1, soundscape_s=10, layout="2026")
+    taxonomy = pd.read_csv(os.path.join(data, "taxonomy.csv"))  # scientific names, 8 of them the teacher's
+    taxonomy["scientific_name"] = [f"Demus {c}" for c in taxonomy["primary_label"]]
+    taxonomy.to_csv(os.path.join(data, "taxonomy.csv"), index=False)
+    teacher_model = perch_stand_in(root / "perch_v2.onnx")
+    teacher_labels = perch_labels(root / "labels.csv", list(taxonomy["scientific_name"][:TEACHER_NAMED]))
     weights = str(root / "b0.pth")  # stands in for make weights' file: the same architecture, no download
     torch.save(timm.create_model("tf_efficientnet_b0.ns_jft_in1k", pretrained=False).state_dict(), weights)
     with open(log, "w") as f:
         code = subprocess.run(["make", "--no-print-directory", "-C", ROOT, f"PY={sys.executable}", "ensemble",
                                f"DATA={data}", f"WORK={work}", "EPOCHS=2", f"ROUNDS={WRITEUP_CYCLE_ROUNDS}",
-                               f"PRETRAINED={weights}", "THREADS=1", "-j2"], stdout=f, stderr=subprocess.STDOUT,
+                               f"PRETRAINED={weights}", "THREADS=1", "-j2", f"TEACHER={work}/teacher.npz",
+                               f"TEACHER_MODEL={teacher_model}", f"TEACHER_LABELS={teacher_labels}", "DISTILL=0.1",
+                               "TEACHER_VOTE=0.5"], stdout=f, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL).returncode
     with open(log, newline="") as f:
         out = f.read()
     assert code == 0, out[-3000:]
-    return dict(data=data, work=work, weights=weights, log=log, out=out)
+    return dict(data=data, work=work, weights=weights, teacher_model=teacher_model, log=log, out=out)

@@ -1,8 +1,11 @@
-"""Helpers shared by test files: running infer.py alone, recognising a one-line error, checking mixed samples."""
+"""Helpers shared by test files: running infer.py alone, recognising a one-line error, checking mixed samples,
+a stand-in of Perch v2 (an ONNX file with its signature) and a labels file in its form."""
 import os
 import shutil
 import subprocess
 import sys
+
+import pandas as pd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,3 +47,43 @@ def count_mixes(dataset, audio, targets, windows, window_targets, epochs, batch=
                 assert torch.equal(target, torch.maximum(ot, torch.from_numpy(window_targets[j])))
                 mixed += 1
     return mixed, total
+
+
+PERCH_LABELS, PERCH_DIM = 14795, 1536
+
+
+def perch_stand_in(path, n_labels=PERCH_LABELS, dim=PERCH_DIM, output_names=("label", "embedding",
+                   "spatial_embedding", "spectrogram")):
+    """An ONNX file with Perch v2's input and outputs, names and shapes: inputs [B, 160000] -> label [B, 14795]
+    (logits), embedding [B, 1536], spatial_embedding [B, 16, 4, 1536], spectrogram [B, 500, 128]; small weights
+    over frame energies, so windows differ."""
+    import torch
+
+    class StandIn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.features, self.spec = torch.nn.Linear(320, 8), torch.nn.Linear(320, 128)
+            self.label, self.embedding = torch.nn.Linear(8, n_labels), torch.nn.Linear(8, dim)
+
+        def forward(self, inputs):
+            frames = inputs.reshape(inputs.shape[0], 500, 320).abs()
+            features = torch.tanh(self.features(frames).mean(1) * 20)
+            embedding = self.embedding(features)
+            return (self.label(features) * 4, embedding, embedding[:, None, None, :].expand(-1, 16, 4, -1),
+                    self.spec(frames))
+
+    import inspect
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    torch.onnx.export(StandIn(), (torch.zeros(2, 160000),), str(path), input_names=["inputs"],
+                      output_names=list(output_names), opset_version=17,
+                      dynamic_axes={n: {0: "batch"} for n in ["inputs", *output_names]}, **legacy)
+    return str(path)
+
+
+def perch_labels(path, names, n_labels=PERCH_LABELS):
+    """A labels file in Perch's form (one column of scientific names under a header), `names` first, then
+    filler species up to n_labels rows."""
+    rows = list(names) + [f"Fillerus species{i}" for i in range(n_labels - len(names))]
+    pd.DataFrame({"inat2024_fsd50k": rows}).to_csv(path, index=False)
+    return str(path)

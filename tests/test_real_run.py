@@ -2,16 +2,19 @@
 suite's shared cycle), its log as a file, then the steps after it (kaggle, submission, timing) that must reuse the
 run's settings and never plan training again."""
 import os
+import re
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from helpers import ROOT
 
 import demo_data
-from conftest import WRITEUP_CYCLE_ROUNDS
+from conftest import TEACHER_NAMED, WRITEUP_CYCLE_ROUNDS
 
 
 def make(*args, dry_run=False):
@@ -32,6 +35,13 @@ def settings_files(work):
     return found
 
 
+def settings_shown(text):
+    """The three lines of settings a cycle goal prints, as one."""
+    lines = text.splitlines()
+    first = [i for i, line in enumerate(lines) if line.startswith("settings of")][0]
+    return " ".join(lines[first:first + 3])
+
+
 def plans_no_work(plan):
     return not any(step in plan for step in ("prep.py", "train.py", "soup.py", "pseudo.py"))
 
@@ -49,9 +59,19 @@ def test_the_write_ups_whole_table_runs_to_its_ensemble(real_run):
     rounds = range(1, WRITEUP_CYCLE_ROUNDS + 1)
     assert all(os.path.exists(os.path.join(real_run["work"], f"round{r}", "model5", "soup.json")) for r in rounds)
     assert "dataset bc24+ without extra recordings" in real_run["out"]  # model 5, on the competition's data
-    line = [s for s in real_run["out"].splitlines() if s.startswith("settings of")][0]
+    line = settings_shown(real_run["out"])
     assert f"DATA={real_run['data']} (given)" in line and "MODELS=models.csv (default)" in line
-    assert "EPOCHS=2 (given)" in line
+    assert "EPOCHS=2 (given)" in line and "DISTILL=0.1 (given)" in line and "TEACHER_VOTE=0.5 (given)" in line
+
+
+def test_a_teacher_of_perch_v2s_signature_labels_and_is_distilled_in_every_round(real_run):
+    """make ensemble TEACHER=... TEACHER_MODEL=... DISTILL=0.1: the teacher ran over the cache (its coverage
+    line), and every model of every round learnt its embeddings (metrics.csv's distillation loss per epoch)."""
+    assert f"perch_v2.onnx covers {TEACHER_NAMED} of 12 classes ({TEACHER_NAMED} exact)" in real_run["out"]
+    for r in range(1, WRITEUP_CYCLE_ROUNDS + 1):
+        for model in range(1, 7):
+            metrics = pd.read_csv(os.path.join(real_run["work"], f"round{r}", f"model{model}", "metrics.csv"))
+            assert list(metrics["epoch"]) == [1, 2] and metrics["distill_loss"].between(0, 2).all()
 
 
 def test_the_cycles_log_reads_top_to_bottom_in_a_file(real_run):
@@ -77,7 +97,7 @@ def test_later_calls_reuse_the_runs_settings_and_plan_no_training(real_run):
     code, plan, err = make("kaggle", f"WORK={work}", dry_run=True)
     assert code == 0, err
     assert plans_no_work(plan) and "kaggle.py" in plan
-    line = [s for s in plan.splitlines() if s.startswith("settings of")][0]
+    line = settings_shown(plan)
     assert f"DATA={real_run['data']} (recorded)" in line and f"PRETRAINED={real_run['weights']} (recorded)" in line
 
     # submission: the downloaded folder's test_soundscapes/ is empty (hidden): one line, before anything runs
@@ -99,6 +119,35 @@ def test_later_calls_reuse_the_runs_settings_and_plan_no_training(real_run):
         rows = pd.read_csv(os.path.join(work, "submission.csv"))
         assert len(rows) == 2 and list(rows.columns[1:]) == [s[0] for s in demo_data.DEMO_SPECIES]
         assert os.path.exists(os.path.join(work, "kaggle", "KERNEL.md"))
+        # the teacher's vote (TEACHER_VOTE=0.5): the covered classes move, the rest and the columns stay
+        assert f"covers {TEACHER_NAMED} of 12 classes, weight 0.5" in out
+        without = os.path.join(work, "without-vote.csv")
+        done = subprocess.run([sys.executable, os.path.join(ROOT, "infer.py"), "--ensemble",
+                               os.path.join(work, "ensemble"), "--audio",
+                               os.path.join(real_run["data"], "test_soundscapes"), "--out", without, "--threads",
+                               "1"], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        plain = pd.read_csv(without)
+        covered = list(rows.columns[1:TEACHER_NAMED + 1])
+        assert list(plain.columns) == list(rows.columns) and list(plain["row_id"]) == list(rows["row_id"])
+        assert not np.allclose(plain[covered].values, rows[covered].values, atol=1e-4)
+        assert np.allclose(plain[rows.columns[TEACHER_NAMED + 1:]].values, rows[rows.columns[TEACHER_NAMED + 1:]].values,
+                           atol=1e-5)
+        # the upload holds the teacher's vote, and its notebook cell scores with it
+        upload = os.path.join(work, "kaggle")
+        assert sorted(os.listdir(os.path.join(upload, "teacher"))) == ["mapping.csv", "perch_v2.onnx", "weight.txt"]
+        kaggle_input = os.path.join(os.path.dirname(work), "kaggle-input")
+        shutil.copytree(upload, os.path.join(kaggle_input, "my-upload"))
+        shutil.copytree(real_run["data"], os.path.join(kaggle_input, "birdclef-2026"))
+        cell = re.findall(r"```python\n(.*?)```", open(os.path.join(upload, "KERNEL.md")).read(), flags=re.S)[1]
+        notebook = os.path.join(os.path.dirname(work), "notebook")
+        os.makedirs(notebook)
+        done = subprocess.run([sys.executable, "-c", cell], cwd=notebook, capture_output=True, text=True,
+                              env=dict(os.environ, BIRDCLEF_KAGGLE_ROOT=kaggle_input, PYTHONPATH=""))
+        assert done.returncode == 0 and "weight 0.5" in done.stdout, done.stderr[-2000:]
+        in_notebook = pd.read_csv(os.path.join(notebook, "submission.csv"))
+        assert list(in_notebook.columns) == list(rows.columns)
+        assert np.allclose(in_notebook.iloc[:, 1:].values, rows.iloc[:, 1:].values, atol=1e-3)
     finally:
         for name in os.listdir(hidden):
             os.remove(os.path.join(real_run["data"], "test_soundscapes", name))

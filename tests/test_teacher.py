@@ -12,6 +12,7 @@ import pytest
 
 import pseudo
 import teacher
+from helpers import PERCH_DIM, perch_labels, perch_stand_in
 from tables import CachePaths
 from errors import UserError
 
@@ -58,10 +59,10 @@ def test_mapping_by_scientific_name_subspecies_synonyms_and_common_names():
              "1139490": ("", "")}                                         # numeric iNat label without a name
     mapping = teacher.map_classes(list(names), names, BIRDNET_LABELS,
                                   synonyms={"Thalassidroma pelagica": "Hydrobates pelagicus"})
-    got = dict(zip(mapping["class"], zip(mapping["birdnet_index"], mapping["how"])))
+    got = dict(zip(mapping["class"], zip(mapping["teacher_index"], mapping["how"])))
     assert got == {"gretit1": (0, "exact"), "whrmun": (1, "species"), "blutit": (2, "common_name"),
                    "stopet": (3, "synonym"), "goldcr": (-1, ""), "1139490": (-1, "")}
-    assert mapping.loc[mapping["class"] == "whrmun", "birdnet_label"].item() == "Lonchura striata_White-rumped Munia"
+    assert mapping.loc[mapping["class"] == "whrmun", "teacher_label"].item() == "Lonchura striata_White-rumped Munia"
 
 
 def test_class_names_from_taxonomy_or_metadata(tmp_path):
@@ -166,7 +167,7 @@ def test_birdnet_ranks_the_right_species_on_real_recordings(tmp_path, capsys):
     pd.DataFrame(columns=["primary_label", "secondary_labels", "filename", "rating"]).to_csv(
         tmp_path / "train_metadata.csv", index=False)
     mapping = teacher.teach(str(tmp_path), str(tmp_path / "t.npz"), soundscapes=str(site), n_threads=2)
-    assert (mapping["birdnet_index"] >= 0).all()
+    assert (mapping["teacher_index"] >= 0).all()
     assert dict(zip(mapping["class"], mapping["how"]))["gretit1"] == "species"  # subspecies -> species
     assert "covers 5 of 5 classes" in capsys.readouterr().out
     labels = np.load(tmp_path / "t.npz")
@@ -225,7 +226,7 @@ def test_cached_windows_are_scored_in_batches_as_one_window_at_a_time(tmp_path):
     got = np.load(tmp_path / "t.npz")["probs"]
     model = teacher.BirdNetModel(teacher.birdnet_files()[0], 2)
     index = teacher.map_classes(["gretit1"], {"gretit1": ("Parus major", "")},
-                                teacher.read_birdnet_labels(teacher.birdnet_files()[1]))["birdnet_index"][0]
+                                teacher.read_birdnet_labels(teacher.birdnet_files()[1]))["teacher_index"][0]
     for row, wave in enumerate(np.load(cache.unlabeled_audio).astype(np.float32)):
         alone = teacher.score_audio(model, teacher.to_birdnet_rate(wave), [5], teacher.overlap)[0]
         assert abs(got[row, 0] - alone[index]) < 1e-4 and got[row, 1] == 0
@@ -252,7 +253,7 @@ def test_demo_teacher_covers_nothing_says_so_changes_no_label_and_embeds_every_w
     embeds every window of the cache (the recordings', the unlabelled ones), in the cache's row order."""
     mapping = teacher.teach(demo_dir, str(tmp_path / "teacher.npz"), cache=cache_dir, n_threads=2)
     printed = capsys.readouterr().out
-    assert (mapping["birdnet_index"] == -1).all() and "covers 0 of" in printed
+    assert (mapping["teacher_index"] == -1).all() and "covers 0 of" in printed
     labels = np.load(tmp_path / "teacher.npz")
     assert not labels["covered"].any() and not labels["probs"].any()
     assert len(labels["probs"]) == len(pd.read_csv(CachePaths(cache_dir).unlabeled_rows))
@@ -286,46 +287,6 @@ def test_birdnets_embedding_is_what_its_classifier_reads():
 
 # ----------------------------------------------------------------------------------------------------------
 # an ONNX teacher with Perch v2's signature: a stand-in, its labels file in Perch's form
-
-PERCH_LABELS, PERCH_DIM = 14795, 1536
-
-
-def perch_stand_in(path, n_labels=PERCH_LABELS, dim=PERCH_DIM, output_names=("label", "embedding",
-                   "spatial_embedding", "spectrogram")):
-    """An ONNX file with Perch v2's input and outputs, names and shapes: inputs [B, 160000] -> label [B, 14795]
-    (logits), embedding [B, 1536], spatial_embedding [B, 16, 4, 1536], spectrogram [B, 500, 128]; small weights
-    over frame energies, so windows differ."""
-    import torch
-
-    class StandIn(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.features, self.spec = torch.nn.Linear(320, 8), torch.nn.Linear(320, 128)
-            self.label, self.embedding = torch.nn.Linear(8, n_labels), torch.nn.Linear(8, dim)
-
-        def forward(self, inputs):
-            frames = inputs.reshape(inputs.shape[0], 500, 320).abs()
-            features = torch.tanh(self.features(frames).mean(1) * 20)
-            embedding = self.embedding(features)
-            return (self.label(features) * 4, embedding, embedding[:, None, None, :].expand(-1, 16, 4, -1),
-                    self.spec(frames))
-
-    import inspect
-    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-    torch.onnx.export(StandIn(), (torch.zeros(2, 160000),), str(path), input_names=["inputs"],
-                      output_names=list(output_names), opset_version=17,
-                      dynamic_axes={n: {0: "batch"} for n in ["inputs", *output_names]}, **legacy)
-    return str(path)
-
-
-def perch_labels(path, names, n_labels=PERCH_LABELS):
-    """A labels file in Perch's form (one column of scientific names under a header), `names` first, then
-    filler species up to n_labels rows."""
-    rows = list(names) + [f"Fillerus species{i}" for i in range(n_labels - len(names))]
-    pd.DataFrame({"inat2024_fsd50k": rows}).to_csv(path, index=False)
-    return str(path)
-
 
 @pytest.fixture(scope="module")
 def perch_files(tmp_path_factory):
@@ -392,8 +353,8 @@ def test_an_onnx_teacher_that_is_wrong_stops_in_one_line_before_any_work(perch_f
              (model, str(tmp_path / "none.csv"), "TEACHER_LABELS")]
     for model_path, labels_path, message in cases:
         done = subprocess.run([sys.executable, os.path.join(ROOT, "teacher.py"), "--data", demo_dir, "--cache",
-                               str(tmp_path / "no-cache"), "--out", str(tmp_path / "t.npz"), "--model", model_path,
-                               "--labels", labels_path], capture_output=True, text=True)
+                               str(tmp_path / "no-cache"), "--out", str(tmp_path / "t.npz"), "--teacher-model",
+                               model_path, "--teacher-labels", labels_path], capture_output=True, text=True)
         assert one_line_error(done) and message in done.stderr, (message, done.stderr[-500:])
     assert not os.path.exists(tmp_path / "t.npz")
 
@@ -408,3 +369,36 @@ def test_perchs_labels_file_is_read_with_or_without_a_header(tmp_path):
     (tmp_path / "c.csv").write_text("code\nx1\nx2\n")
     with pytest.raises(UserError, match="no column of scientific names"):
         teacher.read_teacher_labels(str(tmp_path / "c.csv"))
+
+
+def test_the_teachers_vote_moves_the_classes_it_covers_and_goes_first_under_the_budget(perch_files, demo_dir,
+                                                                                    cache_dir, tiny_ensemble,
+                                                                                    tmp_path):
+    """infer.py alone (nothing of the project importable) with --teacher-model: the covered classes' columns
+    change, the others and the column order stay; a budget too small drops the teacher before any model."""
+    from helpers import one_line_error, run_alone
+    model, root = perch_files
+    data, classes, known = site_with_names(demo_dir, tmp_path)
+    labels = perch_labels(root / "labels-vote.csv", known)
+    teacher.teach(data, str(tmp_path / "teacher.npz"), cache=cache_dir, n_threads=2, model_path=model,
+                  labels_path=labels)
+    mapping = str(tmp_path / "teacher.mapping.csv")
+    audio = os.path.join(demo_dir, "test_soundscapes")
+    common_args = ["--ensemble", tiny_ensemble, "--audio", audio, "--backend", "torch", "--threads", "2"]
+    alone = run_alone(tmp_path, *common_args, "--out", str(tmp_path / "alone.csv"))
+    voted = run_alone(tmp_path, *common_args, "--out", str(tmp_path / "voted.csv"), "--teacher-model", model,
+                      "--teacher-mapping", mapping, "--teacher-vote", "0.5")
+    assert alone.returncode == 0 and voted.returncode == 0, voted.stderr[-2000:]
+    assert "covers 8 of 12 classes, weight 0.5" in voted.stdout
+    a, b = pd.read_csv(tmp_path / "alone.csv"), pd.read_csv(tmp_path / "voted.csv")
+    assert list(a.columns) == list(b.columns) and list(a["row_id"]) == list(b["row_id"])
+    covered = classes[:8]
+    assert not np.allclose(a[covered].values, b[covered].values, atol=1e-4)
+    assert np.allclose(a[classes[8:]].values, b[classes[8:]].values, atol=1e-6)
+    tight = run_alone(tmp_path, *common_args, "--out", str(tmp_path / "tight.csv"), "--teacher-model", model,
+                      "--teacher-mapping", mapping, "--budget-min", "0.0001")
+    drops = [line for line in tight.stderr.splitlines() if "dropping model" in line]
+    assert tight.returncode == 0 and drops and "dropping model teacher" in drops[0], tight.stderr[-1500:]
+    bad = run_alone(tmp_path, *common_args, "--out", str(tmp_path / "bad.csv"), "--teacher-model", model,
+                    "--teacher-mapping", str(tmp_path / "none.csv"))
+    assert one_line_error(bad) and "--teacher-mapping" in bad.stderr and not (tmp_path / "bad.csv").exists()
