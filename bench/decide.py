@@ -35,6 +35,7 @@ import os
 import re
 import shlex
 import shutil
+import threading
 import subprocess
 import sys
 import time
@@ -74,7 +75,12 @@ RECIPES = {  # name: (models table, train.py arguments, rounds, pseudo-label nor
     # make demo's recipe with no speech detector (on demos with --speech-share: what the detector wins back); a
     # recipe that sets PREP_ARGS preps a cache of its own
     "demo-nospeech": ("models-demo.csv", "--preset demo", 3, "floor", "PREP_ARGS='--speech off'"),
+    # what distilling a teacher's embeddings is worth: BirdNET as the teacher of both (TEACHER=birdnet: the
+    # demo's cache labelled and embedded by teacher.py once), the same labels, distilled or not
+    "demo-taught": ("models-demo.csv", "--preset demo", 3, "floor", "TEACHER=birdnet"),
+    "demo-distill": ("models-demo.csv", "--preset demo", 3, "floor", "TEACHER=birdnet DISTILL=0.1"),
 }
+ASKED_FOR_BY_NAME = ("demo-nospeech", "demo-taught", "demo-distill")  # not in the default --recipes
 BASELINE = "baseline"       # the one-file script itself: round 1 and one pseudo-label round
 
 
@@ -162,7 +168,8 @@ def run_recipe(name, recipes, data, cache, seed, args, threads):
     command = ["make", "--no-print-directory", "-C", ROOT, f"round{rounds}", f"DATA={data}", f"WORK={out}",
                f"MODELS={models}", f"EPOCHS={args.epochs}", "PRETRAINED=none", f"PL_NORM={pl_norm}",
                f"THREADS={threads}", "DEVICE=cpu", f"PY={sys.executable}",
-               "TRAIN_ARGS=" + " ".join([train_args, "--seed", str(seed)] + extra)] + shlex.split(make_variables)
+               "TRAIN_ARGS=" + " ".join([train_args, "--seed", str(seed)] + extra)] + \
+        [teacher_for(v, data, cache, threads) for v in shlex.split(make_variables)]
     with open(out + ".log", "a") as log:
         if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode:
             raise UserError(f"{name} seed {seed} on {data}: make failed (see {out}.log)")
@@ -183,6 +190,22 @@ def run_recipe(name, recipes, data, cache, seed, args, threads):
     metrics = glob.glob(os.path.join(out, "round*", "model*", "metrics.csv"))
     minutes = sum(pd.read_csv(f)["seconds"].sum() for f in metrics) / 60
     return results, minutes
+
+
+TEACHERS_MADE = threading.Lock()  # runs side by side share a demo's teacher file: made once
+
+
+def teacher_for(variable, data, cache, threads):
+    """A make variable as given, but TEACHER=birdnet: BirdNET's labels and embeddings of the demo's cache
+    (teacher.py, made once per demo cache), as TEACHER=<that file>."""
+    if variable != "TEACHER=birdnet":
+        return variable
+    import teacher
+    path = os.path.join(os.path.dirname(cache), "teacher-birdnet.npz")
+    with TEACHERS_MADE:
+        if not os.path.isfile(teacher.embeddings_path(path)):
+            teacher.teach(data, path, cache=cache, n_threads=threads)
+    return f"TEACHER={path}"
 
 
 def held_out_fields(site, make_variables):
@@ -476,7 +499,7 @@ def without_a_missing_baseline(names, script):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_flag(p, "--work", default=work)
-    p.add_argument("--recipes", default=",".join([r for r in RECIPES if r != "demo-nospeech"] + [BASELINE]),
+    p.add_argument("--recipes", default=",".join([r for r in RECIPES if r not in ASKED_FOR_BY_NAME] + [BASELINE]),
                    help="comma-separated, from: "
                    + ", ".join(list(RECIPES) + [BASELINE]) + " and --add-recipe names")
     p.add_argument("--add-recipe", dest="tries", action="append", default=[],

@@ -302,3 +302,27 @@ def test_decide_links_the_rounds_another_recipe_trained_alike(tmp_path):
     decide.reuse_rounds("raw", recipes, str(raw), 1)
     assert (raw / "round1").is_dir() and not (raw / "round2").exists() and not (raw / "pseudo1.npz").exists()
 
+
+
+def test_decide_makes_a_demos_teacher_once_for_the_recipes_that_ask_for_it(tmp_path, monkeypatch):
+    """TEACHER=birdnet in a recipe's make variables: teacher.py labels and embeds the demo's cache once, and the
+    variable names that file; the distillation recipes differ from their base in DISTILL alone."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import decide
+    import teacher
+    made = []
+
+    def fake_teach(data, out, cache=None, n_threads=1, **_):
+        made.append(out)
+        open(teacher.embeddings_path(out), "w").close()
+    monkeypatch.setattr(teacher, "teach", fake_teach)
+    cache = str(tmp_path / "demo1" / "cache")
+    os.makedirs(cache)
+    first = decide.teacher_for("TEACHER=birdnet", "data", cache, 2)
+    again = decide.teacher_for("TEACHER=birdnet", "data", cache, 2)
+    assert first == again == f"TEACHER={tmp_path / 'demo1' / 'teacher-birdnet.npz'}" and len(made) == 1
+    assert decide.teacher_for("DISTILL=0.1", "data", cache, 2) == "DISTILL=0.1"
+    taught, distill = decide.RECIPES["demo-taught"], decide.RECIPES["demo-distill"]
+    assert taught[:4] == distill[:4] and distill[4] == taught[4] + " DISTILL=0.1"
+    assert decide.shared_rounds(taught, distill) == 0  # distillation changes every round
+    assert "demo-distill" not in decide.parse_args([]).recipes
