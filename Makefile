@@ -25,12 +25,12 @@ $(WEIGHTS): | $(SETUP)
 	$(PY) -c "import weights, sys; weights.save_writeup_weights(sys.argv[1])" $@
 
 prep: $(CACHED)
-$(CACHED): $(STAMP.prep) | $(SETUP) $(if $(TEACHER_MODEL),teacher-check)
+$(CACHED): $(STAMP.prep) | $(SETUP) $(if $(and $(TEACHER_MODEL),$(if $(wildcard $(CACHED)),,new)),teacher-check)
 	$(PY) prep.py --data "$(DATA)" --out $(CACHE) --threads $(THREADS) $(PREP_ARGS)
 
 # round R, model ID: train (resumable) then soup + export; a round's ensemble bundles its soups
 define MODEL
-$(WORK)/round$(1)/model$(2)/soup.json: $(CACHED) $(LABELS_FOR_ROUND_$(1)) $(if $(DISTILLING),$(TEACHER_EMBEDDINGS)) \
+$(WORK)/round$(1)/model$(2)/soup.json: $(CACHED) $(LABELS_FOR_ROUND_$(1)) $(if $(DISTILLING),$(TEACHER)) \
 	$(STAMP.round$(1)-model$(2)) | $(SETUP)
 	$(PY) train.py --model $(2) --round $(1) --models $(MODELS) --cache $(CACHE) --work $(WORK) --epochs $(EPOCHS) \
 		--threads $(THREADS) --device $(DEVICE) $(if $(LABELS_FOR_ROUND_$(1)),--pseudo $(LABELS_FOR_ROUND_$(1))) \
@@ -71,9 +71,8 @@ teacher: $(WORK)/teacher.npz
 $(WORK)/teacher.npz: $(CACHED) $(STAMP.teacher) | $(SETUP_TEACHER)
 	$(PY) teacher.py --data "$(DATA)" --cache $(CACHE) --out $@ --threads $(THREADS) \
 		$(if $(TEACHER_MODEL),--teacher-model "$(TEACHER_MODEL)" --teacher-labels "$(TEACHER_LABELS)")
-$(WORK)/teacher.embeddings.npz: $(WORK)/teacher.npz
-	@test -f $@ || { echo "$@ is missing: make teacher again (rm $<)"; exit 1; }
-# TEACHER_MODEL and TEACHER_LABELS are checked before prep runs (a wrong file stops in one line)
+# TEACHER_MODEL and TEACHER_LABELS are checked before a first prep runs (a wrong file stops in one line; later,
+# teacher.py checks them before it reads the cache); the embeddings are written with TEACHER, beside it
 teacher-check: | $(SETUP_TEACHER)
 	@$(PY) teacher.py --check --data "$(DATA)" --out $(WORK)/teacher.npz --teacher-model "$(TEACHER_MODEL)" \
 		--teacher-labels "$(TEACHER_LABELS)"
