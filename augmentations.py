@@ -165,6 +165,7 @@ class AugmentChances:
     flip: float = 0.5
     coarse_dropout: float = 0.3
     mixup: float = 0.5
+    # time and frequency stretch: of segments of the image (local) or of the whole of it (global)
     local_stretch: float = 0.3
     global_stretch: float = 0.3
 
