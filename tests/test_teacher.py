@@ -2,6 +2,7 @@
 the blend, the demo (0 classes covered: nothing changes), and BirdNET on real recordings that packages ship."""
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -354,11 +355,14 @@ def test_an_onnx_teacher_that_is_wrong_stops_in_one_line_before_any_work(perch_f
              (renamed, labels, "lacks label"),
              (model, short, "has 100 labels, the model's `label` output 14795"),
              (model, str(tmp_path / "none.csv"), "TEACHER_LABELS")]
-    for model_path, labels_path, message in cases:
-        done = subprocess.run([sys.executable, os.path.join(ROOT, "teacher.py"), "--data", demo_dir, "--cache",
-                               str(tmp_path / "no-cache"), "--out", str(tmp_path / "t.npz"), "--teacher-model",
-                               model_path, "--teacher-labels", labels_path], capture_output=True, text=True)
-        assert one_line_error(done) and message in done.stderr, (message, done.stderr[-500:])
+    for model_path, labels_path, message in cases:  # each before the cache (there is none) is read
+        with pytest.raises(UserError, match=re.escape(message)):
+            teacher.teach(demo_dir, str(tmp_path / "t.npz"), cache=str(tmp_path / "no-cache"),
+                          model_path=model_path, labels_path=labels_path)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "teacher.py"), "--check", "--data", demo_dir,
+                           "--out", str(tmp_path / "t.npz"), "--teacher-model", model, "--teacher-labels", short],
+                          capture_output=True, text=True)  # make's check before prep: one line
+    assert one_line_error(done) and "has 100 labels" in done.stderr, done.stderr[-500:]
     assert not os.path.exists(tmp_path / "t.npz")
 
 
