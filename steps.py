@@ -128,10 +128,10 @@ def device_step(run, waves, targets, generator, shift_samples, loss_function, am
         if getattr(run, "distill", 0):  # targets: the labels, then the teacher's embedding (TrainingSet)
             logits, projected = run.trained(images, project=True)
             n = logits.shape[1]
-            # kept on the run: the epoch sums it (a graph replay refreshes this very tensor)
             distilled = distillation_loss(projected, targets[:, n:])
             loss = loss_function(logits, targets[:, :n]) + run.distill * distilled
-            run.distill_loss = distilled.detach()  # shares its storage: a graph replay refreshes it
+            # kept on the run for the epoch's sum; detach shares the storage, so a graph replay refreshes it
+            run.distill_loss = distilled.detach()
         else:
             loss = loss_function(run.trained(images), targets)
     run.optimizer.zero_grad(set_to_none=True)
