@@ -2,7 +2,8 @@
 of the write-up's whole 3-round cycle. Accuracy means nothing here: the data are links to a few recordings.
 
     python bench/scale.py --threads 2            # 24,459 training rows, 182 classes, 8,444 4-min soundscapes
-    python bench/scale.py --quick                # a small version (the fastest backend only), for the tests
+    python bench/scale.py --quick                # a small version (fastest backend, one step per size), for tests
+    python bench/scale.py --models models-demo.csv   # another models table's cycle
     make bench-scale
 
 Builds, under --root (default a temporary folder, removed after), a BirdCLEF 2024 layout whose training rows
@@ -12,8 +13,9 @@ once; then measures, each as its own process where memory matters:
   with the number of soundscapes);
 - a training step (mel, augmentations, forward, backward) in samples/s for a 64x128 and a 256x256 model
   (bench/train_speed.py's), and the loader on the real cache;
-- pseudo-labelling seconds per 1,000 cached windows with the write-up's six models (random weights) for each
-  installed backend, and pseudo.py's peak RSS on the caches of both sizes (with one small model).
+- pseudo-labelling seconds per 1,000 cached windows with the write-up's six models (random weights; --models:
+  another table's) for each installed backend, and pseudo.py's peak RSS on the caches of both sizes (with one
+  small model).
 Prints the projected time of every step of the cycle with the write-up's settings (50 epochs, batch 64).
 """
 import argparse
@@ -100,9 +102,9 @@ def folder_gb(folder):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files) / 1e9
 
 
-def writeup_ensemble(folder, classes):
-    """The write-up's six models (models.csv), random weights, exported for infer.py's engine."""
-    table = read_models_table(os.path.join(ROOT, "models.csv"))
+def writeup_ensemble(folder, classes, models="models.csv"):
+    """The models of a models table (the write-up's six), random weights, exported for infer.py's engine."""
+    table = read_models_table(os.path.join(ROOT, models))
     for model_id, row in table.iterrows():
         torch.manual_seed(int(model_id))
         export_artifact(MelEfficientNet(len(classes), int(row["image_height"]), int(row["image_width"])),
@@ -110,6 +112,10 @@ def writeup_ensemble(folder, classes):
                         f"model{model_id}", value=0.7)
     save_json(infer.ensemble_manifest([f"model{i}" for i in table.index]), os.path.join(folder, "manifest.json"))
     return table
+
+
+def models_count(table):
+    return f"{len(table)} model{'s' if len(table) > 1 else ''}"
 
 
 def measure_prep(root, size, threads, figures):
@@ -128,10 +134,11 @@ def measure_prep(root, size, threads, figures):
     return caches
 
 
-def measure_training(cache, classes):
-    """(64x128 samples/s, 256x256 samples/s, the loader's samples/s on the real cache)."""
-    small = train_speed(64, 128, 64, 1024, 64, 3, len(classes))
-    large = train_speed(256, 256, 128, 512, 16, 2, len(classes))
+def measure_training(cache, classes, quick=False):
+    """(64x128 samples/s, 256x256 samples/s, the loader's samples/s on the real cache); quick: one small batch
+    per size."""
+    small = train_speed(64, 128, 64, 1024, *((8, 1) if quick else (64, 3)), len(classes))
+    large = train_speed(256, 256, 128, 512, *((4, 1) if quick else (16, 2)), len(classes))
     rows = read_rows(cache.rows)
     dataset = TrainingSet(np.load(cache.audio, mmap_mode="r"), target_matrix(rows, classes), np.arange(len(rows)))
     began, seen = time.perf_counter(), 0
@@ -145,14 +152,14 @@ def measure_training(cache, classes):
     return small, large, loader
 
 
-def measure_pseudo(root, caches, classes, windows, threads, figures, every_backend=True):
-    """Seconds per 1,000 windows of the write-up's six models per backend (every_backend=False: the fastest
-    installed only), and pseudo.py's time and memory at both sizes (one small model) into figures. Returns
-    ({backend: s per 1,000}, the models table)."""
+def measure_pseudo(root, caches, classes, windows, threads, figures, every_backend=True, models="models.csv"):
+    """Seconds per 1,000 windows of the table's models (--models: the write-up's six) per backend
+    (every_backend=False: the fastest installed only), and pseudo.py's time and memory at both sizes (one small
+    model) into figures. Returns ({backend: s per 1,000}, the models table)."""
     cache = CachePaths(caches["full"])
     n_windows = len(np.load(cache.unlabeled_audio, mmap_mode="r"))
     ensemble = os.path.join(root, "ensemble")
-    table = writeup_ensemble(ensemble, classes)
+    table = writeup_ensemble(ensemble, classes, models)
     rows_timed = np.arange(min(windows, n_windows))
     per_1000 = {}
     backends = infer.available_backends(ensemble, infer.read_specs(ensemble))
@@ -162,7 +169,8 @@ def measure_pseudo(root, caches, classes, windows, threads, figures, every_backe
         began = time.perf_counter()
         pseudo.label_windows(engine, cache.unlabeled_audio, rows_timed, show=False)
         per_1000[backend] = (time.perf_counter() - began) / len(rows_timed) * 1000
-        print(f"pseudo-labelling, six models, {backend}: {per_1000[backend]:.1f} s per 1,000 windows", flush=True)
+        print(f"pseudo-labelling, {models_count(table)}, {backend}: {per_1000[backend]:.1f} s per 1,000 windows",
+              flush=True)
     tiny = os.path.join(root, "tiny-ensemble")  # pseudo.py's memory at both sizes, with one small model
     export_artifact(MelEfficientNet(len(classes), 64, 64), MelSettings(n_mels=64, hop_length=1024), classes, tiny,
                     "m")
@@ -179,7 +187,7 @@ def measure_pseudo(root, caches, classes, windows, threads, figures, every_backe
 
 
 def project(table, small, large, per_1000, n_windows, rows, prep_seconds):
-    """[(step, seconds)] of the write-up's cycle: 3 rounds x 6 models x 50 epochs over the training rows, 2
+    """[(step, seconds)] of the write-up's cycle: 3 rounds x the table's models x 50 epochs over the training rows, 2
     pseudo-label rounds; seconds per sample interpolated by image pixels between the two measured sizes."""
     epochs = 50
     per_sample = {}
@@ -194,7 +202,7 @@ def project(table, small, large, per_1000, n_windows, rows, prep_seconds):
             steps.append((f"round {r} model {model_id} ({h}x{w}), {epochs} epochs",
                           epochs * rows * 0.8 * per_sample[(h, w)]))
         if r < 3:
-            steps.append((f"pseudo{r}: {n_windows:,} windows, six models, {fastest}",
+            steps.append((f"pseudo{r}: {n_windows:,} windows, {models_count(table)}, {fastest}",
                           n_windows * per_1000[fastest] / 1000))
     return steps
 
@@ -203,6 +211,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_flag(p, "--threads", default=os.cpu_count() or 2)
     add_flag(p, "--quick")
+    p.add_argument("--models", default="models.csv", help="the models table whose cycle is timed and projected")
     p.add_argument("--root", help="folder to build in (kept); default: a temporary folder, removed after")
     p.add_argument("--windows", type=int, default=200, help="cached windows timed per pseudo-label backend")
     args = p.parse_args()
@@ -214,9 +223,9 @@ def main():
         caches = measure_prep(root, size, args.threads, figures)
         cache = CachePaths(caches["full"])
         classes = load_classes(cache.classes)
-        small, large, _ = measure_training(cache, classes)
+        small, large, _ = measure_training(cache, classes, args.quick)
         per_1000, table, n_windows = measure_pseudo(root, caches, classes, args.windows, args.threads, figures,
-                                                    every_backend=not args.quick)
+                                                    every_backend=not args.quick, models=args.models)
     finally:
         if not args.root:
             shutil.rmtree(root, ignore_errors=True)

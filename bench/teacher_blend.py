@@ -21,6 +21,14 @@ is scored against the true labels over the covered classes (the only labels a bl
 cMAP, the squared error and the mean label on positive and on negative windows (training takes the labels'
 values, not only their order), the AUC per covered class, and the AUC over all classes. Needs the teacher
 extras (requirements-teacher.txt) and pykanto (pip install --no-deps pykanto).
+
+Then distillation on the same site (--distill W, 0: skip): for each training seed, the round-1 ensemble is trained
+twice, without and with train.py --distill W (BirdNET's embeddings of the cached windows, which teacher.py wrote
+beside its labels), and each is scored on the site's windows by the ensemble alone: macro AUC over all classes,
+over the real birds and over the synthetic species. The paired differences (with - without, one pair per seed)
+get bench/decide.py's verdict: helps or hurts only beyond the noise of their median.
+
+    python bench/teacher_blend.py --distill 0.1 --seeds 1,2,3
 """
 import argparse
 import glob
@@ -56,6 +64,8 @@ per_species = 30          # demo training recordings per synthetic species
 n_soundscapes = 40        # one-minute site soundscapes
 call_chance = 0.35        # per soundscape and real species: a call pasted into one of its windows
 weights = (0.0, 0.25, 0.5, 0.75, 1.0)
+distill = 0.0             # DISTILL held against none on the site (0: not run)
+seeds = "1,2,3"           # training seeds of that comparison
 
 # class, scientific name, common name, pykanto folder, training files (glob), site files (glob)
 REAL_SPECIES = [
@@ -141,8 +151,9 @@ def build_site(site, args):
     return labels_path
 
 
-def train_ensemble(work_dir, cache, args):
-    """Round 1 of the demo's models table (the demo's preset), souped and bundled; returns the ensemble folder."""
+def train_ensemble(work_dir, cache, args, extra=()):
+    """Round 1 of the demo's models table (the demo's preset and `extra` train.py flags), souped and bundled in
+    work_dir; returns the ensemble folder."""
     ensemble = os.path.join(work_dir, "ensemble")
     if os.path.isfile(os.path.join(ensemble, "manifest.json")):
         return ensemble
@@ -153,7 +164,7 @@ def train_ensemble(work_dir, cache, args):
         model_dir = os.path.join(work_dir, f"model{row}")
         for command in ([sys.executable, "train.py", "--model", str(row), "--models", args.models, "--preset", "demo",
                          "--cache", cache, "--out-dir", model_dir, "--epochs", str(args.epochs), "--threads",
-                         str(max(1, args.threads // jobs))],
+                         str(max(1, args.threads // jobs)), *extra],
                         [sys.executable, "soup.py", "--model-dir", model_dir, "--cache", cache, "--threads",
                          str(max(1, args.threads // jobs))]):
             if subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL).returncode:
@@ -170,6 +181,59 @@ def score(probs, truth, columns):
     return macro_roc_auc(truth[:, columns], probs[:, columns]), cmap(truth[:, columns], probs[:, columns]), per_class
 
 
+def site_truth(labels, labels_path):
+    """The true labels (rows of a pseudo-label file `labels`, its classes as columns) from the site's labels CSV."""
+    row_ids = [f"{os.path.splitext(os.path.basename(p))[0]}_{e}"
+               for p, e in zip(labels["paths"], labels["end_seconds"])]
+    return pd.read_csv(labels_path).set_index("row_id").loc[row_ids, list(labels["classes"])].to_numpy()
+
+
+def distillation_runs(args, cache, teacher_path, labels_path):
+    """Per seed, the round-1 ensemble without and with --distill, scored on the site's windows: a frame of seed,
+    distill, all_auc, real_auc (REAL_SPECIES), synthetic_auc."""
+    embeddings = teacher.embeddings_path(teacher_path)
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for weight in (0.0, args.distill):
+            folder = os.path.join(args.work, f"distill{weight:g}-seed{seed}")
+            extra = ["--seed", str(seed)] + (["--distill", f"{weight:g}", "--teacher-embeddings", embeddings]
+                                             if weight else [])
+            began = time.time()
+            ensemble = train_ensemble(folder, cache, args, extra)
+            out = os.path.join(folder, "labels.npz")
+            if not os.path.isfile(out):
+                pseudo.pseudo_label(ensemble, cache, out, n_threads=args.threads)
+            labels = np.load(out)
+            truth, probs, classes = site_truth(labels, labels_path), labels["probs"], list(labels["classes"])
+            real = [classes.index(s[0]) for s in REAL_SPECIES]
+            synthetic = [c for c in range(len(classes)) if c not in real]
+            rows.append(dict(seed=seed, distill=weight, all_auc=macro_roc_auc(truth, probs),
+                             real_auc=macro_roc_auc(truth[:, real], probs[:, real]),
+                             synthetic_auc=macro_roc_auc(truth[:, synthetic], probs[:, synthetic])))
+            print(f"seed {seed}, distill {weight:g}: AUC {rows[-1]['all_auc']:.4f} (real birds "
+                  f"{rows[-1]['real_auc']:.4f}), {(time.time() - began) / 60:.1f} min", flush=True)
+    return pd.DataFrame(rows)
+
+
+def distillation_table(runs):
+    """Medians of each column without and with distillation, and the paired differences' median, min-max and
+    decide.py's verdict (one pair per seed, on one site)."""
+    from decide import median_noise, verdict
+    without, taught = (runs[runs.distill == w].set_index("seed") for w in (0.0, runs.distill.max()))
+    lines = [f"| AUC on the site's windows | no distillation | DISTILL={runs.distill.max():g} | median difference | "
+             "noise of the median | min-max | pairs above 0 | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for column, name in (("all_auc", "all classes"), ("real_auc", "the real birds"),
+                         ("synthetic_auc", "the synthetic species")):
+        both = without.index.intersection(taught.index)
+        differences = (taught.loc[both, column] - without.loc[both, column]).values
+        same_site = [1] * len(differences)
+        lines.append(f"| {name} | {without[column].median():.4f} | {taught[column].median():.4f} | "
+                     f"{np.median(differences):+.4f} | {median_noise(differences, same_site):.4f} | "
+                     f"{differences.min():+.4f} to {differences.max():+.4f} | {(differences > 0).sum()} of "
+                     f"{len(differences)} | {verdict(differences, same_site)} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_flag(p, "--work", default=work)
@@ -180,6 +244,9 @@ def main(argv=None):
     p.add_argument("--call-chance", type=float, default=call_chance, help="chance of a real call per soundscape "
                    "and species")
     add_flag(p, "--threads", default=os.cpu_count() or 2)
+    p.add_argument("--distill", type=float, default=distill, help="also train each seed's ensemble with this "
+                   "DISTILL (BirdNET's embeddings) and without, and score both on the site (0: not run)")
+    add_flag(p, "--seeds", default=seeds)
     args = p.parse_args(argv)
     began = time.time()
     teacher.birdnet_files()  # fails early, with how to install, when BirdNET is missing
@@ -197,8 +264,7 @@ def main(argv=None):
 
     labels = np.load(alone)
     classes, paths, ends = list(labels["classes"]), list(labels["paths"]), list(labels["end_seconds"])
-    row_ids = [f"{os.path.splitext(os.path.basename(p))[0]}_{e}" for p, e in zip(paths, ends)]
-    truth = pd.read_csv(labels_path).set_index("row_id").loc[row_ids, classes].to_numpy()
+    truth = site_truth(labels, labels_path)
     found, aligned, covered = pseudo.read_teacher(teacher_path, classes)  # the teacher's labels, on our classes
     teacher_probs = aligned[[found[(str(p), int(e))] for p, e in zip(paths, ends)]]  # and on our rows
     columns = list(np.flatnonzero(covered))
@@ -225,10 +291,16 @@ def main(argv=None):
     table = pd.DataFrame(rows)
     table.to_csv(os.path.join(args.work, "blend.csv"), index=False)
     positives = {str(classes[c]): int(truth[:, c].sum()) for c in columns}
-    print(f"\n{len(row_ids)} site windows; covered classes and their positive windows: {positives}; ensemble of "
+    print(f"\n{len(truth)} site windows; covered classes and their positive windows: {positives}; ensemble of "
           f"{args.models}'s round-1 models ({args.epochs} epochs); {(time.time() - began) / 60:.1f} min")
     with pd.option_context("display.width", 200):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.distill:
+        runs = distillation_runs(args, cache, teacher_path, labels_path)
+        runs.to_csv(os.path.join(args.work, "distill.csv"), index=False)
+        print(f"\ndistillation from BirdNET's embeddings on the site, {args.models}'s round-1 models "
+              f"({args.epochs} epochs), training seeds {args.seeds}; {(time.time() - began) / 60:.1f} min in all")
+        print(distillation_table(runs))
 
 
 if __name__ == "__main__":

@@ -357,13 +357,15 @@ def test_torchrun_pseudo_labels_equal_a_single_process(cache_dir, tiny_ensemble,
 
 
 def test_bench_scale_quick_runs_to_the_end(tmp_path):
+    """bench/scale.py --quick with a one-model table: every step measured, the cycle projected for that table."""
     result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "scale.py"), "--quick", "--threads", "2",
-                             "--windows", "24", "--root", str(tmp_path / "scale")], capture_output=True, text=True,
-                            timeout=600)
+                             "--windows", "24", "--root", str(tmp_path / "scale"), "--models",
+                             "bench/models-baseline.csv"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "prep full: 80 rows, 8 soundscapes" in out and "prep quarter: 20 rows, 2 soundscapes" in out
-    assert "| whole cycle |" in out and "pseudo_round_min=" in out
+    assert "| whole cycle |" in out and "pseudo_round_min=" in out and "pseudo-labelling, 1 model," in out
+    assert "| round 3 model 1 (64x128), 50 epochs |" in out and "model 2" not in out
     cached = len(pd.read_csv(CachePaths(str(tmp_path / "scale" / "cache-full")).unlabeled_rows))
     assert cached == 8 * 48  # every window of 8 four-minute soundscapes (under the default cap)
     labels = np.load(tmp_path / "scale" / "pseudo-full.npz")

@@ -26,7 +26,7 @@ FAKE_PYTHON = textwrap.dedent("""\
         import devices
         gpu, lock = devices.claim_gpu(flag("--gpus"))
         began = time.time()
-        time.sleep({{"1": 5, "2": 5, "3": 2.5}}.get(flag("--model"), 1.5))
+        time.sleep({{"1": 2.5, "2": 2.5, "3": 1.2}}.get(flag("--model"), 0.7))
         with open(os.path.join({log!r}, f"model{{flag('--model')}}.json"), "w") as f:
             json.dump(dict(gpu=gpu, start=began, end=time.time(), threads=flag("--threads")), f)
     elif script == "soup.py" and args[0] != "bundle":

@@ -207,7 +207,7 @@ def test_decide_quick_runs_cycles_beside_the_baseline(tmp_path, capsys):
     command = [sys.executable, os.path.join(ROOT, "bench", "decide.py"), "--quick", "--work", work, "--threads",
                "2", "--recipes", recipes + (",nospeech1" if speech else "")] \
         + (["--speech-share", "0.5", "--add-recipe",
-            "nospeech1=models-demo.csv|--preset demo|1|floor|PREP_ARGS='--speech off'"] if speech else [])
+            "nospeech1=bench/models-baseline.csv|--preset baseline|1|floor|PREP_ARGS='--speech off'"] if speech else [])
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     runs = pd.read_csv(os.path.join(work, "runs.csv"))

@@ -247,6 +247,23 @@ def test_blend_bench_cuts_training_pieces_and_site_calls():
     assert len(short) == 1 and len(short[0]) == 3 * rate and short[0].max() == 1.0  # a short clip whole
 
 
+def test_blend_bench_pairs_distillation_with_none_by_seed():
+    """The distillation table: medians of each side, the paired differences per seed and decide.py's verdict."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import teacher_blend
+    runs = pd.DataFrame([dict(seed=s, distill=w, all_auc=0.80 + 0.01 * s + (0.03 if w else 0.0),
+                              real_auc=0.90 + {1: -0.02, 2: 0.01, 3: 0.0}[s] * (w > 0),
+                              synthetic_auc=0.70 - (0.02 + 0.001 * s) * (w > 0))
+                         for s in (3, 1, 2) for w in (0.0, 0.1)])
+    lines = teacher_blend.distillation_table(runs).splitlines()
+    assert "DISTILL=0.1" in lines[0]
+    everything, real, synthetic = (line.split(" | ") for line in lines[2:])
+    assert everything[1:4] == ["0.8200", "0.8500", "+0.0300"] and everything[-1] == "helps |"  # no scatter
+    assert real[3] == "+0.0000" and real[5] == "-0.0200 to +0.0100" and real[6] == "1 of 3"
+    assert real[-1] == "within noise |"
+    assert synthetic[3] == "-0.0220" and synthetic[-1] == "hurts |"
+
+
 @needs_birdnet
 def test_demo_teacher_covers_nothing_says_so_changes_no_label_and_embeds_every_window(demo_dir, cache_dir,
                                                                                      tiny_ensemble, tmp_path, capsys):
