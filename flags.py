@@ -84,6 +84,9 @@ SHARED = {
                               "written by make teacher)"),
     "--teacher-vote": dict(type=float, help="with --teacher-model: its share of each class it covers in the blend "
                            "(make's TEACHER_VOTE); the classes it does not cover keep the ensemble's"),
+    "--distill": dict(type=float, help="learn a teacher's embedding of each sample too: a linear projection of the "
+                      "pooled features, loss 1 - cosine similarity, added to the classification loss with this "
+                      "weight (make's DISTILL); 0: off. The projection is not exported"),
     "--pp-weight": dict(type=float, help="neighbour smoothing weight (the write-up's post-processing); 0 disables"),
     "--quick": dict(action="store_true", help="smoke test (make test runs it): tiny data and models, 1 epoch"),
     # generated demos (demo_data.py)

@@ -151,9 +151,7 @@ def parse_args(argv=None):
     add_flag(p, "--work", default=work)
     p.add_argument("--out-dir", help="output folder (default <work>/round<R>/model<ID>)")
     p.add_argument("--pseudo", help="pseudo-label file from pseudo.py (rounds 2 and 3)")
-    p.add_argument("--distill", type=float, default=distill, help="learn a teacher's embedding of each sample too: "
-                   "a linear projection of the pooled features, loss 1 - cosine similarity, added to the "
-                   "classification loss with this weight (make's DISTILL); 0: off. The projection is not exported")
+    add_flag(p, "--distill", default=distill)
     p.add_argument("--teacher-embeddings", help="teacher.py's embeddings of the cache's windows "
                    "(<teacher>.embeddings.npz), for --distill")
     add_recipe_flags(p)

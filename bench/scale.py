@@ -211,7 +211,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_flag(p, "--threads", default=os.cpu_count() or 2)
     add_flag(p, "--quick")
-    p.add_argument("--models", default="models.csv", help="the models table whose cycle is timed and projected")
+    add_flag(p, "--models", default="models.csv")  # the table whose cycle is timed and projected
     p.add_argument("--root", help="folder to build in (kept); default: a temporary folder, removed after")
     p.add_argument("--windows", type=int, default=200, help="cached windows timed per pseudo-label backend")
     args = p.parse_args()

@@ -244,8 +244,7 @@ def main(argv=None):
     p.add_argument("--call-chance", type=float, default=call_chance, help="chance of a real call per soundscape "
                    "and species")
     add_flag(p, "--threads", default=os.cpu_count() or 2)
-    p.add_argument("--distill", type=float, default=distill, help="also train each seed's ensemble with this "
-                   "DISTILL (BirdNET's embeddings) and without, and score both on the site (0: not run)")
+    add_flag(p, "--distill", default=distill)  # > 0: each seed's ensemble with it and without, on the site
     add_flag(p, "--seeds", default=seeds)
     args = p.parse_args(argv)
     began = time.time()

@@ -1,5 +1,5 @@
-"""Helpers shared by test files: running infer.py alone, recognising a one-line error, checking mixed samples,
-a stand-in of Perch v2 (an ONNX file with its signature) and a labels file in its form."""
+"""Helpers shared by test files: running infer.py alone or a script's main in this process, recognising a one-line
+error, checking mixed samples, a stand-in of Perch v2 (an ONNX file with its signature) and a labels file in its form."""
 import os
 import shutil
 import subprocess
@@ -15,6 +15,23 @@ def one_line_error(result):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     return result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") \
         and "Traceback" not in result.stderr
+
+
+def run_here(main, *args, capsys):
+    """A script's main() run in this process as its command line runs it (errors.run_main, sys.argv = args),
+    for checks of bad input that need no process of their own: a CompletedProcess with the exit status and
+    what was printed."""
+    import errors
+    argv, sys.argv = sys.argv, ["script", *args]
+    try:
+        errors.run_main(main)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    finally:
+        sys.argv = argv
+    printed = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, printed.out, printed.err)
 
 
 def run_alone(tmp_path, *args, env=None, python=sys.executable):

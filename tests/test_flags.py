@@ -10,7 +10,7 @@ from collections import defaultdict
 import pytest
 
 import flags
-from helpers import ROOT, run_alone
+from helpers import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 SCRIPTS = ["prep", "train", "soup", "pseudo", "infer", "kaggle", "report", "teacher", "demo_data", "ablate",

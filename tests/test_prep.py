@@ -15,7 +15,7 @@ import errors
 import prep
 from common import WINDOW_SAMPLES, assign_folds, target_matrix
 from tables import CachePaths
-from helpers import one_line_error
+from helpers import one_line_error, run_here
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -181,21 +181,24 @@ def test_training_file_damaged_partway_is_used_as_far_as_it_decodes(demo_dir, tm
     assert np.allclose(cached[:decoded], tone[:decoded], atol=2e-3)   # float16 cache
 
 
-def test_bad_input_stops_with_one_line(demo_dir, tmp_path):
+def test_bad_input_stops_with_one_line(demo_dir, tmp_path, capsys):
+    def prep_here(*args):  # no process of its own: one-line errors come before any work
+        return run_here(prep.main, *args, capsys=capsys)
+
     out = str(tmp_path / "cache")
-    assert one_line_error(run_prep("--data", str(tmp_path / "nowhere"), "--out", out))
+    assert one_line_error(prep_here("--data", str(tmp_path / "nowhere"), "--out", out))
     root = str(tmp_path / "copy")
     shutil.copytree(demo_dir, root)
     meta_path = os.path.join(root, "train_metadata.csv")
     meta = pd.read_csv(meta_path)
     meta.drop(columns=["filename"]).to_csv(meta_path, index=False)
-    result = run_prep("--data", root, "--out", out)
+    result = prep_here("--data", root, "--out", out)
     assert one_line_error(result) and "filename" in result.stderr
     meta.assign(primary_label=["notabird"] + list(meta["primary_label"][1:])).to_csv(meta_path, index=False)
-    result = run_prep("--data", root, "--out", out)
+    result = prep_here("--data", root, "--out", out)
     assert one_line_error(result) and "notabird" in result.stderr
     os.remove(meta_path)
-    assert one_line_error(run_prep("--data", root, "--out", out))
+    assert one_line_error(prep_here("--data", root, "--out", out))
     assert not os.path.exists(out)
 
 

@@ -291,17 +291,21 @@ def run_script(*args):
     return subprocess.run([sys.executable, os.path.join(root, "train.py"), *args], capture_output=True, text=True)
 
 
-def test_settings_errors_are_one_line(cache_dir, tmp_path):
-    from helpers import one_line_error
+def test_settings_errors_are_one_line(cache_dir, tmp_path, capsys):
+    from helpers import one_line_error, run_here
+
+    def train_here(*args):  # no process of its own: the settings are checked before any work
+        return run_here(train.main, *args, capsys=capsys)
+
     base = ["--model", "1", "--cache", cache_dir, "--out-dir", str(tmp_path / "x"), *TINY]
-    result = run_script(*base, "--pseudoLabelChance", "150")
+    result = train_here(*base, "--pseudoLabelChance", "150")
     assert one_line_error(result) and "percent" in result.stderr
     table = pd.read_csv(TINY[1], comment="#")
     bad_table = tmp_path / "models.csv"
     table.assign(pseudo_chance=1).to_csv(bad_table, index=False)
-    result = run_script(*base, "--models", str(bad_table))
+    result = train_here(*base, "--models", str(bad_table))
     assert one_line_error(result) and "pseudo_chance" in result.stderr
-    result = run_script(*base, "--cuda-graph", "on", "--compile", "on")
+    result = train_here(*base, "--cuda-graph", "on", "--compile", "on")
     assert one_line_error(result) and "--cuda-graph off" in result.stderr
     assert not os.path.exists(tmp_path / "x")
 
