@@ -149,8 +149,10 @@ demo: $(DEMO_DATA)/train_soundscapes_labels.csv | $(SETUP)
 clean-demo:
 	rm -rf $(DEMO_WORK) $(DEMO_DATA) $(DEMO_DATA)-test-labels.csv $(DEMO_DATA)-unlabeled-labels.csv
 
+# the test files shared among TEST_JOBS processes (a file's tests in one process: its fixtures are made once)
+TEST_JOBS ?= 2
 test: | $(SETUP_TEST) $(SETUP_TEACHER)
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q --durations=15 -n $(TEST_JOBS) --dist loadfile tests
 
 bench-train: | $(SETUP)
 	$(PY) bench/train_speed.py --threads $(THREADS)

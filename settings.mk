@@ -137,6 +137,9 @@ ifneq ($(filter $(CYCLE_GOALS),$(MAKECMDGOALS)),)
 ifneq ($(and $(filter-out 0 0.0,$(DISTILL)),$(if $(TEACHER),,no)),)
 $(error DISTILL=$(DISTILL) distils a teacher's embeddings: give TEACHER=FILE too (make teacher writes $(WORK)/teacher.npz))
 endif
+ifneq ($(and $(filter-out 0 0.0,$(TEACHER_VOTE)),$(if $(TEACHER_MODEL),,no)),)
+$(error TEACHER_VOTE=$(TEACHER_VOTE) is the vote of an ONNX teacher at inference: give TEACHER_MODEL=FILE too (BirdNET labels and teaches, it does not vote))
+endif
 # a TEACHER file that is not there and that no rule makes: one line, before anything runs
 ifneq ($(and $(TEACHER),$(filter-out $(WORK)/teacher.npz,$(TEACHER)),$(if $(wildcard $(TEACHER)),,missing)),)
 $(error TEACHER=$(TEACHER) does not exist (make teacher writes $(WORK)/teacher.npz))

@@ -19,7 +19,8 @@ import demo_data  # noqa: E402
 import infer  # noqa: E402
 import prep  # noqa: E402
 
-torch.set_num_threads(2)
+# make test runs the files in 2 processes (pytest-xdist) on 2 cores: one thread each there, two alone
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """Helpers shared by test files: running infer.py alone or a script's main in this process, recognising a one-line
-error, checking mixed samples, a stand-in of Perch v2 (an ONNX file with its signature) and a labels file in its form."""
+error, checking mixed samples, a stand-in of Perch v2 (an ONNX file with its signature) and a labels file in its
+form."""
 import os
 import shutil
 import subprocess

@@ -345,7 +345,7 @@ def test_torchrun_pseudo_labels_equal_a_single_process(cache_dir, tiny_ensemble,
     single = str(tmp_path / "single.npz")
     pseudo.pseudo_label(tiny_ensemble, cache_dir, single, "floor", 1, backend="torch", batch=2)
     merged = str(tmp_path / "merged.npz")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              os.path.join(ROOT, "pseudo.py"), "--ensemble", tiny_ensemble, "--cache", cache_dir,
                              "--out", merged, "--threads", "1", "--backend", "torch", "--batch", "2",
                              "--device", "cpu"], capture_output=True, text=True, timeout=300)

@@ -426,3 +426,65 @@ def test_the_teachers_vote_moves_the_classes_it_covers_and_goes_first_under_the_
     bad = run_alone(tmp_path, *common_args, "--out", str(tmp_path / "bad.csv"), "--teacher-model", model,
                     "--teacher-mapping", str(tmp_path / "none.csv"))
     assert one_line_error(bad) and "--teacher-mapping" in bad.stderr and not (tmp_path / "bad.csv").exists()
+
+
+def real_birds_folder(root):
+    """A BirdCLEF 2024 layout of real recordings that packages ship (pykanto, hawkears): training files of great
+    tit, European storm-petrel and common yellowthroat, their scientific names in taxonomy.csv, and two unlabeled
+    soundscapes of great-tit song in noise."""
+    from common import read_audio
+    from demo_data import write_ogg
+    kanto, hawk = package_dir("pykanto"), package_dir("hawkears")
+    tits = os.path.join(kanto, "data", "segmented", "great_tit", "WAV")
+    recordings = {"gretit1": [os.path.join(tits, f) for f in sorted(os.listdir(tits))[:3]],
+                  "eustop1": [os.path.join(kanto, "data", "raw", "STORM-PETREL", f)
+                              for f in ("XC46092.wav", "XC663885.wav")],
+                  "comyel": [os.path.join(hawk, "install", "canada", "recordings", "CommonYellowthroat.mp3")]}
+    rows = []
+    for label, paths in recordings.items():
+        os.makedirs(os.path.join(root, "train_audio", label))
+        for path in paths:
+            shutil.copy(path, os.path.join(root, "train_audio", label, os.path.basename(path)))
+            rows.append(dict(primary_label=label, secondary_labels="[]", filename=f"{label}/{os.path.basename(path)}",
+                             rating=5.0))
+    pd.DataFrame(rows).to_csv(os.path.join(root, "train_metadata.csv"), index=False)
+    pd.DataFrame(dict(primary_label=list(recordings), scientific_name=["Parus major", "Hydrobates pelagicus",
+                                                                       "Geothlypis trichas"],
+                      common_name=["Great Tit", "European Storm-Petrel", "Common Yellowthroat"])).to_csv(
+        os.path.join(root, "taxonomy.csv"), index=False)
+    rng = np.random.default_rng(0)
+    song = read_audio(recordings["gretit1"][-1])[:3 * 32000]
+    for k in range(2):
+        noise = (0.02 * rng.standard_normal(10 * 32000)).astype(np.float32)
+        noise[32000:32000 + len(song)] += song
+        write_ogg(os.path.join(root, "unlabeled_soundscapes", f"site{k}.ogg"), np.clip(noise, -1, 1))
+    os.makedirs(os.path.join(root, "test_soundscapes"))
+    pd.DataFrame(columns=["row_id", *recordings]).to_csv(os.path.join(root, "sample_submission.csv"), index=False)
+
+
+@needs_birdnet
+def test_make_distils_birdnets_embeddings_of_real_recordings(tmp_path):
+    """make teacher (BirdNET: no TEACHER_MODEL), then make ensemble TEACHER=... DISTILL=0.1 and make kaggle, on
+    real recordings: the coverage line, BirdNET's 1,024-d embedding of every cached recording, the distillation
+    loss in metrics.csv each epoch, and an upload without a vote (BirdNET does not vote at inference)."""
+    data, work = str(tmp_path / "birds"), str(tmp_path / "work")
+    real_birds_folder(data)
+    cycle = ["make", "--no-print-directory", "-C", ROOT, f"PY={sys.executable}", f"DATA={data}", f"WORK={work}",
+             "MODELS=bench/models-baseline.csv", "TRAIN_ARGS=--preset baseline", "EPOCHS=2", "ROUNDS=1",
+             "PRETRAINED=none", "THREADS=2"]
+    done = subprocess.run(cycle + ["teacher"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "covers 3 of 3 classes" in done.stdout
+    embeddings = np.load(os.path.join(work, "teacher.embeddings.npz"))
+    assert embeddings["train"].shape == (6, 1024) and np.abs(embeddings["train"].astype(np.float32)).max() > 0
+    teacher_labels = os.path.join(work, "teacher.npz")
+    done = subprocess.run(cycle + ["ensemble", "kaggle", f"TEACHER={teacher_labels}", "DISTILL=0.1",
+                                   "KAGGLE_WHEELS=none"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "DISTILL=0.1 (given)" in done.stdout
+    metrics = pd.read_csv(os.path.join(work, "round1", "model1", "metrics.csv"))
+    assert list(metrics["epoch"]) == [1, 2] and metrics["distill_loss"].between(0, 2).all()
+    upload = os.path.join(work, "kaggle")
+    assert os.path.isfile(os.path.join(upload, "KERNEL.md")) and not os.path.exists(os.path.join(upload, "teacher"))
+    vote = subprocess.run(cycle + ["kaggle", "TEACHER_VOTE=0.4"], capture_output=True, text=True)
+    assert vote.returncode != 0 and "give TEACHER_MODEL=FILE too" in vote.stderr
