@@ -149,12 +149,8 @@ demo: $(DEMO_DATA)/train_soundscapes_labels.csv | $(SETUP)
 clean-demo:
 	rm -rf $(DEMO_WORK) $(DEMO_DATA) $(DEMO_DATA)-test-labels.csv $(DEMO_DATA)-unlabeled-labels.csv
 
-# the test files shared among TEST_JOBS processes (a file's tests in one process: its fixtures are made once);
-# one process where pytest-xdist is not installed (a PY of your own)
-TEST_JOBS ?= 2
 test: | $(SETUP_TEST) $(SETUP_TEACHER)
-	$(PY) -m pytest -q --durations=15 $$($(PY) -c "import xdist" 2>/dev/null && printf -- '-n %s --dist loadfile' $(TEST_JOBS)) \
-		tests
+	$(PY) -m pytest -q --durations=15 tests
 
 bench-train: | $(SETUP)
 	$(PY) bench/train_speed.py --threads $(THREADS)

@@ -19,8 +19,7 @@ import demo_data  # noqa: E402
 import infer  # noqa: E402
 import prep  # noqa: E402
 
-# make test runs the files in 2 processes (pytest-xdist) on 2 cores: one thread each there, two alone
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")
@@ -75,17 +74,18 @@ def souped_round(cache_dir, tmp_path_factory):
     return work
 
 
-WRITEUP_CYCLE_ROUNDS = 2
+# one round: every round is made by the same rules, and the pseudo-label round through make runs in decide's test
+WRITEUP_CYCLE_ROUNDS = 1
 TEACHER_NAMED = 8  # of the cycle's 12 classes, the ones the stand-in teacher knows by scientific name
 
 
 @pytest.fixture(scope="session")
 def writeup_cycle(tmp_path_factory):
     """The suite's one cycle through make, shared by the tests that read its outputs: make ensemble with models.csv
-    (the write-up's six models) for 2 epochs and 2 rounds from a weights file, on a tiny dataset in the layout
-    Kaggle ships for 2026 (train.csv, taxonomy.csv, an empty test_soundscapes/), with a teacher of Perch v2's
-    signature (a stand-in ONNX file that knows 8 of the classes by name): its labels in the pseudo labels, its
-    embeddings distilled (DISTILL=0.1), its vote at inference (TEACHER_VOTE=0.5). Its output is written to a log
+    (the write-up's six models) for 2 epochs and WRITEUP_CYCLE_ROUNDS rounds from a weights file, on a tiny dataset
+    in the layout Kaggle ships for 2026 (train.csv, taxonomy.csv, an empty test_soundscapes/), with a teacher of
+    Perch v2's signature (a stand-in ONNX file that knows 8 of the classes by name): its labels as round 1's pseudo
+    labels, its embeddings distilled (DISTILL=0.1), its vote at inference (TEACHER_VOTE=0.5). Its output is written to a log
     file as a user's `make ensemble ... > log 2>&1` writes it. {data, work, weights, teacher_model, log}: paths;
     {out}: the log."""
     import timm
