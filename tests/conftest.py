@@ -85,9 +85,9 @@ def writeup_cycle(tmp_path_factory):
     (the write-up's six models) for 2 epochs and WRITEUP_CYCLE_ROUNDS rounds from a weights file, on a tiny dataset
     in the layout Kaggle ships for 2026 (train.csv, taxonomy.csv, an empty test_soundscapes/), with a teacher of
     Perch v2's signature (a stand-in ONNX file that knows 8 of the classes by name): its labels as round 1's pseudo
-    labels, its embeddings distilled (DISTILL=0.1), its vote at inference (TEACHER_VOTE=0.5). Its output is written to a log
-    file as a user's `make ensemble ... > log 2>&1` writes it. {data, work, weights, teacher_model, log}: paths;
-    {out}: the log."""
+    labels, its embeddings distilled (DISTILL=0.1), its vote at inference (TEACHER_VOTE=0.5). Its output is
+    written to a log file as a user's `make ensemble ... > log 2>&1` writes it. {data, work, weights,
+    teacher_model, log}: paths; {out}: the log."""
     import timm
     from helpers import perch_labels, perch_stand_in
     root = tmp_path_factory.mktemp("writeup-cycle")
