@@ -55,6 +55,7 @@ from errors import UserError, run_main  # noqa: E402
 from metrics import cmap, macro_roc_auc  # noqa: E402
 from demo_data import make_demo, write_ogg  # noqa: E402
 from soup import bundle  # noqa: E402
+from decide import median_noise, row_ids, verdict  # noqa: E402
 
 # defaults
 work = "work/teacher-blend"
@@ -183,9 +184,8 @@ def score(probs, truth, columns):
 
 def site_truth(labels, labels_path):
     """The true labels (rows of a pseudo-label file `labels`, its classes as columns) from the site's labels CSV."""
-    row_ids = [f"{os.path.splitext(os.path.basename(p))[0]}_{e}"
-               for p, e in zip(labels["paths"], labels["end_seconds"])]
-    return pd.read_csv(labels_path).set_index("row_id").loc[row_ids, list(labels["classes"])].to_numpy()
+    rows = row_ids(labels["paths"], labels["end_seconds"])
+    return pd.read_csv(labels_path).set_index("row_id").loc[rows, list(labels["classes"])].to_numpy()
 
 
 def distillation_runs(args, cache, teacher_path, labels_path):
@@ -218,13 +218,12 @@ def distillation_runs(args, cache, teacher_path, labels_path):
 def distillation_table(runs):
     """Medians of each column without and with distillation, and the paired differences' median, min-max and
     decide.py's verdict (one pair per seed, on one site)."""
-    from decide import median_noise, verdict
     without, taught = (runs[runs.distill == w].set_index("seed") for w in (0.0, runs.distill.max()))
     lines = [f"| AUC on the site's windows | no distillation | DISTILL={runs.distill.max():g} | median difference | "
              "noise of the median | min-max | pairs above 0 | verdict |", "|---|---|---|---|---|---|---|---|"]
+    both = without.index.intersection(taught.index)
     for column, name in (("all_auc", "all classes"), ("real_auc", "the real birds"),
                          ("synthetic_auc", "the synthetic species")):
-        both = without.index.intersection(taught.index)
         differences = (taught.loc[both, column] - without.loc[both, column]).values
         same_site = [1] * len(differences)
         lines.append(f"| {name} | {without[column].median():.4f} | {taught[column].median():.4f} | "
