@@ -55,6 +55,8 @@ SHARED = {
                           "windows"),
     # how to run
     "--threads": dict(type=int, help="CPU threads, in all"),
+    "--check": dict(action="store_true", help="only check the inputs this script reads (files, tables, flags), "
+                    "then stop: make runs it before prep, so a wrong input stops before hours of work"),
     "--device": dict(help="auto (CUDA, then Apple's MPS, then CPU), cpu, cuda, cuda:1, mps"),
     "--backend": dict(choices=BACKENDS, help="infer.py's engine for the exported networks: auto takes the fastest "
                       "installed (openvino, then onnx, then torch = TorchScript)"),

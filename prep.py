@@ -31,6 +31,7 @@ unlabeled window cache.
 import argparse
 import math
 import os
+import re
 import shutil
 import sys
 
@@ -150,6 +151,8 @@ def after_opening_speech(detector, batch, scan_seconds=speech.scan_seconds):
     speech.min_announcement_seconds) gives the 5 s from where it ends. Returns [(window after the speech or None,
     speech end seconds or None)]: end None for a file with no announcement, window None for one that is speech
     throughout (under speech.min_left_seconds after it, or speech to the end of what was read)."""
+    if not batch:  # the last batch of a count that the batch size divides
+        return []
     probs = detector.probabilities(np.stack([wave for _, wave in batch]))
     out = []
     for (path, wave), p in zip(batch, probs):
@@ -184,6 +187,8 @@ def write_training_audio(rows, out_path, n_threads, detector=None):
     good, bad, spoken, pending = [], [], [], []
 
     def flush():
+        if not pending:  # a count of files that the batch size divides, or none readable
+            return
         waves = after_opening_speech(detector, [(rows["path"].iloc[i], w) for i, w in pending]) if detector \
             else [(None, None)] * len(pending)
         for (i, wave), (after_speech, end) in zip(pending, waves):
@@ -355,28 +360,44 @@ def write_unlabeled_windows(unlabeled, audio_path, table_path, cap, rng, n_threa
     return bad
 
 
+SITE_TIME = re.compile(r"(?:(\d+):([0-5]?\d):)?(\d+(?:\.\d*)?)")  # HH:MM:SS (Kaggle's) or seconds
+
+
 def seconds_of(text):
-    """A site label's time, "HH:MM:SS" (as Kaggle writes it), "MM:SS" or plain seconds -> seconds."""
-    parts = str(text).strip().split(":")
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        raise UserError(f"{SITE_LABELS_FILE}: a time is neither HH:MM:SS nor seconds: {text!r}")
-    return sum(v * 60 ** k for k, v in enumerate(reversed(values)))
+    """A site label's time, "HH:MM:SS" (as Kaggle writes it) or plain seconds -> seconds; None for anything else
+    (a word, a negative or empty time, MM:SS, seconds of 60 or more after a colon)."""
+    match = SITE_TIME.fullmatch(str(text).strip())
+    if match is None:
+        return None
+    hours, minutes, seconds = match.groups()
+    if hours is not None and float(seconds) >= 60:
+        return None
+    return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds)
+
+
+def skipped_line(what, items, why):
+    """What the site's labels lose for one reason: how many, and the first."""
+    return f"{len(items)} {what} skipped ({why}), the first: {items[0]}"
 
 
 def site_windows_of_soundscape_labels(path, folder, classes):
     """Kaggle's train_soundscapes_labels.csv -> one row per labelled 5-s window: path (in the soundscape `folder`),
     end_second, labels (";"-separated classes). Rows written twice are merged, their labels united; a label that
-    is not a class is dropped, with one warning line; a file missing from the folder is skipped, with one note."""
+    is not a class is dropped, with one warning line. A row whose start or end is not HH:MM:SS or seconds, or
+    whose end is not after its start, is skipped, and so is a file missing from the folder: one warning line for
+    each reason, counting them and naming the first. A UserError (one line) when rows were given and none is left."""
     table = read_csv(path, "site labels", dtype=str, keep_default_na=False)
     missing = [c for c in ("filename", "start", "end", "primary_label") if c not in table.columns]
     if missing:
         raise UserError(f"{path} lacks required column(s): {', '.join(missing)}")
-    known, unknown, windows = set(classes), set(), {}
-    for filename, end, labels in zip(table["filename"], table["end"], table["primary_label"]):
-        end_second = int(round(seconds_of(end)))
-        merged = windows.setdefault((os.path.join(folder, filename), end_second), [])
+    known, unknown, windows, malformed = set(classes), set(), {}, []
+    for line, (filename, start, end, labels) in enumerate(zip(table["filename"], table["start"], table["end"],
+                                                              table["primary_label"]), start=2):
+        start_s, end_s = seconds_of(start), seconds_of(end)
+        if start_s is None or end_s is None or end_s <= start_s or not str(filename).strip():
+            malformed.append(f"line {line} ({filename},{start},{end})")
+            continue
+        merged = windows.setdefault((os.path.join(folder, filename), int(round(end_s))), [])
         for label in split_labels(labels):
             if label not in known:
                 unknown.add(label)
@@ -388,11 +409,16 @@ def site_windows_of_soundscape_labels(path, folder, classes):
     site = pd.DataFrame([(p, e, ";".join(labels)) for (p, e), labels in sorted(windows.items())],
                         columns=["path", "end_second", "labels"])
     absent = sorted(p for p in set(site["path"]) if not os.path.isfile(p))
-    if absent:
-        print(f"note: {path}: {len(absent)} labelled file(s) are not in {folder} and were skipped: "
-              f"{', '.join(os.path.basename(p) for p in absent[:3])}{' ...' if len(absent) > 3 else ''}",
-              file=sys.stderr)
-    return site[~site["path"].isin(absent)].reset_index(drop=True)
+    site = site[~site["path"].isin(absent)].reset_index(drop=True)
+    skipped = [skipped_line(what, items, why) for what, items, why in (
+        ("row(s)", malformed, "a start or end that is not HH:MM:SS or seconds, or an end not after its start"),
+        ("labelled file(s)", [os.path.basename(p) for p in absent], f"not in {folder}")) if items]
+    if site.empty and len(table):
+        raise UserError(f"{path}: no usable row: {'; '.join(skipped)}. Fix it, or prep without it "
+                        f"(PREP_ARGS=\"--site-labels off\")")
+    for line in skipped:
+        print(f"warning: {path}: {line}", file=sys.stderr)
+    return site
 
 
 def split_site_files(site, share, rng):

@@ -288,7 +288,8 @@ def pseudo_label(models_dir, cache, out, how=pl_norm, n_threads=threads, backend
         if rank != 0:
             return
         rows = np.concatenate([p[0] for p in parts])
-        probs = np.concatenate([p[1] for p in parts if len(p[1])])[np.argsort(rows, kind="stable")]
+        probs = np.concatenate([p[1] for p in parts if len(p[1])] or [np.zeros((0, len(engine.classes)), np.float32)])
+        probs = probs[np.argsort(rows, kind="stable")]
     write_labels(out, table["path"].tolist(), table["end_second"].tolist(), probs, engine.classes, how,
                  teacher=teacher, teacher_weight=teacher_weight)
 

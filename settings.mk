@@ -36,6 +36,13 @@ endif
 endef
 $(foreach v,$(RECORDED),$(eval $(call recall,$(v))))
 
+# the steps that read a finished ensemble, called in a WORK that has none: one line, and nothing starts (no prep)
+ifneq ($(filter kaggle timing submission $(WORK)/submission.csv,$(MAKECMDGOALS)),)
+ifeq ($(filter ensemble $(WORK)/ensemble/manifest.json,$(MAKECMDGOALS))$(wildcard $(WORK)/ensemble/manifest.json),)
+$(error no trained ensemble in $(WORK) ($(WORK)/ensemble/manifest.json): run make ensemble first, or pass WORK=<the folder of a finished run>)
+endif
+endif
+
 DATA    ?= data/birdclef-2024
 MODELS  ?= models.csv
 EPOCHS  ?= 50
@@ -139,6 +146,12 @@ $(error DISTILL=$(DISTILL) distils a teacher's embeddings: give TEACHER=FILE too
 endif
 ifneq ($(and $(filter-out 0 0.0,$(TEACHER_VOTE)),$(if $(TEACHER_MODEL),,no)),)
 $(error TEACHER_VOTE=$(TEACHER_VOTE) is the vote of an ONNX teacher at inference: give TEACHER_MODEL=FILE too (BirdNET labels and teaches, it does not vote))
+endif
+ifneq ($(filter-out floor minmax none,$(PL_NORM)),)
+$(error PL_NORM must be floor, minmax or none, not "$(PL_NORM)")
+endif
+ifneq ($(strip $(filter-out $(addprefix model,$(IDS)),$(subst $(comma), ,$(PL_MEMBERS)))),)
+$(error PL_MEMBERS=$(PL_MEMBERS) names model(s) not in $(MODELS): $(filter-out $(addprefix model,$(IDS)),$(subst $(comma), ,$(PL_MEMBERS))) (its models: $(addprefix model,$(IDS))))
 endif
 # a TEACHER file that is not there and that no rule makes: one line, before anything runs
 ifneq ($(and $(TEACHER),$(filter-out $(WORK)/teacher.npz,$(TEACHER)),$(if $(wildcard $(TEACHER)),,missing)),)

@@ -63,6 +63,8 @@ class SpeechDetector:
         import torch
         from scipy.signal import resample_poly
         waves = np.asarray(waves, dtype=np.float32)
+        if len(waves) == 0:
+            return np.zeros((0, 0), dtype=np.float32)
         at_16k = resample_poly(waves, VAD_RATE, SAMPLE_RATE, axis=1).astype(np.float32)
         out = []
         with torch.no_grad():

@@ -9,6 +9,7 @@ import os
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from errors import UserError
@@ -121,6 +122,17 @@ def read_models_table(path):
     unknown = [c for c in table.columns if c not in MODEL_COLUMNS]
     if unknown:
         raise UserError(f"{path} has unknown column(s): {', '.join(unknown)} (known: {', '.join(MODEL_COLUMNS)})")
+    for column, kind in MODEL_COLUMNS.items():
+        if kind is str:
+            continue
+        values = pd.to_numeric(table[column], errors="coerce")
+        wrong = values.isna() | ((values != values.round()) if kind is int else False)
+        if wrong.any():
+            row = int(np.flatnonzero(wrong.to_numpy())[0])
+            raise UserError(f"{path}: {column} must be {'a whole number' if kind is int else 'a number'}, not "
+                            f"{table[column].iloc[row]!r} (row {row + 1})")
+    if table["id"].duplicated().any():
+        raise UserError(f"{path}: model id {table['id'][table['id'].duplicated()].iloc[0]} is given twice")
     return table.set_index("id", drop=False)
 
 

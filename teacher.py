@@ -359,7 +359,7 @@ def covered_scores(birdnet_probs, mapping):
 
 def score_windows(teacher, audio_path, mapping, batch, desc, rows=None):
     """(probabilities over our classes (0 where uncovered), float16 embeddings) of the windows of a cache .npy
-    (all of them, or `rows`), `batch` windows per call."""
+    (all of them, or `rows`), `batch` windows per call; embeddings None where there are no windows."""
     n = len(np.load(audio_path, mmap_mode="r")) if rows is None else rows
     probs, embeddings = np.zeros((n, len(mapping)), dtype=np.float32), None
     for start in progress(range(0, n, batch), desc=desc, unit="batch"):
@@ -379,9 +379,11 @@ def score_cache(teacher, cache, table, mapping, batch, out):
     paths = CachePaths(cache)
     probs, unlabeled = score_windows(teacher, paths.unlabeled_audio, mapping, batch, "teacher: unlabeled", len(table))
     _, train = score_windows(teacher, paths.audio, mapping, batch, "teacher: recordings")
-    site = np.zeros((0, train.shape[1]), dtype=np.float16)
+    site = None
     if os.path.isfile(paths.site_audio):
         _, site = score_windows(teacher, paths.site_audio, mapping, batch, "teacher: site windows")
+    width = next(e.shape[1] for e in (train, unlabeled, site, np.zeros((0, 0))) if e is not None)
+    train, unlabeled, site = (np.zeros((0, width), np.float16) if e is None else e for e in (train, unlabeled, site))
     digests = dict(rows_digest=file_digest(paths.rows), unlabeled_digest=file_digest(paths.unlabeled_rows),
                    site_digest=file_digest(paths.site_labels) if len(site) else "")
 
@@ -389,7 +391,7 @@ def score_cache(teacher, cache, table, mapping, batch, out):
         with open(tmp, "wb") as f:
             np.savez(f, train=train, unlabeled=unlabeled, site=site, teacher=teacher.name, **digests)
     atomic_write(embeddings_path(out), write)
-    print(f"{embeddings_path(out)}: {train.shape[1]}-d embeddings of {len(train)} recordings, {len(unlabeled)} "
+    print(f"{embeddings_path(out)}: {width}-d embeddings of {len(train)} recordings, {len(unlabeled)} "
           f"unlabelled and {len(site)} site windows (float16)", flush=True)
     return probs, len(train) + len(unlabeled) + len(site)
 
@@ -512,8 +514,7 @@ def main():
                    "TEACHER_LABELS; Perch's assets/labels.csv)")
     p.add_argument("--genus", action="store_true", help="a species with no match takes its genus's label where "
                    "the teacher has one")
-    p.add_argument("--check", action="store_true", help="only check --teacher-model and --teacher-labels, then "
-                   "stop (make runs it before prep)")
+    add_flag(p, "--check")  # --teacher-model and --teacher-labels
     add_flag(p, "--threads", default=threads)
     add_flag(p, "--batch-size", default=batch_segments)
     args = p.parse_args()

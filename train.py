@@ -15,6 +15,7 @@ import glob
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -144,7 +145,8 @@ def parse_args(argv=None):
                    "below (--help after it shows them): writeup = the write-up's recipe, demo = make demo's, baseline = "
                    "the one-file baseline's recipe (1 channel, plain head, BCE, SGD one-cycle, standardised 64x128 mels, time "
                    "shift, no augmentation, every file)")
-    add_flag(p, "--model", required=True)
+    add_flag(p, "--model")
+    add_flag(p, "--check")  # the models table (every row), these flags, --pretrained
     p.add_argument("--round", type=int, default=1, help="cycle round (names the default output folder)")
     add_flag(p, "--models", default=models)
     add_flag(p, "--cache", default=cache)
@@ -190,7 +192,14 @@ def parse_args(argv=None):
                    "max of both); 0: not")
     add_table_flags(p)
     p.set_defaults(**PRESETS[preset])
-    return p.parse_args(argv)
+    if "--check" in (sys.argv[1:] if argv is None else argv):  # make's check of its settings: one line, no usage
+        def one_line(message):
+            raise UserError(f"train.py's flags (make's TRAIN_ARGS, EPOCHS, PRETRAINED, KEEP_EPOCHS): {message}")
+        p.error = one_line
+    args = p.parse_args(argv)
+    if args.model is None and not args.check:
+        p.error("the following arguments are required: --model")
+    return args
 
 
 def model_config(args):
@@ -543,8 +552,21 @@ def finish(run, args, procs, history, out_dir, inputs):
         os.remove(last_path)  # optimizer state is only needed to resume; the epochs stay for the soup
 
 
+def check_run(args):
+    """--check: every row of the models table with these flags applied, and the starting weights, as training would
+    read them (a UserError, one line, at the first wrong one); the teacher's embeddings are made later, not read."""
+    table = read_models_table(args.models)
+    for model in table.index:
+        model_config(argparse.Namespace(**dict(vars(args), model=int(model), distill=0.0)))
+    pretrained_of(args.pretrained)
+    print(f"checked: the {len(table)} models of {args.models}, the recipe's flags and --pretrained {args.pretrained}",
+          flush=True)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.check:
+        return check_run(args)
     config = model_config(args)
     args.pretrained = pretrained_of(args.pretrained)
     procs = set_up_processes(args)

@@ -52,6 +52,8 @@ def test_the_cycle_installs_no_test_or_teacher_tools(tmp_path):
     scored = tmp_path / "scored"  # make submission needs soundscapes to score
     (scored / "test_soundscapes").mkdir(parents=True)
     (scored / "test_soundscapes" / "a.ogg").touch()
+    (tmp_path / "work" / "ensemble").mkdir(parents=True)  # kaggle, timing and submission read a finished ensemble
+    (tmp_path / "work" / "ensemble" / "manifest.json").touch()
     for goal in ("round1", "ensemble", "kaggle", "timing", "report", "submission", "demo"):
         files, packages = installed_files(plan(tmp_path, goal, f"DATA={scored}"))
         assert files == {"requirements.txt", "requirements-speed.txt", "requirements-report.txt",
