@@ -192,3 +192,16 @@ def test_the_check_reads_every_row_and_flag_as_training_would(tmp_path, capsys):
         assert one_line_error(done) and message in done.stderr, (args, done.stderr)
     done = run_here(train.main, "--check", "--models", models, "--pretrained", "none", capsys=capsys)
     assert done.returncode == 0 and "checked: the 6 models of" in done.stdout
+
+
+def test_prep_with_the_speech_check_on_a_count_the_batch_divides(demo_dir, tmp_path, monkeypatch):
+    """prep as make runs it (--speech on) on a folder whose readable recordings fill the last batch exactly."""
+    try:
+        speech.SpeechDetector()
+    except ImportError:
+        pytest.skip("silero-vad is not installed (make test installs it)")
+    n_files = len(pd.read_csv(os.path.join(demo_dir, "train_metadata.csv")))
+    monkeypatch.setattr(speech, "BATCH", n_files // 2)  # 2 full batches, then an empty one: the crash at 256
+    assert n_files % speech.BATCH == 0
+    prep.prepare(demo_dir, str(tmp_path / "cache"), n_threads=2, speech_check="on")
+    assert len(pd.read_csv(CachePaths(str(tmp_path / "cache")).rows)) >= n_files - 2
