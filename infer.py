@@ -6,6 +6,8 @@ pandas; scipy only to resample; OpenVINO or ONNX Runtime when installed).
     python infer.py --ensemble work/ensemble --audio data/demo/test_soundscapes --out submission.csv
     python infer.py --ensemble work/ensemble --audio my_recordings --backend torch --pp-weight 0 --budget-min 30
     main(["--budget-min", "60"])                      # from a later notebook cell
+    python infer.py --ensemble work/ensemble --audio recorders/ --detections detections/ \
+        --taxonomy data/birdclef-2026/taxonomy.csv   # field recordings: Raven tables and detections.csv
 
 In a notebook cell (a Jupyter kernel) the kernel's own argv is ignored: the file runs with the defaults below.
 Reads --ensemble (default: the one ensemble of ours under --kaggle-root, at any depth, else work/ensemble), a
@@ -21,6 +23,9 @@ warning, when the projected time would pass --budget-min. Scores --audio (defaul
 newest <kaggle-root>/birdclef-*). Writes --out (default submission.csv): a complete submission, always, with
 the columns of the sample_submission.csv beside the audio folder; and beside it <out>.timing.json (network
 seconds per soundscape of each model, for report.py).
+With --detections OUT (field recordings), every audio file under --audio, recursively, is scored a minute at a
+time (memory stays that of a 1-minute file, however long the file), with the same ensemble and post-processing,
+into a Raven Pro selection table per file (OUT/<its path>.selections.txt) and OUT/detections.csv of them all.
 """
 import argparse
 import contextlib
@@ -63,6 +68,8 @@ fallback_seconds = 60     # rows of an unreadable file when neither its header n
 decode_block_seconds = 5  # audio is decoded in blocks: a decoder error mid-file keeps what came before
 mel_chunk = 4             # windows per mel call: a few windows' spectra stay in cache (~3x faster than 48 at once)
 network_pixels = 8 * 256 * 256  # image pixels per network call: 8 windows of 256x256 beat 48 by ~10% (cache)
+block_seconds = 60        # --detections scores a minute at a time: a 10-hour file peaks as a 1-minute one
+min_score = 0.5           # --detections: a window and class scored at least this is a detection
 
 
 class InferError(Exception):
@@ -147,13 +154,14 @@ def sample_submission_columns(audio_dir, given=None):
 # audio
 
 
-def read_audio(path, max_seconds=None):
-    """Decode a file (ogg, wav, flac, mp3: whatever libsndfile reads) to mono float32 at 32 kHz.
+def native_blocks(path, block_seconds=None, max_seconds=None):
+    """(sample rate, generator): the file decoded at its own rate, as float32 (frames, channels) blocks of
+    `block_seconds` (default decode_block_seconds; the last may be shorter), up to `max_seconds` when given.
 
-    Only the first `max_seconds` are read when given. A file damaged partway (a corrupt ogg page, a flac frame
-    that loses sync) is used as far as it decodes, with one warning line: it is read in blocks, and an error
-    mid-file keeps what decoded before it (to a quarter second). Raises ValueError for a file that yields no
-    audio at all, and soundfile's own error when not even its header reads.
+    A file damaged partway (a corrupt ogg page, a flac frame that loses sync) is used as far as it decodes, with one
+    warning line: after an error a fresh decoder goes on from there in quarter seconds, and the next error ends it.
+    The generator raises ValueError for a file that yields no audio at all; opening raises soundfile's own error
+    when not even its header reads.
     """
     import soundfile as sf
     with sf.SoundFile(path) as f:
@@ -161,35 +169,93 @@ def read_audio(path, max_seconds=None):
     if expected <= 0:
         raise ValueError("empty (no audio frames)")
     wanted = expected if max_seconds is None else min(expected, int(math.ceil(max_seconds * rate)))
-    blocks, got, error = [], 0, None
-    for step in (decode_block_seconds * rate, rate // 4):  # after an error: again from there, in quarter seconds
-        with sf.SoundFile(path) as f:  # a fresh decoder: one that lost sync stays lost
-            if got:
-                f.seek(got)
-            while got < wanted:
-                try:
-                    block = f.read(min(step, wanted - got), dtype="float32", always_2d=True)
-                except Exception as err:
-                    error = f"{type(err).__name__}: {err}".replace("\n", " ")
-                    break
-                if len(block) == 0:
-                    break
-                blocks.append(block)
-                got += len(block)
-        if error is None:
-            break
-    if got == 0:
-        raise ValueError(f"no audio decodes ({error})" if error else "empty (no audio frames)")
-    if got < wanted:
-        warn(f"{path}: damaged, decoded {got / rate:.1f} of {wanted / rate:.1f} s"
-             + (f" ({error})" if error else "") + "; using what decodes")
-    audio = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
-    audio = audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1)  # no copy for mono
+
+    def blocks():
+        got, error = 0, None
+        for step in (int((block_seconds or decode_block_seconds) * rate), rate // 4):  # after an error: quarters
+            with sf.SoundFile(path) as f:  # a fresh decoder: one that lost sync stays lost
+                if got:
+                    f.seek(got)
+                while got < wanted:
+                    try:
+                        block = f.read(min(step, wanted - got), dtype="float32", always_2d=True)
+                    except Exception as err:
+                        error = f"{type(err).__name__}: {err}".replace("\n", " ")
+                        break
+                    if len(block) == 0:
+                        break
+                    got += len(block)
+                    yield block
+            if error is None:
+                break
+        if got == 0:
+            raise ValueError(f"no audio decodes ({error})" if error else "empty (no audio frames)")
+        if got < wanted:
+            warn(f"{path}: damaged, decoded {got / rate:.1f} of {wanted / rate:.1f} s"
+                 + (f" ({error})" if error else "") + "; using what decodes")
+    return rate, blocks()
+
+
+def to_mono(block):
+    return block[:, 0] if block.shape[1] == 1 else block.mean(axis=1)  # no copy for mono
+
+
+def resample_ratio(rate):
+    """(up, down) of resample_poly from `rate` to SAMPLE_RATE."""
+    g = math.gcd(rate, SAMPLE_RATE)
+    return SAMPLE_RATE // g, rate // g
+
+
+def read_audio(path, max_seconds=None):
+    """Decode a file (ogg, wav, flac, mp3: whatever libsndfile reads) to mono float32 at 32 kHz, whole.
+
+    Only the first `max_seconds` are read when given. A file damaged partway is used as far as it decodes
+    (native_blocks, with one warning line). Raises ValueError for a file that yields no audio at all, and
+    soundfile's own error when not even its header reads.
+    """
+    rate, blocks = native_blocks(path, max_seconds=max_seconds)
+    blocks = list(blocks)
+    audio = to_mono(blocks[0] if len(blocks) == 1 else np.concatenate(blocks))
     if rate != SAMPLE_RATE:
         from scipy.signal import resample_poly
-        g = math.gcd(rate, SAMPLE_RATE)
-        audio = resample_poly(audio, SAMPLE_RATE // g, rate // g).astype(np.float32)
+        audio = resample_poly(audio, *resample_ratio(rate)).astype(np.float32)
     return audio if max_seconds is None else audio[:int(max_seconds * SAMPLE_RATE)]
+
+
+def audio_in_blocks(path, block_seconds):
+    """(n_windows from the header, generator of mono float32 32-kHz blocks of `block_seconds` each (a multiple of
+    5), the last shorter): the file as read_audio decodes it, never whole in memory. Resampling takes 1 s of the
+    neighbouring blocks on each side and cuts it off again, and each block starts on a whole second, where the
+    output of resample_poly starts on a whole sample: the same values as resampling the whole file."""
+    rate, blocks = native_blocks(path, block_seconds)
+    size = int(block_seconds * rate)
+
+    def regrouped():  # blocks of exactly `size` frames (after a decoding error the decoder gives quarter seconds)
+        pending, held = [], 0
+        for block in blocks:
+            pending.append(to_mono(block))
+            held += len(block)
+            while held >= size:
+                joined = np.concatenate(pending)
+                yield joined[:size]
+                pending, held = [joined[size:]], held - size
+        if held:
+            yield np.concatenate(pending)
+
+    def resampled():
+        from scipy.signal import resample_poly
+        up, down = resample_ratio(rate)
+        before = np.zeros(0, np.float32)
+        source = regrouped()
+        current = next(source, None)
+        while current is not None:
+            following = next(source, None)
+            after = following[:rate] if following is not None else np.zeros(0, np.float32)
+            out = resample_poly(np.concatenate([before, current, after]), up, down).astype(np.float32)
+            first = len(before) * up // down
+            yield out[first:first + int(math.ceil(len(current) * up / down))]
+            before, current = current[-rate:], following
+    return count_windows(path), (regrouped() if rate == SAMPLE_RATE else resampled())
 
 
 def windows_of(audio, n_windows=None):
@@ -587,6 +653,22 @@ class TeacherVote:
         return out
 
 
+def combine(preds, teacher=None, teacher_probs=None, pp=pp_weight):
+    """One file's rows: the mean of the models' probabilities ([(windows, classes)]), the teacher's vote blended in
+    (when given), then the neighbour smoothing."""
+    mean = np.mean(preds, axis=0)
+    if teacher is not None:
+        mean = teacher.blend(mean, teacher_probs)
+    return smooth_neighbours(mean, pp)
+
+
+def network_probs(net, batches):
+    """One member's (windows, classes) probabilities of a batch: {mel_key: mels, "waves": windows} (decode_and_mel)."""
+    if isinstance(net, TeacherVote):
+        return net.probs(batches["waves"])
+    return torch.sigmoid(torch.from_numpy(net.logits(batches[net.mel_key]))).numpy()
+
+
 def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefetch=2, log=True, started=None,
                   teacher=None):
     """Ensemble probabilities of each file, as Predictions:
@@ -631,11 +713,7 @@ def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefe
             with torch.no_grad():
                 for net in active:
                     t = time.time()
-                    if net is teacher:
-                        per_model[net.name][path] = teacher.probs(mel_batches["waves"])
-                    else:
-                        logits = torch.from_numpy(net.logits(mel_batches[net.mel_key]))
-                        per_model[net.name][path] = torch.sigmoid(logits).numpy()
+                    per_model[net.name][path] = network_probs(net, mel_batches)
                     seconds[net.name] += time.time() - t
             if budget_s is not None:
                 done, elapsed = i + 1, time.time() - started
@@ -651,10 +729,8 @@ def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefe
         if len(preds) < len(members) or (teacher in active and path not in per_model[teacher.name]):
             results[path] = None
             continue
-        mean = np.mean(preds, axis=0)
-        if teacher in active:
-            mean = teacher.blend(mean, per_model[teacher.name][path])
-        results[path] = smooth_neighbours(mean, pp)
+        results[path] = combine(preds, teacher if teacher in active else None,
+                                per_model[teacher.name][path] if teacher in active else None, pp)
     seconds.pop("prep")
     return Predictions(results, n_windows_of, [n.name for n in active], seconds)
 
@@ -679,11 +755,13 @@ def submission_frame(paths, results, n_windows_of, classes):
     return frame
 
 
+AUDIO_EXTENSIONS = (".ogg", ".wav", ".flac", ".mp3", ".oga", ".opus")  # any case
+
+
 def list_audio(folder):
-    extensions = (".ogg", ".wav", ".flac", ".mp3", ".oga", ".opus")
     if not os.path.isdir(folder):
         return []
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(extensions))
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(AUDIO_EXTENSIONS))
 
 
 def check_columns(classes, columns, sample_path):
@@ -700,6 +778,194 @@ def check_columns(classes, columns, sample_path):
                              f"{len(missing)} not in the models: {few(missing)}" if missing else "",
                              f"{len(extra)} not in the sample submission: {few(extra)}" if extra else "") if part))
     return columns
+
+
+# ----------------------------------------------------------------------------------------------------------
+# field recordings: every file of a folder tree, a Raven selection table each and one CSV, in flat memory
+
+RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
+                 "Class", "Scientific Name", "Common Name", "Score"]
+TABLE_SUFFIX = ".selections.txt"   # <file name>.selections.txt, beside where the file is in the tree
+# a recorder's start time in the file name: AudioMoth's 20260401_060000.WAV, Song Meter's SMM01234_20260401_060000.wav
+START_TIME = re.compile(r"(?:^|[_-])(\d{8})[_-](\d{6})(?=$|[_.-])")
+
+
+def list_audio_tree(folder, skip=None):
+    """Every audio file under folder, recursively (AUDIO_EXTENSIONS in any case), in sorted order; hidden folders
+    and `skip` (an output folder inside it) are left out."""
+    found, skip = [], skip and os.path.abspath(skip)
+    for root, folders, names in os.walk(folder):
+        folders[:] = sorted(f for f in folders if not f.startswith(".") and os.path.abspath(os.path.join(root, f)) != skip)
+        found += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(AUDIO_EXTENSIONS)]
+    return found
+
+
+def start_time_of(path):
+    """The recording's start from its file name (YYYYMMDD_HHMMSS, as AudioMoth and Song Meter write it), else None."""
+    from datetime import datetime
+    match = START_TIME.search(os.path.splitext(os.path.basename(path))[0])
+    if match is None:
+        return None
+    try:
+        return datetime.strptime("".join(match.groups()), "%Y%m%d%H%M%S")
+    except ValueError:  # eight digits that are no date
+        return None
+
+
+def class_names(path, classes):
+    """{class: (scientific name, common name)} from a taxonomy file: BirdCLEF 2025/2026's taxonomy.csv
+    (primary_label, scientific_name, common_name) or 2024's eBird taxonomy (SPECIES_CODE, SCI_NAME,
+    PRIMARY_COM_NAME); classes it lacks get empty names."""
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    columns = {c.lower(): c for c in table.columns}
+
+    def column(*names):
+        return next((columns[n] for n in names if n in columns), None)
+    code = column("primary_label", "species_code", "ebird_code")
+    if code is None:
+        raise InferError(f"{path} has no class column (primary_label or SPECIES_CODE)")
+    science, common = column("scientific_name", "sci_name"), column("common_name", "primary_com_name", "com_name")
+    names = {row[code]: (row[science] if science else "", row[common] if common else "") for _, row in table.iterrows()}
+    return {c: names.get(c, ("", "")) for c in classes}
+
+
+def score_in_blocks(path, networks, front_end, teacher=None, pp=pp_weight, block_s=None, decoded=None):
+    """One file's rows, as predict_files scores them (the ensemble's mean, the teacher's vote, the neighbour
+    smoothing), from blocks of block_s seconds (default block_seconds): memory holds one block's audio and mels,
+    whatever the file's length. decoded(seconds) is called after each block. Returns (rows (windows, classes),
+    seconds decoded); raises for a file that does not decode."""
+    members = list(networks) + ([teacher] if teacher is not None else [])
+    per_model = {n.name: [] for n in members}
+    seconds = 0.0
+    for block in audio_in_blocks(path, block_s or block_seconds)[1]:
+        windows = torch.from_numpy(windows_of(block))
+        batches = front_end(windows)
+        batches["waves"] = windows.numpy()
+        with torch.no_grad():
+            for net in members:
+                per_model[net.name].append(network_probs(net, batches))
+        seconds += len(block) / SAMPLE_RATE
+        if decoded:
+            decoded(len(block) / SAMPLE_RATE)
+    preds = [np.concatenate(per_model[n.name]) for n in networks]
+    return combine(preds, teacher, np.concatenate(per_model["teacher"]) if teacher is not None else None, pp), seconds
+
+
+def selection_table(rows, seconds, classes, names, min_score, low_hz, high_hz):
+    """Raven Pro's selection table of one file: a selection per window and class scored at least min_score
+    (window by window, the highest score first), its frequencies the mel range the models saw."""
+    window, column = np.nonzero(rows >= min_score)
+    order = np.lexsort((-rows[window, column], window))
+    window, column = window[order], column[order]
+    begin = window * WINDOW_SECONDS
+    return pd.DataFrame({
+        "Selection": np.arange(1, len(window) + 1), "View": "Spectrogram 1", "Channel": 1,
+        "Begin Time (s)": begin.astype(float), "End Time (s)": np.minimum(begin + WINDOW_SECONDS, seconds).round(3),
+        "Low Freq (Hz)": float(low_hz), "High Freq (Hz)": float(high_hz),
+        "Class": [classes[c] for c in column], "Scientific Name": [names[classes[c]][0] for c in column],
+        "Common Name": [names[classes[c]][1] for c in column],
+        "Score": rows[window, column].round(4)}, columns=RAVEN_COLUMNS)
+
+
+def read_selection_table(path):
+    return pd.read_csv(path, sep="\t", dtype={"Class": str, "Scientific Name": str, "Common Name": str},
+                       keep_default_na=False)
+
+
+def detections_csv(audio, out, paths):
+    """One table of the detections of every file in `paths` that has a selection table in `out`: file (relative to
+    `audio`), begin and end seconds, class, names, score, and begin_time / end_time where the file name gives
+    its start (YYYYMMDD_HHMMSS)."""
+    from datetime import timedelta
+    parts = []
+    for path in paths:
+        table_path = table_path_of(audio, out, path)
+        if not os.path.isfile(table_path):
+            continue
+        table = read_selection_table(table_path)
+        start = start_time_of(path)
+        parts.append(pd.DataFrame({
+            "file": os.path.relpath(path, audio), "begin_s": table["Begin Time (s)"], "end_s": table["End Time (s)"],
+            "class": table["Class"], "scientific_name": table["Scientific Name"],
+            "common_name": table["Common Name"], "score": table["Score"],
+            "begin_time": [str(start + timedelta(seconds=float(t))) if start else "" for t in table["Begin Time (s)"]],
+            "end_time": [str(start + timedelta(seconds=float(t))) if start else "" for t in table["End Time (s)"]]}))
+    columns = ["file", "begin_s", "end_s", "class", "scientific_name", "common_name", "score", "begin_time", "end_time"]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
+
+def table_path_of(audio, out, path):
+    """Where a file's selection table goes: out, mirroring audio's tree, <file name>.selections.txt."""
+    return os.path.join(out, os.path.relpath(path, audio) + TABLE_SUFFIX)
+
+
+def write_atomically(frame, path, **options):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    frame.to_csv(path + ".tmp", index=False, **options)
+    os.replace(path + ".tmp", path)
+
+
+def detect(args, started):
+    """--detections: every audio file under --audio scored in blocks; a Raven selection table per file in
+    --detections (a file whose table exists is skipped unless --overwrite) and detections.csv of them all."""
+    if not args.audio or not os.path.isdir(args.audio):
+        raise InferError(f"--detections needs --audio FOLDER, a folder of recordings ({args.audio!r} is none)")
+    if not 0 <= args.min_score <= 1:
+        raise InferError(f"--min-score must be in [0, 1], not {args.min_score:g}")
+    networks, front_end, classes, _ = load_ensemble(args.ensemble or find_models_dir(args.kaggle_root),
+                                                    args.backend, args.threads, args.precision)
+    teacher = TeacherVote(args.teacher_model, args.teacher_mapping, classes, args.teacher_vote, args.threads) \
+        if args.teacher_model else None
+    if args.taxonomy and not os.path.isfile(args.taxonomy):
+        raise InferError(f"--taxonomy {args.taxonomy} does not exist")
+    taxonomy = args.taxonomy or os.path.join(args.ensemble or "", "taxonomy.csv")
+    names = class_names(taxonomy, classes) if os.path.isfile(taxonomy) else {c: ("", "") for c in classes}
+    low = min(n.mel_settings.f_min for n in networks)
+    high = max(n.mel_settings.f_max for n in networks)
+    paths = list_audio_tree(args.audio, skip=args.detections)
+    todo = [p for p in paths if args.overwrite or not os.path.isfile(table_path_of(args.audio, args.detections, p))]
+    durations = [duration_of(p) for p in todo]
+    hours = sum(durations) / 3600
+    print(f"{len(paths)} audio files under {args.audio}: {len(paths) - len(todo)} have their table already "
+          f"(--overwrite redoes them), {len(todo)} to score ({hours:.2f} h); detections at score >= {args.min_score:g}",
+          flush=True)
+    from tqdm import tqdm
+    skipped = 0
+    with tqdm(total=round(hours, 4), unit="h", desc="audio", mininterval=0.5 if sys.stderr.isatty() else 30,
+              bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total:.2f} h [{elapsed}<{remaining}]{postfix}") \
+            as bar:
+        for i, (path, duration) in enumerate(zip(todo, durations)):
+            bar.set_postfix_str(f"file {i + 1}/{len(todo)}")
+            done = [0.0]
+
+            def decoded(seconds):
+                done[0] += seconds
+                bar.update(seconds / 3600)
+            try:
+                rows, seconds = score_in_blocks(path, networks, front_end, teacher, args.pp_weight, decoded=decoded)
+            except Exception as err:
+                warn(f"{path}: unreadable ({type(err).__name__}: {(str(err).splitlines() or [''])[0]}); skipped")
+                skipped += 1
+                continue
+            finally:
+                bar.update(max(0.0, duration - done[0]) / 3600)  # a file that decodes short: the bar goes on
+            table = selection_table(rows, seconds, classes, names, args.min_score, low, high)
+            write_atomically(table, table_path_of(args.audio, args.detections, path), sep="\t")
+    found = detections_csv(args.audio, args.detections, paths)
+    write_atomically(found, os.path.join(args.detections, "detections.csv"))
+    print(f"wrote {args.detections}: {len(paths) - skipped} selection tables, {len(found)} detections in "
+          f"detections.csv ({skipped} unreadable files skipped), {time.time() - started:.1f} s", flush=True)
+    return found
+
+
+def duration_of(path):
+    """Seconds of audio from a file's header; 0 when the header does not read."""
+    try:
+        import soundfile as sf
+        info = sf.info(path)
+        return info.frames / info.samplerate if info.samplerate else 0.0
+    except Exception:
+        return 0.0
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -737,11 +1003,21 @@ def parse_args(argv):
     p.add_argument("--teacher-vote", type=float, default=teacher_vote, help="with --teacher-model: its share of "
                    "each class it covers in the blend (make's TEACHER_VOTE); the classes it does not cover keep the "
                    "ensemble's")
+    p.add_argument("--detections", metavar="OUT", help="field recordings: score every audio file under --audio, "
+                   "recursively, and write a Raven selection table per file into OUT (mirroring the tree) and "
+                   "OUT/detections.csv; a file whose table exists is skipped (an interrupted run resumes)")
+    p.add_argument("--min-score", type=float, default=min_score, help="with --detections: a window and class "
+                   "scored at least this is a detection")
+    p.add_argument("--taxonomy", help="with --detections: the competition's taxonomy.csv, for scientific and "
+                   "common names (default: taxonomy.csv in the ensemble folder, if there)")
+    p.add_argument("--overwrite", action="store_true", help="with --detections: score files whose table exists too")
     return p.parse_args(argv)
 
 
 def run(args, started):
     torch.set_num_threads(max(1, args.threads))
+    if args.detections:
+        return detect(args, started)
     audio = args.audio or find_audio_dir(args.kaggle_root)
     if audio is None:
         raise InferError(f"no {args.kaggle_root}/birdclef-*/test_soundscapes found; pass --audio DIR")
