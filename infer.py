@@ -837,18 +837,37 @@ def score_in_blocks(path, networks, front_end, teacher=None, pp=pp_weight, block
     members = list(networks) + ([teacher] if teacher is not None else [])
     per_model = {n.name: [] for n in members}
     seconds = 0.0
-    for block in audio_in_blocks(path, block_s or block_seconds)[1]:
-        windows = torch.from_numpy(windows_of(block))
-        batches = front_end(windows)
-        batches["waves"] = windows.numpy()
-        with torch.no_grad():
-            for net in members:
-                per_model[net.name].append(network_probs(net, batches))
-        seconds += len(block) / SAMPLE_RATE
-        if decoded:
-            decoded(len(block) / SAMPLE_RATE)
+
+    def mels():
+        for block in audio_in_blocks(path, block_s or block_seconds)[1]:
+            windows = torch.from_numpy(windows_of(block))
+            batches = front_end(windows)
+            batches["waves"] = windows.numpy()
+            yield len(block) / SAMPLE_RATE, batches
+    # the next block is decoded and its mels computed while the networks score this one (as predict_files does)
+    mel_threads = torch.get_num_threads() if any(n.backend == "torch" for n in networks) else 1
+    with ThreadPoolExecutor(1) as pool, torch_threads(mel_threads):
+        for block_s_done, batches in one_ahead(mels(), pool):
+            with torch.no_grad():
+                for net in members:
+                    per_model[net.name].append(network_probs(net, batches))
+            seconds += block_s_done
+            if decoded:
+                decoded(block_s_done)
     preds = [np.concatenate(per_model[n.name]) for n in networks]
     return combine(preds, teacher, np.concatenate(per_model["teacher"]) if teacher is not None else None, pp), seconds
+
+
+def one_ahead(items, pool):
+    """The items of a generator, each next one computed in `pool` while the caller works on the one before."""
+    items = iter(items)
+    coming = pool.submit(next, items, None)
+    while True:
+        item = coming.result()
+        if item is None:
+            return
+        coming = pool.submit(next, items, None)
+        yield item
 
 
 def selection_table(rows, seconds, classes, names, min_score, low_hz, high_hz):
