@@ -795,7 +795,8 @@ def list_audio_tree(folder, skip=None):
     and `skip` (an output folder inside it) are left out."""
     found, skip = [], skip and os.path.abspath(skip)
     for root, folders, names in os.walk(folder):
-        folders[:] = sorted(f for f in folders if not f.startswith(".") and os.path.abspath(os.path.join(root, f)) != skip)
+        folders[:] = sorted(f for f in folders
+                            if not f.startswith(".") and os.path.abspath(os.path.join(root, f)) != skip)
         found += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(AUDIO_EXTENSIONS)]
     return found
 
@@ -829,33 +830,55 @@ def class_names(path, classes):
     return {c: names.get(c, ("", "")) for c in classes}
 
 
-def score_in_blocks(path, networks, front_end, teacher=None, pp=pp_weight, block_s=None, decoded=None):
-    """One file's rows, as predict_files scores them (the ensemble's mean, the teacher's vote, the neighbour
-    smoothing), from blocks of block_s seconds (default block_seconds): memory holds one block's audio and mels,
-    whatever the file's length. decoded(seconds) is called after each block. Returns (rows (windows, classes),
-    seconds decoded); raises for a file that does not decode."""
-    members = list(networks) + ([teacher] if teacher is not None else [])
-    per_model = {n.name: [] for n in members}
-    seconds = 0.0
+def score_in_blocks(path, networks, front_end, teacher=None, pp=pp_weight, block_s=None):
+    """One file's rows, as predict_files scores them, from blocks (score_files_in_blocks): (rows (windows,
+    classes), seconds decoded); raises for a file that does not decode."""
+    _, rows, seconds = next(score_files_in_blocks([path], networks, front_end, teacher, pp, block_s))
+    if rows is None:
+        raise seconds
+    return rows, seconds
 
-    def mels():
-        for block in audio_in_blocks(path, block_s or block_seconds)[1]:
-            windows = torch.from_numpy(windows_of(block))
-            batches = front_end(windows)
-            batches["waves"] = windows.numpy()
-            yield len(block) / SAMPLE_RATE, batches
-    # the next block is decoded and its mels computed while the networks score this one (as predict_files does)
+
+def score_files_in_blocks(paths, networks, front_end, teacher=None, pp=pp_weight, block_s=None, decoded=None):
+    """Each file's rows as predict_files scores them (the ensemble's mean, the teacher's vote, the neighbour
+    smoothing), from blocks of block_s seconds (default block_seconds): memory holds a block's audio and mels or
+    two, whatever the files' lengths. Yields (path, rows (windows, classes), seconds decoded), or (path, None, the
+    exception) for a file that does not decode. decoded(seconds) is called after each block."""
+    members = list(networks) + ([teacher] if teacher is not None else [])
+
+    def mels():  # every block of every file in turn; a file's end, or its error, as (path, None, seconds/error)
+        for path in paths:
+            seconds = 0.0
+            try:
+                for block in audio_in_blocks(path, block_s or block_seconds)[1]:
+                    windows = torch.from_numpy(windows_of(block))
+                    batches = front_end(windows)
+                    batches["waves"] = windows.numpy()
+                    seconds += len(block) / SAMPLE_RATE
+                    yield path, batches, len(block) / SAMPLE_RATE
+            except Exception as err:
+                yield path, None, err
+                continue
+            yield path, None, seconds
+    # the next block (of this file or the next) is decoded and its mels computed while the networks score this one
     mel_threads = torch.get_num_threads() if any(n.backend == "torch" for n in networks) else 1
+    per_model = {n.name: [] for n in members}
     with ThreadPoolExecutor(1) as pool, torch_threads(mel_threads):
-        for block_s_done, batches in one_ahead(mels(), pool):
-            with torch.no_grad():
-                for net in members:
-                    per_model[net.name].append(network_probs(net, batches))
-            seconds += block_s_done
-            if decoded:
-                decoded(block_s_done)
-    preds = [np.concatenate(per_model[n.name]) for n in networks]
-    return combine(preds, teacher, np.concatenate(per_model["teacher"]) if teacher is not None else None, pp), seconds
+        for path, batches, seconds in one_ahead(mels(), pool):
+            if batches is not None:
+                with torch.no_grad():
+                    for net in members:
+                        per_model[net.name].append(network_probs(net, batches))
+                if decoded:
+                    decoded(seconds)
+                continue
+            if isinstance(seconds, Exception):
+                yield path, None, seconds
+            else:
+                preds = [np.concatenate(per_model[n.name]) for n in networks]
+                voted = np.concatenate(per_model["teacher"]) if teacher is not None else None
+                yield path, combine(preds, teacher, voted, pp), seconds
+            per_model = {n.name: [] for n in members}
 
 
 def one_ahead(items, pool):
@@ -943,8 +966,8 @@ def detect(args, started):
     high = max(n.mel_settings.f_max for n in networks)
     paths = list_audio_tree(args.audio, skip=args.detections)
     todo = [p for p in paths if args.overwrite or not os.path.isfile(table_path_of(args.audio, args.detections, p))]
-    durations = [duration_of(p) for p in todo]
-    hours = sum(durations) / 3600
+    until = np.cumsum([duration_of(p) for p in todo])  # seconds of audio up to the end of each file
+    hours = (until[-1] if len(todo) else 0.0) / 3600
     print(f"{len(paths)} audio files under {args.audio}: {len(paths) - len(todo)} have their table already "
           f"(--overwrite redoes them), {len(todo)} to score ({hours:.2f} h); detections at score >= {args.min_score:g}",
           flush=True)
@@ -953,21 +976,21 @@ def detect(args, started):
     with tqdm(total=round(hours, 4), unit="h", desc="audio", mininterval=0.5 if sys.stderr.isatty() else 30,
               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total:.2f} h [{elapsed}<{remaining}]{postfix}") \
             as bar:
-        for i, (path, duration) in enumerate(zip(todo, durations)):
-            bar.set_postfix_str(f"file {i + 1}/{len(todo)}")
-            done = [0.0]
+        done = [0.0]
 
-            def decoded(seconds):
-                done[0] += seconds
-                bar.update(seconds / 3600)
-            try:
-                rows, seconds = score_in_blocks(path, networks, front_end, teacher, args.pp_weight, decoded=decoded)
-            except Exception as err:
-                warn(f"{path}: unreadable ({type(err).__name__}: {(str(err).splitlines() or [''])[0]}); skipped")
+        def decoded(seconds):
+            done[0] += seconds
+            bar.update(seconds / 3600)
+        scored = score_files_in_blocks(todo, networks, front_end, teacher, args.pp_weight, decoded=decoded)
+        for i, (path, rows, seconds) in enumerate(scored):
+            bar.set_postfix_str(f"file {i + 1}/{len(todo)}")
+            bar.update(max(0.0, until[i] - done[0]) / 3600)  # a file that decodes short: the bar goes on
+            done[0] = max(done[0], until[i])
+            if rows is None:
+                warn(f"{path}: unreadable ({type(seconds).__name__}: {(str(seconds).splitlines() or [''])[0]}); "
+                     f"skipped")
                 skipped += 1
                 continue
-            finally:
-                bar.update(max(0.0, duration - done[0]) / 3600)  # a file that decodes short: the bar goes on
             table = selection_table(rows, seconds, classes, names, args.min_score, low, high)
             write_atomically(table, table_path_of(args.audio, args.detections, path), sep="\t")
     found = detections_csv(args.audio, args.detections, paths)
