@@ -25,11 +25,10 @@ $(WEIGHTS): | $(SETUP)
 	$(PY) -c "import weights, sys; weights.save_writeup_weights(sys.argv[1])" $@
 
 prep: $(CACHED)
-# what the later steps read (the models table, TRAIN_ARGS, EPOCHS, PRETRAINED) is checked before prep's hours
+# after --: what training will read (the models table, EPOCHS, PRETRAINED, TRAIN_ARGS), checked before prep's hours
 $(CACHED): $(STAMP.prep) | $(SETUP) $(if $(and $(TEACHER_MODEL),$(if $(wildcard $(CACHED)),,new)),teacher-check)
-	@$(PY) train.py --check --models $(MODELS) --epochs $(EPOCHS) --pretrained "$(PRETRAINED)" \
-		--keep-epochs $(KEEP_EPOCHS) $(TRAIN_ARGS)
-	$(PY) prep.py --data "$(DATA)" --out $(CACHE) --threads $(THREADS) $(PREP_ARGS)
+	$(PY) prep.py --data "$(DATA)" --out $(CACHE) --threads $(THREADS) $(PREP_ARGS) \
+		-- --models $(MODELS) --epochs $(EPOCHS) --pretrained "$(PRETRAINED)" --keep-epochs $(KEEP_EPOCHS) $(TRAIN_ARGS)
 
 # round R, model ID: train (resumable) then soup + export; a round's ensemble bundles its soups
 define MODEL

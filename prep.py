@@ -560,9 +560,17 @@ def main():
                         "ends; auto: the files of sound archives' collections (the metadata's collection: CSA, and "
                         "any flagged far more often than XC), where silero-vad is installed (make installs it); on: "
                         "every file. The soundscapes are not looked at: nobody speaks on the site's recorders")
-    args = parser.parse_args()
+    parser.epilog = ("Flags after -- are train.py's, as make passes them (the models table, EPOCHS, PRETRAINED, "
+                     "TRAIN_ARGS): checked (train.py --check) before anything is read, so that a wrong one stops "
+                     "before prep's hours, not after them.")
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
     if not 0 <= args.site_holdout < 1:
         parser.error(f"--site-holdout is a share, 0 to below 1, not {args.site_holdout:g}")
+    if split < len(argv):  # in this process: prep has loaded what train.py's check needs
+        import train
+        train.check_run(train.parse_args(["--check", *argv[split + 1:]]))
     prepare(args.data, args.out, args.extra, args.threads, args.max_unlabeled_windows, args.seed, args.site_labels,
             args.site_holdout, args.speech)
 

@@ -26,7 +26,7 @@ def birdlike(seconds, rate, seed, channels=1):
     return np.stack([audio, 0.7 * audio], axis=1) if channels == 2 else audio
 
 
-@pytest.mark.parametrize("rate,channels", [(32000, 1), (44100, 2), (48000, 1)])
+@pytest.mark.parametrize("rate,channels", [(32000, 1), (44100, 2)])
 def test_block_wise_scores_equal_whole_file_scores(tiny_ensemble, tmp_path, rate, channels):
     path = str(tmp_path / f"long_{rate}.flac")
     sf.write(path, birdlike(47.3, rate, seed=rate, channels=channels), rate)
@@ -52,7 +52,8 @@ def recorders(tmp_path_factory):
     return root
 
 
-def test_detections_of_a_folder_tree_as_raven_tables_and_one_csv(tiny_ensemble, cache_dir, recorders, tmp_path):
+def test_detections_of_a_folder_tree_as_raven_tables_and_one_csv(tiny_ensemble, cache_dir, recorders, tmp_path,
+                                                                  capsys):
     out = tmp_path / "detections"
     classes = tables.load_classes(tables.CachePaths(cache_dir).classes)
     taxonomy = tmp_path / "taxonomy.csv"
@@ -90,11 +91,12 @@ def test_detections_of_a_folder_tree_as_raven_tables_and_one_csv(tiny_ensemble, 
     assert (found.loc[found["file"].str.endswith("short.FLAC"), "begin_time"] == "").all()
 
     stamp = os.stat(moth).st_mtime_ns
-    again = run_alone(tmp_path, *args, "--min-score", "0.3")  # resumes: the done files are skipped
-    assert again.returncode == 0 and "2 have their table already" in again.stdout, again.stdout + again.stderr
-    assert os.stat(moth).st_mtime_ns == stamp and "broken.ogg" in again.stderr
-    redo = run_alone(tmp_path, *args, "--min-score", "0.6", "--overwrite")
-    assert redo.returncode == 0 and "0 have their table already" in redo.stdout
+    infer.main([*args, "--min-score", "0.3"])  # resumes: the done files are skipped (in this process: no start-up)
+    printed = capsys.readouterr()
+    assert "2 have their table already" in printed.out and "broken.ogg" in printed.err
+    assert os.stat(moth).st_mtime_ns == stamp
+    infer.main([*args, "--min-score", "0.6", "--overwrite"])
+    assert "0 have their table already" in capsys.readouterr().out
     fewer = pd.read_csv(moth, sep="\t")
     assert set(zip(fewer["Begin Time (s)"], fewer["Class"])) == \
         set(zip(table.loc[table["Score"] >= 0.6, "Begin Time (s)"], table.loc[table["Score"] >= 0.6, "Class"]))
@@ -108,7 +110,8 @@ def test_recorders_start_times_are_read_from_their_names():
         assert infer.start_time_of(name) is None, name
 
 
-def test_detections_without_a_folder_is_one_line(tiny_ensemble, tmp_path):
-    from helpers import one_line_error
-    done = run_alone(tmp_path, "--ensemble", tiny_ensemble, "--detections", str(tmp_path / "out"))
-    assert one_line_error(done) and "--detections needs --audio FOLDER" in done.stderr
+def test_detections_without_a_folder_is_one_line(tiny_ensemble, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        infer.main(["--ensemble", tiny_ensemble, "--detections", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and "--detections needs --audio FOLDER" in err[0]
