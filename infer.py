@@ -29,6 +29,7 @@ into a Raven Pro selection table per file (OUT/<its path>.selections.txt) and OU
 """
 import argparse
 import contextlib
+import dataclasses
 import glob
 import json
 import math
@@ -61,7 +62,12 @@ out_file = "submission.csv"
 # 90 from 2025 on; 10 are left for the rest of the kernel
 budget_min_by_year = {2024: 110.0}
 budget_min = 80.0         # any other year, or audio that is not a competition's
-pp_weight = 0.5           # neighbour smoothing weight (0 disables)
+pp_weight = 0.5           # neighbour smoothing weight (0 disables): the write-up's [0.5, 1, 0.5]
+# post-processing of a file's rows beyond the write-up's (an ensemble's postprocessing.json, which make ensemble
+# writes from PP_KERNEL, PP_BOOST and PP_TTA, sets its own; a flag wins over both)
+pp_kernel = None          # an odd-length smoothing kernel over a file's windows, e.g. (0.1, 0.2, 0.4, 0.2, 0.1)
+pp_boost = 0.0            # each class's rows moved toward the file's maximum of that class by this share; 0: off
+pp_tta = 0.0              # the share of the windows shifted by -2.5 and +2.5 s in each row; 0: off (2x networks)
 teacher_vote = 0.4        # a teacher's share of a covered class (--teacher-model): 2026's 4th place gave Perch 40 %
 threads = 4               # Kaggle's CPU kernels have 4 vCPUs
 fallback_seconds = 60     # rows of an unreadable file when neither its header nor other files tell its length
@@ -284,10 +290,76 @@ def count_windows(path):
 
 def smooth_neighbours(probs, weight=pp_weight):
     """(windows, classes) of one file -> (p[t] + w*(p[t-1] + p[t+1])) / (1 + 2w); a missing neighbour is 0."""
+    return smooth_kernel(probs, (weight, 1.0, weight))
+
+
+def smooth_kernel(probs, kernel):
+    """(windows, classes) of one file -> each row the kernel's weighted sum of the rows around it (an odd-length
+    kernel, centred on the row; a missing row is 0), divided by the kernel's sum: values stay in [0, 1]."""
+    kernel = np.asarray(kernel, dtype=np.float64)
+    half = len(kernel) // 2
+    if len(probs) == 0 or not np.any(kernel[np.arange(len(kernel)) != half]):
+        return probs
+    padded = np.pad(probs, ((half, half), (0, 0)))
+    out = sum(w * padded[k:k + len(probs)] for k, w in enumerate(kernel) if w)
+    return (out / kernel.sum()).astype(probs.dtype, copy=False)
+
+
+def boost_to_file_max(probs, weight):
+    """(windows, classes) of one file -> each class's rows moved toward the file's maximum of that class by
+    `weight`: p + w * (max - p). A species heard in one window of a file is likely in its others."""
     if weight == 0 or len(probs) == 0:
         return probs
-    padded = np.pad(probs, ((1, 1), (0, 0)))
-    return (probs + weight * (padded[:-2] + padded[2:])) / (1 + 2 * weight)
+    return probs + weight * (probs.max(axis=0, keepdims=True) - probs)
+
+
+def blend_shifted(probs, shifted, weight):
+    """probs (windows, classes), shifted (windows + 1, classes): the rows of the windows 2.5 s earlier (row 0:
+    from -2.5 s) -> (1 - w) * p[t] + w * (q[t] + q[t + 1]) / 2, the two shifted windows that overlap window t."""
+    if weight == 0 or shifted is None:
+        return probs
+    return (1 - weight) * probs + weight * 0.5 * (shifted[:-1] + shifted[1:])
+
+
+@dataclass(frozen=True)
+class PostProcessing:
+    """What is done to a file's rows after the ensemble's mean: the shifted windows' share (tta), the smoothing
+    kernel, the boost toward the file's maximum; in that order, with a teacher's vote after the first (combine)."""
+    kernel: tuple = (pp_weight, 1.0, pp_weight)
+    boost: float = pp_boost
+    tta: float = pp_tta
+
+    def check(self):
+        if len(self.kernel) % 2 == 0 or any(w < 0 for w in self.kernel) or sum(self.kernel) <= 0:
+            raise InferError(f"the smoothing kernel must have an odd length and weights >= 0, not "
+                             f"{','.join(f'{w:g}' for w in self.kernel)}")
+        for name in ("boost", "tta"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InferError(f"the {name} weight must be in [0, 1], not {getattr(self, name):g}")
+        return self
+
+    def describe(self):
+        return (f"smoothing [{', '.join(f'{w:g}' for w in self.kernel)}], boost {self.boost:g}, "
+                f"shifted windows {self.tta:g}")
+
+
+def as_post_processing(pp):
+    """A PostProcessing, or a number: the write-up's neighbour weight alone (0: none)."""
+    return pp if isinstance(pp, PostProcessing) else PostProcessing(kernel=(pp, 1.0, pp), boost=0.0, tta=0.0)
+
+
+POSTPROCESSING_FILE = "postprocessing.json"  # in an ensemble folder: its recorded post-processing
+
+
+def read_post_processing(folder):
+    """The post-processing recorded with an ensemble (make ensemble writes postprocessing.json), else the write-up's."""
+    path = os.path.join(folder or "", POSTPROCESSING_FILE)
+    if not os.path.isfile(path):
+        return PostProcessing()
+    with open(path) as f:
+        recorded = json.load(f)
+    return PostProcessing(kernel=tuple(float(w) for w in recorded["kernel"]), boost=float(recorded["boost"]),
+                          tta=float(recorded["tta"])).check()
 
 
 
@@ -563,11 +635,12 @@ def load_ensemble(folder, backend, n_threads, precision="f32"):
 # the run
 
 
-def decode_and_mel(path, front_end, keep_waves=False):
+def decode_and_mel(path, front_end, keep_waves=False, shifted=False):
     """Decode one file and compute each distinct mel once: (n_windows, {mel_key: mel tensor}, None), or
     (n_windows from the header or None, None, error) when it cannot be decoded. A file that decodes short of its
     header gets the header's rows: the windows past the damage are zeros. keep_waves: the 5-s windows themselves
-    under "waves" too (a teacher's input)."""
+    under "waves" too (a teacher's input); shifted: the mels of the windows 2.5 s earlier under "shifted" too
+    ({mel_key: mel tensor}, n_windows + 1 rows)."""
     try:
         audio = read_audio(path)
         n_windows = max(1, math.ceil(len(audio) / WINDOW_SAMPLES), count_windows(path) or 0)
@@ -575,6 +648,9 @@ def decode_and_mel(path, front_end, keep_waves=False):
         mels = front_end(windows)
         if keep_waves:
             mels["waves"] = windows.numpy()
+        if shifted:
+            mels["shifted"] = front_end(torch.from_numpy(shifted_windows(audio[:n_windows * WINDOW_SAMPLES],
+                                                                         n_windows)))
         return len(windows), mels, None
     except Exception as err:
         return count_windows(path), None, f"{type(err).__name__}: {err}"
@@ -598,7 +674,8 @@ def drop_over_budget(active, per_model, seconds_so_far, done, remaining, elapsed
             seconds_so_far["prep"] + sum(seconds_so_far[n.name] for n in active)) / done > budget_s:
         dropped = active.pop()
         per_model.pop(dropped.name)
-        warn(f"time budget: dropping model {dropped.name} (projected end past {budget_s / 60:.0f} min)")
+        what = dropped.name if isinstance(dropped, (TeacherVote, ShiftedWindows)) else f"model {dropped.name}"
+        warn(f"time budget: dropping {what} (projected end past {budget_s / 60:.0f} min)")
 
 
 Predictions = namedtuple("Predictions", "probs n_windows used seconds")
@@ -653,19 +730,40 @@ class TeacherVote:
         return out
 
 
-def combine(preds, teacher=None, teacher_probs=None, pp=pp_weight):
-    """One file's rows: the mean of the models' probabilities ([(windows, classes)]), the teacher's vote blended in
-    (when given), then the neighbour smoothing."""
-    mean = np.mean(preds, axis=0)
+def combine(preds, teacher=None, teacher_probs=None, pp=pp_weight, shifted=None):
+    """One file's rows: the mean of the models' probabilities ([(windows, classes)]), blended with the mean of
+    their shifted windows' ([(windows + 1, classes)], where pp's tta > 0), the teacher's vote (when given), then
+    pp's smoothing and boost (pp: a PostProcessing, or the neighbour weight alone)."""
+    pp = as_post_processing(pp)
+    mean = blend_shifted(np.mean(preds, axis=0), np.mean(shifted, axis=0) if shifted else None, pp.tta)
     if teacher is not None:
         mean = teacher.blend(mean, teacher_probs)
-    return smooth_neighbours(mean, pp)
+    return boost_to_file_max(smooth_kernel(mean, pp.kernel), pp.boost)
+
+
+class ShiftedWindows:
+    """The windows shifted by 2.5 s (test-time augmentation) as a member of the run: probs(batches) -> {model name:
+    (windows + 1, classes)} of each network on batches["shifted"]. The time budget drops it before anything else."""
+
+    name, backend = "shifted windows", None
+
+    def __init__(self, networks):
+        self.networks = list(networks)
+
+    def probs(self, batches):
+        return {n.name: network_probs(n, batches["shifted"]) for n in self.networks}
+
+
+def shifted_windows(audio, n_windows):
+    """(n_windows + 1, WINDOW_SAMPLES): the 5-s windows 2.5 s earlier than windows_of's (the first from -2.5 s,
+    zeros before the start): windows t and t + 1 of these overlap window t of windows_of by half each."""
+    return windows_of(np.concatenate([np.zeros(WINDOW_SAMPLES // 2, np.float32), audio]), n_windows + 1)
 
 
 def network_probs(net, batches):
     """One member's (windows, classes) probabilities of a batch: {mel_key: mels, "waves": windows} (decode_and_mel)."""
-    if isinstance(net, TeacherVote):
-        return net.probs(batches["waves"])
+    if isinstance(net, (TeacherVote, ShiftedWindows)):
+        return net.probs(batches["waves"] if isinstance(net, TeacherVote) else batches)
     return torch.sigmoid(torch.from_numpy(net.logits(batches[net.mel_key]))).numpy()
 
 
@@ -678,7 +776,9 @@ def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefe
     Decoding and mels run in a thread pool ahead of the networks. When `budget_s` is given and the projected
     end (counted from `started`, default now) passes it, the least valuable-for-cost models are dropped
     (their predictions discarded everywhere); past the budget the remaining files get no prediction.
-    teacher (a TeacherVote): blended into the ensemble's mean, before the smoothing; dropped first.
+    teacher (a TeacherVote): blended into the ensemble's mean, before the smoothing; dropped first. pp: a
+    PostProcessing (or the neighbour weight alone); with tta > 0 the shifted windows are scored too, and the
+    budget drops them before the teacher and the models.
     """
     try:
         from tqdm import tqdm
@@ -686,7 +786,10 @@ def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefe
         def tqdm(x, **_):
             return x
     started = time.time() if started is None else started
-    networks = list(networks) + ([teacher] if teacher is not None else [])  # the teacher last: dropped first
+    pp = as_post_processing(pp)
+    shifted = ShiftedWindows(networks) if pp.tta > 0 else None
+    # the teacher and the shifted windows last: dropped first
+    networks = list(networks) + [m for m in (teacher, shifted) if m is not None]
     active = list(networks)
     per_model = {n.name: {} for n in networks}   # name -> {path: probs}
     seconds = {n.name: 0.0 for n in networks}   # network time so far
@@ -696,7 +799,9 @@ def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefe
     # prefetching worker, and more torch threads would contend with the networks' (~6% slower, measured)
     mel_threads = torch.get_num_threads() if any(n.backend == "torch" for n in networks) else 1
     with ThreadPoolExecutor(max(1, prefetch)) as pool, torch_threads(mel_threads):
-        futures = [pool.submit(decode_and_mel, p, front_end, teacher is not None) for p in paths[:prefetch]]
+        def decode(path):
+            return pool.submit(decode_and_mel, path, front_end, teacher is not None, shifted in active)
+        futures = [decode(p) for p in paths[:prefetch]]
         # in a log file (not a terminal) a redraw every 30 s, not ten a second
         for i, path in enumerate(tqdm(paths, desc="soundscapes", unit="file", disable=not log,
                                       mininterval=0.1 if sys.stderr.isatty() else 30)):
@@ -704,7 +809,7 @@ def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefe
             n_windows, mel_batches, error = futures[i].result()
             futures[i] = None
             if i + prefetch < len(paths):
-                futures.append(pool.submit(decode_and_mel, paths[i + prefetch], front_end, teacher is not None))
+                futures.append(decode(paths[i + prefetch]))
             seconds["prep"] += time.time() - began
             n_windows_of[path] = n_windows
             if error:
@@ -723,14 +828,19 @@ def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefe
                     for rest in paths[done:]:
                         n_windows_of[rest] = count_windows(rest)
                     break
-    members = [n for n in active if n is not teacher]
+    members = [n for n in active if n is not teacher and n is not shifted]
+    extras = [m for m in (teacher, shifted) if m in active]
+    if shifted not in active:
+        pp = dataclasses.replace(pp, tta=0.0)
     for path in paths:
         preds = [per_model[n.name][path] for n in members if path in per_model[n.name]]
-        if len(preds) < len(members) or (teacher in active and path not in per_model[teacher.name]):
+        if len(preds) < len(members) or any(path not in per_model[m.name] for m in extras):
             results[path] = None
             continue
         results[path] = combine(preds, teacher if teacher in active else None,
-                                per_model[teacher.name][path] if teacher in active else None, pp)
+                                per_model[teacher.name][path] if teacher in active else None, pp,
+                                [per_model[shifted.name][path][n.name] for n in members] if shifted in active
+                                else None)
     seconds.pop("prep")
     return Predictions(results, n_windows_of, [n.name for n in active], seconds)
 
@@ -840,20 +950,27 @@ def score_in_blocks(path, networks, front_end, teacher=None, pp=pp_weight, block
 
 
 def score_files_in_blocks(paths, networks, front_end, teacher=None, pp=pp_weight, block_s=None, decoded=None):
-    """Each file's rows as predict_files scores them (the ensemble's mean, the teacher's vote, the neighbour
-    smoothing), from blocks of block_s seconds (default block_seconds): memory holds a block's audio and mels or
-    two, whatever the files' lengths. Yields (path, rows (windows, classes), seconds decoded), or (path, None, the
-    exception) for a file that does not decode. decoded(seconds) is called after each block."""
-    members = list(networks) + ([teacher] if teacher is not None else [])
+    """Each file's rows as predict_files scores them (the ensemble's mean, the shifted windows, the teacher's vote,
+    the post-processing), from blocks of block_s seconds (default block_seconds): memory holds a block's audio and
+    mels or two, whatever the files' lengths. Yields (path, rows (windows, classes), seconds decoded), or (path,
+    None, the exception) for a file that does not decode. decoded(seconds) is called after each block."""
+    pp = as_post_processing(pp)
+    shifted = ShiftedWindows(networks) if pp.tta > 0 else None
+    members = list(networks) + [m for m in (teacher, shifted) if m is not None]
+    half = WINDOW_SAMPLES // 2
 
     def mels():  # every block of every file in turn; a file's end, or its error, as (path, None, seconds/error)
         for path in paths:
-            seconds = 0.0
+            seconds, before = 0.0, np.zeros(half, np.float32)  # the 2.5 s before the block: its shifted windows'
             try:
                 for block in audio_in_blocks(path, block_s or block_seconds)[1]:
                     windows = torch.from_numpy(windows_of(block))
                     batches = front_end(windows)
                     batches["waves"] = windows.numpy()
+                    if shifted is not None:  # one more than the block's windows: only the file's last block keeps it
+                        batches["shifted"] = front_end(torch.from_numpy(
+                            windows_of(np.concatenate([before, block]), len(windows) + 1)))
+                        before = block[-half:]
                     seconds += len(block) / SAMPLE_RATE
                     yield path, batches, len(block) / SAMPLE_RATE
             except Exception as err:
@@ -877,7 +994,12 @@ def score_files_in_blocks(paths, networks, front_end, teacher=None, pp=pp_weight
             else:
                 preds = [np.concatenate(per_model[n.name]) for n in networks]
                 voted = np.concatenate(per_model["teacher"]) if teacher is not None else None
-                yield path, combine(preds, teacher, voted, pp), seconds
+                moved = None
+                if shifted is not None:  # each block's extra last row is the next block's first
+                    blocks = per_model[shifted.name]
+                    moved = [np.concatenate([b[n.name][:-1] for b in blocks[:-1]] + [blocks[-1][n.name]])
+                             for n in networks]
+                yield path, combine(preds, teacher, voted, pp, moved), seconds
             per_model = {n.name: [] for n in members}
 
 
@@ -954,8 +1076,10 @@ def detect(args, started):
         raise InferError(f"--detections needs --audio FOLDER, a folder of recordings ({args.audio!r} is none)")
     if not 0 <= args.min_score <= 1:
         raise InferError(f"--min-score must be in [0, 1], not {args.min_score:g}")
-    networks, front_end, classes, _ = load_ensemble(args.ensemble or find_models_dir(args.kaggle_root),
-                                                    args.backend, args.threads, args.precision)
+    folder = args.ensemble or find_models_dir(args.kaggle_root)
+    pp = post_processing_of(args, folder)
+    networks, front_end, classes, _ = load_ensemble(folder, args.backend, args.threads, args.precision)
+    print(f"post-processing: {pp.describe()}", flush=True)
     teacher = TeacherVote(args.teacher_model, args.teacher_mapping, classes, args.teacher_vote, args.threads) \
         if args.teacher_model else None
     if args.taxonomy and not os.path.isfile(args.taxonomy):
@@ -973,7 +1097,7 @@ def detect(args, started):
           flush=True)
     from tqdm import tqdm
     skipped = 0
-    with tqdm(total=round(hours, 4), unit="h", desc="audio", mininterval=0.5 if sys.stderr.isatty() else 30,
+    with tqdm(total=hours, unit="h", desc="audio", mininterval=0.5 if sys.stderr.isatty() else 30,
               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total:.2f} h [{elapsed}<{remaining}]{postfix}") \
             as bar:
         done = [0.0]
@@ -981,7 +1105,7 @@ def detect(args, started):
         def decoded(seconds):
             done[0] += seconds
             bar.update(seconds / 3600)
-        scored = score_files_in_blocks(todo, networks, front_end, teacher, args.pp_weight, decoded=decoded)
+        scored = score_files_in_blocks(todo, networks, front_end, teacher, pp, decoded=decoded)
         for i, (path, rows, seconds) in enumerate(scored):
             bar.set_postfix_str(f"file {i + 1}/{len(todo)}")
             bar.update(max(0.0, until[i] - done[0]) / 3600)  # a file that decodes short: the bar goes on
@@ -1036,8 +1160,16 @@ def parse_args(argv):
     p.add_argument("--budget-min", type=float, default=None, help="time budget in minutes, counted from the "
                    f"start of main (default: by the competition's year, {budget_min_by_year[2024]:g} for BirdCLEF "
                    f"2024, else {budget_min:g})")
-    p.add_argument("--pp-weight", type=float, default=pp_weight, help="neighbour smoothing weight (the write-up's "
+    p.add_argument("--pp-weight", type=float, help="neighbour smoothing weight (the write-up's "
                    "post-processing); 0 disables")
+    p.add_argument("--pp-kernel", help="an odd-length smoothing kernel over a file's windows instead, e.g. "
+                   "0.1,0.2,0.4,0.2,0.1 (default: the ensemble's postprocessing.json, else the write-up's "
+                   f"[{pp_weight:g}, 1, {pp_weight:g}])")
+    p.add_argument("--pp-boost", type=float, help="each class's rows moved toward the file's maximum of that class "
+                   f"by this share (default: the ensemble's, else {pp_boost:g}: off)")
+    p.add_argument("--pp-tta", type=float, help="the share of the windows shifted by -2.5 and +2.5 s in each row; "
+                   f"their cost is counted by the time budget, which drops them first (default: the ensemble's, else "
+                   f"{pp_tta:g}: off)")
     p.add_argument("--teacher-model", help="the teacher: an ONNX file with Perch v2's signature (make's "
                    "TEACHER_MODEL; its runtime: onnxruntime)")
     p.add_argument("--teacher-mapping", help="the teacher's mapping of our classes to its outputs "
@@ -1056,6 +1188,23 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def post_processing_of(args, folder):
+    """The post-processing of a run: the ensemble's recorded one (read_post_processing), each part a flag gives
+    replaced (--pp-weight or --pp-kernel, --pp-boost, --pp-tta)."""
+    pp = read_post_processing(folder)
+    if args.pp_weight is not None:
+        pp = dataclasses.replace(pp, kernel=(args.pp_weight, 1.0, args.pp_weight))
+    if args.pp_kernel is not None:
+        try:
+            pp = dataclasses.replace(pp, kernel=tuple(float(w) for w in args.pp_kernel.split(",")))
+        except ValueError:
+            raise InferError(f"--pp-kernel must be numbers separated by commas, not {args.pp_kernel!r}") from None
+    for name in ("boost", "tta"):
+        if getattr(args, f"pp_{name}") is not None:
+            pp = dataclasses.replace(pp, **{name: getattr(args, f"pp_{name}")})
+    return pp.check()
+
+
 def run(args, started):
     torch.set_num_threads(max(1, args.threads))
     if args.detections:
@@ -1066,7 +1215,9 @@ def run(args, started):
     models = args.ensemble or find_models_dir(args.kaggle_root)
     columns, sample_path = sample_submission_columns(audio, args.sample_submission)
     order = check_columns([str(c) for c in read_specs(models)[0]["classes"]], columns, sample_path)
+    pp = post_processing_of(args, models)
     networks, front_end, classes, _ = load_ensemble(models, args.backend, args.threads, args.precision)
+    print(f"post-processing: {pp.describe()}", flush=True)
     teacher = None
     if args.teacher_model:
         teacher = TeacherVote(args.teacher_model, args.teacher_mapping, classes, args.teacher_vote, args.threads)
@@ -1077,8 +1228,7 @@ def run(args, started):
         warn(f"no audio files in {audio}; writing a submission with no rows")
     budget = args.budget_min if args.budget_min is not None else default_budget_min(audio)
     print(f"time budget {budget:g} minutes", flush=True)
-    predictions = predict_files(paths, networks, front_end, budget * 60, args.pp_weight,
-                                started=started, teacher=teacher)
+    predictions = predict_files(paths, networks, front_end, budget * 60, pp, started=started, teacher=teacher)
     frame = submission_frame(paths, predictions.probs, predictions.n_windows, classes)[["row_id"] + order]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = args.out + ".tmp"

@@ -23,6 +23,7 @@ float32), classes, raw_floor (each class's median before normalization, for repo
 per cached window, in the cache's order.
 """
 import argparse
+import dataclasses
 import json
 import os
 
@@ -301,7 +302,11 @@ def pseudo_label_soundscapes(models_dir, folder, out, how=pl_norm, n_threads=thr
         raise UserError(f"no audio files in {folder}")
     torch.set_num_threads(max(1, n_threads))
     engine = ExportedEngine(models_dir, backend, n_threads)
-    results = infer.predict_files(files, engine.networks, engine.front_end, budget_s=None, pp=0.0).probs
+    # whole files: the ensemble's shifted windows and boost toward the file's maximum apply; the smoothing stays off,
+    # as on the cache's windows (isolated windows, where none of the three applies: no neighbours, file or audio
+    # around them)
+    pp = dataclasses.replace(infer.read_post_processing(models_dir), kernel=(1.0,))
+    results = infer.predict_files(files, engine.networks, engine.front_end, budget_s=None, pp=pp).probs
     names, ends, blocks = [], [], []
     for path in files:
         if results[path] is None:  # unreadable: infer.py warned; its windows get no pseudo label

@@ -23,7 +23,7 @@ endif
 # environment) takes the given value, records it and reruns what it changes. THREADS, DEVICE, GPUS and PY belong to
 # the machine, not the run, and are not recorded. make -n (and -q) write nothing: no record, no stamp.
 RECORDED := DATA MODELS EPOCHS PRETRAINED TRAIN_ARGS PREP_ARGS PL_NORM PL_MEMBERS ROUNDS TEACHER TEACHER_WEIGHT \
-	TEACHER_MODEL TEACHER_LABELS DISTILL TEACHER_VOTE
+	TEACHER_MODEL TEACHER_LABELS DISTILL TEACHER_VOTE MAX_ROUNDS PL_POWER PP_KERNEL PP_BOOST PP_TTA
 RUN_SETTINGS := $(WORK)/.settings/run
 DRY_RUN := $(findstring n,$(firstword -$(MAKEFLAGS)))$(findstring q,$(firstword -$(MAKEFLAGS)))
 define recall
@@ -57,6 +57,18 @@ PL_MEMBERS ?=
 # auto: decided by the site's held-out labelled soundscapes (site_score.py rounds; a dataset with
 # train_soundscapes_labels.csv): another round while one beats the last beyond noise, then the best-scoring round
 ROUNDS ?= 3
+# ROUNDS=auto trains at most this many rounds (1 to 9)
+MAX_ROUNDS ?= 3
+# the pseudo labels raised to this power before they are mixed in (1: as pseudo.py wrote them; above 1 sharpens:
+# confident windows count more): one value for every round, or one per round from round 1 (PL_POWER=1,1.54,1.82),
+# the last one for the rounds after the list
+PL_POWER ?= 1
+# the final ensemble's post-processing (make ensemble writes it into WORK/ensemble/postprocessing.json, which infer.py
+# and the Kaggle cell apply): PP_KERNEL an odd-length smoothing kernel (empty: the write-up's 0.5,1,0.5), PP_BOOST
+# each class's rows moved toward the file's maximum by this share, PP_TTA the share of the windows shifted by 2.5 s
+PP_KERNEL ?=
+PP_BOOST ?= 0
+PP_TTA ?= 0
 # the backbone's starting weights: timm (the write-up's ImageNet/JFT weights, downloaded once), none (random init)
 # or a file (make weights writes one)
 PRETRAINED ?= timm
@@ -109,8 +121,33 @@ TEACHER_EMBEDDINGS := $(if $(TEACHER),$(basename $(TEACHER)).embeddings.npz)
 # the pseudo labels round R trains on: pseudoR.npz is made by round R's ensemble and trains round R + 1; round 1
 # trains on the teacher's labels where TEACHER is given, else on none
 LABELS_FOR_ROUND_1 := $(TEACHER)
-LABELS_FOR_ROUND_2 := $(WORK)/pseudo1.npz
-LABELS_FOR_ROUND_3 := $(WORK)/pseudo2.npz
+ALL_ROUNDS := 1 2 3 4 5 6 7 8 9
+$(foreach r,$(wordlist 2,9,$(ALL_ROUNDS)),$(eval LABELS_FOR_ROUND_$(r) := $(WORK)/pseudo$(word $(r),0 $(ALL_ROUNDS)).npz))
+# round R's power of its pseudo labels: PL_POWER's R-th value, else its last
+PL_POWER_LIST := $(subst $(comma), ,$(PL_POWER))
+pl_power_of = $(or $(word $(1),$(PL_POWER_LIST)),$(lastword $(PL_POWER_LIST)))
+# the rounds a run plans: ROUNDS, or MAX_ROUNDS for ROUNDS=auto
+PLANNED_ROUNDS := $(if $(filter auto,$(ROUNDS)),$(MAX_ROUNDS),$(ROUNDS))
+ifeq ($(filter $(ROUNDS),$(ALL_ROUNDS) auto),)
+$(error ROUNDS must be 1 to 9, or auto, not "$(ROUNDS)")
+endif
+ifeq ($(filter $(MAX_ROUNDS),$(ALL_ROUNDS)),)
+$(error MAX_ROUNDS must be 1 to 9, not "$(MAX_ROUNDS)")
+endif
+# the numbers of PL_POWER and PP_*: one line, before anything runs
+NUMBERS_WRONG := $(shell awk -v power='$(PL_POWER)' -v rounds='$(PLANNED_ROUNDS)' -v kernel='$(PP_KERNEL)' \
+	-v boost='$(PP_BOOST)' -v tta='$(PP_TTA)' 'function num(x) { return x ~ /^([0-9]+[.]?[0-9]*|[.][0-9]+)$$/ } \
+	BEGIN { n = split(power, p, ","); for (i = 1; i <= n; i++) if (!num(p[i]) || p[i] <= 0) { \
+	print "PL_POWER must be positive numbers separated by commas, not \"" power "\""; exit } \
+	if (n > rounds) { print "PL_POWER gives " n " values, one per round, and the run has " rounds " rounds"; exit } \
+	k = split(kernel, w, ","); s = 0; for (i = 1; i <= k; i++) { if (!num(w[i])) { \
+	print "PP_KERNEL must be weights >= 0 separated by commas, not \"" kernel "\""; exit } s += w[i] } \
+	if (k && (k % 2 == 0 || s <= 0)) { print "PP_KERNEL must have an odd number of weights, not " k " (" kernel ")"; \
+	exit } if (!num(boost) || boost > 1) { print "PP_BOOST must be in [0, 1], not \"" boost "\""; exit } \
+	if (!num(tta) || tta > 1) { print "PP_TTA must be in [0, 1], not \"" tta "\""; exit } }')
+ifneq ($(NUMBERS_WRONG),)
+$(error $(NUMBERS_WRONG))
+endif
 
 # Settings reach make through stamps: one small file per step holding the settings that change its result,
 # rewritten only when they change (a new stamp is dated 1970: "as before"), so a changed EPOCHS, TRAIN_ARGS,
@@ -161,23 +198,23 @@ $(foreach v,$(RECORDED),$(call record,$(v)))
 ifeq ($(AUTO_ROUND),)
 $(info settings of $(WORK): $(foreach v,$(wordlist 1,5,$(RECORDED)),$(call show,$(v))))
 $(info $(space) $(foreach v,$(wordlist 6,10,$(RECORDED)),$(call show,$(v))))
-$(info $(space) $(foreach v,$(wordlist 11,99,$(RECORDED)),$(call show,$(v))))
+$(info $(space) $(foreach v,$(wordlist 11,15,$(RECORDED)),$(call show,$(v))))
+$(info $(space) $(foreach v,$(wordlist 16,99,$(RECORDED)),$(call show,$(v))))
 endif
 STAMP.prep := $(call stamp,prep,$(DATA) $(PREP_ARGS))
-$(foreach r,1 2 3,$(foreach i,$(IDS),$(eval STAMP.round$(r)-model$(i) := $(call stamp,round$(r)-model$(i),$(call \
-	MODEL_ROW,$(i)) epochs=$(EPOCHS) pretrained=$(PRETRAINED) $(TRAIN_ARGS)$(if $(and $(TEACHER),$(filter \
-	1,$(r))), teacher=$(TEACHER))$(if $(DISTILLING), distill=$(DISTILL) teacher=$(TEACHER))))))
+$(foreach r,$(wordlist 1,$(PLANNED_ROUNDS),$(ALL_ROUNDS)),$(foreach i,$(IDS),$(eval STAMP.round$(r)-model$(i) := \
+	$(call stamp,round$(r)-model$(i),$(call MODEL_ROW,$(i)) epochs=$(EPOCHS) pretrained=$(PRETRAINED) \
+	$(TRAIN_ARGS)$(if $(and $(TEACHER),$(filter 1,$(r))), teacher=$(TEACHER))$(if $(DISTILLING), distill=$(DISTILL) \
+	teacher=$(TEACHER))$(if $(filter-out 1 1.0,$(call pl_power_of,$(r))), pl_power=$(call pl_power_of,$(r)))))))
 STAMP.teacher := $(call stamp,teacher,$(TEACHER_MODEL) $(TEACHER_LABELS))
 STAMP.pseudo := $(call stamp,pseudo,$(PL_NORM)$(if $(PL_MEMBERS), members=$(PL_MEMBERS))$(if $(TEACHER), \
 	teacher=$(TEACHER) $(TEACHER_WEIGHT)))
-STAMP.ensemble := $(call stamp,ensemble,rounds=$(ROUNDS))
+STAMP.ensemble := $(call stamp,ensemble,rounds=$(ROUNDS)$(if $(filter auto,$(ROUNDS)), max=$(MAX_ROUNDS))$(if \
+	$(PP_KERNEL)$(filter-out 0 0.0,$(PP_BOOST) $(PP_TTA)), pp=$(PP_KERNEL) $(PP_BOOST) $(PP_TTA)))
 # a final ensemble that is not a copy of round ROUNDS's (one made before ROUNDS changed) is made again
 ifneq ($(shell [ "$(ROUNDS)" != auto ] && [ -f $(WORK)/ensemble/manifest.json ] && \
 	[ -f $(WORK)/round$(ROUNDS)/ensemble/manifest.json ] && \
 	! cmp -s $(WORK)/ensemble/manifest.json $(WORK)/round$(ROUNDS)/ensemble/manifest.json && echo stale),)
 STAMP.ensemble := FORCE
 endif
-endif
-ifeq ($(filter $(ROUNDS),1 2 3 auto),)
-$(error ROUNDS must be 1, 2, 3 or auto, not "$(ROUNDS)")
 endif

@@ -143,7 +143,31 @@ def bundle(out, model_dirs):
     print(f"ensemble {out}: {', '.join(names)}")
 
 
+def record_post_processing(folder, kernel, boost, tta):
+    """Write an ensemble's post-processing (infer.py's postprocessing.json, which it and the Kaggle cell apply):
+    kernel "" for the write-up's neighbours, else comma-separated weights; checked as infer.py checks it."""
+    import infer
+    try:
+        pp = infer.PostProcessing(**(dict(kernel=tuple(float(w) for w in kernel.split(","))) if kernel.strip()
+                                     else {}), boost=float(boost), tta=float(tta)).check()
+    except (ValueError, infer.InferError) as error:
+        raise UserError(f"post-processing: {error}") from None
+    save_json(dict(kernel=list(pp.kernel), boost=pp.boost, tta=pp.tta),
+              os.path.join(folder, infer.POSTPROCESSING_FILE))
+    print(f"ensemble {folder}: post-processing {pp.describe()}")
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "postprocessing":
+        p = argparse.ArgumentParser(prog="soup.py postprocessing", description="Record an ensemble's "
+                                    "post-processing (make ensemble: PP_KERNEL, PP_BOOST, PP_TTA).")
+        add_flag(p, "--ensemble", required=True)
+        p.add_argument("--kernel", default="", help="an odd-length smoothing kernel, comma-separated; empty: the "
+                       "write-up's neighbours")
+        p.add_argument("--boost", type=float, default=0.0, help="the share each row moves toward the file's maximum")
+        p.add_argument("--tta", type=float, default=0.0, help="the share of the windows shifted by 2.5 s")
+        args = p.parse_args(sys.argv[2:])
+        return record_post_processing(args.ensemble, args.kernel, args.boost, args.tta)
     if len(sys.argv) > 1 and sys.argv[1] == "bundle":
         p = argparse.ArgumentParser(prog="soup.py bundle", description="Bundle exported soups into an ensemble.")
         add_flag(p, "--out", required=True)

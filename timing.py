@@ -53,7 +53,7 @@ def spread(paths, n):
 def time_run(ensemble, paths, n_threads, backend="auto", precision="auto", teacher=None):
     """infer.py's loading and scoring of `paths`: (load seconds, scoring seconds, audio seconds scored,
     {model name: network seconds}, model names in infer.py's keep order: a teacher's vote, given as (model,
-    mapping, weight), last, as infer.py drops it first)."""
+    mapping, weight), and the ensemble's shifted windows last, as infer.py drops them first)."""
     import torch
     import infer
     torch.set_num_threads(n_threads)
@@ -62,13 +62,14 @@ def time_run(ensemble, paths, n_threads, backend="auto", precision="auto", teach
     vote = infer.TeacherVote(*teacher[:2], loaded.classes, teacher[2], n_threads) if teacher else None
     load_s = time.time() - began
     began = time.time()
-    predictions = infer.predict_files(paths, loaded.networks, loaded.front_end, budget_s=None, teacher=vote)
+    pp = infer.read_post_processing(ensemble)  # its shifted windows cost what they cost, and go first
+    predictions = infer.predict_files(paths, loaded.networks, loaded.front_end, budget_s=None, teacher=vote, pp=pp)
     score_s = time.time() - began
     audio_s = sum(n or 0 for n in predictions.n_windows.values()) * infer.WINDOW_SECONDS
     if audio_s == 0:
         raise UserError("none of the timed soundscapes could be decoded")
     return load_s, score_s, audio_s, predictions.seconds, [n.name for n in loaded.networks] + (
-        [vote.name] if vote else [])
+        [vote.name] if vote else []) + ([infer.ShiftedWindows.name] if pp.tta > 0 else [])
 
 
 def project(load_s, score_s, audio_s, model_seconds, order, test_audio_s, budget_min, scale):

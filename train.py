@@ -153,6 +153,8 @@ def parse_args(argv=None):
     add_flag(p, "--work", default=work)
     p.add_argument("--out-dir", help="output folder (default <work>/round<R>/model<ID>)")
     p.add_argument("--pseudo", help="pseudo-label file from pseudo.py (rounds 2 and 3)")
+    p.add_argument("--pl-power", type=float, default=1.0, help="the pseudo labels raised to this power before they "
+                   "are mixed in (make's PL_POWER); above 1 sharpens them (confident windows count more); 1: as written")
     add_flag(p, "--distill", default=distill)
     p.add_argument("--teacher-embeddings", help="teacher.py's embeddings of the cache's windows "
                    "(<teacher>.embeddings.npz), for --distill")
@@ -275,6 +277,8 @@ def input_signature(args, config):
     if (share > 0 or mix_chance > 0) and os.path.isfile(cache.site_audio):
         signature.update(site=file_digest(cache.site_labels), **({"site_share": share} if share > 0 else {}),
                          **({"site_mix_chance": mix_chance} if mix_chance > 0 else {}))
+    if settings.pop("pl_power", 1.0) != 1.0:  # as distillation: the identity changes only where the labels do
+        signature.update(pl_power=args.pl_power)
     if settings.pop("distill", 0):  # a run without distillation keeps the identity it had before the setting
         signature.update(distill=args.distill, teacher_embeddings=file_digest(args.teacher_embeddings))
     return json.loads(json.dumps(signature, default=str))
@@ -410,7 +414,7 @@ def build_training(args, config, procs, graphed=False):
     data = load_split(args.cache, config, args.max_train_files, args.site_share, args.site_mix_chance)
     if procs.rank == 0:
         print(split_summary(data, config), flush=True)
-    pseudo = PseudoWindows(args.cache, args.pseudo, data["classes"]) if args.pseudo else None
+    pseudo = PseudoWindows(args.cache, args.pseudo, data["classes"], args.pl_power) if args.pseudo else None
     embeddings = teacher_embeddings_of(args, data, pseudo) if args.distill else None
     dataset = TrainingSet(data["audio"], data["targets"], data["train"], pseudo, config["pseudoLabelChance"],
                           (config["ampExpMin"], config["ampExpMax"]), seed, data["site"], data["site_mix_chance"],
@@ -555,6 +559,8 @@ def finish(run, args, procs, history, out_dir, inputs):
 def check_run(args):
     """--check: every row of the models table with these flags applied, and the starting weights, as training would
     read them (a UserError, one line, at the first wrong one); the teacher's embeddings are made later, not read."""
+    if not args.pl_power > 0:
+        raise UserError(f"--pl-power must be above 0, not {args.pl_power:g}")
     table = read_models_table(args.models)
     for model in table.index:
         model_config(argparse.Namespace(**dict(vars(args), model=int(model), distill=0.0)))
