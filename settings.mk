@@ -3,7 +3,7 @@
 # How it works, in three parts:
 # - Settings. Each setting below has a default (?=). A cycle goal (prep, roundR, pseudoR, ensemble, kaggle, ...)
 #   records the RECORDED ones in WORK/.settings/run/, one file each; a later call that leaves one out takes the
-#   recorded value, one that gives it takes the given value. Each cycle goal prints the settings (three lines:
+#   recorded value, one that gives it takes the given value. Each cycle goal prints the settings (four lines:
 #   each one, and whether it was given, recorded or the default).
 # - Stamps. A step depends on a stamp: a small file in WORK/.settings holding the settings that change its result,
 #   rewritten only when they change. A changed setting reruns exactly the steps that depend on it; THREADS,

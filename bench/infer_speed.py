@@ -3,6 +3,7 @@ soundscapes: infer.py (decode + shared mels in a thread pool, fastest backend, p
 plain eager-PyTorch loop over the same six models (each model computes its own mel, fp32, no sharing).
 
     python bench/infer_speed.py --threads 2 --synthetic-files 4
+    python bench/infer_speed.py --threads 2 --post-processing        # each post-processing step's cost
     make bench-infer
 
 Both run --repeats times, interleaved; the medians are reported. Prints a per-model table (last run) and
@@ -61,6 +62,34 @@ def eager_loop(paths, models):
     return (time.perf_counter() - began) / len(paths), {k: v / len(paths) for k, v in per_model.items()}
 
 
+POST_PROCESSING = {  # name: infer.PostProcessing
+    "none": infer.PostProcessing(kernel=(1.0,), boost=0.0, tta=0.0),
+    "the write-up's neighbours (0.5, 1, 0.5)": infer.PostProcessing(),
+    "kernel (.1, .2, .4, .2, .1)": infer.PostProcessing(kernel=(0.1, 0.2, 0.4, 0.2, 0.1), boost=0.0, tta=0.0),
+    "boost 0.2": infer.PostProcessing(kernel=(1.0,), boost=0.2, tta=0.0),
+    "shifted windows 0.5": infer.PostProcessing(kernel=(1.0,), boost=0.0, tta=0.5),
+    "all three": infer.PostProcessing(kernel=(0.1, 0.2, 0.4, 0.2, 0.1), boost=0.2, tta=0.5),
+}
+
+
+def time_post_processing(paths, networks, front_end, repeats):
+    """infer.py's predict_files with each post-processing, interleaved: seconds per soundscape, medians."""
+    runs = {name: [] for name in POST_PROCESSING}
+    for _ in range(repeats):
+        for name, pp in POST_PROCESSING.items():
+            began = time.perf_counter()
+            infer.predict_files(paths, networks, front_end, pp=pp, log=False)
+            runs[name].append((time.perf_counter() - began) / len(paths))
+    base = float(np.median(runs["none"]))
+    print(f"\n{len(paths)} synthetic {SECONDS}-s soundscapes, {len(networks)} models, backend "
+          f"{networks[0].backend}, precision {networks[0].precision}: seconds per soundscape, medians of {repeats}")
+    for name, values in runs.items():
+        median = float(np.median(values))
+        print(f"{name:<40} {median:7.3f} s  ({median / base:5.2f}x none; runs {' '.join(f'{v:.3f}' for v in values)})")
+    print(" ".join(f"pp_s_per_soundscape[{name.split(' (')[0].replace(' ', '_')}]={np.median(v):.3f}"
+                   for name, v in runs.items()))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_flag(p, "--threads", default=os.cpu_count() or 2)
@@ -71,6 +100,8 @@ def main():
     add_flag(p, "--precision", default="auto")
     add_flag(p, "--repeats", default=3)
     p.add_argument("--no-eager", action="store_true", help="skip the eager baseline")
+    p.add_argument("--post-processing", action="store_true", help="instead: time each post-processing step "
+                   "(smoothing kernel, boost, shifted windows) against none, interleaved")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     table = read_models_table(args.models)
@@ -89,6 +120,8 @@ def main():
                                                                args.precision)
         load_s = time.perf_counter() - began
         infer.predict_files(paths[:1], networks, front_end, log=False)  # warm-up (first-call allocations)
+        if args.post_processing:
+            return time_post_processing(paths, networks, front_end, args.repeats)
         ensemble_runs, eager_runs, eager_per_model = [], [], {}
         for _ in range(args.repeats):  # interleaved, so that both see the same machine
             began = time.perf_counter()

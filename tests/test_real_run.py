@@ -36,10 +36,10 @@ def settings_files(work):
 
 
 def settings_shown(text):
-    """The three lines of settings a cycle goal prints, as one."""
+    """The four lines of settings a cycle goal prints, as one."""
     lines = text.splitlines()
     first = [i for i, line in enumerate(lines) if line.startswith("settings of")][0]
-    return " ".join(lines[first:first + 3])
+    return " ".join(lines[first:first + 4])
 
 
 def plans_no_work(plan):

@@ -421,8 +421,8 @@ def test_the_teachers_vote_moves_the_classes_it_covers_and_goes_first_under_the_
     assert np.allclose(a[classes[8:]].values, b[classes[8:]].values, atol=1e-6)
     tight = run_alone(tmp_path, *common_args, "--out", str(tmp_path / "tight.csv"), "--teacher-model", model,
                       "--teacher-mapping", mapping, "--budget-min", "0.0001")
-    drops = [line for line in tight.stderr.splitlines() if "dropping model" in line]
-    assert tight.returncode == 0 and drops and "dropping model teacher" in drops[0], tight.stderr[-1500:]
+    drops = [line for line in tight.stderr.splitlines() if "time budget: dropping" in line]
+    assert tight.returncode == 0 and drops and "dropping teacher" in drops[0], tight.stderr[-1500:]
     bad = run_alone(tmp_path, *common_args, "--out", str(tmp_path / "bad.csv"), "--teacher-model", model,
                     "--teacher-mapping", str(tmp_path / "none.csv"))
     assert one_line_error(bad) and "--teacher-mapping" in bad.stderr and not (tmp_path / "bad.csv").exists()
