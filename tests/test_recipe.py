@@ -154,7 +154,7 @@ def test_a_changed_recipe_part_trains_again(cache_dir, tmp_path, capsys):
     assert "moved it to" in capsys.readouterr().out and os.path.isdir(out + ".replaced-1")
 
 
-def test_ablate_quick_prints_its_table(demo_dir, cache_dir, tmp_path):
+def test_ablate_quick_prints_its_table(demo_dir, cache_dir, tmp_path, capsys):
     labels = demo_dir + "-test-labels.csv"  # demo_data writes the test labels beside the dataset
     work = str(tmp_path / "ablate")
     done = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "ablate.py"), "--quick", "--data", demo_dir,
@@ -167,8 +167,10 @@ def test_ablate_quick_prints_its_table(demo_dir, cache_dir, tmp_path):
     assert "| baseline |" in done.stdout and "| base |" in done.stdout
     for variant in ("base", "baseline"):  # --quick: one epoch, the presets too
         assert len(pd.read_csv(os.path.join(work, f"{variant}-seed1", "metrics.csv"))) == 1
-    bad = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "ablate.py"), "--variants", "nope",
-                          "--labels", labels, "--work", work], capture_output=True, text=True, cwd=ROOT)
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import ablate
+    from helpers import run_here  # the bad variant's one line, in this process (no second start-up)
+    bad = run_here(ablate.main, "--variants", "nope", "--labels", labels, "--work", work, capsys=capsys)
     assert bad.returncode != 0 and "unknown variant" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from helpers import ROOT, run_alone
+from helpers import ROOT
 
 import infer  # noqa: E402
 import tables  # noqa: E402
@@ -148,15 +148,14 @@ def test_shifted_windows_against_numpy(tmp_path):
     assert np.abs(in_blocks - got).max() < 1e-5
 
 
-def test_the_ensembles_post_processing_is_applied_and_a_flag_overrides_it(tiny_ensemble, demo_dir, tmp_path):
-    """An ensemble with postprocessing.json (as make ensemble writes it) run by infer.py pasted alone, as the Kaggle
-    cell runs it: the recorded post-processing; a flag replaces its part."""
+def test_the_ensembles_post_processing_is_applied_and_a_flag_overrides_it(tiny_ensemble, demo_dir, tmp_path,
+                                                                            capsys):
+    """An ensemble with postprocessing.json (as make ensemble writes it) run by infer.py as the Kaggle cell runs it
+    (no flags): the recorded post-processing; a flag replaces its part."""
     ensemble = tmp_path / "ensemble"
     shutil.copytree(tiny_ensemble, ensemble)
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "soup.py"), "postprocessing", "--ensemble",
-                           str(ensemble), "--kernel", "0.2,0.6,0.2", "--boost", "0.3", "--tta", "0"],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    import soup
+    soup.record_post_processing(str(ensemble), "0.2,0.6,0.2", "0.3", "0")  # make ensemble's PP_* step
     recorded = infer.read_post_processing(str(ensemble))
     assert recorded == infer.PostProcessing(kernel=(0.2, 0.6, 0.2), boost=0.3, tta=0.0)
     audio_dir = os.path.join(demo_dir, "test_soundscapes")
@@ -164,11 +163,9 @@ def test_the_ensembles_post_processing_is_applied_and_a_flag_overrides_it(tiny_e
     networks, front_end, classes, _ = infer.load_ensemble(str(ensemble), "torch", 2)
     raw = infer.predict_files(paths, networks, front_end, pp=0.0, log=False).probs
     out = tmp_path / "sub.csv"
-    result = run_alone(tmp_path, "--ensemble", str(ensemble), "--audio", audio_dir, "--out", str(out),
-                       "--backend", "torch", "--threads", "2")
-    assert result.returncode == 0 and "post-processing: smoothing [0.2, 0.6, 0.2], boost 0.3" in result.stdout
-    import pandas as pd
-    sub = pd.read_csv(out)
+    sub = infer.main(["--ensemble", str(ensemble), "--audio", audio_dir, "--out", str(out), "--backend", "torch",
+                      "--threads", "2"])  # what the Kaggle cell runs: its flags name no post-processing
+    assert "post-processing: smoothing [0.2, 0.6, 0.2], boost 0.3" in capsys.readouterr().out
     first = paths[0]
     rows = sub[sub["row_id"].str.startswith(os.path.splitext(os.path.basename(first))[0] + "_")]
     expected = infer.boost_to_file_max(infer.smooth_kernel(raw[first], (0.2, 0.6, 0.2)), 0.3)
