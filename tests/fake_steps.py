@@ -1,6 +1,6 @@
 """The cycle's steps as make calls them, faked: each writes the files the next step and make look for, in
-milliseconds, so that make's plan for any number of rounds is tested without training. Anything else (python -c,
-soup.py postprocessing) runs for real.
+milliseconds, so that make's plan for any number of rounds is tested without training. Anything else (python -c)
+runs for real.
 
     make ensemble PY="python tests/fake_steps.py" ROUNDS=5 ...
 
@@ -37,7 +37,10 @@ def main():
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "manifest.json"), "w") as f:
             json.dump(dict(models=[os.path.basename(d) for d in args[3:]], round=os.path.basename(os.path.dirname(out))), f)
-    elif name == "soup.py" and args and args[0] != "postprocessing":
+    elif name == "soup.py" and args and args[0] == "postprocessing":  # what it records (tested in process)
+        with open(os.path.join(value(args, "--ensemble"), "postprocessing.json"), "w") as f:
+            json.dump(dict(kernel=value(args, "--kernel"), boost=value(args, "--boost"), tta=value(args, "--tta")), f)
+    elif name == "soup.py" and args:
         folder = value(args, "--model-dir")
         with open(os.path.join(folder, "soup.json"), "w") as f:
             json.dump(dict(name=os.path.basename(folder)), f)

@@ -35,6 +35,24 @@ def run_here(main, *args, capsys):
     return subprocess.CompletedProcess(list(args), code, printed.out, printed.err)
 
 
+def run_infer_here(*args, capsys):
+    """infer.main(args) in this process, as its command line runs it (its exit on bad input caught): a
+    CompletedProcess with the exit status and what was printed. For checks that need no process of their own;
+    run_alone is the check that infer.py runs pasted alone."""
+    import infer
+    import torch
+    threads = torch.get_num_threads()  # infer.py sets its own
+    try:
+        infer.main(list(args))
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, printed.out, printed.err)
+
+
 def run_alone(tmp_path, *args, env=None, python=sys.executable):
     """infer.py copied into an empty folder and run there, with nothing of the project importable."""
     kernel = tmp_path / "kernel"

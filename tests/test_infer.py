@@ -16,7 +16,7 @@ import files
 import export
 import infer
 import demo_data
-from helpers import one_line_error, run_alone
+from helpers import one_line_error, run_alone, run_infer_here
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -234,27 +234,27 @@ def test_file_damaged_partway_is_scored_up_to_the_damage(tiny_ensemble, tmp_path
     assert np.allclose(rows["site"].values[:intact], rows["intact"].values[:intact], atol=1e-5)
 
 
-def test_empty_folder_writes_a_valid_file(tiny_ensemble, tmp_path):
+def test_empty_folder_writes_a_valid_file(tiny_ensemble, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     out = tmp_path / "sub.csv"
-    result = run_alone(tmp_path, "--ensemble", tiny_ensemble, "--audio", str(tmp_path / "empty"), "--out", str(out),
-                       "--backend", "torch")
+    result = run_infer_here("--ensemble", tiny_ensemble, "--audio", str(tmp_path / "empty"), "--out", str(out),
+                            "--backend", "torch", capsys=capsys)
     assert result.returncode == 0, result.stderr
     sub = pd.read_csv(out)
     classes = json.loads((Path(tiny_ensemble) / "modelA.json").read_text())["classes"]
     assert len(sub) == 0 and list(sub.columns) == ["row_id"] + classes
 
 
-def test_missing_models_is_one_line_error(tmp_path):
-    result = run_alone(tmp_path, "--ensemble", str(tmp_path / "nothing"), "--audio", str(tmp_path))
+def test_missing_models_is_one_line_error(tmp_path, capsys):
+    result = run_infer_here("--ensemble", str(tmp_path / "nothing"), "--audio", str(tmp_path), capsys=capsys)
     assert one_line_error(result) and "manifest.json" in result.stderr
 
 
-def test_ensemble_from_an_older_export_is_one_line_error(tiny_ensemble, tmp_path):
+def test_ensemble_from_an_older_export_is_one_line_error(tiny_ensemble, tmp_path, capsys):
     old = tmp_path / "old"
     shutil.copytree(tiny_ensemble, old)
     spec = json.loads((old / "modelA.json").read_text())
     del spec["format"]  # exports of earlier versions: torch.export programs (.pt2) and no "format"
     (old / "modelA.json").write_text(json.dumps(spec))
-    result = run_alone(tmp_path, "--ensemble", str(old), "--audio", str(tmp_path), "--backend", "torch")
+    result = run_infer_here("--ensemble", str(old), "--audio", str(tmp_path), "--backend", "torch", capsys=capsys)
     assert one_line_error(result) and "older version" in result.stderr and "soup.py" in result.stderr

@@ -14,7 +14,7 @@ import pytest
 from nbclient import NotebookClient
 
 import infer
-from helpers import ROOT, one_line_error, run_alone
+from helpers import ROOT, one_line_error, run_alone, run_infer_here
 
 
 def make_kaggle_root(root, demo_dir, ensemble):
@@ -111,19 +111,19 @@ def test_budget_follows_the_competition_year(kaggle_root, tiny_ensemble, tmp_pat
         assert result.returncode == 0 and f"time budget {expected} minutes" in result.stdout, result.stderr
 
 
-def test_several_ensembles_stop_with_one_line(kaggle_root, tiny_ensemble, tmp_path):
+def test_several_ensembles_stop_with_one_line(kaggle_root, tiny_ensemble, tmp_path, capsys):
     shutil.copytree(tiny_ensemble, kaggle_root / "older-ensemble")
-    result = run_alone(tmp_path, "--kaggle-root", str(kaggle_root), "--out", str(tmp_path / "sub.csv"))
+    result = run_infer_here("--kaggle-root", str(kaggle_root), "--out", str(tmp_path / "sub.csv"), capsys=capsys)
     assert one_line_error(result), result.stderr
     assert "older-ensemble" in result.stderr and "pytorch/default/1" in result.stderr
     assert "--ensemble" in result.stderr and not (tmp_path / "sub.csv").exists()
 
 
-def test_class_mismatch_stops_before_scoring(kaggle_root, tmp_path):
+def test_class_mismatch_stops_before_scoring(kaggle_root, tmp_path, capsys):
     sample = kaggle_root / "birdclef-2025" / "sample_submission.csv"
     columns = list(pd.read_csv(sample, nrows=0).columns)
     pd.DataFrame(columns=columns[:-1] + ["newbird"]).to_csv(sample, index=False)
-    result = run_alone(tmp_path, "--kaggle-root", str(kaggle_root), "--out", str(tmp_path / "sub.csv"))
+    result = run_infer_here("--kaggle-root", str(kaggle_root), "--out", str(tmp_path / "sub.csv"), capsys=capsys)
     assert one_line_error(result), result.stderr
     assert "newbird" in result.stderr and columns[-1] in result.stderr
     assert "models (" not in result.stdout and not (tmp_path / "sub.csv").exists()  # nothing loaded or scored

@@ -44,7 +44,7 @@ def test_rounds_5_through_make_then_nothing_to_do(tmp_path):
     assert [s[4] for s in trains] == ["1", "1.54", "1.82", "1.82", "1.82"]  # the list's last value goes on
     assert [s[1] for s in steps if s[0] == "pseudo"] == [f"pseudo{r}.npz" for r in range(1, 5)]
     final = json.loads((work / "ensemble" / "manifest.json").read_text())
-    assert final["round"] == "round5"
+    assert final["round"] == "round5" and (work / "ensemble" / "postprocessing.json").exists()
     again = make("ensemble", *args[:-1], dry_run=True)  # PL_POWER left out: the recorded one, nothing to redo
     assert again.returncode == 0 and "train.py" not in again.stdout and "pseudo.py" not in again.stdout, again.stdout
     assert "PL_POWER=1,1.54,1.82 (recorded)" in again.stdout

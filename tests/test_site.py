@@ -235,6 +235,13 @@ def test_rounds_auto_trains_on_while_gains_beat_the_noise_then_keeps_the_best(tm
     (what, final), _ = site_score.decide_rounds(work)
     assert what == "final" and final == 1  # a tie goes to the earlier round
 
+    work = str(tmp_path / "gaining")  # MAX_ROUNDS=4: every round gains beyond noise, and it stops at 4
+    for r, sd in enumerate((2.0, 1.0, 0.5, 0.25), start=1):
+        assert site_score.decide_rounds(work, last=4)[0] == ("train", r)
+        synthetic_round(work, r, truth, noisy(sd), files)
+    (what, final), lines = site_score.decide_rounds(work, last=4)
+    assert (what, final) == ("final", 4) and len([line for line in lines if "beyond noise" in line]) == 3
+
 
 def test_bootstrap_noise_shrinks_with_more_files():
     rng = np.random.default_rng(1)
