@@ -137,8 +137,14 @@ def add_table_flags(p):
 
 
 def parse_args(argv=None):
+    checking = "--check" in (sys.argv[1:] if argv is None else argv)  # make's check of its settings: one line
+
+    def one_line(message):
+        raise UserError(f"train.py's flags (make's TRAIN_ARGS, EPOCHS, PRETRAINED, KEEP_EPOCHS): {message}")
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--preset", default="writeup", choices=list(PRESETS))
+    if checking:
+        first.error = one_line
     preset = first.parse_known_args(argv)[0].preset
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--preset", default="writeup", choices=list(PRESETS), help="a set of defaults for the flags "
@@ -194,9 +200,7 @@ def parse_args(argv=None):
                    "max of both); 0: not")
     add_table_flags(p)
     p.set_defaults(**PRESETS[preset])
-    if "--check" in (sys.argv[1:] if argv is None else argv):  # make's check of its settings: one line, no usage
-        def one_line(message):
-            raise UserError(f"train.py's flags (make's TRAIN_ARGS, EPOCHS, PRETRAINED, KEEP_EPOCHS): {message}")
+    if checking:
         p.error = one_line
     args = p.parse_args(argv)
     if args.model is None and not args.check:

@@ -153,21 +153,29 @@ def test_steps_that_read_an_ensemble_stop_in_one_line_in_a_work_without_one(tmp_
     assert not work.exists()  # nothing started, nothing recorded
 
 
-def test_what_later_steps_read_is_checked_before_prep(tmp_path, demo_dir):
-    """Through make: a wrong table, a wrong flag and the pseudo-label settings stop before prep, in one line."""
+def test_what_later_steps_read_is_checked_before_prep(tmp_path, demo_dir, capsys):
+    """make's plan hands prep.py training's flags after --, and prep.py checks them before it reads anything: a
+    table lacking a column stops in one line, no cache written (prep.py's main in this process, with the flags make
+    gives it). The pseudo-label settings stop make itself, in one line."""
+    from helpers import run_here
     work, data = tmp_path / "work", f"DATA={demo_dir}"
+    plan = make("prep", f"WORK={work}", data, "TRAIN_ARGS=--preset demo", "-n")
+    command = plan.stdout.replace("\\\n\t", "")  # the recipe's continued lines as one
+    assert plan.returncode == 0 and "prep.py" in command and "-- --models models.csv --epochs 50" in command and "--preset demo" in command
     lacking = tmp_path / "lacking.csv"
     pd.read_csv(os.path.join(ROOT, "models.csv"), comment="#").drop(columns=["ampExpMax"]).to_csv(lacking, index=False)
-    cases = [([f"MODELS={lacking}"], "lacks column(s): ampExpMax"),
-             (["PL_MEMBERS=model1,model9"], "PL_MEMBERS=model1,model9 names model(s) not in models.csv: model9"),
-             (["PL_NORM=max"], 'PL_NORM must be floor, minmax or none, not "max"')]
-    for k, (variables, message) in enumerate(cases):
+    for flags, message in ((["--models", str(lacking)], "lacks column(s): ampExpMax"),
+                           (["--models", os.path.join(ROOT, "models.csv"), "--preset", "nope"], "invalid choice")):
+        done = run_here(prep.main, "--data", demo_dir, "--out", str(tmp_path / "cache"), "--", *flags, capsys=capsys)
+        assert one_line_error(done) and message in done.stderr, done.stderr
+        assert not os.path.exists(tmp_path / "cache")  # prep never started
+    for k, (variables, message) in enumerate([
+            (["PL_MEMBERS=model1,model9"], "PL_MEMBERS=model1,model9 names model(s) not in models.csv: model9"),
+            (["PL_NORM=max"], 'PL_NORM must be floor, minmax or none, not "max"')]):
         result = make("prep", f"WORK={work}{k}", data, *variables)  # a WORK each: a run records its settings
         lines = make_error_lines(result)
         assert result.returncode != 0 and len(lines) == 1 and message in lines[0], (variables, result.stderr)
-        assert not os.path.exists(f"{work}{k}/cache"), variables  # prep never started
-    good = make("prep", f"WORK={work}", data, "-n")
-    assert good.returncode == 0 and "prep.py" in good.stdout and "-- --models models.csv --epochs 50" in good.stdout
+        assert not os.path.exists(f"{work}{k}/cache"), variables
 
 
 def test_the_check_reads_every_row_and_flag_as_training_would(tmp_path, capsys):
