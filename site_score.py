@@ -145,7 +145,7 @@ def read_round(work, r):
     if report is None:
         raise UserError(f"ROUNDS=auto decides on the site's held-out labelled soundscapes, and {path} scored none "
                         f"(the dataset has no train_soundscapes_labels.csv, or PREP_ARGS turned it off): give "
-                        f"ROUNDS=1, 2 or 3")
+                        f"ROUNDS=N, 1 to 9")
     report["arrays"] = np.load(path + ".npz", allow_pickle=False)
     return report
 

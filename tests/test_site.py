@@ -257,7 +257,7 @@ def test_rounds_auto_without_labels_is_one_line(tmp_path):
     save_json(dict(windows=0), str(tmp_path / "round1" / "site.json"))
     result = subprocess.run([sys.executable, os.path.join(ROOT, "site_score.py"), "rounds", "--work", str(tmp_path)],
                             capture_output=True, text=True)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "ROUNDS=1, 2 or 3" in result.stderr
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "ROUNDS=N, 1 to 9" in result.stderr
 
 
 def test_score_is_infer_pys_own_and_shows_in_the_report(site_demo, tmp_path, capsys):
