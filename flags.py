@@ -71,6 +71,7 @@ SHARED = {
     "--seeds": dict(help="training seeds, comma-separated: medians are over them"),
     "--soup-start": dict(type=int, help="first epoch of the soup (default: 13 of 50, scaled to --epochs; soup.py: "
                          "the one train.py used); negative: the last -N epochs"),
+    "--root": dict(help="folder to build in (kept); default: a temporary folder, removed after"),
     "--repeats": dict(type=int, help="timed runs of each measurement, interleaved with the others: medians (and "
                       "bests) are reported"),
     "--steps": dict(type=int, help="timed training steps per model (after one warm-up step)"),

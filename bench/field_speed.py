@@ -2,7 +2,7 @@
 files, for make demo's ensemble and the write-up's six models (random weights: the same networks' cost).
 
     python bench/field_speed.py                                  # 2 and 4 threads, 1-minute and 2-hour files
-    python bench/field_speed.py --threads 2 --repeats 1 --long-hours 0.5
+    python bench/field_speed.py --thread-counts 2 --repeats 1 --long-hours 0.5
 
 Speed: a folder of --speed-minutes of audio (1-minute recorder files), scored by infer.py --detections in a
 process of its own, --repeats times per ensemble and thread count, interleaved with runs on an empty folder (the
@@ -14,6 +14,7 @@ infer.py's submission path (whole-file reading) on that long file beside them. P
 line per figure.
 """
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -31,7 +32,7 @@ import infer  # noqa: E402
 from common import MelEfficientNet  # noqa: E402
 from export import export_artifact  # noqa: E402
 from files import save_json  # noqa: E402
-from flags import HelpFormatter  # noqa: E402
+from flags import HelpFormatter, add_flag  # noqa: E402
 from tables import read_models_table  # noqa: E402
 from train import BASELINE_RECIPE  # noqa: E402
 
@@ -91,16 +92,17 @@ def peak_rss_of(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--threads", default="2,4", help="infer.py --threads values to time, comma-separated")
-    p.add_argument("--repeats", type=int, default=3, help="runs per ensemble and thread count (medians)")
+    p.add_argument("--thread-counts", default="2,4", help="infer.py --threads values to time, comma-separated")
+    add_flag(p, "--repeats", default=3)
     p.add_argument("--speed-minutes", type=int, default=20, help="minutes of audio timed per run (1-minute files)")
     p.add_argument("--long-hours", type=float, default=2.0, help="the long file of the memory figures, in hours")
     p.add_argument("--ensembles", default="demo,writeup", help=f"which of {', '.join(ENSEMBLES)}")
-    p.add_argument("--work", help="a folder for the files (default: a temporary one)")
+    add_flag(p, "--root")
     args = p.parse_args()
-    threads = [int(t) for t in args.threads.split(",")]
+    threads = [int(t) for t in args.thread_counts.split(",")]
     names = args.ensembles.split(",")
-    with tempfile.TemporaryDirectory(dir=args.work) as root:
+    with (contextlib.nullcontext(args.root) if args.root else tempfile.TemporaryDirectory()) as root:
+        os.makedirs(root, exist_ok=True)
         ensembles = {n: export_ensemble(os.path.join(root, n), *ENSEMBLES[n]) for n in names}
         speed_dir, long_dir, short_dir = (os.path.join(root, d) for d in ("speed", "long", "short"))
         for folder in (speed_dir, long_dir, short_dir):

@@ -212,7 +212,7 @@ def main():
     add_flag(p, "--threads", default=os.cpu_count() or 2)
     add_flag(p, "--quick")
     add_flag(p, "--models", default="models.csv")  # the table whose cycle is timed and projected
-    p.add_argument("--root", help="folder to build in (kept); default: a temporary folder, removed after")
+    add_flag(p, "--root")
     p.add_argument("--windows", type=int, default=200, help="cached windows timed per pseudo-label backend")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

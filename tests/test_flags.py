@@ -15,7 +15,7 @@ from helpers import ROOT
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 SCRIPTS = ["prep", "train", "soup", "pseudo", "infer", "kaggle", "report", "teacher", "demo_data", "ablate",
            "decide", "gpu", "score_demo", "train_speed", "infer_speed", "scale", "teacher_blend", "speech",
-           "speech_speed", "timing", "site_score"]
+           "speech_speed", "timing", "site_score", "field_speed"]
 
 
 class Parsed(Exception):
