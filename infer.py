@@ -276,16 +276,20 @@ def windows_of(audio, n_windows=None):
     return padded.reshape(n, WINDOW_SAMPLES)
 
 
-def count_windows(path):
-    """Number of windows of a file from its header alone (the rows of an undecodable file), None if unreadable."""
+def duration_of(path):
+    """Seconds of audio from a file's header; 0 when the header does not read."""
     try:
         import soundfile as sf
         info = sf.info(path)
-        if info.frames > 0 and info.samplerate > 0:
-            return max(1, math.ceil(info.frames / info.samplerate / WINDOW_SECONDS - 1e-9))
+        return max(0, info.frames) / info.samplerate if info.samplerate > 0 else 0.0
     except Exception:
-        pass
-    return None
+        return 0.0
+
+
+def count_windows(path):
+    """Number of windows of a file from its header alone (the rows of an undecodable file), None if unreadable."""
+    seconds = duration_of(path)
+    return max(1, math.ceil(seconds / WINDOW_SECONDS - 1e-9)) if seconds > 0 else None
 
 
 def smooth_neighbours(probs, weight=pp_weight):
@@ -1124,16 +1128,6 @@ def detect(args, started):
     return found
 
 
-def duration_of(path):
-    """Seconds of audio from a file's header; 0 when the header does not read."""
-    try:
-        import soundfile as sf
-        info = sf.info(path)
-        return info.frames / info.samplerate if info.samplerate else 0.0
-    except Exception:
-        return 0.0
-
-
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """--help keeps the docstring's examples and shows every default."""
 
@@ -1230,10 +1224,7 @@ def run(args, started):
     print(f"time budget {budget:g} minutes", flush=True)
     predictions = predict_files(paths, networks, front_end, budget * 60, pp, started=started, teacher=teacher)
     frame = submission_frame(paths, predictions.probs, predictions.n_windows, classes)[["row_id"] + order]
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, args.out)
+    write_atomically(frame, args.out)
     scored = sum(p is not None for p in predictions.probs.values())
     with open(os.path.splitext(args.out)[0] + ".timing.json", "w") as f:  # for report.py; Kaggle ignores it
         json.dump(dict(files=len(paths), backend=networks[0].backend, seconds_per_soundscape={
