@@ -5,7 +5,7 @@
 #   make test                                   # the test suite
 #   make round1 DATA=/data/birdclef-2024 THREADS=16 DEVICE=cuda
 #   make round1 DATA=/data/birdclef-2024 GPUS=0,1,2,3         # one model per free GPU
-#   make weights                                # the write-up's weights into WORK/weights, for an offline box
+#   make weights                                # each backbone's weights into WORK/weights, for an offline box
 #   make ensemble DATA=/data/birdclef-2024      # round1 -> pseudo1 -> round2 -> pseudo2 -> round3 -> ensemble
 #   make ensemble DATA=... ROUNDS=2             # stop after round 2: its ensemble is the final one (1 to 9)
 #   make ensemble DATA=... ROUNDS=auto MAX_ROUNDS=5 PL_POWER=1,1.54,1.82   # noisy student, sharpened labels
@@ -19,11 +19,10 @@ include settings.mk
 
 # ---- the cycle: prep -> round1 -> pseudo1 -> round2 -> pseudo2 -> round3 -> ensemble (-> kaggle, submission)
 
-# the write-up's weights as a file, for a box without internet (fetch here, copy WORK/weights over, PRETRAINED=FILE)
-WEIGHTS := $(WORK)/weights/tf_efficientnet_b0.ns_jft_in1k.pth
-weights: $(WEIGHTS)
-$(WEIGHTS): | $(SETUP)
-	$(PY) -c "import weights, sys; weights.save_writeup_weights(sys.argv[1])" $@
+# the pretrained weights of every backbone MODELS names, one file each, for a box without internet (fetch here, copy
+# WORK/weights over, PRETRAINED=<that folder>); files already there are kept
+weights: | $(SETUP)
+	$(PY) weights.py --models $(MODELS) --out $(WORK)/weights
 
 prep: $(CACHED)
 # after --: what training will read (the models table, EPOCHS, PRETRAINED, TRAIN_ARGS), checked before prep's hours

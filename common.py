@@ -26,9 +26,9 @@ from infer import (SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, EXPORT_FORMAT, M
                    MelImage, MelSettings, NORMALIZATIONS, PowerSpectrogram, list_audio, mel_filterbank, read_audio,
                    windows_of)
 from errors import UserError
-from tables import CachePaths, load_classes, parse_label_list, read_rows, read_site_labels, split_labels
+from tables import HEADS, WINDOWS, CachePaths, load_classes, parse_label_list, read_rows, read_site_labels, split_labels
 from threads import ordered_map
-from weights import BACKBONE, create_writeup_backbone  # noqa: F401
+from weights import BACKBONE, create_backbone, pretrained_for  # noqa: F401
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ def predict(model, mel, waves, device, batch=64, amp=False, rows=None):
             with torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
                                 enabled=amp):  # CPU autocast computes in bfloat16
                 out.append(torch.sigmoid(model(images).float()).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, model.head.out_features), np.float32)
+    return torch.cat(out).numpy() if out else np.zeros((0, model.n_classes), np.float32)
 
 
 class StackedRows:
@@ -131,6 +131,98 @@ def labels_matrix(label_lists, classes):
     return y
 
 
+class Spans:
+    """Spans of `length` samples of a float16 (N, S) cache array (a memmap) as rows: span j starts at sample
+    starts[j] of the array read flat, so a span longer than what is left of a row goes on into the next rows (the
+    unlabeled cache's consecutive windows of one file). Indexed by an array of span numbers it reads those spans;
+    nothing is copied before."""
+
+    def __init__(self, array, starts, length):
+        self.array, self.flat = array, array.reshape(-1)
+        self.starts, self.length = np.asarray(starts, np.int64), int(length)
+        self.shape, self.dtype = (len(self.starts), self.length), array.dtype
+
+    def __len__(self):
+        return len(self.starts)
+
+    def __getitem__(self, rows):
+        if isinstance(rows, slice):
+            rows = np.arange(len(self))[rows]
+        rows = np.asarray(rows)
+        if rows.ndim == 0:
+            return self[rows[None]][0]
+        out = np.empty((len(rows), self.length), dtype=self.dtype)
+        for i, start in enumerate(self.starts[rows]):
+            out[i] = self.flat[start:start + self.length]
+        return out
+
+
+def openings(audio, seconds, path="the cache"):
+    """The first `seconds` of each row of prep's (N, S) training audio: the array itself where S is that long, else
+    Spans; a cache of shorter openings is a UserError (prep caches the models table's longest window)."""
+    samples = int(seconds * SAMPLE_RATE)
+    if audio.shape[1] == samples:
+        return audio
+    if audio.shape[1] < samples:
+        raise UserError(f"{path} holds {audio.shape[1] / SAMPLE_RATE:g}-s openings; a {seconds}-s model needs "
+                        f"{seconds} s: make prep again with the table (make does, the table's longest window is its "
+                        f"setting; prep.py --window-seconds {seconds})")
+    return Spans(audio, np.arange(len(audio), dtype=np.int64) * audio.shape[1], samples)
+
+
+class SiteClips:
+    """The site's labelled training windows as samples of a W-s model. prep caches each window with (k - 1) windows
+    of context on each side (k: the table's longest window over 5 s; (K, (2k - 1) x 5 s) site_audio). A 5-s model
+    reads each window itself; a W-s model reads W-s clips that hold it, one per offset in 2.5-s steps (entries), with
+    the target the labels of the file's labelled windows that lie at least half inside the clip.
+
+    audio: the entries' audio (rows); window: the labelled window (site row) of each entry; targets: (entries,
+    classes); dealt(repeats, rng): the entries of an epoch's stacked site rows (5 s: each window once, to deal
+    `repeats` times; W > 5: each window `repeats` times, each at an offset drawn once)."""
+
+    def __init__(self, site_audio, site, classes, seconds):
+        width = site_audio.shape[1] // WINDOW_SAMPLES
+        cached, self.k = (width + 1) // 2, seconds // WINDOW_SECONDS
+        if self.k > cached:
+            raise UserError(f"the cache's site windows hold {cached * WINDOW_SECONDS} s around each; a {seconds}-s "
+                            f"model needs {seconds}: make prep again with the table")
+        self.offsets = 2 * self.k - 1   # clip starts 0, 2.5, ... (k - 1) x 5 s before the window's start
+        self.window = np.repeat(np.arange(len(site)), self.offsets)
+        half = np.tile(np.arange(self.offsets), len(site))
+        starts = self.window * site_audio.shape[1] + (cached - 1) * WINDOW_SAMPLES - half * (WINDOW_SAMPLES // 2)
+        self.source = site_audio
+        self.audio = site_audio if width == 1 else Spans(site_audio, starts, self.k * WINDOW_SAMPLES)
+        labels = [split_labels(t) for t in site["labels"]]
+        if self.k == 1:
+            self.targets = labels_matrix(labels, classes)
+            return
+        ends = site["end_second"].to_numpy(dtype=float)
+        clip_start = ends[self.window] - WINDOW_SECONDS - half * WINDOW_SECONDS / 2
+        by_file = site.groupby("path").indices
+        merged = []
+        for entry, row in enumerate(self.window):
+            others = by_file[site["path"].iloc[row]]
+            overlap = np.minimum(ends[others], clip_start[entry] + seconds) - \
+                np.maximum(ends[others] - WINDOW_SECONDS, clip_start[entry])
+            merged.append([label for o in others[overlap >= WINDOW_SECONDS / 2] for label in labels[o]])
+        self.targets = labels_matrix(merged, classes)
+
+    def dealt(self, repeats, rng):
+        if self.k == 1:
+            return np.arange(len(self.window))
+        n_windows = len(self.window) // self.offsets
+        return np.concatenate([np.arange(n_windows) * self.offsets + rng.integers(self.offsets, size=n_windows)
+                               for _ in range(repeats)])
+
+    def rows(self, entries):
+        """The audio of these entries as rows: the cache's array itself where they are all of its rows in order."""
+        if self.audio is self.source and np.array_equal(entries, np.arange(len(self.source))):
+            return self.source
+        if isinstance(self.audio, Spans):
+            return Spans(self.source, self.audio.starts[entries], self.audio.length)
+        return Spans(self.source, np.asarray(entries) * self.source.shape[1], self.source.shape[1])
+
+
 def load_split(cache_dir, config, max_train_files=None, site_share=0.0, site_mix_chance=0.0):
     """Training rows, validation rows (the model's fold of the competition data; none for fold 'all'), audio
     memmap, targets. A class's only recording always trains (assign_folds puts it in no fold). Where the cache
@@ -165,23 +257,29 @@ def load_split(cache_dir, config, max_train_files=None, site_share=0.0, site_mix
     train = np.setdiff1d(usable, valid)
     if max_train_files:
         train = np.random.default_rng(int(config["seed"])).permutation(train)[:max_train_files]
+    seconds = window_seconds_of(config)
+    audio = openings(audio, seconds, paths.audio)
     site = read_site_labels(paths.site_labels)
-    site = site[site["split"] == "train"]
-    repeats, site_windows = 0, None
+    site = site[site["split"] == "train"].reset_index(drop=True)
+    repeats, site_windows, site_rows = 0, None, np.zeros(0, np.int64)
     if (site_share > 0 or site_mix_chance > 0) and len(site) and os.path.isfile(paths.site_audio):
-        site_audio = np.load(paths.site_audio, mmap_mode="r")
-        site_targets = labels_matrix([split_labels(t) for t in site["labels"]], classes)
+        site_clips = SiteClips(np.load(paths.site_audio, mmap_mode="r"), site, classes, seconds)
         if site_mix_chance > 0:
-            site_windows = MixWindows(site_audio, np.arange(len(site)), site_targets)
+            site_windows = MixWindows(site_clips.audio, np.arange(len(site_clips.window)), site_clips.targets,
+                                      site_clips.window)
         if site_share > 0:
             first = len(audio)
-            audio = StackedRows(audio, site_audio)
-            targets = np.concatenate([targets, site_targets])
             repeats = site_repeats(len(train), len(site), site_share)
-            train = np.concatenate([train, np.tile(first + np.arange(len(site)), repeats)])
+            # each labelled window dealt `repeats` times, each time in a clip at an offset drawn once (W > 5 s)
+            dealt = site_clips.dealt(repeats, np.random.default_rng([int(config["seed"]), 5]))
+            audio = StackedRows(audio, site_clips.rows(dealt))
+            targets = np.concatenate([targets, site_clips.targets[dealt]])
+            site_rows = site_clips.window[dealt]
+            dealt_times = repeats if seconds == WINDOW_SECONDS else 1  # W > 5 s: dealt already holds the repeats
+            train = np.concatenate([train, np.tile(first + np.arange(len(dealt)), dealt_times)])
     return dict(rows=rows, classes=classes, audio=audio, targets=targets, train=np.sort(train), valid=valid,
                 site_windows=len(site) if repeats or site_windows else 0, site_repeats=repeats, site=site_windows,
-                site_mix_chance=site_mix_chance if site_windows else 0.0)
+                site_mix_chance=site_mix_chance if site_windows else 0.0, site_rows=site_rows)
 
 
 def split_summary(data, config):
@@ -221,42 +319,113 @@ class AveragePool(nn.Module):
         return x.mean(dim=(2, 3))
 
 
-HEADS = ("gem5", "plain")
 
 
-class MelEfficientNet(nn.Module):
-    """(B, 1, n_mels, frames) mel -> (B, n_classes) logits.
+class SEDHead(nn.Module):
+    """Sound-event-detection head (the 2025 podiums'): (B, C, F, T) feature map -> GeM over frequency -> per frame
+    dropout, Linear(C, hidden), ReLU, dropout -> `attention` and `classifier` 1x1 convolutions over time.
+
+    frames(x) -> (B, T, classes) framewise logits; clip(x) -> ((B, classes) clipwise probability, the sum over time
+    of softmax(tanh(attention)) x sigmoid(classifier), (B, T, classes) framewise logits), and the pooled features
+    (B, C) (their mean over time) for distillation.
+    """
+
+    def __init__(self, in_features, n_classes, hidden=512, dropout=0.5, gem_p=3.0):
+        super().__init__()
+        self.p, self.eps = nn.Parameter(torch.ones(1) * gem_p), 1e-6
+        self.dense = nn.Sequential(nn.Dropout(dropout / 2), nn.Linear(in_features, hidden), nn.ReLU(),
+                                   nn.Dropout(dropout))
+        self.attention = nn.Conv1d(hidden, n_classes, 1)
+        self.classifier = nn.Conv1d(hidden, n_classes, 1)
+        self.out_features = n_classes
+
+    def pooled(self, x):
+        """(B, C, F, T) -> (B, T, C): GeM over frequency."""
+        return x.clamp(min=self.eps).pow(self.p).mean(dim=2).pow(1.0 / self.p).transpose(1, 2)
+
+    def forward(self, per_frame):
+        """(B, T, C) pooled features -> (clipwise probability (B, classes), framewise logits (B, T, classes))."""
+        hidden = self.dense(per_frame).transpose(1, 2)             # (B, hidden, T)
+        frames = self.classifier(hidden).float()                  # (B, classes, T)
+        weights = torch.softmax(torch.tanh(self.attention(hidden).float()), dim=-1)
+        return (weights * torch.sigmoid(frames)).sum(-1), frames.transpose(1, 2)
+
+
+def sed_logits(clipwise, frames):
+    """The SED head's two training outputs as one (B, 2, classes) logits tensor: logit of the clipwise probability,
+    and the max over time of the framewise logits; a loss of LOSSES on it with the targets repeated is the mean of
+    the loss on each (the 2025 1st place's 0.5 x clipwise + 0.5 x framewise max)."""
+    eps = 1e-6
+    return torch.stack([torch.logit(clipwise.clamp(eps, 1 - eps)), frames.amax(dim=1)], dim=1)
+
+
+def timm_backbone(name, channels, pretrained):
+    """timm's `name` without its classifier and pooling, (B, channels, H, W) -> (B, C, H', W'); pretrained: None,
+    "timm" (timm's weights, downloaded once into its cache), a local weights file or a folder of them."""
+    import timm
+    kwargs = dict(num_classes=0, global_pool="", in_chans=channels)  # in_chans=1: timm sums the stem's RGB weights
+    pretrained = pretrained_for(pretrained, name)  # a folder of make weights' files: this backbone's
+    if pretrained == "timm":
+        return create_backbone(name, **kwargs)
+    if pretrained:  # a local file: pretrained_cfg_overlay points timm at it, nothing is downloaded
+        if not os.path.isfile(pretrained):
+            raise UserError(f"pretrained weights file not found: {pretrained}")
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=os.path.abspath(pretrained)))
+    return timm.create_model(name, **kwargs)
+
+
+def feature_channels(backbone, name, image_size, channels):
+    """Channels of the backbone's (B, C, H', W') feature map, from one forward of a zero image of the model's size;
+    a backbone whose output is not such a map (a vision transformer's tokens, a fixed input size) is a UserError."""
+    try:
+        with torch.no_grad():
+            was = backbone.training
+            out = backbone.eval()(torch.zeros(1, channels, *image_size))
+            backbone.train(was)
+    except Exception as err:
+        raise UserError(f"backbone {name} does not take a {image_size[0]}x{image_size[1]} mel image "
+                        f"({(str(err).splitlines() or [type(err).__name__])[0][:120]}): choose a convolutional "
+                        f"timm model") from None
+    if out.dim() != 4:
+        raise UserError(f"backbone {name} gives {tuple(out.shape)} features, not a (B, C, H, W) map the heads pool "
+                        f"over frequency and time: choose a convolutional timm model") from None
+    return int(out.shape[1])
+
+
+class MelModel(nn.Module):
+    """(B, 1, n_mels, frames) mel -> (B, n_classes) logits, over a timm backbone (default the write-up's
+    EfficientNet-B0).
 
     The mel is resized to (image_height, image_width) inside the network (and repeated to 3 channels, the write-up's
     input; channels=1 feeds it as it is), so models that differ only in image size share one mel.
-    head "gem5" (the write-up's): EfficientNet-B0 features -> GeM -> 5 dropout heads: in training the logits are
+    head "gem5" (the write-up's): features -> GeM -> 5 dropout heads: in training the logits are
     the mean of one classifier applied to 5 differently dropped copies; in eval the dropouts are the identity and
-    the 5 copies agree. head "plain": timm's own head, average pooling and one linear layer.
+    the 5 copies agree. head "plain": timm's own head, average pooling and one linear layer. head "sed": SEDHead;
+    in training it gives (B, 2, classes) (sed_logits), in eval the max over time of its framewise logits, and with
+    `framewise` set (the export's form) the framewise logits (B, T, classes) themselves.
     """
 
     def __init__(self, n_classes, image_height=256, image_width=256, pretrained=None,
                  dropout_rates=(0.1, 0.2, 0.3, 0.4, 0.5), gem_p=3.0, head="gem5", channels=3, head_dropout=0.0,
-                 distill_dim=0):
+                 distill_dim=0, backbone=None):
         super().__init__()
-        import timm
         if head not in HEADS or channels not in (1, 3):
             raise UserError(f"head must be one of {', '.join(HEADS)} and channels 1 or 3, not {head!r}, {channels!r}")
-        # in_chans=1 with pretrained weights: timm sums the stem's RGB weights
-        kwargs = dict(num_classes=0, global_pool="", in_chans=channels)
-        if pretrained == "timm":  # the write-up's weights: timm downloads them once and caches them
-            self.backbone = create_writeup_backbone(**kwargs)
-        else:
-            if pretrained:  # a local file: pretrained_cfg_overlay points timm at it, nothing is downloaded
-                if not os.path.isfile(pretrained):
-                    raise UserError(f"pretrained weights file not found: {pretrained}")
-                kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=os.path.abspath(pretrained)))
-            self.backbone = timm.create_model(BACKBONE, **kwargs)
-        self.image_size, self.channels = (image_height, image_width), channels
+        self.backbone_name = backbone or BACKBONE
+        self.backbone = timm_backbone(self.backbone_name, channels, pretrained)
+        self.image_size, self.channels, self.head_kind, self.n_classes = (image_height, image_width), channels, \
+            head, n_classes
+        # the write-up's backbone keeps its construction exactly as before (same runs); any other is measured
+        features = self.backbone.num_features if self.backbone_name == BACKBONE else \
+            feature_channels(self.backbone, self.backbone_name, self.image_size, channels)
         self.pool = GeM(gem_p) if head == "gem5" else AveragePool()
         # gem5: 5 dropout heads; plain: timm's head, one dropout of head_dropout (timm's drop_rate) when above 0
-        rates = dropout_rates if head == "gem5" else [head_dropout] if head_dropout > 0 else []
+        rates = dropout_rates if head == "gem5" else [head_dropout] if head_dropout > 0 and head == "plain" else []
         self.dropouts = nn.ModuleList(nn.Dropout(r) for r in rates)
-        self.head = nn.Linear(self.backbone.num_features, n_classes)
+        if head == "sed":  # dropout 0.25 then 0.5 around the hidden layer (the 2025 1st place's), or head_dropout's
+            self.head = SEDHead(features, n_classes, dropout=head_dropout if head_dropout > 0 else 0.5, gem_p=gem_p)
+        else:
+            self.head = nn.Linear(features, n_classes)
         if head == "plain":  # timm's init of its own head: uniform(+-1/sqrt(classes)), zero bias; torch's default
             # (+-1/sqrt(features)) starts the logits 1/30th as large, and the network then learnt slower from random
             # init and gained nothing from a pseudo-label round on the demos (bench/decide.py, docs/accuracy.md)
@@ -265,8 +434,9 @@ class MelEfficientNet(nn.Module):
             nn.init.zeros_(self.head.bias)
         # distillation: a linear map from the pooled features to the teacher's embedding, read only in training
         # (forward(mel, project=True)); the export traces forward(mel), so it leaves the projection out
-        self.projection = nn.Linear(self.backbone.num_features, distill_dim) if distill_dim else None
+        self.projection = nn.Linear(features, distill_dim) if distill_dim else None
         self.channels_last = False  # set on CUDA: NHWC convolutions are faster there
+        self.framewise = False      # set by inference_form for the sed head: the export gives frames
         self.register_buffer("resize_rows", None, persistent=False)  # set by inference_form
         self.register_buffer("resize_cols", None, persistent=False)
 
@@ -275,13 +445,15 @@ class MelEfficientNet(nn.Module):
         that runs faster on CPU (OpenVINO's Interpolate and 3-channel Concat were 14% of a 256x256 model):
         the bilinear resize becomes two fixed matrices (F.interpolate of identity columns: the same resize,
         since bilinear is separable), and the stem convolution's weights are summed over its 3 input channels,
-        which all see the same image, so the network takes the 1-channel image as it is.
+        which all see the same image, so the network takes the 1-channel image as it is (where timm names the
+        stem: pretrained_cfg's first_conv). A sed head gives its framewise logits (B, T, classes).
         """
         twin = copy.deepcopy(self).float().cpu().eval()
-        twin.channels_last, twin.projection = False, None  # the distillation's projection is training's only
-        stem = twin.backbone.conv_stem
-        stem.weight = nn.Parameter(stem.weight.detach().sum(1, keepdim=True), requires_grad=False)
-        stem.in_channels = twin.channels = 1
+        twin.channels_last, twin.projection, twin.framewise = False, None, self.head_kind == "sed"
+        stem = first_convolution(twin.backbone)
+        if stem is not None and twin.channels == 3:
+            stem.weight = nn.Parameter(stem.weight.detach().sum(1, keepdim=True), requires_grad=False)
+            stem.in_channels = twin.channels = 1
 
         def resize_matrix(n_in, n_out):  # (n_out, n_in)
             return F.interpolate(torch.eye(n_in)[None, None], size=(n_out, n_in), mode="bilinear",
@@ -301,20 +473,65 @@ class MelEfficientNet(nn.Module):
             x = torch.cat([x, x, x], dim=1)  # 3 channels (expand breaks OpenVINO conversion of the program)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        features = self.pool(self.backbone(x))
-        if self.training and len(self.dropouts):
-            logits = torch.stack([self.head(d(features)) for d in self.dropouts]).mean(0)
+        if self.head_kind == "sed":
+            per_frame = self.head.pooled(self.backbone(x))
+            features = per_frame.mean(1)
+            clipwise, frames = self.head(per_frame)
+            if self.framewise:
+                return frames
+            logits = sed_logits(clipwise, frames) if self.training else frames.amax(dim=1)
         else:
-            logits = self.head(features)
+            features = self.pool(self.backbone(x))
+            if self.training and len(self.dropouts):
+                logits = torch.stack([self.head(d(features)) for d in self.dropouts]).mean(0)
+            else:
+                logits = self.head(features)
         return (logits, self.projection(features)) if project else logits
 
 
+def first_convolution(backbone):
+    """The stem convolution that takes the image (timm's pretrained_cfg first_conv), or None."""
+    name = (getattr(backbone, "pretrained_cfg", None) or {}).get("first_conv")
+    try:
+        module = backbone.get_submodule(name) if name else None
+    except AttributeError:
+        return None
+    return module if isinstance(module, nn.Conv2d) else None
+
+
 def build_model(config, pretrained=None):
-    """The MelEfficientNet of a train.py config (config.json): size from the models table, head and channels from the
-    recipe (an older config without them: the write-up's)."""
-    return MelEfficientNet(len(config["classes"]), int(config["image_height"]), int(config["image_width"]), pretrained,
-                   head=config.get("head", "gem5"), channels=int(config.get("channels", 3)),
-                   head_dropout=float(config.get("head_dropout", 0.0)), distill_dim=int(config.get("distill_dim", 0)))
+    """The MelModel of a train.py config (config.json): size and, where the table gives them, backbone, head and
+    window from the models table; the head (where the table leaves it), channels from the recipe (an older config
+    without them: the write-up's)."""
+    return MelModel(len(config["classes"]), int(config["image_height"]), int(config["image_width"]), pretrained,
+                    head=config.get("head", "gem5"), channels=int(config.get("channels", 3)),
+                    head_dropout=float(config.get("head_dropout", 0.0)), distill_dim=int(config.get("distill_dim", 0)),
+                    backbone=config.get("backbone") or None)
+
+
+def check_backbone(config):
+    """A config's backbone, before anything trains: a timm model (else a UserError naming the closest timm names)
+    whose features the heads can pool (feature_channels). The write-up's is not built: it always can."""
+    name = config.get("backbone") or BACKBONE
+    if name == BACKBONE:
+        return
+    import difflib
+    import timm
+    known = name in set(timm.list_pretrained()) if "." in name else timm.is_model(name)
+    if not known:
+        close = difflib.get_close_matches(name, timm.list_pretrained() if "." in name else timm.list_models(), n=3,
+                                          cutoff=0.5)
+        raise UserError(f"model {config['id']}: backbone {name!r} is no timm model" +
+                        (f" (closest: {', '.join(close)})" if close else " (timm.list_models() lists them)"))
+    channels = int(config.get("channels", 3))
+    backbone = timm.create_model(name, pretrained=False, num_classes=0, global_pool="", in_chans=channels)
+    feature_channels(backbone, name, (int(config["image_height"]), int(config["image_width"])), channels)
+
+
+def window_seconds_of(config):
+    """A config's (or table row's) window in seconds: 5, the write-up's, where it says none."""
+    value = config.get("window_seconds")
+    return 5 if value is None or (isinstance(value, float) and math.isnan(value)) or value == "" else int(value)
 
 
 def mel_settings_of(config):
@@ -324,14 +541,20 @@ def mel_settings_of(config):
     return MelSettings(n_mels=int(config["n_mels"]), hop_length=int(config["hop_length"]), **extra)
 
 
+def per_output(logits, targets):
+    """(B, K, classes) logits of K outputs (the sed head's two) take the (B, classes) targets each."""
+    return targets.unsqueeze(1).expand_as(logits) if logits.dim() == 3 and targets.dim() == 2 else targets
+
+
 def bce_loss(logits, targets):
-    """BCE-with-logits on soft targets in [0, 1]."""
-    return F.binary_cross_entropy_with_logits(logits.float(), targets)
+    """BCE-with-logits on soft targets in [0, 1] (the mean over the outputs of a (B, K, classes) logits tensor)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), per_output(logits, targets))
 
 
 def bce_focal_loss(logits, targets, gamma=2.0):
-    """Mean of BCE-with-logits and focal loss (gamma 2) on soft targets in [0, 1]."""
-    logits = logits.float()
+    """Mean of BCE-with-logits and focal loss (gamma 2) on soft targets in [0, 1] (the mean over the outputs of a
+    (B, K, classes) logits tensor)."""
+    logits, targets = logits.float(), per_output(logits, targets)
     bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p = torch.sigmoid(logits)
     p_true = p * targets + (1 - p) * (1 - targets)
@@ -357,11 +580,14 @@ def mix_pseudo(wave, target, window, pseudo_target, gain_wave, gain_window):
 
 
 class MixWindows:
-    """Windows that training samples are mixed with, and their targets: audio (M, WINDOW_SAMPLES) array (a
-    memmap), index (rows of audio that take part), targets (len(index), n_classes) float32."""
+    """Windows that training samples are mixed with, and their targets: audio (M, samples) array (a memmap, or
+    Spans: W-s clips), index (rows of audio that take part), targets (len(index), n_classes) float32, and
+    source_rows (the row of the cache's table of windows each stands for, the first of a clip: its teacher
+    embedding's; default index)."""
 
-    def __init__(self, audio, index, targets):
+    def __init__(self, audio, index, targets, source_rows=None):
         self.audio, self.index, self.targets = audio, np.asarray(index), np.asarray(targets, np.float32)
+        self.source_rows = self.index if source_rows is None else np.asarray(source_rows)
         self.embeddings = None  # with distillation: (len(index), D) the teacher's embeddings of the windows
 
     def __len__(self):
@@ -371,10 +597,12 @@ class MixWindows:
 class PseudoWindows(MixWindows):
     """Cached unlabeled 5-s windows (prep.py) joined with one round's pseudo labels (pseudo.py), raised to `power`.
 
-    audio: (M, WINDOW_SAMPLES) float16 memmap; targets: (M, n_classes) float32.
+    audio: (M, WINDOW_SAMPLES) float16 memmap; targets: (M, n_classes) float32. A model of W > 5 s mixes in W-s
+    clips instead: every run of W / 5 consecutive cached windows of one file that are all labelled (prep caches
+    unlabeled windows in such runs for the table's longest window), its target the max of their labels.
     """
 
-    def __init__(self, cache_dir, pseudo_path, classes, power=1.0):
+    def __init__(self, cache_dir, pseudo_path, classes, power=1.0, seconds=WINDOW_SECONDS):
         paths = CachePaths(cache_dir)
         table = pd.read_csv(paths.unlabeled_rows)
         labels = np.load(pseudo_path, allow_pickle=False)
@@ -389,7 +617,26 @@ class PseudoWindows(MixWindows):
         probs = labels["probs"][np.asarray(rows)[keep]]
         if power != 1:  # sharpened (power above 1: the confident windows count more)
             probs = np.power(np.clip(probs, 0, 1), power).astype(probs.dtype)
-        super().__init__(np.load(paths.unlabeled_audio, mmap_mode="r"), keep, probs)
+        audio = np.load(paths.unlabeled_audio, mmap_mode="r")
+        k = seconds // WINDOW_SECONDS
+        if k == 1:
+            return super().__init__(audio, keep, probs)
+        labelled = np.full(len(table), -1)
+        labelled[keep] = np.arange(len(keep))
+        path_code = pd.factorize(table["path"])[0]
+        ends = table["end_second"].to_numpy(dtype=np.int64)
+        starts = np.arange(max(0, len(table) - k + 1))
+        whole = np.ones(len(starts), dtype=bool)
+        for j in range(k):  # rows start..start + j: one file, consecutive windows, all labelled
+            whole &= (labelled[starts + j] >= 0) & (path_code[starts + j] == path_code[starts]) & \
+                (ends[starts + j] == ends[starts] + j * WINDOW_SECONDS)
+        starts = starts[whole]
+        if len(starts) == 0:
+            raise UserError(f"no {seconds}-s run of consecutive labelled windows in {paths.unlabeled_rows}: make prep "
+                            f"again with the table (prep caches runs for its longest window)")
+        clip_probs = np.max([probs[labelled[starts + j]] for j in range(k)], axis=0)
+        super().__init__(Spans(audio, starts * WINDOW_SAMPLES, k * WINDOW_SAMPLES), np.arange(len(starts)),
+                         clip_probs, source_rows=starts)
 
 
 def n_batches(n_rows, batch_size):
@@ -429,7 +676,7 @@ class TrainingSet:
 
     def batch(self, rows, rng):
         order = np.argsort(rows)  # sorted reads from the memmap, then back to the batch's order
-        waves = np.empty((len(rows), WINDOW_SAMPLES), dtype=np.float32)
+        waves = np.empty((len(rows), self.audio.shape[1]), dtype=np.float32)
         waves[order] = self.audio[np.asarray(rows)[order]]
         targets = self.targets[rows].copy()
         embeddings = None if self.embeddings is None else np.asarray(self.embeddings[rows], np.float32)

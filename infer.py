@@ -489,31 +489,89 @@ class MelFrontEnd(nn.Module):
         return self.image(self.spectrogram(wave))
 
 
-class FrontEnd:
-    """Every distinct mel of an ensemble from one batch of 5-s windows, each STFT computed once.
+def mel_key_of(settings, seconds=WINDOW_SECONDS):
+    """What tells a mel apart at inference: its settings, and its window where that is longer than 5 s."""
+    return settings.key if seconds == WINDOW_SECONDS else f"{settings.key}_{seconds}s"
 
-    Built from the models' mel settings. A mel whose hop is a multiple m of another's with the same n_fft
-    takes frames [::m] of that power spectrogram (frame k is centred on sample k * hop): the same numbers,
-    one STFT. __call__((B, samples) tensor) -> {mel_key: (B, 1, n_mels, frames) tensor}.
+
+def centred_windows(audio, n_rows, seconds=WINDOW_SECONDS):
+    """(n_rows, seconds x SAMPLE_RATE): the window of `seconds` centred on each 5-s row of the audio (row i spans
+    [5i, 5i + 5) s; the audio is zero-padded on both sides). At 5 s these are windows_of's windows."""
+    if seconds == WINDOW_SECONDS:
+        return windows_of(audio, n_rows)
+    pad, length = (seconds - WINDOW_SECONDS) * SAMPLE_RATE // 2, seconds * SAMPLE_RATE
+    padded = np.zeros((n_rows - 1) * WINDOW_SAMPLES + length, dtype=np.float32)
+    kept = min(len(audio), n_rows * WINDOW_SAMPLES)
+    padded[pad:pad + kept] = audio[:kept]
+    return np.lib.stride_tricks.sliding_window_view(padded, length)[::WINDOW_SAMPLES][:n_rows].copy()
+
+
+def rows_of_frames(logits, seconds=WINDOW_SECONDS):
+    """(n_rows, classes) probabilities of a file's 5-s rows from a network's logits on the windows of `seconds`
+    centred on each row: (n_rows, classes) (one value per window) or (n_rows, T, classes) (a sed head's frames).
+    The frames' probabilities are laid on the file's timeline (each window's frames cover its span evenly) and
+    averaged where windows overlap; each row is the max of its frames. A window's one value covers its span."""
+    probs = torch.sigmoid(torch.from_numpy(logits)).numpy()
+    if probs.ndim == 2:
+        if seconds == WINDOW_SECONDS:
+            return probs
+        probs = probs[:, None, :]
+    n_rows, frames, n_classes = probs.shape
+    k = seconds // WINDOW_SECONDS
+    per_row = max(2, 2 * round(frames / (2 * k)))  # even: a window of an even k starts half a row early
+    grid = k * per_row
+    probs = probs[:, (np.arange(grid) * frames) // grid]  # nearest frame at each slot of the window
+    total = np.zeros(((n_rows + k) * per_row, n_classes), np.float64)
+    count = np.zeros(len(total))
+    first = k * per_row // 2 - (k - 1) * per_row // 2  # the timeline holds k / 2 rows before row 0
+    for i in range(n_rows):
+        at = first + i * per_row
+        total[at:at + grid] += probs[i]
+        count[at:at + grid] += 1
+    start = k * per_row // 2
+    rows = (total / np.maximum(count, 1)[:, None])[start:start + n_rows * per_row]
+    return rows.reshape(n_rows, per_row, n_classes).max(axis=1).astype(np.float32)
+
+
+class FrontEnd:
+    """Every distinct mel of an ensemble, each STFT computed once per window length.
+
+    Built from the models' mel settings and windows (seconds, default 5). Among mels of one window length, one
+    whose hop is a multiple m of another's with the same n_fft takes frames [::m] of that power spectrogram (frame k
+    is centred on sample k * hop): the same numbers, one STFT. __call__((B, samples) tensor of windows of one
+    length) -> {mel_key: (B, 1, n_mels, frames) tensor} of the mels of that length; of_audio(audio, n_rows) -> the
+    same for every length, of the windows centred on each 5-s row.
     """
 
-    def __init__(self, settings):
-        distinct = {s.key: s for s in settings}
-        self.spectrograms, self.mels = {}, {}   # (n_fft, hop) -> module; mel_key -> ((n_fft, hop), stride, module)
-        for key, s in distinct.items():
-            hop = min(o.hop_length for o in distinct.values() if o.n_fft == s.n_fft and s.hop_length % o.hop_length == 0)
-            if (s.n_fft, hop) not in self.spectrograms:
-                self.spectrograms[(s.n_fft, hop)] = PowerSpectrogram(s.n_fft, hop).eval()
-            self.mels[key] = ((s.n_fft, hop), s.hop_length // hop, MelImage(s).eval())
+    def __init__(self, settings, seconds=None):
+        seconds = [WINDOW_SECONDS] * len(settings) if seconds is None else [int(w) for w in seconds]
+        distinct = {mel_key_of(s, w): (s, w) for s, w in zip(settings, seconds)}
+        self.spectrograms, self.mels = {}, {}  # (seconds, n_fft, hop) -> module; key -> (seconds, source, stride, mel)
+        for key, (s, w) in distinct.items():
+            hop = min(o.hop_length for o, ow in distinct.values()
+                      if ow == w and o.n_fft == s.n_fft and s.hop_length % o.hop_length == 0)
+            if (w, s.n_fft, hop) not in self.spectrograms:
+                self.spectrograms[(w, s.n_fft, hop)] = PowerSpectrogram(s.n_fft, hop).eval()
+            self.mels[key] = (w, (w, s.n_fft, hop), s.hop_length // hop, MelImage(s).eval())
+        self.window_seconds = sorted({w for w, _, _, _ in self.mels.values()}) or [WINDOW_SECONDS]
 
     def __call__(self, windows):
-        parts = {key: [] for key in self.mels}
+        seconds = windows.shape[1] // SAMPLE_RATE
+        mels = {key: m for key, m in self.mels.items() if m[0] == seconds}
+        parts = {key: [] for key in mels}
         with torch.no_grad():
-            for chunk in windows.split(mel_chunk):
-                powers = {source: module(chunk) for source, module in self.spectrograms.items()}
-                for key, (source, stride, mel) in self.mels.items():
+            for chunk in windows.split(max(1, mel_chunk * WINDOW_SECONDS // seconds)):
+                powers = {source: module(chunk) for source, module in self.spectrograms.items()
+                          if source[0] == seconds}
+                for key, (_, source, stride, mel) in mels.items():
                     parts[key].append(mel(powers[source][..., ::stride]))
         return {key: torch.cat(p) for key, p in parts.items()}
+
+    def of_audio(self, audio, n_rows):
+        out = {}
+        for seconds in self.window_seconds:
+            out.update(self(torch.from_numpy(centred_windows(audio, n_rows, seconds))))
+        return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -526,7 +584,8 @@ class Network:
     def __init__(self, folder, spec, backend, n_threads, precision="f32"):
         self.name, self.classes = spec["name"], spec["classes"]
         self.mel_settings = MelSettings(**spec["mel_settings"])
-        self.mel_key = self.mel_settings.key
+        self.window_seconds = int(spec.get("window_seconds", WINDOW_SECONDS))  # an export of before: 5 s
+        self.mel_key = mel_key_of(self.mel_settings, self.window_seconds)
         self.value, self.cost = float(spec.get("value") or 0.0), float(spec.get("cost") or 1.0)
         self.windows_per_call = max(1, network_pixels // (int(spec["image_height"]) * int(spec["image_width"])))
         if math.isnan(self.value):
@@ -572,7 +631,7 @@ class Network:
             self.run = run
 
     def logits(self, mel):
-        """(B, classes) float32 logits, computed windows_per_call windows at a time."""
+        """(B, classes) float32 logits (a sed head's (B, T, classes) frames), windows_per_call windows at a time."""
         parts = [self.run(part) for part in mel.split(self.windows_per_call)]
         return np.concatenate(parts).astype(np.float32, copy=False)
 
@@ -629,7 +688,7 @@ def load_ensemble(folder, backend, n_threads, precision="f32"):
         warn(f"--precision {precision} applies to OpenVINO only; {backend} runs in f32")
     networks = [Network(folder, s, backend, n_threads, precision) for s in specs]
     networks.sort(key=lambda n: n.value / n.cost, reverse=True)
-    front_end = FrontEnd([n.mel_settings for n in networks])
+    front_end = FrontEnd([n.mel_settings for n in networks], [n.window_seconds for n in networks])
     print(f"{len(networks)} models ({backend}, {networks[0].precision}): " + ", ".join(n.name for n in networks),
           flush=True)
     return Ensemble(networks, front_end, classes, backend)
@@ -648,16 +707,25 @@ def decode_and_mel(path, front_end, keep_waves=False, shifted=False):
     try:
         audio = read_audio(path)
         n_windows = max(1, math.ceil(len(audio) / WINDOW_SAMPLES), count_windows(path) or 0)
-        windows = torch.from_numpy(windows_of(audio, n_windows))
-        mels = front_end(windows)
-        if keep_waves:
-            mels["waves"] = windows.numpy()
-        if shifted:
-            mels["shifted"] = front_end(torch.from_numpy(shifted_windows(audio[:n_windows * WINDOW_SAMPLES],
-                                                                         n_windows)))
-        return len(windows), mels, None
+        return n_windows, mels_of(front_end, audio, n_windows, keep_waves, shifted), None
     except Exception as err:
         return count_windows(path), None, f"{type(err).__name__}: {err}"
+
+
+def mels_of(front_end, audio, n_rows, keep_waves=False, shifted=False, keep=None):
+    """{mel_key: mels of the windows centred on each of n_rows rows of the audio} (FrontEnd.of_audio); keep_waves:
+    the 5-s windows under "waves" (a teacher's input); shifted: the same for the rows 2.5 s earlier under "shifted"
+    (n_rows + 1 rows); keep (first, n): the rows that count, the others context (network_probs cuts them off)."""
+    mels = front_end.of_audio(audio, n_rows)
+    if keep_waves:
+        mels["waves"] = windows_of(audio, n_rows)[slice(keep[0], keep[0] + keep[1]) if keep else slice(None)]
+    if shifted:
+        mels["shifted"] = mels_of(front_end, np.concatenate([np.zeros(WINDOW_SAMPLES // 2, np.float32),
+                                                             audio[:n_rows * WINDOW_SAMPLES]]), n_rows + 1,
+                                  keep=keep and (keep[0], keep[1] + 1))
+    if keep:
+        mels["keep"] = keep
+    return mels
 
 
 @contextlib.contextmanager
@@ -758,17 +826,14 @@ class ShiftedWindows:
         return {n.name: network_probs(n, batches["shifted"]) for n in self.networks}
 
 
-def shifted_windows(audio, n_windows):
-    """(n_windows + 1, WINDOW_SAMPLES): the 5-s windows 2.5 s earlier than windows_of's (the first from -2.5 s,
-    zeros before the start): windows t and t + 1 of these overlap window t of windows_of by half each."""
-    return windows_of(np.concatenate([np.zeros(WINDOW_SAMPLES // 2, np.float32), audio]), n_windows + 1)
-
-
 def network_probs(net, batches):
-    """One member's (windows, classes) probabilities of a batch: {mel_key: mels, "waves": windows} (decode_and_mel)."""
+    """One member's (windows, classes) probabilities of a batch: {mel_key: mels, "waves": windows} (mels_of): a
+    network's rows on the file's timeline (rows_of_frames), less the context rows where the batch says which count."""
     if isinstance(net, (TeacherVote, ShiftedWindows)):
         return net.probs(batches["waves"] if isinstance(net, TeacherVote) else batches)
-    return torch.sigmoid(torch.from_numpy(net.logits(batches[net.mel_key]))).numpy()
+    rows = rows_of_frames(net.logits(batches[net.mel_key]), net.window_seconds)
+    first, n = batches.get("keep") or (0, len(rows))
+    return rows[first:first + n]
 
 
 def predict_files(paths, networks, front_end, budget_s=None, pp=pp_weight, prefetch=2, log=True, started=None,
@@ -961,20 +1026,21 @@ def score_files_in_blocks(paths, networks, front_end, teacher=None, pp=pp_weight
     pp = as_post_processing(pp)
     shifted = ShiftedWindows(networks) if pp.tta > 0 else None
     members = list(networks) + [m for m in (teacher, shifted) if m is not None]
-    half = WINDOW_SAMPLES // 2
+    # a network of windows longer than 5 s, and the shifted windows, read audio around a block's rows: each block is
+    # scored with `context` seconds of the audio on either side (zeros before the file's start), whose rows are cut off
+    context = max([n.window_seconds for n in networks if n.window_seconds > WINDOW_SECONDS] +
+                  [WINDOW_SECONDS if shifted is not None else 0])
 
     def mels():  # every block of every file in turn; a file's end, or its error, as (path, None, seconds/error)
         for path in paths:
-            seconds, before = 0.0, np.zeros(half, np.float32)  # the 2.5 s before the block: its shifted windows'
+            seconds = 0.0
             try:
-                for block in audio_in_blocks(path, block_s or block_seconds)[1]:
-                    windows = torch.from_numpy(windows_of(block))
-                    batches = front_end(windows)
-                    batches["waves"] = windows.numpy()
-                    if shifted is not None:  # one more than the block's windows: only the file's last block keeps it
-                        batches["shifted"] = front_end(torch.from_numpy(
-                            windows_of(np.concatenate([before, block]), len(windows) + 1)))
-                        before = block[-half:]
+                for before, block, after in with_context(audio_in_blocks(path, block_s or block_seconds)[1],
+                                                         context * SAMPLE_RATE):
+                    audio = np.concatenate([before, block, after])
+                    first, n = len(before) // WINDOW_SAMPLES, math.ceil(len(block) / WINDOW_SAMPLES)
+                    batches = mels_of(front_end, audio, math.ceil(len(audio) / WINDOW_SAMPLES), True,
+                                      shifted is not None, (first, n))
                     seconds += len(block) / SAMPLE_RATE
                     yield path, batches, len(block) / SAMPLE_RATE
             except Exception as err:
@@ -1005,6 +1071,25 @@ def score_files_in_blocks(paths, networks, front_end, teacher=None, pp=pp_weight
                              for n in networks]
                 yield path, combine(preds, teacher, voted, pp, moved), seconds
             per_model = {n.name: [] for n in members}
+
+
+def with_context(blocks, samples):
+    """(before, block, after) for each block: the `samples` before it (zero-padded at the start; none when samples
+    is 0) and up to `samples` after it, read ahead from the following blocks."""
+    blocks, ahead = iter(blocks), []
+    before = np.zeros(samples, np.float32)
+    current = next(blocks, None)
+    while current is not None:
+        while sum(len(b) for b in ahead) < samples:
+            following = next(blocks, None)
+            if following is None:
+                break
+            ahead.append(following)
+        after = np.concatenate(ahead)[:samples] if ahead and samples else np.zeros(0, np.float32)
+        yield before, current, after
+        if samples:
+            before = np.concatenate([before, current])[-samples:]
+        current = ahead.pop(0) if ahead else next(blocks, None)
 
 
 def one_ahead(items, pool):

@@ -69,8 +69,8 @@ PL_POWER ?= 1
 PP_KERNEL ?=
 PP_BOOST ?= 0
 PP_TTA ?= 0
-# the backbone's starting weights: timm (the write-up's ImageNet/JFT weights, downloaded once), none (random init)
-# or a file (make weights writes one)
+# the backbones' starting weights: timm (timm's: the write-up's ImageNet/JFT ones for its B0, downloaded once), none
+# (random init), a file, or a folder of <backbone>.pth files (make weights writes one per backbone of MODELS)
 PRETRAINED ?= timm
 GPUS ?=
 # TEACHER=FILE (make teacher writes $(WORK)/teacher.npz: a teacher's labels of the cache's windows, and their

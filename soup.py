@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from infer import ensemble_manifest
-from common import build_model, MelFrontEnd, MelSettings, load_split, predict
+from common import build_model, MelFrontEnd, MelSettings, load_split, predict, window_seconds_of
 from flags import HelpFormatter, add_flag
 from errors import UserError, run_main
 from export import export_artifact
@@ -108,7 +108,8 @@ def make_soup(model_dir, cache, n_threads=threads, soup_start=None, keep_epochs=
     atomic_write(os.path.join(model_dir, "soup.pt"), lambda tmp: torch.save(model.state_dict(), tmp))
     name = f"model{config['id']}"
     export_dir = os.path.join(model_dir, "export")
-    export_artifact(model, mel_settings, config["classes"], export_dir, name, value=soup_metrics["auc"])
+    export_artifact(model, mel_settings, config["classes"], export_dir, name, value=soup_metrics["auc"],
+                    window_seconds=window_seconds_of(config))
     report = dict(kept_epochs=kept, soup=soup_metrics, validated=validated, best_single_epoch=None if best is None
                   else dict(epoch=int(best["epoch"]), **{m: float(best[m]) for m in TRACKED_METRICS}), name=name)
     save_json(report, os.path.join(model_dir, "soup.json"))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from augmentations import AugmentChances, augment, time_shift
-from common import WINDOW_SAMPLES, TrainingSet, distillation_loss
+from common import TrainingSet, distillation_loss
 from errors import UserError
 
 
@@ -127,7 +127,7 @@ def device_step(run, waves, targets, generator, shift_samples, loss_function, am
     with torch.autocast(waves.device.type, dtype=amp_dtype, enabled=run.amp, cache_enabled=False):
         if getattr(run, "distill", 0):  # targets: the labels, then the teacher's embedding (TrainingSet)
             logits, projected = run.trained(images, project=True)
-            n = logits.shape[1]
+            n = logits.shape[-1]  # (B, classes), or the sed head's (B, 2, classes)
             distilled = distillation_loss(projected, targets[:, n:])
             loss = loss_function(logits, targets[:, :n]) + run.distill * distilled
             # kept on the run for the epoch's sum; detach shares the storage, so a graph replay refreshes it
@@ -272,7 +272,7 @@ class DeviceTrainingSet(TrainingSet):
         """Device bytes the copy takes: the training rows' audio and the mixed-in windows, float16 (and the
         teacher's embeddings of them, float32, where they are distilled)."""
         windows = sum(len(w.index) for w, _ in base.mixes())
-        per_row = WINDOW_SAMPLES * 2 + (base.embeddings.shape[1] * 4 if base.embeddings is not None else 0)
+        per_row = base.audio.shape[1] * 2 + (base.embeddings.shape[1] * 4 if base.embeddings is not None else 0)
         return (len(np.unique(base.rows)) + windows) * per_row
 
     def batch(self, rows, rng):

@@ -106,6 +106,12 @@ def load_classes(path):
 # the models table's columns (the write-up's names) and their types; fold is a number or "all"
 MODEL_COLUMNS = dict(id=int, seed=int, n_folds=int, fold=str, dataset=str, n_mels=int, hop_length=int,
                      image_height=int, image_width=int, pseudoLabelChance=float, ampExpMin=float, ampExpMax=float)
+# optional columns (the podiums' models since 2025); a table without them, or a row that leaves one empty, has the
+# write-up's: its EfficientNet-B0, the recipe's head (--head; the write-up's gem5), 5-s windows
+OPTIONAL_COLUMNS = dict(backbone=str, head=str, window_seconds=int)
+WRITEUP_BACKBONE = "tf_efficientnet_b0.ns_jft_in1k"   # the write-up's tf_efficientnet_b0_ns
+HEADS = ("gem5", "plain", "sed")
+WINDOWS = (5, 10, 15, 20)   # a model's window in seconds: what it trains on and scores at a time
 
 
 def kebab(name):
@@ -119,9 +125,13 @@ def read_models_table(path):
     missing = [c for c in MODEL_COLUMNS if c not in table.columns]
     if missing:
         raise UserError(f"{path} lacks column(s): {', '.join(missing)}")
-    unknown = [c for c in table.columns if c not in MODEL_COLUMNS]
+    unknown = [c for c in table.columns if c not in MODEL_COLUMNS and c not in OPTIONAL_COLUMNS]
     if unknown:
-        raise UserError(f"{path} has unknown column(s): {', '.join(unknown)} (known: {', '.join(MODEL_COLUMNS)})")
+        raise UserError(f"{path} has unknown column(s): {', '.join(unknown)} (known: "
+                        f"{', '.join(list(MODEL_COLUMNS) + list(OPTIONAL_COLUMNS))})")
+    for column in OPTIONAL_COLUMNS:  # empty cells: the write-up's choice
+        if column in table.columns:
+            table[column] = table[column].map(lambda v: "" if pd.isna(v) else str(v).strip())
     for column, kind in MODEL_COLUMNS.items():
         if kind is str:
             continue
@@ -133,7 +143,28 @@ def read_models_table(path):
                             f"{table[column].iloc[row]!r} (row {row + 1})")
     if table["id"].duplicated().any():
         raise UserError(f"{path}: model id {table['id'][table['id'].duplicated()].iloc[0]} is given twice")
+    for row, (head, window) in enumerate(zip(table.get("head", [""] * len(table)),
+                                             table.get("window_seconds", [""] * len(table)))):
+        if head and head not in HEADS:
+            raise UserError(f"{path}: head must be one of {', '.join(HEADS)} (or empty: the recipe's), not {head!r} "
+                            f"(row {row + 1})")
+        if window and (not re.fullmatch(r"\d+(\.0*)?", window) or int(float(window)) not in WINDOWS):
+            raise UserError(f"{path}: window_seconds must be one of {', '.join(map(str, WINDOWS))} (or empty: 5), "
+                            f"not {window!r} (row {row + 1})")
+    if "window_seconds" in table.columns:
+        table["window_seconds"] = [int(float(w)) if w else "" for w in table["window_seconds"]]
     return table.set_index("id", drop=False)
+
+
+def backbones_of(table):
+    """The distinct backbones a models table names, in order (a row without one: the write-up's)."""
+    names = [b or WRITEUP_BACKBONE for b in table.get("backbone", pd.Series([""] * len(table)))]
+    return list(dict.fromkeys(names))
+
+
+def longest_window(table):
+    """The longest window (seconds) of a models table's rows: what prep's cache must hold; 5 without the column."""
+    return max([int(w) for w in table.get("window_seconds", []) if w != ""] + [5])
 
 
 def read_table(path):

@@ -25,17 +25,17 @@ import torch
 import torch.distributed as dist
 
 from augmentations import AugmentChances
-from common import (HEADS, LOSSES, NORMALIZATIONS, SAMPLE_RATE, MelFrontEnd, PseudoWindows, TrainingSet,
+from common import (HEADS, LOSSES, check_backbone, window_seconds_of, NORMALIZATIONS, SAMPLE_RATE, MelFrontEnd, PseudoWindows, TrainingSet,
                     build_model, load_split, mel_settings_of, predict, n_batches, split_summary)
 from steps import (DeviceTrainingSet, GraphedStep, amp_dtype_of, amp_on, cache_on_device, make_optimizer,
                    make_scaler, precision_line, train_step, uses_cuda_graph)
-from tables import MODEL_COLUMNS, CachePaths, kebab, load_classes, read_models_table
+from tables import MODEL_COLUMNS, CachePaths, backbones_of, kebab, load_classes, read_models_table
 from flags import HelpFormatter, SHARED, add_flag
 from progress import progress
 from errors import UserError, run_main
 from files import atomic_write, file_digest, save_json
 from metrics import all_metrics
-from weights import PRETRAINED_CHOICES, pretrained_of
+from weights import PRETRAINED_CHOICES, pretrained_for, pretrained_of
 from devices import claim_gpu, gpu_ids, pick_device
 import disk
 
@@ -228,7 +228,10 @@ def model_config(args):
     if not 0 <= chance <= 100:
         raise UserError(f"pseudoLabelChance is a percent (the write-up's 35 means 35 %), 0 to 100, not {chance:g}")
     config["pseudoLabelChance"] = chance / 100
+    row_head = config.get("head") or None
     config.update({name: getattr(args, name) for name in RECIPE})
+    if row_head:  # the table's head for its row; the recipe's --head for rows that leave it empty
+        config["head"] = row_head
     if args.distill:  # the projection's size: the teacher's embedding's
         config["distill_dim"] = int(read_teacher_embeddings(args.teacher_embeddings, args.cache)["train"].shape[1])
     return config
@@ -418,7 +421,8 @@ def build_training(args, config, procs, graphed=False):
     data = load_split(args.cache, config, args.max_train_files, args.site_share, args.site_mix_chance)
     if procs.rank == 0:
         print(split_summary(data, config), flush=True)
-    pseudo = PseudoWindows(args.cache, args.pseudo, data["classes"], args.pl_power) if args.pseudo else None
+    pseudo = PseudoWindows(args.cache, args.pseudo, data["classes"], args.pl_power, window_seconds_of(config)) \
+        if args.pseudo else None
     embeddings = teacher_embeddings_of(args, data, pseudo) if args.distill else None
     dataset = TrainingSet(data["audio"], data["targets"], data["train"], pseudo, config["pseudoLabelChance"],
                           (config["ampExpMin"], config["ampExpMax"]), seed, data["site"], data["site_mix_chance"],
@@ -458,12 +462,12 @@ def teacher_embeddings_of(args, data, pseudo):
     windows (pseudo-labelled, the site's) theirs."""
     teacher = read_teacher_embeddings(args.teacher_embeddings, args.cache)
     embeddings = teacher["train"]
-    if data["site_repeats"]:  # load_split stacked the site's training windows after the recordings
-        embeddings = np.concatenate([embeddings, teacher["site"]])
-    if pseudo is not None:
-        pseudo.embeddings = teacher["unlabeled"][pseudo.index].astype(np.float32)
+    if data["site_repeats"]:  # load_split stacked the site's training windows (or clips of them) after the recordings
+        embeddings = np.concatenate([embeddings, teacher["site"][data["site_rows"]]])
+    if pseudo is not None:  # a W-s clip: its first window's
+        pseudo.embeddings = teacher["unlabeled"][pseudo.source_rows].astype(np.float32)
     if data["site"] is not None:
-        data["site"].embeddings = teacher["site"][data["site"].index].astype(np.float32)
+        data["site"].embeddings = teacher["site"][data["site"].source_rows].astype(np.float32)
     return embeddings
 
 
@@ -566,9 +570,17 @@ def check_run(args):
     if not args.pl_power > 0:
         raise UserError(f"--pl-power must be above 0, not {args.pl_power:g}")
     table = read_models_table(args.models)
-    for model in table.index:
-        model_config(argparse.Namespace(**dict(vars(args), model=int(model), distill=0.0)))
-    pretrained_of(args.pretrained)
+    configs = [model_config(argparse.Namespace(**dict(vars(args), model=int(model), distill=0.0)))
+               for model in table.index]
+    for config in configs:
+        check_backbone(config)
+    pretrained = pretrained_of(args.pretrained)
+    backbones = backbones_of(table)
+    if pretrained and os.path.isfile(pretrained) and len(backbones) > 1:
+        raise UserError(f"--pretrained {pretrained} is one backbone's weights, and {args.models} names "
+                        f"{len(backbones)} ({', '.join(backbones)}): pass the folder make weights writes")
+    for name in backbones:
+        pretrained_for(pretrained, name)
     print(f"checked: the {len(table)} models of {args.models}, the recipe's flags and --pretrained {args.pretrained}",
           flush=True)
 

@@ -29,7 +29,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import infer  # noqa: E402
-from common import MelEfficientNet  # noqa: E402
+from common import MelModel  # noqa: E402
 from export import export_artifact  # noqa: E402
 from files import save_json  # noqa: E402
 from flags import HelpFormatter, add_flag  # noqa: E402
@@ -51,7 +51,7 @@ def export_ensemble(folder, models, recipe):
     classes = [f"c{i:03d}" for i in range(N_CLASSES)]
     for model_id, row in table.iterrows():
         torch.manual_seed(int(model_id))
-        network = MelEfficientNet(N_CLASSES, int(row["image_height"]), int(row["image_width"]), head=recipe["head"],
+        network = MelModel(N_CLASSES, int(row["image_height"]), int(row["image_width"]), head=recipe["head"],
                                   channels=recipe["channels"])
         mel = infer.MelSettings(n_mels=int(row["n_mels"]), hop_length=int(row["hop_length"]), f_min=recipe["f_min"],
                                 f_max=recipe["f_max"], normalize=recipe["normalize"])

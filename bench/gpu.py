@@ -31,7 +31,7 @@ sys.path.insert(0, HERE)
 import pseudo  # noqa: E402
 from steps import amp_dtype_of  # noqa: E402
 import train  # noqa: E402
-from common import WINDOW_SAMPLES, MelEfficientNet, MelSettings  # noqa: E402
+from common import WINDOW_SAMPLES, MelModel, MelSettings  # noqa: E402
 from tables import read_models_table  # noqa: E402
 from flags import HelpFormatter, add_flag  # noqa: E402
 from errors import run_main  # noqa: E402
@@ -149,7 +149,7 @@ def pseudo_speed(table, device, n_batches, batch=pseudo.batch_windows, repeats=3
         torch.manual_seed(int(model_id))
         config = dict(mel_settings=vars(MelSettings(n_mels=int(row["n_mels"]), hop_length=int(row["hop_length"]))),
                       classes=[str(c) for c in range(classes_2024)])
-        soups.append((config, MelEfficientNet(classes_2024, int(row["image_height"]), int(row["image_width"]))))
+        soups.append((config, MelModel(classes_2024, int(row["image_height"]), int(row["image_width"]))))
     engine = pseudo.SoupEngine(soups, device)
     waves = (torch.randn(batch, WINDOW_SAMPLES) * 0.1).half()
     engine(waves)

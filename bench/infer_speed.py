@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import infer  # noqa: E402
 from demo_data import write_ogg  # noqa: E402
-from common import MelEfficientNet, MelFrontEnd, MelSettings  # noqa: E402
+from common import MelModel, MelFrontEnd, MelSettings  # noqa: E402
 from tables import read_models_table  # noqa: E402
 from flags import HelpFormatter, add_flag  # noqa: E402
 from export import export_artifact  # noqa: E402
@@ -38,7 +38,7 @@ def build_ensemble(folder, table):
     models = {}
     for model_id, row in table.iterrows():
         torch.manual_seed(int(model_id))
-        model = MelEfficientNet(N_CLASSES, int(row["image_height"]), int(row["image_width"])).eval()
+        model = MelModel(N_CLASSES, int(row["image_height"]), int(row["image_width"])).eval()
         settings = MelSettings(n_mels=int(row["n_mels"]), hop_length=int(row["hop_length"]))
         name = f"model{model_id}"
         export_artifact(model, settings, [f"c{i}" for i in range(N_CLASSES)], folder, name, value=0.7)

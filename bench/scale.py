@@ -35,7 +35,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import infer  # noqa: E402
 import pseudo  # noqa: E402
-from common import MelEfficientNet, MelSettings, TrainingSet, target_matrix  # noqa: E402
+from common import MelModel, MelSettings, TrainingSet, target_matrix  # noqa: E402
 from tables import CachePaths, load_classes, read_models_table, read_rows  # noqa: E402
 from flags import HelpFormatter, add_flag  # noqa: E402
 from export import export_artifact  # noqa: E402
@@ -107,7 +107,7 @@ def writeup_ensemble(folder, classes, models="models.csv"):
     table = read_models_table(os.path.join(ROOT, models))
     for model_id, row in table.iterrows():
         torch.manual_seed(int(model_id))
-        export_artifact(MelEfficientNet(len(classes), int(row["image_height"]), int(row["image_width"])),
+        export_artifact(MelModel(len(classes), int(row["image_height"]), int(row["image_width"])),
                         MelSettings(n_mels=int(row["n_mels"]), hop_length=int(row["hop_length"])), classes, folder,
                         f"model{model_id}", value=0.7)
     save_json(infer.ensemble_manifest([f"model{i}" for i in table.index]), os.path.join(folder, "manifest.json"))
@@ -172,7 +172,7 @@ def measure_pseudo(root, caches, classes, windows, threads, figures, every_backe
         print(f"pseudo-labelling, {models_count(table)}, {backend}: {per_1000[backend]:.1f} s per 1,000 windows",
               flush=True)
     tiny = os.path.join(root, "tiny-ensemble")  # pseudo.py's memory at both sizes, with one small model
-    export_artifact(MelEfficientNet(len(classes), 64, 64), MelSettings(n_mels=64, hop_length=1024), classes, tiny,
+    export_artifact(MelModel(len(classes), 64, 64), MelSettings(n_mels=64, hop_length=1024), classes, tiny,
                     "m")
     save_json(infer.ensemble_manifest(["m"]), os.path.join(tiny, "manifest.json"))
     for label in ("full", "quarter"):

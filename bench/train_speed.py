@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import (SAMPLE_RATE, WINDOW_SAMPLES, MelEfficientNet, MelFrontEnd,  # noqa: E402
+from common import (SAMPLE_RATE, WINDOW_SAMPLES, MelModel, MelFrontEnd,  # noqa: E402
                     MelSettings, MixWindows, TrainingSet, bce_focal_loss)
 from flags import HelpFormatter, add_flag  # noqa: E402
 
@@ -48,7 +48,7 @@ class StepBench:
             raise ValueError(f"variant {variant!r} is not one of {self.variants}")
         self.train, self.device, self.batch = train, torch.device(device), batch
         torch.manual_seed(0)
-        self.run = steps.step_state(MelEfficientNet(n_classes, height, width),
+        self.run = steps.step_state(MelModel(n_classes, height, width),
                                     MelFrontEnd(MelSettings(n_mels=n_mels, hop_length=hop)), self.device, amp,
                                     graphed=variant == "graph",
                                     amp_dtype=torch.float16 if variant == "float16" else None)

@@ -41,7 +41,7 @@ def export_tiny_ensemble(folder, classes, specs):
     names = []
     for name, n_mels, hop, h, w, value in specs:
         torch.manual_seed(len(names))
-        model = common.MelEfficientNet(len(classes), h, w)
+        model = common.MelModel(len(classes), h, w)
         export.export_artifact(model, common.MelSettings(n_mels=n_mels, hop_length=hop), classes, folder, name,
                                value=value)
         names.append(name)

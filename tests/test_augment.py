@@ -88,7 +88,7 @@ def tiny_run(chances, device=torch.device("cpu"), amp=False):
     """train.py's step state for a small model: AdamW at a constant rate, the scaler, the mel."""
     import steps
     torch.manual_seed(0)
-    return steps.step_state(common.MelEfficientNet(5, 32, 32),
+    return steps.step_state(common.MelModel(5, 32, 32),
                             common.MelFrontEnd(common.MelSettings(n_mels=32, hop_length=1024)), device, amp, chances)
 
 
@@ -156,7 +156,7 @@ def graphed_and_eager_losses(device, batches=(16, 16, 10, 16, 16, 16, 10, 16)):
     runs, results = [], []
     for graphed_step in (True, False):
         torch.manual_seed(0)
-        run = steps.step_state(common.MelEfficientNet(5, 32, 32),
+        run = steps.step_state(common.MelModel(5, 32, 32),
                                common.MelFrontEnd(common.MelSettings(n_mels=32, hop_length=1024)), device,
                                amp=device.type == "cuda", chances=AugmentChances(0.5, 0.5, 0.5, 0.5, 0.5),
                                graphed=True, schedule=lambda s: 1.0 / (1 + s))
@@ -196,7 +196,7 @@ def test_the_cuda_graph_trains_as_the_eager_step_and_never_waits():
     assert torch.allclose(graphed_losses, eager_losses, rtol=0.02, atol=1e-3), (graphed_losses, eager_losses)
     assert max(float((graphed[k] - eager[k]).abs().max()) for k in eager) < 0.05
     torch.manual_seed(0)
-    run = steps.step_state(common.MelEfficientNet(5, 32, 32),
+    run = steps.step_state(common.MelModel(5, 32, 32),
                            common.MelFrontEnd(common.MelSettings(n_mels=32, hop_length=1024)), device, True,
                            AugmentChances(0.5, 0.5, 0.5, 0.5, 0.5), graphed=True)
     step = steps.GraphedStep(run, 8000, common.bce_focal_loss, warmup=1)

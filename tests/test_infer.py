@@ -72,7 +72,7 @@ def test_neighbour_smoothing_math():
 def test_exported_model_equals_training_model(tmp_path, cache_dir):
     classes = tables.load_classes(tables.CachePaths(cache_dir).classes)
     torch.manual_seed(3)
-    model = common.MelEfficientNet(len(classes), 32, 64)
+    model = common.MelModel(len(classes), 32, 64)
     model.eval()
     settings = common.MelSettings(n_mels=48, hop_length=1024)
     export.export_artifact(model, settings, classes, str(tmp_path), "m")
@@ -91,8 +91,8 @@ def test_mels_that_share_n_fft_share_one_stft():
                 common.MelSettings(n_mels=48, hop_length=1024),
                 common.MelSettings(n_mels=32, hop_length=512, n_fft=1024)]
     front_end = infer.FrontEnd(settings)  # as load_ensemble builds it from the models' settings
-    assert sorted(front_end.spectrograms) == [(1024, 512), (2048, 512)]  # (n_fft, hop): one STFT each
-    assert [stride for _, stride, _ in front_end.mels.values()] == [1, 2, 2, 1]
+    assert sorted(front_end.spectrograms) == [(5, 1024, 512), (5, 2048, 512)]  # (window s, n_fft, hop): one STFT each
+    assert [stride for _, _, stride, _ in front_end.mels.values()] == [1, 2, 2, 1]
     rng = np.random.default_rng(1)
     waves = torch.from_numpy(rng.standard_normal((6, common.WINDOW_SAMPLES)).astype(np.float32))
     waves[:, :50000] *= 0.01  # a quiet start, so the per-window dB range matters
@@ -119,7 +119,7 @@ def test_backends_agree(tmp_path, cache_dir, demo_dir, monkeypatch):
     monkeypatch.setattr(infer, "network_pixels", 2 * 32 * 64)
     classes = tables.load_classes(tables.CachePaths(cache_dir).classes)
     torch.manual_seed(4)
-    model = common.MelEfficientNet(len(classes), 32, 64).eval()
+    model = common.MelModel(len(classes), 32, 64).eval()
     with torch.no_grad():  # an untrained net saturates its sigmoids; bring logits into the sensitive range
         model.head.weight.mul_(0.2 / model.head.weight.abs().sum(1, keepdim=True).mean())
     settings = common.MelSettings(n_mels=32, hop_length=1024)
@@ -133,9 +133,11 @@ def test_backends_agree(tmp_path, cache_dir, demo_dir, monkeypatch):
         assert networks[0].windows_per_call == 2
         threads_seen = []
 
-        def counting_mels(windows):
-            threads_seen.append(torch.get_num_threads())
-            return front_end(windows)
+        class CountingMels(infer.FrontEnd):
+            def __call__(self, windows):
+                threads_seen.append(torch.get_num_threads())
+                return super().__call__(windows)
+        counting_mels = CountingMels([settings])
         results, _, _, _ = infer.predict_files(paths, networks, counting_mels, pp=0.5, log=False)
         outputs[backend] = np.concatenate([results[p] for p in paths])
         # torch computes the mels with 1 thread while OpenVINO / ONNX Runtime threads run the networks

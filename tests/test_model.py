@@ -8,7 +8,7 @@ import torch
 import common
 import errors
 from augmentations import AugmentChances, augment, coarse_dropout, horizontal_flip, mixup, stretch
-from common import MelEfficientNet, GeM, bce_focal_loss
+from common import MelModel, GeM, bce_focal_loss
 
 
 def test_gem_p1_is_average_pooling_and_p_is_learnable():
@@ -49,7 +49,7 @@ def test_loss_is_mean_of_bce_and_focal():
 def test_dropout_heads_mean_in_training_and_identity_in_eval():
     """Heads with dropout 0, 0, 0, 0 and 1: in training the logits are (4 * head(f) + head(0)) / 5."""
     torch.manual_seed(0)
-    model = MelEfficientNet(4, 32, 32, dropout_rates=(0.0, 0.0, 0.0, 0.0, 1.0))
+    model = MelModel(4, 32, 32, dropout_rates=(0.0, 0.0, 0.0, 0.0, 1.0))
     mel = torch.rand(2, 1, 16, 20)
     model.eval()
     a, b = model(mel), model(mel)
@@ -61,13 +61,13 @@ def test_dropout_heads_mean_in_training_and_identity_in_eval():
         model.train()
         model.backbone.eval()  # BatchNorm as above: only the dropouts train
         assert torch.allclose(model(mel), by_hand, atol=1e-5)
-        model = MelEfficientNet(4, 32, 32).train()
+        model = MelModel(4, 32, 32).train()
         assert not torch.equal(model(mel), model(mel))  # the write-up's rates: dropout active
 
 
 def test_tiny_model_overfits_one_batch():
     torch.manual_seed(0)
-    model = MelEfficientNet(5, 32, 32, dropout_rates=(0.0,) * 5)
+    model = MelModel(5, 32, 32, dropout_rates=(0.0,) * 5)
     mel = torch.rand(8, 1, 16, 32)
     targets = (torch.rand(8, 5) < 0.3).float()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -88,18 +88,18 @@ def test_pretrained_loads_local_file(tmp_path):
     path = tmp_path / "imagenet.pth"
     torch.save(donor.state_dict(), path)
     torch.manual_seed(0)
-    fresh = MelEfficientNet(3, 32, 32)
-    loaded = MelEfficientNet(3, 32, 32, pretrained=str(path))
+    fresh = MelModel(3, 32, 32)
+    loaded = MelModel(3, 32, 32, pretrained=str(path))
     key = "conv_stem.weight"
     assert torch.equal(loaded.backbone.state_dict()[key], donor.state_dict()[key])
     assert not torch.equal(fresh.backbone.state_dict()[key], donor.state_dict()[key])
     with pytest.raises(errors.UserError):
-        MelEfficientNet(3, 32, 32, pretrained=str(tmp_path / "missing.pth"))
+        MelModel(3, 32, 32, pretrained=str(tmp_path / "missing.pth"))
 
 
 def test_inference_form_equals_the_model_and_leaves_it_unchanged():
     torch.manual_seed(0)
-    model = MelEfficientNet(5, 48, 80).eval()
+    model = MelModel(5, 48, 80).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     mel = torch.rand(3, 1, 40, 157)
     twin = model.inference_form((40, 157))
@@ -170,6 +170,6 @@ def test_writeup_weights_offline_from_the_cache_and_make_weights_file(tmp_path):
     done = subprocess.run(["make", "--no-print-directory", "-C", root, "weights", f"WORK={tmp_path}",
                            f"PY={sys.executable}"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0 and out.is_file(), done.stdout + done.stderr
-    loaded = MelEfficientNet(3, 32, 32, pretrained=str(out))
+    loaded = MelModel(3, 32, 32, pretrained=str(out))
     key = "conv_stem.weight"
     assert torch.equal(loaded.backbone.state_dict()[key], donor.state_dict()[key])

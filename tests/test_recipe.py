@@ -83,7 +83,7 @@ def test_presets_set_defaults_and_a_flag_wins():
 @pytest.mark.parametrize("head,channels", [("plain", 1), ("gem5", 1), ("plain", 3)])
 def test_heads_and_channels_export_equal_to_the_model(head, channels):
     torch.manual_seed(0)
-    model = common.MelEfficientNet(4, 32, 64, head=head, channels=channels).eval()
+    model = common.MelModel(4, 32, 64, head=head, channels=channels).eval()
     assert model.backbone.conv_stem.weight.shape[1] == channels
     assert len(model.dropouts) == (5 if head == "gem5" else 0)
     assert isinstance(model.pool, common.GeM if head == "gem5" else common.AveragePool)

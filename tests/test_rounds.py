@@ -106,7 +106,7 @@ class LoudnessNetwork:
     """A stand-in network whose logits follow each window's mel (its mean level in each of 4 bands, weighted per
     class): unlike a random-weight model's, its outputs differ from window to window."""
 
-    backend = "torch"
+    backend, window_seconds = "torch", 5
 
     def __init__(self, name, settings, seed):
         self.name, self.mel_key = name, settings.key

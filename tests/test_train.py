@@ -184,9 +184,9 @@ def test_the_last_partial_batch_trains_and_every_process_gets_two_rows_of_it():
 
 
 def test_the_plain_head_starts_as_timms_own():
-    from common import MelEfficientNet
+    from common import MelModel
     torch.manual_seed(0)
-    plain, gem5 = MelEfficientNet(12, 32, 32, head="plain", channels=1), MelEfficientNet(12, 32, 32)
+    plain, gem5 = MelModel(12, 32, 32, head="plain", channels=1), MelModel(12, 32, 32)
     bound = 1 / np.sqrt(12)
     assert plain.head.weight.abs().max() <= bound and plain.head.weight.abs().max() > 0.9 * bound
     assert not plain.head.bias.any()
@@ -194,10 +194,10 @@ def test_the_plain_head_starts_as_timms_own():
 
 
 def test_validation_reads_its_rows_in_chunks(cache_dir):
-    from common import MelEfficientNet, MelFrontEnd, MelSettings, load_split
+    from common import MelModel, MelFrontEnd, MelSettings, load_split
     data = load_split(cache_dir, dict(dataset="bc24", fold="1", n_folds=5, seed=42))
     torch.manual_seed(0)
-    model, mel = MelEfficientNet(len(data["classes"]), 32, 32), MelFrontEnd(MelSettings(n_mels=32, hop_length=1024))
+    model, mel = MelModel(len(data["classes"]), 32, 32), MelFrontEnd(MelSettings(n_mels=32, hop_length=1024))
     chunked = train.predict(model, mel, data["audio"], torch.device("cpu"), batch=3, rows=data["valid"])
     copied = train.predict(model, mel, np.asarray(data["audio"][data["valid"]]), torch.device("cpu"))
     assert chunked.shape == (len(data["valid"]), len(data["classes"])) and np.allclose(chunked, copied, atol=1e-6)
@@ -260,9 +260,9 @@ def test_make_passes_the_writeup_weights_and_the_demo_random_init(tmp_path):
 
 def test_predict_under_amp_keeps_the_mel_in_float32():
     """A loud window's power passes fp16's 65504: the mel must stay outside autocast (CUDA AMP; here CPU's)."""
-    from common import MelEfficientNet, MelFrontEnd, MelSettings
+    from common import MelModel, MelFrontEnd, MelSettings
     torch.manual_seed(0)
-    model = MelEfficientNet(4, 32, 32)
+    model = MelModel(4, 32, 32)
     mel = MelFrontEnd(MelSettings(n_mels=32, hop_length=1024))
     t = np.arange(160000) / 32000
     noise = np.random.default_rng(0).uniform(-0.1, 0.1, (3, 160000))
