@@ -27,7 +27,8 @@ weights: | $(SETUP)
 prep: $(CACHED)
 # after --: what training will read (the models table, EPOCHS, PRETRAINED, TRAIN_ARGS), checked before prep's hours
 $(CACHED): $(STAMP.prep) | $(SETUP) $(if $(and $(TEACHER_MODEL),$(if $(wildcard $(CACHED)),,new)),teacher-check)
-	$(PY) prep.py --data "$(DATA)" --out $(CACHE) --threads $(THREADS) $(PREP_ARGS) \
+	$(PY) prep.py --data "$(DATA)" --out $(CACHE) --threads $(THREADS) $(if $(filter-out 5,$(CACHE_SECONDS)),\
+		--window-seconds $(CACHE_SECONDS)) $(PREP_ARGS) \
 		-- --models $(MODELS) --epochs $(EPOCHS) --pretrained "$(PRETRAINED)" --keep-epochs $(KEEP_EPOCHS) $(TRAIN_ARGS)
 
 # round R, model ID: train (resumable) then soup + export; a round's ensemble bundles its soups

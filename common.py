@@ -137,9 +137,11 @@ class Spans:
     unlabeled cache's consecutive windows of one file). Indexed by an array of span numbers it reads those spans;
     nothing is copied before."""
 
-    def __init__(self, array, starts, length):
+    def __init__(self, array, starts, length, valid=None):
         self.array, self.flat = array, array.reshape(-1)
         self.starts, self.length = np.asarray(starts, np.int64), int(length)
+        # samples of each span read from the array; the rest are zeros (a clip of a run shorter than the window)
+        self.valid = np.full(len(self.starts), self.length) if valid is None else np.asarray(valid, np.int64)
         self.shape, self.dtype = (len(self.starts), self.length), array.dtype
 
     def __len__(self):
@@ -151,9 +153,9 @@ class Spans:
         rows = np.asarray(rows)
         if rows.ndim == 0:
             return self[rows[None]][0]
-        out = np.empty((len(rows), self.length), dtype=self.dtype)
-        for i, start in enumerate(self.starts[rows]):
-            out[i] = self.flat[start:start + self.length]
+        out = np.zeros((len(rows), self.length), dtype=self.dtype)
+        for i, (start, valid) in enumerate(zip(self.starts[rows], self.valid[rows])):
+            out[i, :valid] = self.flat[start:start + valid]
         return out
 
 
@@ -599,7 +601,8 @@ class PseudoWindows(MixWindows):
 
     audio: (M, WINDOW_SAMPLES) float16 memmap; targets: (M, n_classes) float32. A model of W > 5 s mixes in W-s
     clips instead: every run of W / 5 consecutive cached windows of one file that are all labelled (prep caches
-    unlabeled windows in such runs for the table's longest window), its target the max of their labels.
+    unlabeled windows in such runs for the table's longest window), its target the max of their labels; a shorter
+    run (a short soundscape's) is one clip, zero-padded.
     """
 
     def __init__(self, cache_dir, pseudo_path, classes, power=1.0, seconds=WINDOW_SECONDS):
@@ -625,17 +628,22 @@ class PseudoWindows(MixWindows):
         labelled[keep] = np.arange(len(keep))
         path_code = pd.factorize(table["path"])[0]
         ends = table["end_second"].to_numpy(dtype=np.int64)
-        starts = np.arange(max(0, len(table) - k + 1))
-        whole = np.ones(len(starts), dtype=bool)
-        for j in range(k):  # rows start..start + j: one file, consecutive windows, all labelled
-            whole &= (labelled[starts + j] >= 0) & (path_code[starts + j] == path_code[starts]) & \
-                (ends[starts + j] == ends[starts] + j * WINDOW_SECONDS)
-        starts = starts[whole]
-        if len(starts) == 0:
-            raise UserError(f"no {seconds}-s run of consecutive labelled windows in {paths.unlabeled_rows}: make prep "
-                            f"again with the table (prep caches runs for its longest window)")
-        clip_probs = np.max([probs[labelled[starts + j]] for j in range(k)], axis=0)
-        super().__init__(Spans(audio, starts * WINDOW_SAMPLES, k * WINDOW_SAMPLES), np.arange(len(starts)),
+        goes_on = np.zeros(len(table), dtype=bool)  # row i + 1 is the next window of row i's file, labelled too
+        goes_on[:-1] = (path_code[1:] == path_code[:-1]) & (ends[1:] == ends[:-1] + WINDOW_SECONDS) & \
+            (labelled[1:] >= 0)
+        length, reach = (labelled >= 0).astype(np.int64), labelled >= 0  # windows of the run from row i, up to k
+        for j in range(1, k):
+            reach = reach & np.r_[goes_on[j - 1:], np.zeros(j - 1, dtype=bool)]
+            length += reach
+        run_start = (labelled >= 0) & ~np.r_[False, goes_on[:-1]]
+        # a clip of k windows from each row that has them; a run shorter than k (a short soundscape) is one clip,
+        # zero-padded as inference pads a short file
+        starts = np.flatnonzero((length == k) | (run_start & (length < k)))
+        clip_probs = np.max([np.where((length[starts] > j)[:, None], probs[labelled[np.minimum(starts + j,
+                                                                                               len(table) - 1)]], 0)
+                             for j in range(k)], axis=0)
+        super().__init__(Spans(audio, starts * WINDOW_SAMPLES, k * WINDOW_SAMPLES, length[starts] * WINDOW_SAMPLES),
+                         np.arange(len(starts)),
                          clip_probs, source_rows=starts)
 
 

@@ -31,20 +31,22 @@ def free_bytes(folder):
     return shutil.disk_usage(folder).free
 
 
-def cache_plan(n_train, n_windows, n_site=0):
-    """Bytes of prep's cache: the training files' first 5 s, the unlabeled windows, the site's labelled ones."""
-    return (n_train + n_windows + n_site) * WINDOW_BYTES
+def cache_plan(n_train, n_windows, n_site=0, seconds=5):
+    """Bytes of prep's cache: the training files' first `seconds` (the models table's longest window), the unlabeled
+    windows, the site's labelled ones (each with seconds - 5 of audio on either side)."""
+    k = seconds // 5
+    return (n_train * k + n_windows + n_site * (2 * k - 1)) * WINDOW_BYTES
 
 
-def check_cache(folder, n_train, n_windows, n_site=0):
+def check_cache(folder, n_train, n_windows, n_site=0, seconds=5):
     """Stop before prep writes anything when the cache will not fit in `folder`'s disk: one line naming a cache
     elsewhere and the --max-unlabeled-windows that fits."""
-    need, free = cache_plan(n_train, n_windows, n_site) * MARGIN, free_bytes(folder)
+    need, free = cache_plan(n_train, n_windows, n_site, seconds) * MARGIN, free_bytes(folder)
     if need <= free:
         return
-    fits = int(free / MARGIN / WINDOW_BYTES) - n_train - n_site
+    fits = int(free / MARGIN / WINDOW_BYTES) - (cache_plan(n_train, 0, n_site, seconds) // WINDOW_BYTES)
     raise UserError(f"not enough disk for the cache: {need / 1e9:.1f} GB needed in {folder} ({n_train} training files,"
-                    f" {n_windows} unlabeled windows, {n_site} labelled ones; 0.32 MB each), {free / 1e9:.1f} GB free: "
+                    f" of {seconds} s, {n_windows} unlabeled windows, {n_site} labelled ones; 0.32 MB per 5 s), {free / 1e9:.1f} GB free: "
                     f"put the cache on a larger disk (make CACHE=/path/cache)"
                     + (f" or cache fewer unlabeled windows (PREP_ARGS=\"--max-unlabeled-windows {fits}\")"
                        if fits > 0 else ""))

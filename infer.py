@@ -1027,7 +1027,7 @@ def score_files_in_blocks(paths, networks, front_end, teacher=None, pp=pp_weight
     shifted = ShiftedWindows(networks) if pp.tta > 0 else None
     members = list(networks) + [m for m in (teacher, shifted) if m is not None]
     # a network of windows longer than 5 s, and the shifted windows, read audio around a block's rows: each block is
-    # scored with `context` seconds of the audio on either side (zeros before the file's start), whose rows are cut off
+    # scored with up to `context` seconds of the audio on either side, whose rows are cut off
     context = max([n.window_seconds for n in networks if n.window_seconds > WINDOW_SECONDS] +
                   [WINDOW_SECONDS if shifted is not None else 0])
 
@@ -1074,10 +1074,10 @@ def score_files_in_blocks(paths, networks, front_end, teacher=None, pp=pp_weight
 
 
 def with_context(blocks, samples):
-    """(before, block, after) for each block: the `samples` before it (zero-padded at the start; none when samples
-    is 0) and up to `samples` after it, read ahead from the following blocks."""
+    """(before, block, after) for each block: up to `samples` before it (none at the file's start: no window is
+    centred there) and up to `samples` after it, read ahead from the following blocks."""
     blocks, ahead = iter(blocks), []
-    before = np.zeros(samples, np.float32)
+    before = np.zeros(0, np.float32)
     current = next(blocks, None)
     while current is not None:
         while sum(len(b) for b in ahead) < samples:

@@ -7,7 +7,7 @@ Input layouts: BirdCLEF 2024 (train_metadata.csv, train_audio/, unlabeled_sounds
 and 2025/2026 (train.csv, taxonomy.csv, train_audio/, train_soundscapes/ used as unlabeled).
 
 Output (the cache folder, see tables.CachePaths): train_audio.npy (first 5 s of every training file, 32 kHz mono
-float16, zero-padded), train_rows.csv, classes.txt, unlabeled.csv (every unlabeled soundscape: path, duration,
+float16, zero-padded; --window-seconds W: the first W s), train_rows.csv, classes.txt, unlabeled.csv (every unlabeled soundscape: path, duration,
 number of 5-s windows), unlabeled_windows.npy/.csv (a random subset of unlabeled 5-s windows, the audio that
 rounds 2 and 3 mix into training samples) and bad_files.csv (files skipped, with the reason). The cache is built
 under a temporary name and renamed when complete, so an interrupted run leaves no half cache.
@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from common import SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, first_five_seconds, list_audio, read_audio, windows_of
-from tables import LABEL_COLUMNS, CachePaths, parse_label_list, split_labels
+from tables import WINDOWS, LABEL_COLUMNS, CachePaths, longest_window, parse_label_list, read_models_table, split_labels
 from flags import HelpFormatter, add_flag
 from progress import progress
 from errors import UserError, run_main
@@ -138,28 +138,36 @@ def describe(err):
     return f"{type(err).__name__}: {err}".replace("\n", " ")
 
 
-def decode_first_five_seconds(path):
+def decode_opening(path, seconds=WINDOW_SECONDS):
+    """The first `seconds` of a file (zero-padded), or (None, reason)."""
     try:
-        return first_five_seconds(read_audio(path, max_seconds=WINDOW_SECONDS)), None
+        return opening(read_audio(path, max_seconds=seconds), seconds), None
     except Exception as err:  # corrupt / empty / truncated / unreadable: skipped and listed
         return None, describe(err)
 
 
-def after_opening_speech(detector, batch, scan_seconds=speech.scan_seconds):
-    """batch: [(path, first 5 s)]. A file whose first 5 s hold speech is read again, 15 s of it first and up to
+def opening(audio, seconds=WINDOW_SECONDS):
+    """The first `seconds` of a waveform, zero-padded at the end when it is shorter (5 s: first_five_seconds)."""
+    return first_five_seconds(audio) if seconds == WINDOW_SECONDS else \
+        np.concatenate(list(windows_of(audio[:seconds * SAMPLE_RATE], seconds // WINDOW_SECONDS)))
+
+
+def after_opening_speech(detector, batch, scan_seconds=speech.scan_seconds, seconds=WINDOW_SECONDS):
+    """batch: [(path, first 5 s or more)]. A file whose first 5 s hold speech is read again, 15 s of it first and up to
     scan_seconds where the speech goes on, for the speech that opens it; an announcement (speech of at least
-    speech.min_announcement_seconds) gives the 5 s from where it ends. Returns [(window after the speech or None,
+    speech.min_announcement_seconds) gives the 5 s (or `seconds`) from where it ends. Returns [(window after the speech or None,
     speech end seconds or None)]: end None for a file with no announcement, window None for one that is speech
     throughout (under speech.min_left_seconds after it, or speech to the end of what was read)."""
     if not batch:  # the last batch of a count that the batch size divides
         return []
-    probs = detector.probabilities(np.stack([wave for _, wave in batch]))
+    probs = detector.probabilities(np.stack([wave[:WINDOW_SAMPLES] for _, wave in batch]))
     out = []
     for (path, wave), p in zip(batch, probs):
         if speech.opening_speech_end(p) is None:
             out.append((None, None))
             continue
         audio = read_audio(path, max_seconds=scan_seconds)
+        later = read_audio(path, max_seconds=scan_seconds + seconds) if seconds > WINDOW_SECONDS else audio
         for look in (3 * WINDOW_SECONDS, scan_seconds):  # most announcements end well inside 15 s: look there first
             end = speech.opening_speech_end(detector.probabilities(audio[None, :int(look * SAMPLE_RATE)])[0],
                                             min_seconds=speech.min_announcement_seconds)
@@ -169,27 +177,28 @@ def after_opening_speech(detector, batch, scan_seconds=speech.scan_seconds):
             out.append((None, None))
             continue
         left = len(audio) / SAMPLE_RATE - end
-        out.append((None if left < speech.min_left_seconds else first_five_seconds(audio[int(end * SAMPLE_RATE):]),
+        out.append((None if left < speech.min_left_seconds else opening(later[int(end * SAMPLE_RATE):], seconds),
                     end))
     return out
 
 
-def write_training_audio(rows, out_path, n_threads, detector=None):
-    """Decode the first 5 s of every row into a float16 .npy; return the good rows, the bad ones and, with a
+def write_training_audio(rows, out_path, n_threads, detector=None, seconds=WINDOW_SECONDS):
+    """Decode the first 5 s (or `seconds`) of every row into a float16 .npy; return the good rows, the bad ones and, with a
     speech detector, the files whose opening is an announcement: a DataFrame of row (in the good rows),
     speech_end_seconds and after_row, the row of out_path + ".after" that holds the 5 s after the speech (-1: speech
     throughout). cut_spoken_openings applies what is decided about them.
 
     Rows are written in order as they decode; a file that fails leaves no gap, and the unused tail is cut off
     in place at the end: no second array on disk, no array in memory."""
-    audio = NpyRowWriter(out_path + ".all", len(rows), (WINDOW_SAMPLES,))
-    after = NpyRowWriter(out_path + ".after", len(rows), (WINDOW_SAMPLES,)) if detector else None
+    audio = NpyRowWriter(out_path + ".all", len(rows), (seconds * SAMPLE_RATE,))
+    after = NpyRowWriter(out_path + ".after", len(rows), (seconds * SAMPLE_RATE,)) if detector else None
     good, bad, spoken, pending = [], [], [], []
 
     def flush():
         if not pending:  # a count of files that the batch size divides, or none readable
             return
-        waves = after_opening_speech(detector, [(rows["path"].iloc[i], w) for i, w in pending]) if detector \
+        waves = after_opening_speech(detector, [(rows["path"].iloc[i], w) for i, w in pending],
+                                     seconds=seconds) if detector \
             else [(None, None)] * len(pending)
         for (i, wave), (after_speech, end) in zip(pending, waves):
             if end is not None:
@@ -200,7 +209,7 @@ def write_training_audio(rows, out_path, n_threads, detector=None):
             good.append(i)
         pending.clear()
 
-    results = ordered_map(decode_first_five_seconds, rows["path"], n_threads)
+    results = ordered_map(lambda path: decode_opening(path, seconds), rows["path"], n_threads)
     for i, (wave, reason) in enumerate(progress(results, total=len(rows), desc="train audio", unit="file")):
         if wave is None:
             bad.append((rows["path"].iloc[i], reason))
@@ -318,20 +327,23 @@ def read_windows(item):
         return None, describe(err)
 
 
-def write_unlabeled_windows(unlabeled, audio_path, table_path, cap, rng, n_threads, labelled=None):
+def write_unlabeled_windows(unlabeled, audio_path, table_path, cap, rng, n_threads, labelled=None, run=1):
     """Cache the audio of a random subset of unlabeled windows (all of them when fewer than `cap`), leaving out
     the `labelled` ones ({path: {window index, ...}, or None for every window of the file}: the site's labelled
-    windows are never pseudo-labelled).
+    windows are never pseudo-labelled). run > 1 (a table with windows of run x 5 s): they are drawn in runs of
+    that many consecutive windows of a file (windows run x j to run x j + run - 1), which W-s models mix in whole.
 
     Memory holds the chosen windows' indices, never a list of every window; each file is decoded only as far
     as its last chosen window.
     """
     labelled = labelled or {}
-    counts = unlabeled["n_windows"].to_numpy(dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(counts)])  # window k of the whole set is in file i: starts[i] <= k
-    skipped = [int(starts[i]) + w for i, path in enumerate(unlabeled["path"]) if path in labelled
-               for w in (range(counts[i]) if labelled[path] is None else labelled[path]) if w < counts[i]]
-    total = int(starts[-1])
+    windows = unlabeled["n_windows"].to_numpy(dtype=np.int64)
+    counts = -(-windows // run)  # runs of each file (windows at run 1); a file's last run may be shorter
+    starts = np.concatenate([[0], np.cumsum(counts)])  # run k of the whole set is in file i: starts[i] <= k
+    skipped = sorted({int(starts[i]) + w // run for i, path in enumerate(unlabeled["path"]) if path in labelled
+                      for w in (range(windows[i]) if labelled[path] is None else labelled[path])
+                      if w < windows[i]})
+    total, cap = int(starts[-1]), cap // run
     if skipped:  # draw enough to leave the labelled ones out and still fill the cap
         drawn = rng.choice(total, size=min(cap + len(skipped), total), replace=False)
         chosen = np.sort(drawn[~np.isin(drawn, skipped)][:cap])
@@ -341,8 +353,11 @@ def write_unlabeled_windows(unlabeled, audio_path, table_path, cap, rng, n_threa
     files = np.searchsorted(starts, chosen, side="right") - 1
     by_file = {}
     for k, i in zip(chosen.tolist(), files.tolist()):
-        by_file.setdefault(unlabeled["path"].iloc[i], []).append(k - int(starts[i]))
-    print(f"unlabeled window cache: {len(chosen):,} of {total:,} windows, "
+        first = (k - int(starts[i])) * run
+        by_file.setdefault(unlabeled["path"].iloc[i], []).extend(range(first, min(first + run, windows[i])))
+    n_runs, chosen = len(chosen), [w for ws in by_file.values() for w in ws]
+    what = "windows" if run == 1 else f"runs of up to {run} windows, {len(chosen):,} windows"
+    print(f"unlabeled window cache: {n_runs:,} of {total:,} {what}, "
           f"{len(chosen) * WINDOW_SAMPLES * 2 / 1e9:.1f} GB on disk", flush=True)
     out = NpyRowWriter(audio_path, len(chosen), (WINDOW_SAMPLES,))
 
@@ -435,21 +450,35 @@ def window_index(end_second):
     return max(0, int(math.ceil(end_second / WINDOW_SECONDS)) - 1)
 
 
-def write_site_windows(site, paths, n_threads):
-    """Cache the audio of the site's training windows (site_windows.npy, in site_labels.csv order) and write
-    site_labels.csv; a file that does not decode loses its windows, and is listed with the reason."""
+def write_site_windows(site, paths, n_threads, run=1):
+    """Cache the audio of the site's training windows (site_windows.npy, in site_labels.csv order; with run > 1,
+    each with run - 1 windows of the file on either side, zeros past its ends: what a W-s model's clips of it
+    read) and write site_labels.csv; a file that does not decode loses its windows, and is listed with the
+    reason."""
     train = site[site["split"] == "train"]
     by_file = {}
     for path, end_second in zip(train["path"], train["end_second"]):
         by_file.setdefault(path, []).append(window_index(end_second))
-    out = NpyRowWriter(paths.site_audio, len(train), (WINDOW_SAMPLES,))
+    out = NpyRowWriter(paths.site_audio, len(train), ((2 * run - 1) * WINDOW_SAMPLES,))
+    if run > 1:  # the windows around each: read, then each labelled one's span cut out
+        spans = {path: [w + j for w in windows for j in range(-run + 1, run) if w + j >= 0]
+                 for path, windows in by_file.items()}
+        loaded_spans = ordered_map(read_windows, spans.items(), n_threads)
+    else:
+        loaded_spans = ordered_map(read_windows, by_file.items(), n_threads)
     written, bad = set(), []
-    for (loaded, reason), path in zip(progress(ordered_map(read_windows, by_file.items(), n_threads),
-                                               total=len(by_file), desc="site windows", unit="file"), by_file):
+    for (loaded, reason), path in zip(progress(loaded_spans, total=len(by_file), desc="site windows", unit="file"),
+                                      by_file):
         if loaded is None:
             bad.append((path, reason))
             continue
         waves, kept = loaded
+        if run > 1:
+            got = dict(zip(kept, waves))
+            zeros = np.zeros(WINDOW_SAMPLES, waves.dtype)
+            kept = [w for w in by_file[path] if w in got]
+            waves = np.stack([np.concatenate([got.get(w + j, zeros) for j in range(-run + 1, run)]) for w in kept]) \
+                if kept else np.zeros((0, (2 * run - 1) * WINDOW_SAMPLES), np.float32)
         out.write(waves)
         written.update((path, w) for w in kept)
     out.close()
@@ -472,7 +501,7 @@ def labelled_windows(site):
 
 
 def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_windows, seed=seed,
-            site_labels="on", holdout=site_holdout, speech_check="auto"):
+            site_labels="on", holdout=site_holdout, speech_check="auto", window_seconds=WINDOW_SECONDS):
     meta_path, audio_root, unlabeled_folder = find_layout(data)
     rows = read_metadata(meta_path, audio_root, "base")
     classes = class_list(data, rows)
@@ -489,14 +518,14 @@ def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_w
     unlabeled, bad_unlabeled = index_unlabeled(unlabeled_folder, n_threads)
     disk.check_cache(os.path.dirname(os.path.abspath(out)), len(rows),
                      min(window_cap, int(unlabeled["n_windows"].sum())),  # at most: labelled windows stay out
-                     0 if site is None else int((site["split"] == "train").sum()))
+                     0 if site is None else int((site["split"] == "train").sum()), window_seconds)
 
     tmp = out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     paths = CachePaths(tmp)
     detector = speech_detector(speech_check, rows)
-    rows, bad, spoken = write_training_audio(rows, paths.audio, n_threads, detector)
+    rows, bad, spoken = write_training_audio(rows, paths.audio, n_threads, detector, window_seconds)
     if detector:
         spoken = spoken[spoken_openings_to_cut(rows, spoken, speech_check)]
     spoken = spoken.assign(path=rows["path"].to_numpy()[spoken["row"].to_numpy(dtype=int)],
@@ -514,11 +543,11 @@ def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_w
     unlabeled.to_csv(paths.unlabeled_files, index=False)
     bad += bad_unlabeled
     if site is not None:
-        site, bad_site = write_site_windows(site, paths, n_threads)
+        site, bad_site = write_site_windows(site, paths, n_threads, window_seconds // WINDOW_SECONDS)
         bad += bad_site
     bad += write_unlabeled_windows(unlabeled, paths.unlabeled_audio, paths.unlabeled_rows, window_cap,
                                    np.random.default_rng(seed), n_threads,
-                                   labelled_windows(site) if site is not None else None)
+                                   labelled_windows(site) if site is not None else None, window_seconds // WINDOW_SECONDS)
     pd.DataFrame(bad, columns=["path", "reason"]).to_csv(paths.bad_files, index=False)
     pd.DataFrame(spoken, columns=["path", "speech_end_seconds", "kept"]).to_csv(paths.speech, index=False)
     for path, reason in bad:
@@ -550,6 +579,10 @@ def main():
                         f"cost {GB_PER_10K_WINDOWS:.1f} GB of disk and set the cost of a pseudo-label round; a "
                         f"number above the site's total caches every window)")
     add_flag(parser, "--seed", default=seed)
+    parser.add_argument("--window-seconds", type=int, default=WINDOW_SECONDS, choices=WINDOWS,
+                        help="the models table's longest window (make passes it): the training files' openings are "
+                        "cached this long, unlabeled windows in runs of this many seconds, and the site's labelled "
+                        "windows with the audio around them that clips of it hold")
     parser.add_argument("--site-labels", default="on", choices=["on", "off"], help=f"read the site's labelled "
                         f"soundscapes ({SITE_LABELS_FILE}, where the dataset has it): train on them, score rounds on "
                         f"a held-out share; off: they are unlabeled soundscapes like the rest")
@@ -570,9 +603,13 @@ def main():
         parser.error(f"--site-holdout is a share, 0 to below 1, not {args.site_holdout:g}")
     if split < len(argv):  # in this process: prep has loaded what train.py's check needs
         import train
-        train.check_run(train.parse_args(["--check", *argv[split + 1:]]))
+        checked = train.parse_args(["--check", *argv[split + 1:]])
+        train.check_run(checked)
+        longest = longest_window(read_models_table(checked.models))
+        if longest > args.window_seconds:
+            parser.error(f"{checked.models} has {longest}-s windows: cache them with --window-seconds {longest}")
     prepare(args.data, args.out, args.extra, args.threads, args.max_unlabeled_windows, args.seed, args.site_labels,
-            args.site_holdout, args.speech)
+            args.site_holdout, args.speech, args.window_seconds)
 
 
 if __name__ == "__main__":

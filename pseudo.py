@@ -152,12 +152,25 @@ class ExportedEngine:
         if members:  # only the chosen networks, and only the mels they read
             keep = chosen_members([n.name for n in self.networks], members)
             self.networks = [n for n in self.networks if n.name in keep]
-            self.front_end = infer.FrontEnd([n.mel_settings for n in self.networks])
+            self.front_end = infer.FrontEnd([n.mel_settings for n in self.networks],
+                                            [n.window_seconds for n in self.networks])
 
-    def __call__(self, waves):
-        """(B, samples) tensor, float16 as cached -> (B, classes) mean probabilities."""
-        mels = self.front_end(waves.float())
-        probs = [torch.sigmoid(torch.from_numpy(n.logits(mels[n.mel_key]))).numpy() for n in self.networks]
+    def __call__(self, waves, run_ids=None):
+        """(B, samples) tensor, float16 as cached -> (B, classes) mean probabilities. A network of W > 5 s scores
+        each run of consecutive windows (run_ids: the same id for the windows of one run; prep caches runs of the
+        table's longest window) as infer.py scores a file: W-s windows centred on each 5-s row, its frames on the
+        run's timeline (silence around the run)."""
+        waves = waves.float()
+        mels = self.front_end(waves)
+        probs = [infer.network_probs(n, mels) for n in self.networks if n.window_seconds == WINDOW_SECONDS]
+        long = [n for n in self.networks if n.window_seconds > WINDOW_SECONDS]
+        if long:
+            run_ids = np.arange(len(waves)) if run_ids is None else np.asarray(run_ids)
+            runs = np.split(np.arange(len(waves)), np.flatnonzero(np.diff(run_ids)) + 1)
+            audio = [waves[r].reshape(-1).numpy() for r in runs]
+            for n in long:
+                parts = [infer.network_probs(n, self.front_end.of_audio(a, len(r))) for a, r in zip(audio, runs)]
+                probs.append(np.concatenate(parts))
         return np.mean(probs, axis=0)
 
 
@@ -231,16 +244,18 @@ class SoupEngine:
 # the runs
 
 
-def label_windows(engine, audio_path, rows, batch=batch_windows, show=True):
+def label_windows(engine, audio_path, rows, batch=batch_windows, show=True, run_ids=None):
     """(len(rows), classes) probabilities of the windows `rows` (ascending, in runs of whole batches) of the
-    (M, samples) float16 .npy file, read and scored a batch at a time: memory holds one batch of audio."""
+    (M, samples) float16 .npy file, read and scored a batch at a time: memory holds one batch of audio. run_ids
+    (one per row of the file): which windows are consecutive audio of one file, for networks of W > 5 s."""
     def read(start):  # on a thread, a batch ahead of the engine
         part = rows[start:start + batch]
         return torch.from_numpy(np.ascontiguousarray(read_npy_rows(audio_path, int(part[0]), int(part[-1]) + 1)
-                                                     [part - part[0]]))
+                                                     [part - part[0]])), part
     starts = range(0, len(rows), batch)
-    out = [engine(waves) for waves in progress(ordered_map(read, starts, n_threads=1, ahead=2), total=len(starts),
-                                           desc="pseudo-label batches", unit="batch", disable=not show)]
+    out = [engine(waves) if run_ids is None else engine(waves, run_ids[part])
+           for waves, part in progress(ordered_map(read, starts, n_threads=1, ahead=2), total=len(starts),
+                                       desc="pseudo-label batches", unit="batch", disable=not show)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -273,7 +288,12 @@ def pseudo_label(models_dir, cache, out, how=pl_norm, n_threads=threads, backend
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
     torch.set_num_threads(max(1, n_threads))
-    engine = SoupEngine.of_ensemble(models_dir, device, members) if device.type == "cuda" \
+    long = [spec["name"] for spec in infer.read_specs(models_dir)
+            if int(spec.get("window_seconds", WINDOW_SECONDS)) > WINDOW_SECONDS]
+    if device.type == "cuda" and long:
+        print(f"pseudo.py: {', '.join(long)} score windows longer than 5 s, which the GPU engine does not: the "
+              f"exported networks label on the CPU", flush=True)
+    engine = SoupEngine.of_ensemble(models_dir, device, members) if device.type == "cuda" and not long \
         else ExportedEngine(models_dir, backend, n_threads, members)
     if engine.classes != load_classes(paths_of.classes):
         raise UserError(f"{models_dir}: the ensemble's classes differ from the cache's")
@@ -281,7 +301,9 @@ def pseudo_label(models_dir, cache, out, how=pl_norm, n_threads=threads, backend
     if n_audio != len(table):
         raise UserError(f"{paths_of.unlabeled_audio} has {n_audio} windows, its table {len(table)}: run make prep")
     rows = rank_batches(len(table), batch, rank, world_size)
-    probs = label_windows(engine, paths_of.unlabeled_audio, rows, batch, show=rank == 0)
+    path_code, ends = pd.factorize(table["path"])[0], table["end_second"].to_numpy()
+    run_ids = np.cumsum(np.r_[True, (path_code[1:] != path_code[:-1]) | (ends[1:] != ends[:-1] + WINDOW_SECONDS)])
+    probs = label_windows(engine, paths_of.unlabeled_audio, rows, batch, show=rank == 0, run_ids=run_ids)
     if distributed:
         parts = [None] * world_size
         dist.all_gather_object(parts, (rows, probs))

@@ -108,6 +108,9 @@ SETUP := $(if $(VENV),.venv/.installed,)
 SETUP_TEST := $(if $(VENV),.venv/.installed-test,)
 SETUP_TEACHER := $(if $(VENV),.venv/.installed-teacher,)
 IDS   := $(shell grep -v '^\#' $(MODELS) 2>/dev/null | tail -n +2 | cut -d, -f1)
+# the table's longest window in seconds (its optional window_seconds column; 5 without it): what prep caches
+CACHE_SECONDS := $(or $(shell awk -F, '/^ *\#/ {next} !h {for (i = 1; i <= NF; i++) if ($$i ~ /^ *window_seconds *$$/) \
+	c = i; h = 1; next} c && $$c + 0 > m {m = $$c + 0} END {print (m > 5 ? m : 5)}' $(MODELS) 2>/dev/null),5)
 # the cache may live elsewhere (a larger or faster disk: CACHE=/kaggle/temp/cache); prep rebuilds it when missing
 CACHE ?= $(WORK)/cache
 CACHED := $(CACHE)/train_rows.csv
@@ -201,7 +204,7 @@ $(info $(space) $(foreach v,$(wordlist 6,10,$(RECORDED)),$(call show,$(v))))
 $(info $(space) $(foreach v,$(wordlist 11,15,$(RECORDED)),$(call show,$(v))))
 $(info $(space) $(foreach v,$(wordlist 16,99,$(RECORDED)),$(call show,$(v))))
 endif
-STAMP.prep := $(call stamp,prep,$(DATA) $(PREP_ARGS))
+STAMP.prep := $(call stamp,prep,$(DATA) $(PREP_ARGS)$(if $(filter-out 5,$(CACHE_SECONDS)), window=$(CACHE_SECONDS)))
 $(foreach r,$(wordlist 1,$(PLANNED_ROUNDS),$(ALL_ROUNDS)),$(foreach i,$(IDS),$(eval STAMP.round$(r)-model$(i) := \
 	$(call stamp,round$(r)-model$(i),$(call MODEL_ROW,$(i)) epochs=$(EPOCHS) pretrained=$(PRETRAINED) \
 	$(TRAIN_ARGS)$(if $(and $(TEACHER),$(filter 1,$(r))), teacher=$(TEACHER))$(if $(DISTILLING), distill=$(DISTILL) \

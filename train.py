@@ -214,6 +214,7 @@ def model_config(args):
     if args.model not in table.index:
         raise UserError(f"model {args.model} is not in {args.models} (ids: {', '.join(map(str, table.index))})")
     config = table.loc[args.model].to_dict()
+    row_head = config.get("head") or None  # the row's head, before the recipe's --head (same name) is applied
     for key in config:
         if getattr(args, key, None) is not None:
             config[key] = getattr(args, key)
@@ -228,7 +229,6 @@ def model_config(args):
     if not 0 <= chance <= 100:
         raise UserError(f"pseudoLabelChance is a percent (the write-up's 35 means 35 %), 0 to 100, not {chance:g}")
     config["pseudoLabelChance"] = chance / 100
-    row_head = config.get("head") or None
     config.update({name: getattr(args, name) for name in RECIPE})
     if row_head:  # the table's head for its row; the recipe's --head for rows that leave it empty
         config["head"] = row_head

@@ -197,7 +197,31 @@ def test_the_check_reads_every_row_and_flag_as_training_would(tmp_path, capsys):
              (["--models", str(tmp_path / "none.csv")], "file not found"),
              (["--models", models, "--fold", "9"], "fold must be 0..4 or all"),
              (["--models", models, "--epochs", "many"], "--epochs: invalid int value: 'many'"),
-             (["--models", models, "--pretrained", str(tmp_path / "none.pth")], "pretrained weights file not found")]
+             (["--models", models, "--pretrained", str(tmp_path / "none.pth")],
+              "pretrained weights file or folder not found")]
+    # the optional columns: an unknown head, a window that is not 5, 10, 15 or 20, an unknown backbone (named with
+    # timm's closest), one whose features the heads cannot pool; weights: a folder without a backbone's file, one
+    # file for two backbones
+    for column, value, message in (("head", "attention", "head must be one of gem5, plain, sed"),
+                                   ("window_seconds", "7", "window_seconds must be one of 5, 10, 15, 20"),
+                                   ("backbone", "regnety_08", "backbone 'regnety_08' is no timm model (closest: "),
+                                   ("backbone", "vit_tiny_patch16_224", "backbone vit_tiny_patch16_224 does not take "
+                                                                        "a 128x128 mel image")):
+        odd = pd.read_csv(os.path.join(ROOT, "models.csv"), comment="#")
+        odd[column] = ""
+        odd.loc[2, column] = value
+        odd.to_csv(tmp_path / f"{column}-{value}.csv", index=False)
+        cases.append((["--models", str(tmp_path / f"{column}-{value}.csv")], message))
+    two = pd.read_csv(os.path.join(ROOT, "models.csv"), comment="#").assign(backbone="")
+    two.loc[2, "backbone"] = "regnety_002"
+    two.to_csv(tmp_path / "two.csv", index=False)
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "tf_efficientnet_b0.ns_jft_in1k.pth").write_bytes(b"")
+    cases += [(["--models", str(tmp_path / "two.csv"), "--pretrained", str(tmp_path / "weights")],
+               f"no weights for backbone regnety_002 in {tmp_path / 'weights'}: "
+               f"{tmp_path / 'weights' / 'regnety_002.pth'} is missing"),
+              (["--models", str(tmp_path / "two.csv"), "--pretrained",
+                str(tmp_path / "weights" / "tf_efficientnet_b0.ns_jft_in1k.pth")], "pass the folder make weights")]
     for args, message in cases:
         done = run_here(train.main, "--check", *args, capsys=capsys)
         assert one_line_error(done) and message in done.stderr, (args, done.stderr)
