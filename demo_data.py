@@ -407,7 +407,7 @@ def main(argv=None):
     add_flag(parser, "--per-species", default=30)
     add_flag(parser, "--unlabeled", default=60)
     add_flag(parser, "--test", default=60)
-    parser.add_argument("--soundscape-seconds", type=float, default=60, help="length of each soundscape")
+    add_flag(parser, "--soundscape-seconds", default=60)
     parser.add_argument("--layout", default="2024", choices=["2024", "2026"], help="the dataset's layout: 2024 "
                         "(train_metadata.csv, test_soundscapes/ filled) or 2026 (train.csv, taxonomy.csv, an empty "
                         "test_soundscapes/, the test soundscapes beside the folder)")

@@ -46,7 +46,8 @@ def check_cache(folder, n_train, n_windows, n_site=0, seconds=5):
         return
     fits = int(free / MARGIN / WINDOW_BYTES) - (cache_plan(n_train, 0, n_site, seconds) // WINDOW_BYTES)
     raise UserError(f"not enough disk for the cache: {need / 1e9:.1f} GB needed in {folder} ({n_train} training files,"
-                    f" of {seconds} s, {n_windows} unlabeled windows, {n_site} labelled ones; 0.32 MB per 5 s), {free / 1e9:.1f} GB free: "
+                    f" of {seconds} s, {n_windows} unlabeled windows, {n_site} labelled ones; 0.32 MB per 5 s), "
+                    f"{free / 1e9:.1f} GB free: "
                     f"put the cache on a larger disk (make CACHE=/path/cache)"
                     + (f" or cache fewer unlabeled windows (PREP_ARGS=\"--max-unlabeled-windows {fits}\")"
                        if fits > 0 else ""))

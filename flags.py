@@ -44,11 +44,12 @@ SHARED = {
     "--work": dict(help="the work folder (make's WORK): where this script's artifacts are read and written"),
     "--out": dict(help="the file or folder this script writes (under a temporary name, then renamed)"),
     "--models": dict(help="models table: a CSV like models.csv, one row per model (seed, folds, mel settings, "
-                     "image size, pseudo-label chance)"),
+                     "image size, pseudo-label chance; optionally backbone, head, window)"),
     "--ensemble": dict(help="exported ensemble folder (make ensemble, soup.py bundle): a manifest.json and each "
                        "model's .onnx, .ts and .json"),
     "--model": dict(type=int, help="id of the row in the models table"),
     "--audio": dict(help="folder of soundscapes to score"),
+    "--soundscape-seconds": dict(type=float, help="length of each soundscape"),
     "--labels": dict(help="labels of those soundscapes, sample_submission format (row_id, then one 0/1 column per "
                      "class)"),
     "--soundscapes": dict(help="label every 5-s window of the audio files in this folder instead of the cache's "

@@ -7,8 +7,8 @@ Input layouts: BirdCLEF 2024 (train_metadata.csv, train_audio/, unlabeled_sounds
 and 2025/2026 (train.csv, taxonomy.csv, train_audio/, train_soundscapes/ used as unlabeled).
 
 Output (the cache folder, see tables.CachePaths): train_audio.npy (first 5 s of every training file, 32 kHz mono
-float16, zero-padded; --window-seconds W: the first W s), train_rows.csv, classes.txt, unlabeled.csv (every unlabeled soundscape: path, duration,
-number of 5-s windows), unlabeled_windows.npy/.csv (a random subset of unlabeled 5-s windows, the audio that
+float16, zero-padded; --window-seconds W: the first W s), train_rows.csv, classes.txt, unlabeled.csv (every
+unlabeled soundscape: path, duration, number of 5-s windows), unlabeled_windows.npy/.csv (a random subset of unlabeled 5-s windows, the audio that
 rounds 2 and 3 mix into training samples) and bad_files.csv (files skipped, with the reason). The cache is built
 under a temporary name and renamed when complete, so an interrupted run leaves no half cache.
 
@@ -155,8 +155,8 @@ def opening(audio, seconds=WINDOW_SECONDS):
 def after_opening_speech(detector, batch, scan_seconds=speech.scan_seconds, seconds=WINDOW_SECONDS):
     """batch: [(path, first 5 s or more)]. A file whose first 5 s hold speech is read again, 15 s of it first and up to
     scan_seconds where the speech goes on, for the speech that opens it; an announcement (speech of at least
-    speech.min_announcement_seconds) gives the 5 s (or `seconds`) from where it ends. Returns [(window after the speech or None,
-    speech end seconds or None)]: end None for a file with no announcement, window None for one that is speech
+    speech.min_announcement_seconds) gives the 5 s (or `seconds`) from where it ends. Returns [(window after the
+    speech or None, speech end seconds or None)]: end None for a file with no announcement, window None for one that is speech
     throughout (under speech.min_left_seconds after it, or speech to the end of what was read)."""
     if not batch:  # the last batch of a count that the batch size divides
         return []
@@ -183,8 +183,8 @@ def after_opening_speech(detector, batch, scan_seconds=speech.scan_seconds, seco
 
 
 def write_training_audio(rows, out_path, n_threads, detector=None, seconds=WINDOW_SECONDS):
-    """Decode the first 5 s (or `seconds`) of every row into a float16 .npy; return the good rows, the bad ones and, with a
-    speech detector, the files whose opening is an announcement: a DataFrame of row (in the good rows),
+    """Decode the first 5 s (or `seconds`) of every row into a float16 .npy; return the good rows, the bad ones and,
+    with a speech detector, the files whose opening is an announcement: a DataFrame of row (in the good rows),
     speech_end_seconds and after_row, the row of out_path + ".after" that holds the 5 s after the speech (-1: speech
     throughout). cut_spoken_openings applies what is decided about them.
 
@@ -547,7 +547,8 @@ def prepare(data, out, extra=None, n_threads=threads, window_cap=max_unlabeled_w
         bad += bad_site
     bad += write_unlabeled_windows(unlabeled, paths.unlabeled_audio, paths.unlabeled_rows, window_cap,
                                    np.random.default_rng(seed), n_threads,
-                                   labelled_windows(site) if site is not None else None, window_seconds // WINDOW_SECONDS)
+                                   labelled_windows(site) if site is not None else None,
+                                   window_seconds // WINDOW_SECONDS)
     pd.DataFrame(bad, columns=["path", "reason"]).to_csv(paths.bad_files, index=False)
     pd.DataFrame(spoken, columns=["path", "speech_end_seconds", "kept"]).to_csv(paths.speech, index=False)
     for path, reason in bad:

@@ -108,7 +108,9 @@ MODEL_COLUMNS = dict(id=int, seed=int, n_folds=int, fold=str, dataset=str, n_mel
                      image_height=int, image_width=int, pseudoLabelChance=float, ampExpMin=float, ampExpMax=float)
 # optional columns (the podiums' models since 2025); a table without them, or a row that leaves one empty, has the
 # write-up's: its EfficientNet-B0, the recipe's head (--head; the write-up's gem5), 5-s windows
-OPTIONAL_COLUMNS = dict(backbone=str, head=str, window_seconds=int)
+OPTIONAL_COLUMNS = dict(backbone=str, head=str, window_seconds=int, n_fft=int, f_min=float, f_max=float)
+# of those, the ones that are also the recipe's flags (train.py --head, --n-fft ...): a row's value wins over the flag
+ROW_OVER_RECIPE = ("head", "n_fft", "f_min", "f_max")
 WRITEUP_BACKBONE = "tf_efficientnet_b0.ns_jft_in1k"   # the write-up's tf_efficientnet_b0_ns
 HEADS = ("gem5", "plain", "sed")
 WINDOWS = (5, 10, 15, 20)   # a model's window in seconds: what it trains on and scores at a time
@@ -129,9 +131,16 @@ def read_models_table(path):
     if unknown:
         raise UserError(f"{path} has unknown column(s): {', '.join(unknown)} (known: "
                         f"{', '.join(list(MODEL_COLUMNS) + list(OPTIONAL_COLUMNS))})")
-    for column in OPTIONAL_COLUMNS:  # empty cells: the write-up's choice
+    for column in OPTIONAL_COLUMNS:  # empty cells: the write-up's choice (the recipe's)
         if column in table.columns:
             table[column] = table[column].map(lambda v: "" if pd.isna(v) else str(v).strip())
+            if column in ("n_fft", "f_min", "f_max"):
+                given = table[column] != ""
+                values = pd.to_numeric(table.loc[given, column], errors="coerce")
+                if values.isna().any() or (values < 0).any():
+                    row = int(np.flatnonzero(given.to_numpy())[int(np.flatnonzero(values.isna() | (values < 0))[0])])
+                    raise UserError(f"{path}: {column} must be a number of 0 or more (or empty: the recipe's), not "
+                                    f"{table[column].iloc[row]!r} (row {row + 1})")
     for column, kind in MODEL_COLUMNS.items():
         if kind is str:
             continue

@@ -25,11 +25,12 @@ import torch
 import torch.distributed as dist
 
 from augmentations import AugmentChances
-from common import (HEADS, LOSSES, check_backbone, window_seconds_of, NORMALIZATIONS, SAMPLE_RATE, MelFrontEnd, PseudoWindows, TrainingSet,
+from common import (HEADS, LOSSES, NORMALIZATIONS, SAMPLE_RATE, MelFrontEnd, PseudoWindows, TrainingSet,
+                    check_backbone, window_seconds_of,
                     build_model, load_split, mel_settings_of, predict, n_batches, split_summary)
 from steps import (DeviceTrainingSet, GraphedStep, amp_dtype_of, amp_on, cache_on_device, make_optimizer,
                    make_scaler, precision_line, train_step, uses_cuda_graph)
-from tables import MODEL_COLUMNS, CachePaths, backbones_of, kebab, load_classes, read_models_table
+from tables import MODEL_COLUMNS, ROW_OVER_RECIPE, CachePaths, backbones_of, kebab, load_classes, read_models_table
 from flags import HelpFormatter, SHARED, add_flag
 from progress import progress
 from errors import UserError, run_main
@@ -214,7 +215,8 @@ def model_config(args):
     if args.model not in table.index:
         raise UserError(f"model {args.model} is not in {args.models} (ids: {', '.join(map(str, table.index))})")
     config = table.loc[args.model].to_dict()
-    row_head = config.get("head") or None  # the row's head, before the recipe's --head (same name) is applied
+    # the row's head and mel settings where it gives them, before the recipe's flags of the same names apply
+    from_row = {k: config[k] for k in ROW_OVER_RECIPE if config.get(k) not in (None, "")}
     for key in config:
         if getattr(args, key, None) is not None:
             config[key] = getattr(args, key)
@@ -230,8 +232,7 @@ def model_config(args):
         raise UserError(f"pseudoLabelChance is a percent (the write-up's 35 means 35 %), 0 to 100, not {chance:g}")
     config["pseudoLabelChance"] = chance / 100
     config.update({name: getattr(args, name) for name in RECIPE})
-    if row_head:  # the table's head for its row; the recipe's --head for rows that leave it empty
-        config["head"] = row_head
+    config.update({k: type(getattr(args, k))(v) for k, v in from_row.items()})  # the recipe's where the row is empty
     if args.distill:  # the projection's size: the teacher's embedding's
         config["distill_dim"] = int(read_teacher_embeddings(args.teacher_embeddings, args.cache)["train"].shape[1])
     return config

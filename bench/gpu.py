@@ -82,8 +82,7 @@ def measure_models(table, device, n_steps, n_batches, batch_size, repeats, varia
     for i, row in table.iterrows():
         for variant in variants:
             began = time.perf_counter()
-            bench = StepBench(int(row["image_height"]), int(row["image_width"]), int(row["n_mels"]),
-                              int(row["hop_length"]), batch_size, classes_2024, device, amp=True, variant=variant)
+            bench = StepBench.of_row(row, batch_size, classes_2024, device, amp=True, variant=variant)
             bench.steps(bench.warmup_steps)
             bench.evaluate(1)
             benches[i, variant] = bench
@@ -112,8 +111,8 @@ def _slot_job(row, device, batch_size, seconds, barrier, results, slot):
     """One of several processes sharing the device (make GPUS=0,0): train.py's step for `seconds` after warm-up,
     all starting together; its samples/s into results[slot]."""
     torch.backends.cudnn.benchmark = True
-    bench = StepBench(int(row["image_height"]), int(row["image_width"]), int(row["n_mels"]), int(row["hop_length"]),
-                      batch_size, classes_2024, device, amp=True, variant=step_variants(torch.device(device))[0])
+    bench = StepBench.of_row(row, batch_size, classes_2024, device, amp=True,
+                             variant=step_variants(torch.device(device))[0])
     bench.steps(bench.warmup_steps)
     barrier.wait()
     began, n = time.perf_counter(), 0
@@ -149,7 +148,8 @@ def pseudo_speed(table, device, n_batches, batch=pseudo.batch_windows, repeats=3
         torch.manual_seed(int(model_id))
         config = dict(mel_settings=vars(MelSettings(n_mels=int(row["n_mels"]), hop_length=int(row["hop_length"]))),
                       classes=[str(c) for c in range(classes_2024)])
-        soups.append((config, MelModel(classes_2024, int(row["image_height"]), int(row["image_width"]))))
+        soups.append((config, MelModel(classes_2024, int(row["image_height"]), int(row["image_width"]),
+                                       backbone=row.get("backbone") or None, head=row.get("head") or "gem5")))
     engine = pseudo.SoupEngine(soups, device)
     waves = (torch.randn(batch, WINDOW_SAMPLES) * 0.1).half()
     engine(waves)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import (SAMPLE_RATE, WINDOW_SAMPLES, MelModel, MelFrontEnd,  # noqa: E402
+from common import (SAMPLE_RATE, WINDOW_SAMPLES, MelModel, MelFrontEnd, window_seconds_of,  # noqa: E402
                     MelSettings, MixWindows, TrainingSet, bce_focal_loss)
 from flags import HelpFormatter, add_flag  # noqa: E402
 
@@ -41,20 +41,31 @@ class StepBench:
 
     variants = ("eager", "graph", "compile", "float16")
 
-    def __init__(self, height, width, n_mels, hop, batch, n_classes=182, device="cpu", amp=False, variant="eager"):
+    @classmethod
+    def of_row(cls, row, batch, n_classes=182, device="cpu", amp=False, variant="eager"):
+        """The bench of a models table's row: its image and mel, and its backbone, head, window and n_fft where the
+        row gives them (the write-up's where not)."""
+        given = {k: row[k] for k in ("backbone", "head", "n_fft") if row.get(k, "") not in ("", None)}
+        return cls(int(row["image_height"]), int(row["image_width"]), int(row["n_mels"]), int(row["hop_length"]),
+                   batch, n_classes, device, amp, variant, backbone=given.get("backbone"),
+                   head=given.get("head", "gem5"), seconds=window_seconds_of(row), n_fft=int(given.get("n_fft", 2048)))
+
+    def __init__(self, height, width, n_mels, hop, batch, n_classes=182, device="cpu", amp=False, variant="eager",
+                 backbone=None, head="gem5", seconds=5, n_fft=2048):
         import steps
         import train
         if variant not in self.variants:
             raise ValueError(f"variant {variant!r} is not one of {self.variants}")
         self.train, self.device, self.batch = train, torch.device(device), batch
         torch.manual_seed(0)
-        self.run = steps.step_state(MelModel(n_classes, height, width),
-                                    MelFrontEnd(MelSettings(n_mels=n_mels, hop_length=hop)), self.device, amp,
+        self.run = steps.step_state(MelModel(n_classes, height, width, backbone=backbone, head=head),
+                                    MelFrontEnd(MelSettings(n_mels=n_mels, hop_length=hop, n_fft=n_fft)), self.device,
+                                    amp,
                                     graphed=variant == "graph",
                                     amp_dtype=torch.float16 if variant == "float16" else None)
         if variant == "compile":  # train.py --compile on: the network compiled, the step around it as it is
             self.run.trained = torch.compile(self.run.trained)
-        self.waves = torch.randn(batch, WINDOW_SAMPLES, device=self.device) * 0.1
+        self.waves = torch.randn(batch, seconds * SAMPLE_RATE, device=self.device) * 0.1
         self.targets = (torch.rand(batch, n_classes, device=self.device) < 0.02).float()
         generator = torch.Generator(device=self.device).manual_seed(0)
         shift = int(round(train.time_shift_seconds * SAMPLE_RATE))
