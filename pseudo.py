@@ -259,6 +259,12 @@ def label_windows(engine, audio_path, rows, batch=batch_windows, show=True, run_
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+def run_ids_of(table):
+    """One id per row of the cache's unlabeled_windows.csv, the same for consecutive windows of one file."""
+    path_code, ends = pd.factorize(table["path"])[0], table["end_second"].to_numpy()
+    return np.cumsum(np.r_[True, (path_code[1:] != path_code[:-1]) | (ends[1:] != ends[:-1] + WINDOW_SECONDS)])
+
+
 def rank_batches(n_rows, batch, rank, world_size):
     """The rows of this rank: whole batches k with k % world_size == rank, so that every window is scored in
     the same batch whatever the number of processes (the merged file equals a single process's)."""
@@ -301,9 +307,7 @@ def pseudo_label(models_dir, cache, out, how=pl_norm, n_threads=threads, backend
     if n_audio != len(table):
         raise UserError(f"{paths_of.unlabeled_audio} has {n_audio} windows, its table {len(table)}: run make prep")
     rows = rank_batches(len(table), batch, rank, world_size)
-    path_code, ends = pd.factorize(table["path"])[0], table["end_second"].to_numpy()
-    run_ids = np.cumsum(np.r_[True, (path_code[1:] != path_code[:-1]) | (ends[1:] != ends[:-1] + WINDOW_SECONDS)])
-    probs = label_windows(engine, paths_of.unlabeled_audio, rows, batch, show=rank == 0, run_ids=run_ids)
+    probs = label_windows(engine, paths_of.unlabeled_audio, rows, batch, show=rank == 0, run_ids=run_ids_of(table))
     if distributed:
         parts = [None] * world_size
         dist.all_gather_object(parts, (rows, probs))

@@ -51,6 +51,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 import demo_data  # noqa: E402
 import infer  # noqa: E402
+import pseudo  # noqa: E402
 import prep  # noqa: E402
 from tables import read_models_table  # noqa: E402
 from flags import HelpFormatter, add_flag  # noqa: E402
@@ -293,15 +294,15 @@ def members_labels_auc(ensemble_dir, cache, data):
     if not os.path.isfile(truth_path):
         return {}
     table = pd.read_csv(os.path.join(cache, "unlabeled_windows.csv"))
-    audio = np.load(os.path.join(cache, "unlabeled_windows.npy"), mmap_mode="r")
-    networks, front_end, classes, _ = infer.load_ensemble(ensemble_dir, "auto", torch.get_num_threads())
-    truth = pd.read_csv(truth_path).set_index("row_id").loc[row_ids(table["path"], table["end_second"]), classes].values
-    probs = {n.name: [] for n in networks}
-    for start in range(0, len(audio), 128):
-        mels = front_end(torch.from_numpy(audio[start:start + 128].astype(np.float32)))
-        for n in networks:
-            probs[n.name].append(torch.sigmoid(torch.from_numpy(n.logits(mels[n.mel_key]))).numpy())
-    probs = {name: np.concatenate(p) for name, p in probs.items()}
+    audio_path = os.path.join(cache, "unlabeled_windows.npy")
+    names = [spec["name"] for spec in infer.read_specs(ensemble_dir)]
+    probs = {}
+    for name in names:  # each member as pseudo.py labels with it alone (--members)
+        engine = pseudo.ExportedEngine(ensemble_dir, "auto", torch.get_num_threads(), members=name)
+        probs[name] = pseudo.label_windows(engine, audio_path, np.arange(len(table)), show=False,
+                                           run_ids=pseudo.run_ids_of(table))
+    truth = pd.read_csv(truth_path).set_index("row_id").loc[row_ids(table["path"], table["end_second"]),
+                                                            engine.classes].values
     scores = {name: macro_roc_auc(truth, p) for name, p in probs.items()}
     scores["ensemble"] = macro_roc_auc(truth, np.mean(list(probs.values()), axis=0))
     return scores

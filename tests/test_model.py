@@ -173,3 +173,6 @@ def test_writeup_weights_offline_from_the_cache_and_make_weights_file(tmp_path):
     loaded = MelModel(3, 32, 32, pretrained=str(out))
     key = "conv_stem.weight"
     assert torch.equal(loaded.backbone.state_dict()[key], donor.state_dict()[key])
+    # PRETRAINED=<the folder>: each row's backbone reads its own file there
+    from_folder = MelModel(3, 32, 32, pretrained=str(out.parent))
+    assert torch.equal(from_folder.backbone.state_dict()[key], donor.state_dict()[key])

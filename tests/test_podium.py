@@ -94,6 +94,12 @@ def test_sed_head_against_a_plain_computation():
         assert np.allclose(both[:, 1], frames.max(-1), atol=1e-4)
         exported = model.inference_form((32, 157))(mel).numpy()
         assert np.allclose(exported, frames.transpose(0, 2, 1), atol=1e-4)
+        # distillation reads the frames' mean features (GeM over frequency, then the mean over time)
+        distilled = common.MelModel(5, 32, 64, head="sed", backbone="regnety_002", channels=1, distill_dim=7).eval()
+        _, projected = distilled(mel, project=True)
+        features = distilled.head.pooled(distilled.backbone(torch.nn.functional.interpolate(
+            mel, size=(32, 64), mode="bilinear", align_corners=False))).mean(1)
+        assert torch.allclose(projected, distilled.projection(features), atol=1e-5) and projected.shape == (3, 7)
     targets = torch.tensor(np.random.default_rng(0).random((3, 5)), dtype=torch.float32)
     halves = [common.bce_focal_loss(torch.from_numpy(both[:, i]), targets) for i in (0, 1)]
     assert abs(float(common.bce_focal_loss(torch.from_numpy(both), targets)) - float(sum(halves) / 2)) < 1e-6
@@ -155,6 +161,15 @@ def test_centred_windows_and_blocks_with_context_equal_the_whole_file(tmp_path):
     whole = infer.predict_files([str(path)], [net], front_end, pp=0.0, log=False).probs[str(path)]
     in_blocks, _ = infer.score_in_blocks(str(path), [net], front_end, pp=0.0, block_s=10)
     assert whole.shape == (10, 4) and np.abs(whole - in_blocks).max() < 1e-5
+
+
+def test_the_cache_plan_counts_the_longest_window():
+    """prep's disk plan at BirdCLEF 2024 and 2025 sizes (20,000 cached unlabeled windows), 5-s and 20-s windows: the
+    figures docs/design.md gives."""
+    import disk
+    gb = {(n, s): round(disk.cache_plan(n, 20000, 0, s) / 1e9, 1) for n in (24459, 28564) for s in (5, 20)}
+    assert gb == {(24459, 5): 14.2, (24459, 20): 37.7, (28564, 5): 15.5, (28564, 20): 43.0}
+    assert disk.cache_plan(10, 0, 3, 20) == (10 * 4 + 3 * 7) * disk.WINDOW_BYTES  # the site's with 15 s each side
 
 
 def test_clips_of_pseudo_labelled_runs_and_of_the_site_windows(tmp_path):
