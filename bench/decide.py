@@ -9,6 +9,7 @@ a difference only beyond the noise of its median.
     python bench/decide.py --add-recipe "demo-model2=models-demo.csv|--preset demo|2|floor|PL_MEMBERS=model2"
     python bench/decide.py --recipes demo,demo-nosite        # what the site's labelled soundscapes are worth
     python bench/decide.py --recipes demo,demo-nospeech --speech-share 0.3   # what the speech detector wins back
+    python bench/decide.py --recipes demo,demo-sed,demo-sed20,demo-regnety   # the podiums' heads, windows, backbone
     python bench/decide.py --quick                           # smoke test (make test): one tiny demo, 1 epoch
 
 A recipe is a models table, train.py arguments, a number of rounds, a pseudo-label normalization and, optionally,
@@ -53,7 +54,7 @@ import demo_data  # noqa: E402
 import infer  # noqa: E402
 import pseudo  # noqa: E402
 import prep  # noqa: E402
-from tables import read_models_table  # noqa: E402
+from tables import longest_window, read_models_table  # noqa: E402
 from flags import HelpFormatter, add_flag  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
 from metrics import macro_roc_auc  # noqa: E402
@@ -80,8 +81,13 @@ RECIPES = {  # name: (models table, train.py arguments, rounds, pseudo-label nor
     # demo's cache labelled and embedded by teacher.py once), the same labels, distilled or not
     "demo-taught": ("models-demo.csv", "--preset demo", 3, "floor", "TEACHER=birdnet"),
     "demo-distill": ("models-demo.csv", "--preset demo", 3, "floor", "TEACHER=birdnet DISTILL=0.1"),
+    # the podiums' models since 2025 on make demo's table: the SED head at 5 s, the SED head on 20-s windows, and a
+    # second small backbone (RegNetY-800MF, one of the 2025 1st place's, about B0's CPU cost)
+    "demo-sed": ("bench/models-demo-sed.csv", "--preset demo", 3, "floor", ""),
+    "demo-sed20": ("bench/models-demo-sed20.csv", "--preset demo", 3, "floor", ""),
+    "demo-regnety": ("bench/models-demo-regnety.csv", "--preset demo", 3, "floor", ""),
 }
-ASKED_FOR_BY_NAME = ("demo-nospeech", "demo-taught", "demo-distill")  # not in the default --recipes
+ASKED_FOR_BY_NAME = ("demo-nospeech", "demo-taught", "demo-distill", "demo-sed", "demo-sed20", "demo-regnety")
 BASELINE = "baseline"       # the one-file script itself: round 1 and one pseudo-label round
 
 
@@ -141,6 +147,19 @@ def make_demo_data(root, demo_seed, size, threads):
     return data, cache
 
 
+WINDOW_CACHES_MADE = threading.Lock()  # runs side by side share a demo's cache of longer windows: made once
+
+
+def window_cache(data, cache, seconds, threads):
+    """<cache>-<seconds>s: the demo's prep cache for a table whose longest window is `seconds` (prep.py
+    --window-seconds), made once and reused."""
+    folder = f"{cache}-{seconds}s"
+    with WINDOW_CACHES_MADE:
+        if not os.path.isfile(os.path.join(folder, "train_rows.csv")):
+            prep.prepare(data, folder, n_threads=threads, window_seconds=seconds)
+    return folder
+
+
 def speech_found(data, cache):
     """How prep's speech detector did on a demo whose openings are known (demo_data.py --speech-share): a line,
     or "" for a demo without speech."""
@@ -162,6 +181,9 @@ def run_recipe(name, recipes, data, cache, seed, args, threads):
     models, train_args, rounds, pl_norm, make_variables = recipes[name]
     out = os.path.join(os.path.dirname(cache), f"{name}-seed{seed}")
     os.makedirs(out, exist_ok=True)
+    seconds = longest_window(read_models_table(os.path.join(ROOT, models)))
+    if seconds > 5:  # a table of longer windows reads a cache of its own (prep --window-seconds), made once
+        cache = window_cache(data, cache, seconds, threads)
     if not os.path.exists(os.path.join(out, "cache")) and "PREP_ARGS" not in make_variables:
         os.symlink(os.path.abspath(cache), os.path.join(out, "cache"))  # else make preps its own
     reuse_rounds(name, recipes, out, seed)
