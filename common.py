@@ -90,7 +90,21 @@ def predict(model, mel, waves, device, batch=64, amp=False, rows=None):
     return torch.cat(out).numpy() if out else np.zeros((0, model.n_classes), np.float32)
 
 
-class StackedRows:
+class RowView:
+    """An (N, samples) array read by rows, as a memmap is (an array of rows, a slice, or one row), through
+    read(rows array) -> (len(rows), samples); shape and dtype set by the subclass."""
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        if isinstance(rows, slice):
+            rows = np.arange(len(self))[rows]
+        rows = np.asarray(rows)
+        return self.read(rows[None])[0] if rows.ndim == 0 else self.read(rows)
+
+
+class StackedRows(RowView):
     """Two (N, samples) arrays read as one, rows of `first` then rows of `second` (the training recordings' first
     5 s and the site's labelled windows, both float16 memmaps): indexed by an array of rows, it reads each part
     from its own array; nothing is copied until then."""
@@ -100,15 +114,7 @@ class StackedRows:
         self.shape = (len(first) + len(second),) + tuple(first.shape[1:])
         self.dtype = first.dtype
 
-    def __len__(self):
-        return self.shape[0]
-
-    def __getitem__(self, rows):
-        if isinstance(rows, slice):
-            rows = np.arange(len(self))[rows]
-        rows = np.asarray(rows)
-        if rows.ndim == 0:
-            return self[rows[None]][0]
+    def read(self, rows):
         out = np.empty((len(rows),) + self.shape[1:], dtype=self.dtype)
         below = rows < len(self.first)
         out[below] = self.first[rows[below]]
@@ -131,7 +137,7 @@ def labels_matrix(label_lists, classes):
     return y
 
 
-class Spans:
+class Spans(RowView):
     """Spans of `length` samples of a float16 (N, S) cache array (a memmap) as rows: span j starts at sample
     starts[j] of the array read flat, so a span longer than what is left of a row goes on into the next rows (the
     unlabeled cache's consecutive windows of one file). Indexed by an array of span numbers it reads those spans;
@@ -144,15 +150,7 @@ class Spans:
         self.valid = np.full(len(self.starts), self.length) if valid is None else np.asarray(valid, np.int64)
         self.shape, self.dtype = (len(self.starts), self.length), array.dtype
 
-    def __len__(self):
-        return len(self.starts)
-
-    def __getitem__(self, rows):
-        if isinstance(rows, slice):
-            rows = np.arange(len(self))[rows]
-        rows = np.asarray(rows)
-        if rows.ndim == 0:
-            return self[rows[None]][0]
+    def read(self, rows):
         out = np.zeros((len(rows), self.length), dtype=self.dtype)
         for i, (start, valid) in enumerate(zip(self.starts[rows], self.valid[rows])):
             out[i, :valid] = self.flat[start:start + valid]

@@ -5,8 +5,8 @@
 #   bench/compat.sh 2.6.0 "numpy<2" "pandas<2"   # the same with numpy 1.x and pandas 1.x
 #   bench/compat.sh 2.1.0 "numpy<2"              # the oldest torch infer.py supports (built for numpy 1.x)
 #
-# 1. With the project's environment (PY, default .venv/bin/python): export a 2-model ensemble (random weights,
-#    two mel settings) and 3 synthetic soundscapes, and write a reference submission per installed backend (f32).
+# 1. With the project's environment (PY, default .venv/bin/python): export a 3-model ensemble (random weights,
+#    three mel settings; the third a RegNetY with the SED head on 20-s windows) and 3 synthetic soundscapes, and write a reference submission per installed backend (f32).
 # 2. A throwaway venv (COMPAT_DIR, default /tmp/birdclef-compat; reused when it exists) gets torch==VERSION and
 #    the given extra requirements from the package registry, then OpenVINO and ONNX Runtime if they install.
 # 3. infer.py, copied alone into an empty folder, runs there with every backend that installed; each submission
@@ -35,15 +35,19 @@ import common, export, files, infer
 from demo_data import write_ogg
 work = sys.argv[1]
 classes = [f"{i:04d}" for i in range(12)]  # numeric labels with leading zeros, as iNat ids are
-for k, (n_mels, hop, h, w) in enumerate([(64, 1024, 64, 128), (128, 512, 96, 96)]):
+for k, (n_mels, hop, h, w, backbone, head, seconds) in enumerate([(64, 1024, 64, 128, None, "gem5", 5),
+                                                                 (128, 512, 96, 96, None, "gem5", 5),
+                                                                 (64, 1250, 64, 256, "regnety_002", "sed", 20)]):
     import torch
     torch.manual_seed(k)
-    model = common.MelEfficientNet(len(classes), h, w).eval()
+    model = common.MelModel(len(classes), h, w, backbone=backbone, head=head).eval()
+    last = model.head.classifier if head == "sed" else model.head
     with torch.no_grad():  # bring an untrained net's logits into the range where sigmoids are not saturated
-        model.head.weight.mul_(0.2 / model.head.weight.abs().sum(1, keepdim=True).mean())
+        last.weight.mul_(0.2 / last.weight.abs().sum(1, keepdim=True).mean())
     export.export_artifact(model, common.MelSettings(n_mels=n_mels, hop_length=hop), classes,
-                           os.path.join(work, "ensemble"), f"model{k}", value=0.7)
-files.save_json(infer.ensemble_manifest(["model0", "model1"]), os.path.join(work, "ensemble", "manifest.json"))
+                           os.path.join(work, "ensemble"), f"model{k}", value=0.7, window_seconds=seconds)
+files.save_json(infer.ensemble_manifest(["model0", "model1", "model2"]),
+                os.path.join(work, "ensemble", "manifest.json"))
 rng = np.random.default_rng(0)
 os.makedirs(os.path.join(work, "audio"))
 for k in range(3):

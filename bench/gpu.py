@@ -107,10 +107,12 @@ def measure_models(table, device, n_steps, n_batches, batch_size, repeats, varia
     return figures
 
 
-def _slot_job(row, device, batch_size, seconds, barrier, results, slot):
+def _slot_job(row, device, batch_size, seconds, barrier, results, slot, slots):
     """One of several processes sharing the device (make GPUS=0,0): train.py's step for `seconds` after warm-up,
     all starting together; its samples/s into results[slot]."""
     torch.backends.cudnn.benchmark = True
+    if device == "cpu":  # the processes share the cores, as jobs sharing a GPU share it
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // slots))
     bench = StepBench.of_row(row, batch_size, classes_2024, device, amp=True,
                              variant=step_variants(torch.device(device))[0])
     bench.steps(bench.warmup_steps)
@@ -129,7 +131,8 @@ def slots_speed(row, device, batch_size, slots, seconds=8.0):
     ctx = multiprocessing.get_context("spawn")  # CUDA in each child, never forked
     with ctx.Manager() as manager:
         barrier, results = manager.Barrier(slots), manager.dict()
-        jobs = [ctx.Process(target=_slot_job, args=(dict(row), str(device), batch_size, seconds, barrier, results, k))
+        jobs = [ctx.Process(target=_slot_job, args=(dict(row), str(device), batch_size, seconds, barrier, results, k,
+                                                    slots))
                 for k in range(slots)]
         for job in jobs:
             job.start()

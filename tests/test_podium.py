@@ -17,9 +17,9 @@ from helpers import ROOT
 
 PODIUM_TABLE = """# a non-B0 backbone with the recipe's head, the SED head at 5 s and at 20 s
 id,seed,n_folds,fold,dataset,n_mels,hop_length,image_height,image_width,pseudoLabelChance,ampExpMin,ampExpMax,backbone,head,window_seconds
-1,42,5,4,bc24,32,1024,32,32,35,-0.5,0.1,regnety_002,,
-2,42,5,4,bc24,32,1024,32,32,45,-0.5,0.1,,sed,5
-3,70,5,4,bc24,32,1024,32,128,25,-1.0,0.2,regnety_002,sed,20
+1,42,5,all,bc24,32,1024,32,32,35,-0.5,0.1,regnety_002,,
+2,42,5,all,bc24,32,1024,32,32,45,-0.5,0.1,,sed,5
+3,70,5,all,bc24,32,1024,32,128,25,-1.0,0.2,regnety_002,sed,20
 """
 TINY = "--batch-size 8 --max-train-files 16 --soup-start 1 --threads 1"
 
