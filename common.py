@@ -9,7 +9,6 @@ infer.py stays self-contained: it holds the audio reader and the mel front end, 
 metrics, devices, weights, the networks, the export and the tables on disk live in small modules of their own
 (files.py, metrics.py, devices.py, weights.py, networks.py, export.py, tables.py).
 """
-import math
 import os
 import sys
 
@@ -24,7 +23,7 @@ from infer import (SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, EXPORT_FORMAT, M
                    MelImage, MelSettings, NORMALIZATIONS, PowerSpectrogram, list_audio, mel_filterbank, read_audio,
                    windows_of)
 from errors import UserError
-from tables import HEADS, CachePaths, load_classes, parse_label_list, read_rows, read_site_labels, split_labels
+from tables import HEADS, CachePaths, window_seconds_of, load_classes, parse_label_list, read_rows, read_site_labels, split_labels
 from threads import ordered_map
 from networks import (AveragePool, GeM, MelModel, SEDHead, build_model, check_backbone,  # noqa: F401
                       feature_channels, sed_logits)
@@ -298,12 +297,6 @@ def split_summary(data, config):
 
 # ----------------------------------------------------------------------------------------------------------
 # model
-
-
-def window_seconds_of(config):
-    """A config's (or table row's) window in seconds: 5, the write-up's, where it says none."""
-    value = config.get("window_seconds")
-    return 5 if value is None or (isinstance(value, float) and math.isnan(value)) or value == "" else int(value)
 
 
 def mel_settings_of(config):

@@ -539,8 +539,8 @@ class FrontEnd:
     Built from the models' mel settings and windows (seconds, default 5). Among mels of one window length, one
     whose hop is a multiple m of another's with the same n_fft takes frames [::m] of that power spectrogram (frame k
     is centred on sample k * hop): the same numbers, one STFT. __call__((B, samples) tensor of windows of one
-    length) -> {mel_key: (B, 1, n_mels, frames) tensor} of the mels of that length; of_audio(audio, n_rows) -> the
-    same for every length, of the windows centred on each 5-s row.
+    length) -> {mel_key: (B, 1, n_mels, frames) tensor} of the mels of that length; of_audio(audio, n_rows[, lengths])
+    -> the same for every length (or those given), of the windows centred on each 5-s row.
     """
 
     def __init__(self, settings, seconds=None):
@@ -567,9 +567,9 @@ class FrontEnd:
                     parts[key].append(mel(powers[source][..., ::stride]))
         return {key: torch.cat(p) for key, p in parts.items()}
 
-    def of_audio(self, audio, n_rows):
+    def of_audio(self, audio, n_rows, lengths=None):
         out = {}
-        for seconds in self.window_seconds:
+        for seconds in lengths or self.window_seconds:
             out.update(self(torch.from_numpy(centred_windows(audio, n_rows, seconds))))
         return out
 

@@ -38,7 +38,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from common import SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, first_five_seconds, list_audio, read_audio, windows_of
+from common import SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, list_audio, read_audio, windows_of
 from tables import WINDOWS, LABEL_COLUMNS, CachePaths, longest_window, parse_label_list, read_models_table, split_labels
 from flags import HelpFormatter, add_flag
 from progress import progress
@@ -148,8 +148,7 @@ def decode_opening(path, seconds=WINDOW_SECONDS):
 
 def opening(audio, seconds=WINDOW_SECONDS):
     """The first `seconds` of a waveform, zero-padded at the end when it is shorter (5 s: first_five_seconds)."""
-    return first_five_seconds(audio) if seconds == WINDOW_SECONDS else \
-        np.concatenate(list(windows_of(audio[:seconds * SAMPLE_RATE], seconds // WINDOW_SECONDS)))
+    return windows_of(audio[:seconds * SAMPLE_RATE], seconds // WINDOW_SECONDS).reshape(-1)
 
 
 def after_opening_speech(detector, batch, scan_seconds=speech.scan_seconds, seconds=WINDOW_SECONDS):

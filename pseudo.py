@@ -167,10 +167,10 @@ class ExportedEngine:
         if long:
             run_ids = np.arange(len(waves)) if run_ids is None else np.asarray(run_ids)
             runs = np.split(np.arange(len(waves)), np.flatnonzero(np.diff(run_ids)) + 1)
-            audio = [waves[r].reshape(-1).numpy() for r in runs]
+            lengths = sorted({n.window_seconds for n in long})
+            run_mels = [self.front_end.of_audio(waves[r].reshape(-1).numpy(), len(r), lengths) for r in runs]
             for n in long:
-                parts = [infer.network_probs(n, self.front_end.of_audio(a, len(r))) for a, r in zip(audio, runs)]
-                probs.append(np.concatenate(parts))
+                probs.append(np.concatenate([infer.network_probs(n, mels) for mels in run_mels]))
         return np.mean(probs, axis=0)
 
 

@@ -171,9 +171,15 @@ def backbones_of(table):
     return list(dict.fromkeys(names))
 
 
+def window_seconds_of(config):
+    """A config's (or table row's) window in seconds: 5, the write-up's, where it says none."""
+    value = config.get("window_seconds")
+    return 5 if value is None or (isinstance(value, float) and np.isnan(value)) or value == "" else int(value)
+
+
 def longest_window(table):
     """The longest window (seconds) of a models table's rows: what prep's cache must hold; 5 without the column."""
-    return max([int(w) for w in table.get("window_seconds", []) if w != ""] + [5])
+    return max(window_seconds_of(row) for _, row in table.iterrows()) if len(table) else 5
 
 
 def read_table(path):
